@@ -1,0 +1,298 @@
+"""Streaming LTX v3 decoder with full validation.
+
+`Decoder(f).pages()` yields `(pgno, page)` pairs as it reads; when the page block ends it
+reads the page index, trailer and end of file and checks every rule and the file checksum, so a
+caller that consumed the whole iterator knows the file was valid. Nothing is trusted before
+that: a caller applying pages to a database must write to a temporary copy.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import lz4.block
+
+from .checksum import CHECKSUM_FLAG, crc64, lock_pgno
+from .errors import (
+    ChecksumMismatchError,
+    LTXError,
+    PageFrameError,
+    PageIndexError,
+    TruncatedError,
+)
+from .header import HEADER_SIZE, TRAILER_SIZE, Header, Trailer, Version
+from .page_encoding import PAGE_FLAG_LZ4_BLOCK, decompress_frame, read_lz4_frame
+from .varint import append_uvarint, read_uvarint
+
+_FRAME_HEADER = struct.Struct(">IH")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+
+@dataclass(frozen=True, slots=True)
+class PageIndexEntry:
+    pgno: int
+    offset: int  # absolute offset of the frame header
+    size: int  # frame header + size prefix + payload
+
+
+class Decoder:
+    """Decode one LTX v3 file from a readable binary file object."""
+
+    def __init__(self, f: BinaryIO, *, name: str = "<ltx>", validate: bool = True) -> None:
+        self.name = name
+        self._read = f.read
+        raw = self._read(HEADER_SIZE)
+        if len(raw) < HEADER_SIZE:
+            raise TruncatedError(f"file is {len(raw)} bytes, shorter than the {HEADER_SIZE}-byte "
+                                 "header", name=name, offset=0)
+        self.header = Header.decode(raw, name=name)
+        if validate:
+            self.header.validate(Version.V3, name=name)
+        self._crc = crc64(raw)
+        self._offset = HEADER_SIZE
+        self.trailer: Trailer | None = None
+        self.index: list[PageIndexEntry] = []
+        self.page_count = 0
+        self._started = False
+
+    def _take(self, n: int, what: str) -> bytes:
+        b = self._read(n)
+        if len(b) != n:
+            raise TruncatedError(f"file ends inside {what} ({len(b)} of {n} bytes)",
+                                 name=self.name, offset=self._offset)
+        return b
+
+    def pages(self) -> Iterator[tuple[int, bytes]]:
+        """Yield (pgno, page bytes); validates the rest of the file after the last page."""
+        if self._started:
+            raise LTXError("pages() can be iterated only once", name=self.name)
+        self._started = True
+        hdr = self.header
+        name = self.name
+        page_size = hdr.page_size
+        commit = hdr.commit
+        lock = lock_pgno(page_size)
+        snapshot = hdr.is_snapshot
+        read = self._read
+        unpack_hdr = _FRAME_HEADER.unpack
+        decompress = lz4.block.decompress
+        index = bytearray()
+        entries = self.index
+        crc = self._crc
+        offset = self._offset
+        last = 0
+        while True:
+            fh = read(6)
+            if len(fh) != 6:
+                raise TruncatedError(f"file ends inside a page frame header after page {last}",
+                                     name=name, offset=offset)
+            pgno, flags = unpack_hdr(fh)
+            if pgno == 0:
+                if flags != 0:
+                    raise PageFrameError(f"end-of-pages marker has flags 0x{flags:04x}",
+                                         name=name, offset=offset)
+                crc = crc64(fh, crc)
+                offset += 6
+                break
+            # Page number rules: order, lock page, commit bound, snapshot completeness.
+            if pgno <= last or pgno == lock or pgno > commit or (
+                snapshot and pgno != (last + 2 if last + 1 == lock else last + 1)
+            ):
+                raise PageFrameError(self._pgno_problem(pgno, last, lock), name=name,
+                                     offset=offset)
+            if flags == PAGE_FLAG_LZ4_BLOCK:
+                sb = read(4)
+                if len(sb) != 4:
+                    raise TruncatedError(f"file ends inside the size of page {pgno}", name=name,
+                                         offset=offset + 6)
+                (csize,) = _U32.unpack(sb)
+                if csize > page_size + page_size // 255 + 16:
+                    raise PageFrameError(f"page {pgno} compressed size {csize} is impossible "
+                                         f"for page size {page_size}", name=name,
+                                         offset=offset + 6)
+                payload = read(csize)
+                if len(payload) != csize:
+                    raise TruncatedError(f"file ends inside page {pgno} ({len(payload)} of "
+                                         f"{csize} bytes)", name=name, offset=offset + 10)
+                try:
+                    data = decompress(payload, uncompressed_size=page_size)
+                except lz4.block.LZ4BlockError as exc:
+                    raise PageFrameError(f"page {pgno}: corrupt LZ4 block ({exc})", name=name,
+                                         offset=offset + 10) from None
+                crc = crc64(data, crc64(sb, crc64(fh, crc)))
+                size = 10 + csize
+            elif flags == 0:
+                try:
+                    frame = read_lz4_frame(read)
+                except EOFError:
+                    raise TruncatedError(f"file ends inside the LZ4 frame of page {pgno}",
+                                         name=name, offset=offset + 6) from None
+                except ValueError as exc:
+                    raise PageFrameError(f"page {pgno}: {exc}", name=name,
+                                         offset=offset + 6) from None
+                try:
+                    data = decompress_frame(frame)
+                except RuntimeError as exc:
+                    raise PageFrameError(f"page {pgno}: corrupt LZ4 frame ({exc})", name=name,
+                                         offset=offset + 6) from None
+                crc = crc64(data, crc64(fh, crc))
+                size = 6 + len(frame)
+            else:
+                raise PageFrameError(f"page {pgno} has unknown page flags 0x{flags:04x}",
+                                     name=name, offset=offset + 4)
+            if len(data) != page_size:
+                raise PageFrameError(f"page {pgno} inflates to {len(data)} bytes, page size is "
+                                     f"{page_size}", name=name, offset=offset)
+            append_uvarint(index, pgno)
+            append_uvarint(index, offset)
+            append_uvarint(index, size)
+            entries.append(PageIndexEntry(pgno, offset, size))
+            offset += size
+            last = pgno
+            self.page_count += 1
+            yield pgno, data
+        if snapshot:
+            needed = commit - 1 if commit == lock else commit
+            if last != needed:
+                raise PageFrameError(f"snapshot ends at page {last} but commit {commit} needs "
+                                     f"every page up to {needed}", name=name, offset=offset - 6)
+        self._offset = offset
+        self._crc = crc
+        self._finish(index)
+
+    def _pgno_problem(self, pgno: int, last: int, lock: int) -> str:
+        if pgno <= last:
+            return f"page {pgno} out of order after page {last}"
+        if pgno == lock:
+            return f"page {pgno} is the lock page; it must never be stored"
+        if pgno > self.header.commit:
+            return f"page {pgno} is past the commit size of {self.header.commit} pages"
+        expected = last + 2 if last + 1 == lock else last + 1
+        return f"snapshot is missing page {expected} (next stored page is {pgno})"
+
+    def _finish(self, expected_index: bytearray) -> None:
+        expected_index.append(0)
+        n = len(expected_index)
+        got = self._read(n)
+        if got != expected_index:
+            self._explain_index(got)
+        crc = crc64(got, self._crc)
+        self._offset += n
+        lb = self._take(8, "the page index length")
+        (length,) = _U64.unpack(lb)
+        if length != n:
+            raise PageIndexError(f"page index length field says {length} bytes, index is {n}",
+                                 name=self.name, offset=self._offset)
+        crc = crc64(lb, crc)
+        self._offset += 8
+        raw = self._take(TRAILER_SIZE, "the trailer")
+        trailer = Trailer.decode(raw)
+        trailer.validate(self.header, Version.V3, name=self.name, offset=self._offset)
+        crc = CHECKSUM_FLAG | crc64(raw[:8], crc)
+        if crc != trailer.file_checksum:
+            raise ChecksumMismatchError(
+                f"file checksum mismatch: trailer says {trailer.file_checksum:016x}, content "
+                f"gives {crc:016x}", name=self.name, offset=self._offset + 8)
+        self._offset += TRAILER_SIZE
+        extra = self._read(1)
+        if extra:
+            raise LTXError("unexpected data after the trailer", name=self.name,
+                           offset=self._offset)
+        self.trailer = trailer
+
+    def _explain_index(self, got: bytes) -> None:
+        """Raise a PageIndexError that says which entry differs from the frames read."""
+        start = self._offset
+        pos = 0
+        try:
+            for e in self.index:
+                fields = []
+                for _ in range(3):
+                    v, pos = read_uvarint(got, pos)
+                    fields.append(v)
+                if tuple(fields) != (e.pgno, e.offset, e.size):
+                    raise PageIndexError(
+                        f"page index entry (pgno {fields[0]}, offset {fields[1]}, size "
+                        f"{fields[2]}) does not match frame (pgno {e.pgno}, offset {e.offset}, "
+                        f"size {e.size})", name=self.name, offset=start + pos)
+            v, pos = read_uvarint(got, pos)
+        except ValueError as exc:
+            if len(got) < pos + 1:
+                raise TruncatedError("file ends inside the page index", name=self.name,
+                                     offset=start + len(got)) from None
+            raise PageIndexError(str(exc), name=self.name, offset=start + pos) from None
+        raise PageIndexError(f"page index has extra entries or a bad terminator ({v})",
+                             name=self.name, offset=start + pos)
+
+    def verify(self) -> Trailer:
+        """Read and check the whole file without keeping pages; return the trailer."""
+        for _ in self.pages():
+            pass
+        assert self.trailer is not None
+        return self.trailer
+
+
+def read_page_index(f: BinaryIO, *, name: str = "<ltx>") -> list[PageIndexEntry]:
+    """Read the page index of a seekable v3 file from its end (for ranged reads).
+
+    The index is trusted only as far as its structure; a caller that needs integrity decodes
+    the whole file.
+    """
+    size = f.seek(0, 2)
+    if size < HEADER_SIZE + 6 + 1 + 8 + TRAILER_SIZE:
+        raise TruncatedError(f"file is {size} bytes, too short for LTX v3", name=name, offset=0)
+    f.seek(size - TRAILER_SIZE - 8)
+    (length,) = _U64.unpack(f.read(8))
+    start = size - TRAILER_SIZE - 8 - length
+    if length < 1 or start < HEADER_SIZE + 6:
+        raise PageIndexError(f"page index length {length} is impossible for a {size}-byte file",
+                             name=name, offset=size - TRAILER_SIZE - 8)
+    f.seek(start)
+    buf = f.read(length)
+    entries: list[PageIndexEntry] = []
+    pos = 0
+    try:
+        while True:
+            pgno, pos = read_uvarint(buf, pos)
+            if pgno == 0:
+                break
+            off, pos = read_uvarint(buf, pos)
+            sz, pos = read_uvarint(buf, pos)
+            entries.append(PageIndexEntry(pgno, off, sz))
+    except ValueError as exc:
+        raise PageIndexError(str(exc), name=name, offset=start + pos) from None
+    if pos != length:
+        raise PageIndexError(f"page index ends at byte {pos} of {length}", name=name,
+                             offset=start + pos)
+    return entries
+
+
+def decode_page_frame(frame: bytes, page_size: int, *, name: str = "<ltx>",
+                      offset: int = 0) -> tuple[int, bytes]:
+    """Decode one page frame read by offset and size from the page index."""
+    if len(frame) < 6:
+        raise TruncatedError("page frame shorter than its header", name=name, offset=offset)
+    pgno, flags = _FRAME_HEADER.unpack_from(frame)
+    try:
+        if flags == PAGE_FLAG_LZ4_BLOCK:
+            (csize,) = _U32.unpack_from(frame, 6)
+            if 10 + csize != len(frame):
+                raise PageFrameError(f"page {pgno} frame is {len(frame)} bytes, header says "
+                                     f"{10 + csize}", name=name, offset=offset)
+            data = lz4.block.decompress(frame[10:], uncompressed_size=page_size)
+        elif flags == 0:
+            data = decompress_frame(frame[6:])
+        else:
+            raise PageFrameError(f"page {pgno} has unknown page flags 0x{flags:04x}", name=name,
+                                 offset=offset + 4)
+    except (lz4.block.LZ4BlockError, RuntimeError, struct.error) as exc:
+        raise PageFrameError(f"page {pgno}: corrupt payload ({exc})", name=name,
+                             offset=offset) from None
+    if len(data) != page_size:
+        raise PageFrameError(f"page {pgno} inflates to {len(data)} bytes, expected {page_size}",
+                             name=name, offset=offset)
+    return pgno, data

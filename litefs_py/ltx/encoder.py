@@ -1,0 +1,148 @@
+"""Streaming LTX v3 encoder.
+
+Writes the header at once, each page frame as it is given, and the page index and trailer on
+`finish()`. The file checksum is computed on the fly, over the decompressed pages as FORMATS.md
+§3 specifies, so the encoder never holds more than one page.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import BinaryIO
+
+from .checksum import CHECKSUM_FLAG, crc64, lock_pgno
+from .errors import LTXError, PageFrameError
+from .header import HEADER_SIZE, Header, Trailer, Version
+from .page_encoding import PageEncoding, compress_block, compress_frame
+from .varint import append_uvarint
+
+_FRAME_HEADER = struct.Struct(">IH")
+_FRAME_HEADER_SIZED = struct.Struct(">IHI")
+_U64 = struct.Struct(">Q")
+END_OF_PAGES_V3 = bytes(6)
+
+
+class Encoder:
+    """Encode one LTX v3 file into `f` (any writable binary file object).
+
+    Pages must be given in increasing page-number order; a snapshot (min TXID 1) must give
+    every page 1..commit except the lock page. With `track_checksum`, the encoder also
+    accumulates the XOR of the page checksums it wrote (the database checksum of a snapshot).
+    """
+
+    def __init__(
+        self,
+        f: BinaryIO,
+        header: Header,
+        *,
+        page_encoding: PageEncoding = PageEncoding.LZ4_BLOCK,
+        track_checksum: bool = False,
+        name: str = "<ltx>",
+    ) -> None:
+        header.validate(Version.V3, name=name)
+        self.header = header
+        self.name = name
+        self._write = f.write
+        self._page_size = header.page_size
+        self._commit = header.commit
+        self._lock_pgno = lock_pgno(header.page_size)
+        self._legacy = page_encoding is PageEncoding.LZ4_FRAME
+        self._track = track_checksum
+        self._page_checksums = 0
+        self._last_pgno = 0
+        self._index = bytearray()
+        self._finished = False
+        hdr = header.encode()
+        self._write(hdr)
+        self._crc = crc64(hdr)
+        self._offset = HEADER_SIZE
+        self.page_count = 0
+
+    @property
+    def pages_checksum(self) -> int:
+        """`1<<63 | XOR` of the checksums of the pages written so far (needs track_checksum)."""
+        return CHECKSUM_FLAG | self._page_checksums
+
+    def encode_page(self, pgno: int, data: bytes | memoryview) -> None:
+        if self._finished:
+            raise LTXError("encoder already finished", name=self.name)
+        if len(data) != self._page_size:
+            raise PageFrameError(
+                f"page {pgno} is {len(data)} bytes, page size is {self._page_size}",
+                name=self.name, offset=self._offset)
+        self._check_pgno(pgno)
+        if self._legacy:
+            payload = compress_frame(data)
+            hdr = _FRAME_HEADER.pack(pgno, 0)
+        else:
+            payload = compress_block(data)
+            hdr = _FRAME_HEADER_SIZED.pack(pgno, 1, len(payload))
+        self._crc = crc64(data, crc64(hdr, self._crc))
+        self._write(hdr)
+        self._write(payload)
+        size = len(hdr) + len(payload)
+        index = self._index
+        append_uvarint(index, pgno)
+        append_uvarint(index, self._offset)
+        append_uvarint(index, size)
+        self._offset += size
+        self._last_pgno = pgno
+        self.page_count += 1
+        if self._track:
+            self._page_checksums ^= crc64(data, crc64(pgno.to_bytes(4, "big")))
+
+    def _check_pgno(self, pgno: int) -> None:
+        last = self._last_pgno
+        if pgno <= last:
+            raise PageFrameError(
+                f"page {pgno} out of order: pages must be strictly increasing (previous {last})",
+                name=self.name, offset=self._offset)
+        if pgno == self._lock_pgno:
+            raise PageFrameError(
+                f"page {pgno} is the lock page for page size {self._page_size}; it is never stored",
+                name=self.name, offset=self._offset)
+        if pgno > self._commit:
+            raise PageFrameError(
+                f"page {pgno} is past the commit size of {self._commit} pages",
+                name=self.name, offset=self._offset)
+        if self.header.is_snapshot:
+            expected = last + 1 if last + 1 != self._lock_pgno else last + 2
+            if pgno != expected:
+                raise PageFrameError(
+                    f"snapshot must hold every page: got page {pgno}, expected {expected}",
+                    name=self.name, offset=self._offset)
+
+    def finish(self, post_apply_checksum: int | None = None) -> Trailer:
+        """Write end marker, page index and trailer. Returns the trailer.
+
+        `post_apply_checksum` defaults to 0 with the no-checksum flag, and to the tracked
+        page checksum for a snapshot encoded with `track_checksum`.
+        """
+        if self._finished:
+            raise LTXError("encoder already finished", name=self.name)
+        hdr = self.header
+        if post_apply_checksum is None:
+            if hdr.no_checksum:
+                post_apply_checksum = 0
+            elif self._track and hdr.is_snapshot:
+                post_apply_checksum = self.pages_checksum
+            else:
+                raise LTXError("post-apply checksum required (file tracks checksums)",
+                               name=self.name)
+        if hdr.is_snapshot:
+            last_needed = hdr.commit if hdr.commit != self._lock_pgno else hdr.commit - 1
+            if self._last_pgno != last_needed:
+                raise PageFrameError(
+                    f"snapshot ends at page {self._last_pgno}, commit needs pages up to "
+                    f"{last_needed}", name=self.name, offset=self._offset)
+        index = self._index
+        index.append(0)
+        tail = END_OF_PAGES_V3 + bytes(index) + _U64.pack(len(index))
+        post = _U64.pack(post_apply_checksum)
+        crc = crc64(post, crc64(tail, self._crc))
+        trailer = Trailer(post_apply_checksum, CHECKSUM_FLAG | crc)
+        trailer.validate(hdr, Version.V3, name=self.name)
+        self._write(tail)
+        self._write(trailer.encode())
+        self._finished = True
+        return trailer
