@@ -1,0 +1,311 @@
+"""Command line interface (`litefs`).
+
+Every command turns user mistakes and bad inputs into one line on stderr and an exit code from
+`errors.ExitCode`; tracebacks are only for bugs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .errors import ExitCode, QuietError
+from .ltx import (
+    DecoderV1,
+    LTXError,
+    Version,
+    format_filename,
+    format_txid,
+    is_ltx_filename,
+    open_decoder,
+    page_checksum,
+    parse_filename,
+)
+from .ltx.header import HEADER_SIZE, Header
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def quiet_errors(fn: F) -> F:
+    """Map QuietError and OS errors to one stderr line and their exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except QuietError as exc:
+            click.echo(f"litefs: {exc.message}", err=True)
+            sys.exit(int(exc.code))
+        except FileNotFoundError as exc:
+            click.echo(f"litefs: {exc.filename}: no such file or directory", err=True)
+            sys.exit(int(ExitCode.NOT_FOUND))
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"litefs: {where}{exc.strerror or exc}", err=True)
+            sys.exit(int(ExitCode.IO))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def format_ms(ms: int) -> str:
+    """LTX timestamps (ms since the epoch) as RFC 3339 UTC with milliseconds."""
+    if ms <= 0:
+        return "-"
+    try:
+        dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return f"{ms}ms"
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="litefs")
+def main() -> None:
+    """litefs-py: a FUSE filesystem that makes SQLite databases safe without changing the app.
+
+    Every committed transaction of a database under the mount is captured as an LTX file and
+    shipped to a replica (S3-compatible storage or a directory) in Litestream 0.5's layout.
+
+    \b
+    Exit codes: 0 ok, 1 failed (e.g. a file is invalid), 2 usage error, 3 configuration
+    error, 4 not found, 5 I/O or network error, 70 internal error (a bug; see the log).
+    """
+
+
+@main.command()
+def version() -> None:
+    """Print the litefs-py version."""
+    click.echo(f"litefs {__version__}")
+
+
+@main.group()
+def ltx() -> None:
+    """Inspect LTX files (the per-transaction page logs litefs writes and ships)."""
+
+
+def _version_option(fn: F) -> F:
+    return click.option(
+        "--format-version", "format_version", type=click.Choice(["auto", "1", "3"]),
+        default="auto", show_default=True,
+        help="LTX version: 3 is litefs-py/Litestream 0.5, 1 is LiteFS. auto detects it.",
+    )(fn)
+
+
+def _open(path: Path, format_version: str) -> Any:
+    f = path.open("rb")
+    version = None if format_version == "auto" else Version(int(format_version))
+    try:
+        return f, open_decoder(f, name=str(path), version=version)
+    except BaseException:
+        f.close()
+        raise
+
+
+def header_dict(h: Header, version: Version) -> dict[str, Any]:
+    return {
+        "version": int(version),
+        "flags": h.flags,
+        "page_size": h.page_size,
+        "commit": h.commit,
+        "min_txid": format_txid(h.min_txid),
+        "max_txid": format_txid(h.max_txid),
+        "timestamp": format_ms(h.timestamp),
+        "timestamp_ms": h.timestamp,
+        "pre_apply_checksum": f"{h.pre_apply_checksum:016x}",
+        "wal_offset": h.wal_offset,
+        "wal_size": h.wal_size,
+        "wal_salt1": f"{h.wal_salt1:08x}",
+        "wal_salt2": f"{h.wal_salt2:08x}",
+        "node_id": h.node_id,
+    }
+
+
+@ltx.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--pages/--no-pages", default=True, show_default=True, help="List page frames.")
+@_version_option
+@quiet_errors
+def dump(file: Path, as_json: bool, pages: bool, format_version: str) -> None:
+    """Print the header, page frames and trailer of one LTX FILE.
+
+    Exits 1 (after printing what could be read) if the file is invalid.
+    """
+    f, dec = _open(file, format_version)
+    version = Version.V1 if isinstance(dec, DecoderV1) else Version.V3
+    rows: list[dict[str, Any]] = []
+    error: str | None = None
+    with f:
+        try:
+            for pgno, data in dec.pages():
+                rows.append({"pgno": pgno, "checksum": f"{page_checksum(pgno, data):016x}"})
+        except LTXError as exc:
+            error = str(exc)
+    index = {e.pgno: e for e in getattr(dec, "index", [])}
+    for r in rows:
+        e = index.get(r["pgno"])
+        if e is not None:
+            r["offset"], r["size"] = e.offset, e.size
+    trailer = dec.trailer
+    doc: dict[str, Any] = {
+        "file": str(file),
+        "header": header_dict(dec.header, version),
+        "page_count": len(rows),
+        "trailer": None if trailer is None else {
+            "post_apply_checksum": f"{trailer.post_apply_checksum:016x}",
+            "file_checksum": f"{trailer.file_checksum:016x}",
+        },
+        "valid": error is None,
+        "error": error,
+    }
+    if pages:
+        doc["pages"] = rows
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        h = doc["header"]
+        click.echo(f"file:        {file}")
+        click.echo(f"version:     {h['version']}")
+        for key in ("flags", "page_size", "commit", "min_txid", "max_txid", "timestamp",
+                    "pre_apply_checksum", "wal_offset", "wal_size", "wal_salt1", "wal_salt2",
+                    "node_id"):
+            value = h[key]
+            if key == "flags":
+                value = f"0x{value:08x}"
+            click.echo(f"{key + ':':<20} {value}")
+        if pages:
+            click.echo("")
+            click.echo(f"{'pgno':>10}  {'offset':>10}  {'size':>8}  checksum")
+            for r in rows:
+                click.echo(f"{r['pgno']:>10}  {r.get('offset', '-'):>10}  {r.get('size', '-'):>8}"
+                           f"  {r['checksum']}")
+        click.echo(f"\npages:       {len(rows)}")
+        if trailer is not None:
+            click.echo(f"post-apply checksum: {trailer.post_apply_checksum:016x}")
+            click.echo(f"file checksum:       {trailer.file_checksum:016x}")
+    if error is not None:
+        if not as_json:
+            click.echo(f"litefs: invalid LTX file: {error}", err=True)
+        sys.exit(int(ExitCode.FAILED))
+
+
+@ltx.command()
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-q", "--quiet", is_flag=True, help="Print only the bad files.")
+@_version_option
+def verify(files: tuple[Path, ...], quiet: bool, format_version: str) -> None:
+    """Check every rule and checksum of each LTX FILE.
+
+    Prints one line per file; exits 0 only if every file is valid, else 1.
+    """
+    bad = 0
+    for path in files:
+        problem: str | None = None
+        try:
+            f, dec = _open(path, format_version)
+            with f:
+                trailer = dec.verify()
+                name_problem = _filename_problem(path, dec.header)
+                if name_problem:
+                    problem = name_problem
+        except LTXError as exc:
+            problem = exc.message if exc.name == str(path) and exc.offset is None else (
+                f"{exc.message} (offset {exc.offset})" if exc.offset is not None else exc.message)
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+        if problem is not None:
+            bad += 1
+            click.echo(f"{path}: {problem}")
+        elif not quiet:
+            h = dec.header
+            click.echo(f"{path}: ok (TXID {format_txid(h.min_txid)}-{format_txid(h.max_txid)}, "
+                       f"{dec.page_count} pages, file checksum {trailer.file_checksum:016x})")
+    sys.exit(int(ExitCode.FAILED) if bad else 0)
+
+
+def _filename_problem(path: Path, h: Header) -> str | None:
+    if not is_ltx_filename(path.name):
+        return None  # renamed copies are fine; only a real LTX name must match its header
+    lo, hi = parse_filename(path.name)
+    if (lo, hi) != (h.min_txid, h.max_txid):
+        return (f"file name says TXIDs {format_txid(lo)}-{format_txid(hi)} but the header says "
+                f"{format_txid(h.min_txid)}-{format_txid(h.max_txid)}")
+    return None
+
+
+def _scan_levels(root: Path) -> dict[str, list[Path]]:
+    """LTX files directly in ROOT, or per level in a Litestream replica layout."""
+    levels: dict[str, list[Path]] = {}
+    direct = sorted(p for p in root.iterdir() if p.is_file() and is_ltx_filename(p.name))
+    if direct:
+        levels["."] = direct
+    base = root / "ltx" if (root / "ltx").is_dir() else root
+    for sub in sorted(base.iterdir()):
+        if sub.is_dir() and (sub.name.isdigit() or len(sub.name) == 4):
+            files = sorted(p for p in sub.iterdir() if p.is_file() and is_ltx_filename(p.name))
+            if files:
+                levels[str(sub.relative_to(root))] = files
+    return levels
+
+
+@ltx.command("list")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@quiet_errors
+def list_(directory: Path, as_json: bool) -> None:
+    """List the LTX files in DIRECTORY with TXID ranges, sizes and timestamps.
+
+    DIRECTORY is a database's local log (`DATA/dbs/NAME/ltx`) or a replica directory with
+    level subdirectories. Reports, per level, whether the TXID chain is contiguous.
+    """
+    if not directory.is_dir():
+        raise QuietError(f"{directory}: no such directory", ExitCode.NOT_FOUND)
+    levels = _scan_levels(directory)
+    if not levels:
+        raise QuietError(f"{directory}: no LTX files (names like {format_filename(1, 1)})",
+                         ExitCode.NOT_FOUND)
+    report: list[dict[str, Any]] = []
+    for level, files in levels.items():
+        entries: list[dict[str, Any]] = []
+        gaps: list[str] = []
+        prev_max: int | None = None
+        for p in sorted(files, key=lambda p: parse_filename(p.name)):
+            lo, hi = parse_filename(p.name)
+            entry: dict[str, Any] = {"file": p.name, "min_txid": format_txid(lo),
+                                     "max_txid": format_txid(hi), "size": p.stat().st_size}
+            try:
+                with p.open("rb") as f:
+                    h = Header.decode(f.read(HEADER_SIZE), name=str(p))
+                entry.update(commit=h.commit, page_size=h.page_size,
+                             timestamp=format_ms(h.timestamp))
+            except LTXError as exc:
+                entry["error"] = exc.message
+            if prev_max is not None and lo != prev_max + 1:
+                gaps.append(f"{format_txid(prev_max)} -> {format_txid(lo)}")
+            prev_max = hi if prev_max is None else max(prev_max, hi)
+            entries.append(entry)
+        report.append({"level": level, "files": entries, "contiguous": not gaps, "gaps": gaps})
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for lv in report:
+        if len(report) > 1 or lv["level"] != ".":
+            click.echo(f"level {lv['level']}:")
+        click.echo(f"{'min_txid':<17} {'max_txid':<17} {'size':>10} {'commit':>8} {'page':>6}  "
+                   "timestamp")
+        for e in lv["files"]:
+            click.echo(f"{e['min_txid']:<17} {e['max_txid']:<17} {e['size']:>10} "
+                       f"{e.get('commit', '-'):>8} {e.get('page_size', '-'):>6}  "
+                       f"{e.get('timestamp', e.get('error', '-'))}")
+        state = "contiguous" if lv["contiguous"] else "NOT contiguous: gaps " + ", ".join(
+            lv["gaps"])
+        click.echo(f"{len(lv['files'])} files, chain {state}\n")
