@@ -309,3 +309,49 @@ def list_(directory: Path, as_json: bool) -> None:
         state = "contiguous" if lv["contiguous"] else "NOT contiguous: gaps " + ", ".join(
             lv["gaps"])
         click.echo(f"{len(lv['files'])} files, chain {state}\n")
+
+
+def setup_logging(level: str = "info") -> None:
+    import logging
+
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@main.command()
+@click.option("--mount-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where applications open databases (config: fuse.dir; default /litefs).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where litefs keeps databases and LTX files (config: data.dir; default "
+                   "/var/lib/litefs).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Configuration file (default: ./litefs.yml, then /etc/litefs.yml).")
+@click.option("--allow-other", is_flag=True, default=None,
+              help="Let other users access the mount (config: fuse.allow-other).")
+@click.option("--debug-fuse", is_flag=True, help="Log every FUSE request (very verbose).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warn", "error"]),
+              default=None, help="Log level (config: log.level; default info).")
+@quiet_errors
+def mount(mount_dir: Path | None, data_dir: Path | None, config_path: Path | None,
+          allow_other: bool | None, debug_fuse: bool, log_level: str | None) -> None:
+    """Mount the database directory and capture every committed transaction.
+
+    Runs in the foreground until SIGINT or SIGTERM, then unmounts cleanly. Databases are
+    recovered (hot journals rolled back, committed WAL transactions recorded, checksums
+    verified) before the mount is exposed.
+    """
+    from .app import MountOptions, run_mount
+    from .config import load_config
+
+    cfg = load_config(config_path)
+    setup_logging(log_level or cfg.log.level)
+    opts = MountOptions(
+        mount_dir=mount_dir or Path(cfg.fuse.dir),
+        data_dir=data_dir or Path(cfg.data.dir),
+        allow_other=cfg.fuse.allow_other if allow_other is None else allow_other,
+        debug=debug_fuse or cfg.fuse.debug,
+    )
+    run_mount(opts)

@@ -1,0 +1,131 @@
+"""Wire one mount together: store (with recovery) -> FUSE -> signal handling -> shutdown."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from .errors import ExitCode, QuietError
+from .fuse.ops import PrimaryOperations
+from .store.store import Store
+
+log = logging.getLogger("litefs")
+
+
+@dataclass(frozen=True, slots=True)
+class MountOptions:
+    mount_dir: Path
+    data_dir: Path
+    allow_other: bool = False
+    debug: bool = False
+
+
+def _unescape_mount_path(field: str) -> str:
+    # /proc/self/mounts escapes space, tab, newline and backslash as octal (\040 ...).
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def is_mounted(path: Path) -> bool:
+    """Whether `path` is a mount point, read from /proc/self/mounts.
+
+    `path` must already be absolute and resolved: this never stats it, because a stat of a
+    FUSE mount whose server is this process (or a dead one) waits forever.
+    """
+    target = str(path)
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 1 and _unescape_mount_path(fields[1]) == target:
+                return True
+    return False
+
+
+def resolve_mount_dir(path: Path) -> Path:
+    """Absolute, symlink-free path of the mount directory, resolved without entering a mount
+    that may be dead (only the parent is resolved; the last component is kept as given)."""
+    absolute = Path(os.path.abspath(path))
+    return Path(os.path.realpath(absolute.parent)) / absolute.name
+
+
+def clear_stale_mount(path: Path) -> None:
+    """A crashed run leaves a dead FUSE mount ("Transport endpoint is not connected")."""
+    if not is_mounted(path):
+        return
+    log.warning("clearing a stale mount at %s left by an earlier run", path)
+    for args in (["fusermount3", "-u", str(path)], ["fusermount3", "-u", "-z", str(path)]):
+        if subprocess.run(args, capture_output=True).returncode == 0:
+            return
+    raise QuietError(f"{path} is still mounted and could not be unmounted; run "
+                     f"`fusermount3 -u -z {path}` and try again", ExitCode.IO)
+
+
+def prepare_mount_dir(path: Path) -> None:
+    clear_stale_mount(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise QuietError(f"{path} is a dead mount; run `fusermount3 -u -z {path}`",
+                             ExitCode.IO) from None
+        raise QuietError(f"cannot create mount directory {path}: {exc.strerror}",
+                         ExitCode.IO) from None
+    if any(os.scandir(path)):
+        raise QuietError(f"mount directory {path} is not empty; litefs mounts over it and "
+                         "would hide those files. Use an empty directory.", ExitCode.USAGE)
+
+
+async def _watch_signals(cancel: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("received %s; unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            cancel.cancel()
+            return
+
+
+async def _serve(ops: PrimaryOperations) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, nursery.cancel_scope)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+def run_mount(opts: MountOptions) -> None:
+    """Recover every database, mount, serve until a signal, unmount, save state."""
+    opts = MountOptions(resolve_mount_dir(opts.mount_dir), opts.data_dir.absolute(),
+                        opts.allow_other, opts.debug)
+    opts.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(opts.data_dir)
+    store.open()
+    prepare_mount_dir(opts.mount_dir)
+    ops = PrimaryOperations(store)
+    fuse_options = set(pyfuse3.default_options)
+    fuse_options.add("fsname=litefs")
+    if opts.allow_other:
+        fuse_options.add("allow_other")
+    if opts.debug:
+        fuse_options.add("debug")
+    try:
+        pyfuse3.init(ops, str(opts.mount_dir), fuse_options)
+    except RuntimeError as exc:
+        store.close()
+        raise QuietError(f"cannot mount {opts.mount_dir}: {exc} (is /dev/fuse available and "
+                         "fuse3 installed?)", ExitCode.IO) from None
+    log.info("mounted %s (data in %s)", opts.mount_dir, opts.data_dir)
+    try:
+        trio.run(_serve, ops)
+    finally:
+        with contextlib.suppress(Exception):
+            pyfuse3.close(unmount=is_mounted(opts.mount_dir))
+        store.close()
+        log.info("unmounted %s", opts.mount_dir)

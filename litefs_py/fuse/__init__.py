@@ -1,0 +1,1 @@
+"""pyfuse3 adapter: a thin layer from FUSE requests to `store`."""

@@ -1,0 +1,352 @@
+"""pyfuse3 Operations for the primary mount: a flat directory of databases.
+
+Each name is a database; `<name>-journal`, `-wal` and `-shm` are its companions and `<name>-pos`
+a read-only virtual file with its replication position. Everything else SQLite does not need
+(subdirectories, renames, links) is refused with a clear errno and a log line saying why.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from dataclasses import dataclass
+
+import pyfuse3
+
+from ..store.db import DB, SUFFIXES, FileKind
+from ..store.store import Store, parse_name, valid_db_name
+from .boundary import fuse_boundary, to_fuse_error
+
+log = logging.getLogger("litefs.fuse")
+
+ROOT = pyfuse3.ROOT_INODE
+POS = None  # kind of the virtual `-pos` file
+POS_SIZE = 34  # "%016x/%016x\n"
+CACHE_TIMEOUT = 300.0  # every change goes through this process, so the kernel may cache
+
+
+@dataclass(slots=True)
+class Handle:
+    db: DB
+    kind: FileKind | None
+    inode: int
+
+
+def pos_text(db: DB) -> bytes:
+    txid, checksum = db.pos
+    return f"{txid:016x}/{checksum:016x}\n".encode()
+
+
+class PrimaryOperations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self.store = store
+        self._next_inode = ROOT + 1
+        self._inode_of: dict[tuple[str, FileKind | None], int] = {}
+        self._node: dict[int, tuple[str, FileKind | None]] = {}
+        self._handles: dict[int, Handle] = {}
+        self._next_fh = 1
+        st = os.stat(store.data_dir)
+        self._uid, self._gid = st.st_uid, st.st_gid
+
+    # ---- names and inodes ----------------------------------------------------------------
+
+    def _inode(self, name: str, kind: FileKind | None) -> int:
+        key = (name, kind)
+        ino = self._inode_of.get(key)
+        if ino is None:
+            ino = self._next_inode
+            self._next_inode += 1
+            self._inode_of[key] = ino
+            self._node[ino] = key
+        return ino
+
+    def _resolve(self, parent: int, raw: bytes) -> tuple[str, FileKind | None]:
+        if parent != ROOT:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        name = os.fsdecode(raw)
+        db_name, kind = parse_name(name)
+        if not valid_db_name(db_name):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return db_name, kind
+
+    def _lookup_node(self, inode: int) -> tuple[DB, FileKind | None]:
+        node = self._node.get(inode)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        db = self.store.dbs.get(node[0])
+        if db is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return db, node[1]
+
+    # ---- attributes ----------------------------------------------------------------------
+
+    def _root_attrs(self) -> pyfuse3.EntryAttributes:
+        st = os.stat(self.store.data_dir)
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = ROOT
+        a.st_mode = stat.S_IFDIR | 0o755
+        a.st_nlink = 2
+        a.st_uid, a.st_gid = st.st_uid, st.st_gid
+        a.st_atime_ns = st.st_atime_ns
+        a.st_mtime_ns = st.st_mtime_ns
+        a.st_ctime_ns = st.st_ctime_ns
+        a.attr_timeout = 1.0
+        a.entry_timeout = 1.0
+        return a
+
+    def _attrs(self, db: DB, kind: FileKind | None, inode: int) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = inode
+        a.st_nlink = 1
+        if kind is None:
+            st = os.stat(db.path(FileKind.DATABASE))
+            a.st_mode = stat.S_IFREG | 0o444
+            a.st_size = POS_SIZE
+            a.attr_timeout = 0.0
+            a.entry_timeout = 0.0
+        else:
+            fd = db._fds.get(kind)
+            st = os.fstat(fd) if fd is not None else os.stat(db.path(kind))
+            a.st_mode = st.st_mode
+            a.st_size = st.st_size
+            a.st_blocks = st.st_blocks
+            a.attr_timeout = CACHE_TIMEOUT
+            a.entry_timeout = CACHE_TIMEOUT
+        a.st_uid, a.st_gid = st.st_uid, st.st_gid
+        a.st_blksize = 4096
+        a.st_atime_ns = st.st_atime_ns
+        a.st_mtime_ns = st.st_mtime_ns
+        a.st_ctime_ns = st.st_ctime_ns
+        return a
+
+    @fuse_boundary
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if name == b".":
+            return self._root_attrs()
+        db_name, kind = self._resolve(parent_inode, name)
+        db = self.store.get(db_name)
+        if db is None or (kind is not None and not db.exists(kind)):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attrs(db, kind, self._inode(db_name, kind))
+
+    @fuse_boundary
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if inode == ROOT:
+            return self._root_attrs()
+        db, kind = self._lookup_node(inode)
+        return self._attrs(db, kind, inode)
+
+    @fuse_boundary
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if inode == ROOT:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        db, kind = self._lookup_node(inode)
+        if kind is None:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        path = db.path(kind)
+        if fields.update_size:
+            db.truncate(kind, attr.st_size)
+        if fields.update_mode:
+            os.chmod(path, stat.S_IMODE(attr.st_mode))
+        if fields.update_uid or fields.update_gid:
+            os.chown(path, attr.st_uid if fields.update_uid else -1,
+                     attr.st_gid if fields.update_gid else -1)
+        if fields.update_atime or fields.update_mtime:
+            st = os.stat(path)
+            os.utime(path, ns=(attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
+                               attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns))
+        return self._attrs(db, kind, inode)
+
+    # ---- directory -----------------------------------------------------------------------
+
+    @fuse_boundary
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if inode != ROOT:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return 0
+
+    @fuse_boundary
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries: list[tuple[str, DB, FileKind | None]] = []
+        for name in self.store.names():
+            db = self.store.dbs[name]
+            entries.append((name, db, FileKind.DATABASE))
+            for companion, suffix in SUFFIXES.items():
+                if db.exists(companion):
+                    entries.append((name + suffix, db, companion))
+            entries.append((name + "-pos", db, POS))
+        for i in range(start_id, len(entries)):
+            fname, db, kind = entries[i]
+            try:
+                attrs = self._attrs(db, kind, self._inode(db.name, kind))
+            except FileNotFoundError:
+                continue
+            if not pyfuse3.readdir_reply(token, os.fsencode(fname), attrs, i + 1):
+                break
+
+    @fuse_boundary
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    @fuse_boundary
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        sv = os.statvfs(self.store.data_dir)
+        out = pyfuse3.StatvfsData()
+        for field in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
+                      "f_ffree", "f_favail", "f_namemax"):
+            setattr(out, field, getattr(sv, field))
+        return out
+
+    # ---- files ---------------------------------------------------------------------------
+
+    def _new_handle(self, db: DB, kind: FileKind | None, inode: int) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = Handle(db, kind, inode)
+        if kind is FileKind.SHM:
+            db.shm_opens += 1
+        return fh
+
+    @fuse_boundary
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        db, kind = self._lookup_node(inode)
+        if kind is None:
+            if flags & os.O_ACCMODE != os.O_RDONLY:
+                log.warning("%s-pos is read-only", db.name)
+                raise pyfuse3.FUSEError(errno.EACCES)
+            return pyfuse3.FileInfo(fh=self._new_handle(db, kind, inode), direct_io=True,
+                                    keep_cache=False)
+        db.fd(kind)
+        if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
+            db.truncate(kind, 0)
+        return pyfuse3.FileInfo(fh=self._new_handle(db, kind, inode), keep_cache=True)
+
+    @fuse_boundary
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        db_name, kind = self._resolve(parent_inode, name)
+        if kind is None:
+            log.warning("%s-pos is a read-only virtual file; it cannot be created", db_name)
+            raise pyfuse3.FUSEError(errno.EACCES)
+        if not stat.S_ISREG(mode):
+            log.warning("refusing to create %r: only regular files (databases) are supported",
+                        os.fsdecode(name))
+            raise pyfuse3.FUSEError(errno.EPERM)
+        if kind is FileKind.DATABASE:
+            db = self.store.create(db_name)
+        else:
+            existing = self.store.get(db_name)
+            if existing is None:
+                log.warning("refusing to create %r: database %r does not exist",
+                            os.fsdecode(name), db_name)
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            db = existing
+        db.fd(kind, create=True, mode=stat.S_IMODE(mode))
+        if flags & os.O_TRUNC:
+            db.truncate(kind, 0)
+        inode = self._inode(db_name, kind)
+        fh = self._new_handle(db, kind, inode)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._attrs(db, kind, inode)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        try:
+            h = self._handles[fh]
+            if h.kind is None:
+                return pos_text(h.db)[off:off + size]
+            return os.pread(h.db.fd(h.kind), size, off)
+        except Exception as exc:
+            raise to_fuse_error(exc, "read") from None
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        try:
+            h = self._handles[fh]
+            if h.kind is None:
+                raise pyfuse3.FUSEError(errno.EACCES)
+            return h.db.write(h.kind, off, buf)
+        except Exception as exc:
+            raise to_fuse_error(exc, "write") from None
+
+    @fuse_boundary
+    async def flush(self, fh: int) -> None:
+        return None
+
+    @fuse_boundary
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        h = self._handles[fh]
+        if h.kind is not None:
+            h.db.fsync(h.kind, datasync)
+
+    @fuse_boundary
+    async def release(self, fh: int) -> None:
+        h = self._handles.pop(fh, None)
+        if h is not None and h.kind is FileKind.SHM:
+            h.db.shm_opens -= 1
+
+    @fuse_boundary
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        db_name, kind = self._resolve(parent_inode, name)
+        if kind is None:
+            log.warning("%s-pos is a virtual file; it cannot be deleted", db_name)
+            raise pyfuse3.FUSEError(errno.EPERM)
+        db = self.store.dbs.get(db_name)
+        if db is None or not db.exists(kind):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        db.unlink(kind)
+        node = self._inode_of.pop((db_name, kind), None)
+        if node is not None:
+            self._node.pop(node, None)
+        if kind is FileKind.DATABASE:
+            pos = self._inode_of.pop((db_name, POS), None)
+            if pos is not None:
+                self._node.pop(pos, None)
+
+    @fuse_boundary
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        return True
+
+    # ---- what SQLite does not need -------------------------------------------------------
+
+    def _refuse(self, what: str, err: int = errno.EPERM) -> pyfuse3.FUSEError:
+        log.warning("refusing %s: the litefs mount is a flat directory of SQLite databases", what)
+        return pyfuse3.FUSEError(err)
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise self._refuse(f"mkdir {os.fsdecode(name)!r} (subdirectories are not supported)")
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise self._refuse(f"mknod {os.fsdecode(name)!r} (only regular files)")
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        raise self._refuse(f"rename {os.fsdecode(name_old)!r} (a database is named once; copy "
+                           "it with `sqlite3 .backup` instead)")
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise self._refuse(f"link {os.fsdecode(new_name)!r}")
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise self._refuse(f"symlink {os.fsdecode(name)!r}")
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise self._refuse(f"rmdir {os.fsdecode(name)!r}", errno.ENOTDIR)
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return []

@@ -1,0 +1,410 @@
+"""One database under the mount: its backing files, its position, and commit capture.
+
+The FUSE layer calls `write`, `truncate`, `unlink` and `fsync` with the file kind; this class
+performs the operation on the backing file and recognises commits:
+
+- rollback journal modes: database writes while a journal exists are noted as dirty pages; the
+  journal being deleted (DELETE), truncated to 0 (TRUNCATE) or having its header zeroed
+  (PERSIST) commits them;
+- WAL mode: `WalTracker` recognises commit frames.
+
+A commit becomes an LTX file (renamed into place) *before* the operation that completes it is
+performed on the backing file, so when SQLite's COMMIT returns the LTX file exists; if writing
+the LTX file fails, the operation is refused (EIO) and nothing changes. Transactions that change
+no page (read-only, rolled back, WAL padding frames) produce no LTX file.
+
+Nothing here awaits: a handler runs a whole commit without yielding to another FUSE request.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import TypeVar
+
+from ..ltx import EMPTY_DATABASE_CHECKSUM, Encoder, Header
+from .ltx_log import LtxLog
+from .page_table import PageTable, TableUndo
+from .paths import DBPaths
+from .wal_tracker import FRAME_HEADER_SIZE, WalCommit, WalTracker
+
+log = logging.getLogger("litefs.store")
+T = TypeVar("T")
+
+JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
+
+
+class FileKind(Enum):
+    DATABASE = "database"
+    JOURNAL = "journal"
+    WAL = "wal"
+    SHM = "shm"
+
+
+SUFFIXES = {FileKind.JOURNAL: "-journal", FileKind.WAL: "-wal", FileKind.SHM: "-shm"}
+
+
+class CaptureError(OSError):
+    """A write that cannot be captured; the application sees EIO."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EIO, message)
+
+
+def page_size_from_header(header: bytes) -> int:
+    """Page size from the first 100 bytes of a database, 0 if not a database header yet."""
+    if len(header) < 20 or header[:16] != b"SQLite format 3\x00":
+        return 0
+    v = int.from_bytes(header[16:18], "big")
+    size = 65536 if v == 1 else v
+    return size if 512 <= size <= 65536 and size & (size - 1) == 0 else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """An LTX file just written for a commit, with what is needed to take it back."""
+
+    path: Path
+    prev_txid: int
+    prev_checksum: int
+    undo: TableUndo
+
+
+class DB:
+    def __init__(self, name: str, root: Path) -> None:
+        self.name = name
+        self.paths = DBPaths(root)
+        root.mkdir(parents=True, exist_ok=True)
+        self.ltx = LtxLog(self.paths.ltx_dir)
+        self._fds: dict[FileKind, int] = {}
+        self.txid = 0
+        self.checksum = EMPTY_DATABASE_CHECKSUM
+        self.table: PageTable | None = None
+        self.dirty: set[int] = set()
+        self.wal = WalTracker()
+        self.wal_index: dict[int, int] = {}  # pgno -> frame of its newest committed version
+        self.shm_opens = 0  # open FUSE handles on -shm (none while WAL writes: exclusive mode)
+        # Size of the journal as our own operations left it: every change goes through us.
+        self._journal_size = self._stat_size(FileKind.JOURNAL)
+        self.deleted = False
+
+    # ---- backing files -------------------------------------------------------------------
+
+    def path(self, kind: FileKind) -> Path:
+        return self.paths.root / kind.value
+
+    def exists(self, kind: FileKind) -> bool:
+        return kind in self._fds or self.path(kind).exists()
+
+    def fd(self, kind: FileKind, *, create: bool = False, mode: int = 0o644) -> int:
+        fd = self._fds.get(kind)
+        if fd is None:
+            flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+            fd = os.open(self.path(kind), flags, mode)
+            self._fds[kind] = fd
+            if kind is FileKind.DATABASE:
+                self.deleted = False
+        return fd
+
+    def _close(self, kind: FileKind) -> None:
+        fd = self._fds.pop(kind, None)
+        if fd is not None:
+            os.close(fd)
+
+    def save_state(self) -> None:
+        """Persist the page checksums so the next start need not rescan the database."""
+        if self.table is not None and not self.deleted:
+            self.table.save(self.paths.page_table, self.txid)
+
+    def close(self) -> None:
+        self.ltx.close()
+        for kind in list(self._fds):
+            self._close(kind)
+
+    def _stat_size(self, kind: FileKind) -> int:
+        try:
+            return self.path(kind).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def size(self, kind: FileKind) -> int:
+        fd = self._fds.get(kind)
+        if fd is not None:
+            return os.fstat(fd).st_size
+        return self.path(kind).stat().st_size
+
+    def read(self, kind: FileKind, offset: int, size: int) -> bytes:
+        return os.pread(self.fd(kind), size, offset)
+
+    @property
+    def pos(self) -> tuple[int, int]:
+        return self.txid, self.checksum
+
+    @property
+    def page_size(self) -> int:
+        return self.table.page_size if self.table is not None else 0
+
+    def _db_page_size(self) -> int:
+        return page_size_from_header(os.pread(self.fd(FileKind.DATABASE), 100, 0))
+
+    def _wal_mode(self) -> bool:
+        """True when the database header says WAL (bytes 18/19 = 2) or a WAL is in use."""
+        hdr = os.pread(self.fd(FileKind.DATABASE), 2, 18)
+        return hdr == b"\x02\x02" or self.wal.salts is not None
+
+    # ---- operations from the FUSE layer --------------------------------------------------
+
+    def write(self, kind: FileKind, offset: int, data: bytes) -> int:
+        if kind is FileKind.DATABASE:
+            return self._write_database(offset, data)
+        if kind is FileKind.WAL:
+            return self._write_wal(offset, data)
+        fd = self.fd(kind)
+        if kind is FileKind.JOURNAL:
+            if offset == 0 and data[:8] == bytes(8) and self.dirty:
+                # PERSIST mode commits by zeroing the journal header.
+                n = self._committing(lambda: os.pwrite(fd, data, offset))
+            else:
+                n = os.pwrite(fd, data, offset)
+            self._journal_size = max(self._journal_size, offset + n)
+            return n
+        return os.pwrite(fd, data, offset)
+
+    def _committing(self, operation: Callable[[], T]) -> T:
+        """Record the rollback-mode transaction, then perform the operation that commits it;
+        if that operation fails, take the LTX file back."""
+        written = self._commit_rollback()
+        try:
+            return operation()
+        except BaseException:
+            if written is not None:
+                self._take_back(written)
+            raise
+
+    def _write_database(self, offset: int, data: bytes) -> int:
+        fd = self.fd(FileKind.DATABASE)
+        if self._journal_size > 0:
+            n = os.pwrite(fd, data, offset)
+            ps = self.page_size or self._db_page_size() or page_size_from_header(data)
+            if ps:
+                first = offset // ps + 1
+                last = (offset + len(data) - 1) // ps + 1
+                self.dirty.update(range(first, last + 1))
+            return n
+        if self._wal_mode():
+            return os.pwrite(fd, data, offset)  # checkpoint: copies committed pages
+        msg = (f"{self.name}: refusing a database write without a rollback journal or WAL: "
+               "journal_mode=MEMORY or OFF cannot be captured; use PRAGMA journal_mode=DELETE, "
+               "TRUNCATE, PERSIST or WAL")
+        log.error(msg)
+        raise CaptureError(msg)
+
+    def _write_wal(self, offset: int, data: bytes) -> int:
+        fd = self.fd(FileKind.WAL)
+        if self.shm_opens == 0 and offset >= 32:
+            msg = (f"{self.name}: refusing a WAL write while no process has the -shm file open: "
+                   "locking_mode=EXCLUSIVE in WAL mode cannot be captured; use "
+                   "PRAGMA locking_mode=NORMAL")
+            log.error(msg)
+            raise CaptureError(msg)
+        tracker = self.wal
+        commit, undo = tracker.process(offset, data, self._read_frame_header)
+        if commit is None:
+            return os.pwrite(fd, data, offset)
+        try:
+            written = self._commit_wal(commit, offset, data)
+        except BaseException:
+            tracker.undo(undo)
+            raise
+        try:
+            n = os.pwrite(fd, data, offset)
+        except BaseException:
+            tracker.undo(undo)
+            if written is not None:
+                self._take_back(written)
+            raise
+        return n
+
+    def _read_frame_header(self, index: int) -> bytes:
+        return os.pread(self.fd(FileKind.WAL), FRAME_HEADER_SIZE, self.wal.frame_offset(index))
+
+    def truncate(self, kind: FileKind, size: int) -> None:
+        fd = self.fd(kind)
+        if kind is FileKind.JOURNAL:
+            if size == 0 and self.dirty:
+                # TRUNCATE mode commits by truncating the journal to 0.
+                self._committing(lambda: os.ftruncate(fd, size))
+            else:
+                os.ftruncate(fd, size)
+            self._journal_size = size
+            return
+        os.ftruncate(fd, size)
+        if kind is FileKind.WAL:
+            self.wal.truncate(size)
+            if size < 32:
+                self.wal_index.clear()
+
+    def unlink(self, kind: FileKind) -> None:
+        if kind is FileKind.DATABASE:
+            self._delete_database()
+            return
+        path = self.path(kind)
+        if kind is FileKind.JOURNAL:
+            if self.dirty:
+                # DELETE mode commits by deleting the journal.
+                self._committing(path.unlink)
+            else:
+                path.unlink()
+            self._close(kind)
+            self._journal_size = 0
+            return
+        self._close(kind)
+        path.unlink()
+        if kind is FileKind.WAL:
+            self.wal.reset()
+            self.wal_index.clear()
+
+    def fsync(self, kind: FileKind, datasync: bool = False) -> None:
+        # LTX files first: SQLite's fsync is the point from which it treats the transaction as
+        # durable, so the LTX files it depends on must be durable no later than that.
+        self.ltx.sync()
+        fd = self.fd(kind)
+        if datasync:
+            os.fdatasync(fd)
+        else:
+            os.fsync(fd)
+
+    # ---- commits -------------------------------------------------------------------------
+
+    def _commit_rollback(self) -> Recorded | None:
+        fd = self.fd(FileKind.DATABASE)
+        ps = self._db_page_size()
+        dirty = self.dirty
+        if not ps:
+            dirty.clear()
+            return None
+        size = os.fstat(fd).st_size
+        commit = size // ps
+        if self.table is not None and self.table.page_size != ps:
+            # The page size changed (VACUUM after PRAGMA page_size): every page is new.
+            log.info("%s: page size changed from %d to %d", self.name, self.table.page_size, ps)
+            self.table = None
+        if self.table is None or self.txid == 0:
+            wanted = range(1, commit + 1)
+        else:
+            wanted = sorted(p for p in dirty if p <= commit)  # type: ignore[assignment]
+        pages = {p: self._read_db_page(p, ps) for p in wanted}
+        written = self._record(pages, commit, ps)
+        dirty.clear()
+        return written
+
+    def _read_db_page(self, pgno: int, ps: int) -> bytes:
+        data = os.pread(self.fd(FileKind.DATABASE), ps, (pgno - 1) * ps)
+        if len(data) < ps:
+            data += bytes(ps - len(data))
+        return data
+
+    def _commit_wal(self, commit: WalCommit, offset: int, data: bytes) -> Recorded | None:
+        tracker = self.wal
+        ps = tracker.page_size
+        end = offset + len(data)
+        wal_fd = self.fd(FileKind.WAL)
+
+        def frame_page(index: int) -> bytes:
+            # The kernel splits writes at page-cache boundaries, so part of a frame's page may
+            # be in this write and the rest already in the backing file.
+            start = tracker.frame_offset(index) + FRAME_HEADER_SIZE
+            stop = start + ps
+            if offset <= start and stop <= end:
+                return bytes(data[start - offset:stop - offset])
+            if stop <= offset or start >= end:
+                return os.pread(wal_fd, ps, start)
+            page = bytearray(os.pread(wal_fd, ps, start).ljust(ps, b"\0"))
+            lo, hi = max(start, offset), min(stop, end)
+            page[lo - start:hi - start] = data[lo - offset:hi - offset]
+            return bytes(page)
+
+        if self.table is not None and self.table.page_size != ps:
+            self.table = None
+        if self.table is None or self.txid == 0:
+            # First LTX (a snapshot) or page size change: every page, newest version first
+            # from this transaction, then the committed WAL, then the database file.
+            pages = {}
+            for pgno in range(1, commit.db_size + 1):
+                idx = commit.frames.get(pgno, self.wal_index.get(pgno))
+                pages[pgno] = frame_page(idx) if idx is not None else self._read_db_page(pgno, ps)
+        else:
+            pages = {pgno: frame_page(idx) for pgno, idx in commit.frames.items()
+                     if pgno <= commit.db_size}
+        first_off = tracker.frame_offset(commit.first_frame)
+        wal_size = (commit.commit_frame + 1 - commit.first_frame) * tracker.frame_size
+        salts = tracker.salts or (0, 0)
+        written = self._record(pages, commit.db_size, ps,
+                               wal=(first_off, wal_size, salts[0], salts[1]))
+        for pgno, idx in commit.frames.items():
+            self.wal_index[pgno] = idx
+        return written
+
+    def _record(self, pages: dict[int, bytes], commit: int, page_size: int,
+                wal: tuple[int, int, int, int] = (0, 0, 0, 0)) -> Recorded | None:
+        """Turn one committed transaction into an LTX file; None if it changed nothing."""
+        if self.table is None:
+            self.table = PageTable(page_size)
+        table = self.table
+        old_count = table.page_count
+        changed, undo = table.commit(pages, commit)
+        if not changed and commit == old_count and self.txid > 0:
+            return None
+        txid = self.txid + 1
+        snapshot = txid == 1
+        header = Header(
+            page_size=page_size, commit=commit, min_txid=txid, max_txid=txid,
+            timestamp=int(time.time() * 1000),
+            pre_apply_checksum=0 if snapshot else self.checksum,
+            wal_offset=wal[0], wal_size=wal[1], wal_salt1=wal[2], wal_salt2=wal[3],
+        )
+        try:
+            buf = io.BytesIO()
+            enc = Encoder(buf, header, name=f"{self.name} TXID {txid}")
+            for pgno, data in changed:
+                enc.encode_page(pgno, data)
+            enc.finish(table.checksum)
+            path = self.ltx.write(txid, txid, buf.getvalue())
+        except BaseException:
+            table.undo(undo)
+            raise
+        recorded = Recorded(path, self.txid, self.checksum, undo)
+        self.txid, self.checksum = txid, table.checksum
+        return recorded
+
+    def _take_back(self, recorded: Recorded) -> None:
+        """Undo `_record` after the operation that completes the commit failed."""
+        self.ltx.remove(recorded.path)
+        if self.table is not None:
+            self.table.undo(recorded.undo)
+        self.txid, self.checksum = recorded.prev_txid, recorded.prev_checksum
+
+    def _delete_database(self) -> None:
+        """The application deleted the database: record a commit-0 LTX file, then delete."""
+        if self.txid > 0 and not self.deleted:
+            txid = self.txid + 1
+            ps = self.page_size or 4096
+            header = Header(page_size=ps, commit=0, min_txid=txid, max_txid=txid,
+                            timestamp=int(time.time() * 1000),
+                            pre_apply_checksum=self.checksum)
+            buf = io.BytesIO()
+            Encoder(buf, header, name=f"{self.name} TXID {txid}").finish(EMPTY_DATABASE_CHECKSUM)
+            self.ltx.write(txid, txid, buf.getvalue())
+            self.txid, self.checksum = txid, EMPTY_DATABASE_CHECKSUM
+        self._close(FileKind.DATABASE)
+        self.path(FileKind.DATABASE).unlink()
+        self.table = None
+        self.dirty.clear()
+        self.deleted = True

@@ -1,0 +1,204 @@
+"""Bring one database to a consistent, fully captured state before the mount is exposed.
+
+1. A hot rollback journal: if the last LTX file already records the transaction (the process
+   died after writing the LTX file but before deleting the journal), the journal is stale and
+   is removed; otherwise the journal is rolled back, as SQLite would.
+2. The WAL: committed transactions after the last LTX file's WAL position become LTX files,
+   because SQLite would treat them as committed (an acknowledged transaction is never
+   truncated away).
+3. The database checksum is checked against the last LTX file. On a clean restart the saved
+   page checksums are trusted and nothing is rescanned.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ..errors import ExitCode, QuietError
+from ..sqlite import WALReader, journal_is_hot, rollback_pages
+from ..sqlite.errors import SQLiteFormatError
+from ..sqlite.wal import WALTransaction
+from .db import DB, FileKind, page_size_from_header
+from .page_table import PageTable
+
+log = logging.getLogger("litefs.store")
+
+
+class DatabaseDivergedError(QuietError):
+    """The database does not match its LTX log; the message says how to fix it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ExitCode.FAILED)
+
+
+def recover(db: DB) -> None:
+    paths = db.paths
+    for tmp in paths.ltx_dir.glob("*.tmp"):
+        tmp.unlink(missing_ok=True)
+    saved = PageTable.load(paths.page_table)
+    # The saved table is good for exactly one start; a crash after this must not trust it.
+    paths.page_table.unlink(missing_ok=True)
+
+    last = db.ltx.last()
+    if last is not None:
+        _, header, trailer = last
+        db.txid = header.max_txid
+        db.checksum = trailer.post_apply_checksum
+    db_path = paths.database
+    if last is not None and last[1].commit == 0:
+        # The last transaction deleted the database; finish a deletion interrupted by a crash.
+        for kind in (FileKind.DATABASE, FileKind.JOURNAL, FileKind.WAL, FileKind.SHM):
+            db.path(kind).unlink(missing_ok=True)
+        db.deleted = True
+        return
+    if not db_path.exists():
+        db.deleted = last is not None
+        if last is not None:
+            raise DatabaseDivergedError(
+                f"{db.name}: the database file is missing but its LTX log ends at TXID "
+                f"{db.txid:016x}. Restore it with `litefs restore` from the replica, or remove "
+                f"{paths.root} to start over.")
+        return
+
+    fd = db.fd(FileKind.DATABASE)
+    ps = page_size_from_header(os.pread(fd, 100, 0))
+    file_pages = os.fstat(fd).st_size // ps if ps else 0
+    journal_action = _hot_journal(db, fd, ps, last is not None)
+    if journal_action:
+        ps = page_size_from_header(os.pread(fd, 100, 0))
+        file_pages = os.fstat(fd).st_size // ps if ps else 0
+
+    wal = _read_wal(db.path(FileKind.WAL))
+    captured: list[WALTransaction] = []
+    new: list[WALTransaction] = []
+    if wal is not None:
+        reader, txns = wal
+        salts = (reader.header.salt1, reader.header.salt2)
+        captured_end = 32
+        if last is not None and (last[1].wal_salt1, last[1].wal_salt2) == salts \
+                and last[1].wal_offset:
+            captured_end = last[1].wal_offset + last[1].wal_size
+        for t in txns:
+            (captured if t.end_offset <= captured_end else new).append(t)
+        if txns and not ps:
+            ps = reader.page_size
+
+    if not ps:
+        if last is not None:
+            raise DatabaseDivergedError(
+                f"{db.name}: the database file is not a SQLite database but its LTX log ends at "
+                f"TXID {db.txid:016x}. Restore it with `litefs restore`.")
+        return  # an empty file: a database being created
+
+    logical_pages = captured[-1].db_size if captured else file_pages
+    table: PageTable | None = None
+    if (saved is not None and not journal_action and saved[1] == db.txid and last is not None
+            and saved[0].checksum == db.checksum and saved[0].page_size == ps
+            and saved[0].page_count == logical_pages):
+        table = saved[0]
+        log.info("%s: resumed at TXID %016x from saved checksums", db.name, db.txid)
+    else:
+        table = PageTable.scan(fd, ps, file_pages)
+        for t in captured:
+            table.commit(t.pages, t.db_size)
+        table.truncate(logical_pages)
+
+    if last is not None and table.checksum != db.checksum:
+        raise DatabaseDivergedError(
+            f"{db.name}: database checksum {table.checksum:016x} does not match the last LTX "
+            f"file (TXID {db.txid:016x}, post-apply checksum {db.checksum:016x}): the "
+            f"database was changed outside litefs or the data directory is damaged. To keep "
+            f"the database as it is now, record it as TXID {db.txid + 1:016x} with "
+            f"`litefs recover --data-dir {paths.root.parent.parent} {db.name}`; to replace "
+            f"it from the replica, use `litefs restore --force`.")
+
+    if last is None:
+        # Data that predates capture: the first LTX file is a snapshot of it.
+        db.table = None
+        if logical_pages:
+            pages = {p: _logical_page(fd, ps, p, captured) for p in range(1, logical_pages + 1)}
+            db._record(pages, logical_pages, ps)
+            log.info("%s: recorded existing database as snapshot TXID %016x", db.name, db.txid)
+    else:
+        db.table = table
+
+    if wal is not None:
+        reader, txns = wal
+        for t in new:
+            db._record(t.pages, t.db_size, reader.page_size,
+                       wal=(t.start_offset, t.end_offset - t.start_offset,
+                            reader.header.salt1, reader.header.salt2))
+            log.info("%s: recorded committed WAL transaction at offset %d as TXID %016x",
+                     db.name, t.start_offset, db.txid)
+        frame_size = 24 + reader.page_size
+        committed = (txns[-1].end_offset - 32) // frame_size if txns else 0
+        db.wal.load(reader.page_size, (reader.header.salt1, reader.header.salt2), committed)
+        for t in txns:
+            for f in t.frames:
+                db.wal_index[f.pgno] = f.index
+    db.ltx.sync()
+
+
+def _logical_page(fd: int, ps: int, pgno: int, captured: list[WALTransaction]) -> bytes:
+    for t in reversed(captured):
+        for f in reversed(t.frames):
+            if f.pgno == pgno:
+                return f.page
+    data = os.pread(fd, ps, (pgno - 1) * ps)
+    return data + bytes(ps - len(data))
+
+
+def _read_wal(path: Path) -> tuple[WALReader, list[WALTransaction]] | None:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    if len(data) < 32:
+        return None
+    try:
+        reader = WALReader(data, name=str(path))
+        txns = list(reader.transactions())
+    except SQLiteFormatError as exc:
+        log.info("ignoring WAL without a valid header (%s)", exc)
+        return None
+    return reader, txns
+
+
+def _hot_journal(db: DB, fd: int, ps: int, have_ltx: bool) -> bool:
+    """Deal with a hot journal; True if the database file was changed."""
+    path = db.path(FileKind.JOURNAL)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return False
+    if not journal_is_hot(data[:8]):
+        return False
+    if have_ltx and ps:
+        now = PageTable.scan(fd, ps, os.fstat(fd).st_size // ps)
+        if now.checksum == db.checksum:
+            log.info("%s: the last transaction was recorded before the crash; removing its "
+                     "journal instead of rolling back", db.name)
+            db._close(FileKind.JOURNAL)
+            path.unlink()
+            db._journal_size = 0
+            return False
+    try:
+        rb = rollback_pages(data, name=str(path))
+    except SQLiteFormatError as exc:
+        raise DatabaseDivergedError(f"{db.name}: hot journal {path} cannot be rolled back: "
+                                    f"{exc}") from None
+    for pgno, page in rb.pages.items():
+        os.pwrite(fd, page, (pgno - 1) * rb.page_size)
+    os.ftruncate(fd, rb.page_count * rb.page_size)
+    os.fsync(fd)
+    db._close(FileKind.JOURNAL)
+    path.unlink()
+    db._journal_size = 0
+    log.info("%s: rolled back a hot journal (%d pages)", db.name, len(rb.pages))
+    return True
+
+

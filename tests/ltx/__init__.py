@@ -1,0 +1,1 @@
+"""Tests for the pure LTX codec (`litefs_py.ltx`)."""
