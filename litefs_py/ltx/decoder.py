@@ -8,10 +8,10 @@ that: a caller applying pages to a database must write to a temporary copy.
 
 from __future__ import annotations
 
+import io
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import lz4.block
 
@@ -21,19 +21,21 @@ from .errors import (
     LTXError,
     PageFrameError,
     PageIndexError,
+    TrailerError,
     TruncatedError,
 )
 from .header import HEADER_SIZE, TRAILER_SIZE, Header, Trailer, Version
 from .page_encoding import PAGE_FLAG_LZ4_BLOCK, decompress_frame, read_lz4_frame
-from .varint import append_uvarint, read_uvarint
+from .varint import encode_index, read_uvarint
 
 _FRAME_HEADER = struct.Struct(">IH")
+_FRAME_HEADER_SIZED = struct.Struct(">IHI")
 _U32 = struct.Struct(">I")
+_CHUNK = 1 << 20
 _U64 = struct.Struct(">Q")
 
 
-@dataclass(frozen=True, slots=True)
-class PageIndexEntry:
+class PageIndexEntry(NamedTuple):
     pgno: int
     offset: int  # absolute offset of the frame header
     size: int  # frame header + size prefix + payload
@@ -44,8 +46,9 @@ class Decoder:
 
     def __init__(self, f: BinaryIO, *, name: str = "<ltx>", validate: bool = True) -> None:
         self.name = name
-        self._read = f.read
-        raw = self._read(HEADER_SIZE)
+        self._file_read = f.read
+        self._leftover = b""
+        raw = f.read(HEADER_SIZE)
         if len(raw) < HEADER_SIZE:
             raise TruncatedError(f"file is {len(raw)} bytes, shorter than the {HEADER_SIZE}-byte "
                                  "header", name=name, offset=0)
@@ -55,9 +58,14 @@ class Decoder:
         self._crc = crc64(raw)
         self._offset = HEADER_SIZE
         self.trailer: Trailer | None = None
-        self.index: list[PageIndexEntry] = []
+        self._entries: list[tuple[int, int, int]] = []
         self.page_count = 0
         self._started = False
+
+    @property
+    def index(self) -> list[PageIndexEntry]:
+        """Page index entries of the frames read so far."""
+        return [PageIndexEntry._make(e) for e in self._entries]
 
     def _take(self, n: int, what: str) -> bytes:
         b = self._read(n)
@@ -77,25 +85,39 @@ class Decoder:
         commit = hdr.commit
         lock = lock_pgno(page_size)
         snapshot = hdr.is_snapshot
-        read = self._read
-        unpack_hdr = _FRAME_HEADER.unpack
+        read = self._file_read
+        unpack_sized = _FRAME_HEADER_SIZED.unpack_from
         decompress = lz4.block.decompress
-        index = bytearray()
-        entries = self.index
+        entries = self._entries
+        append = entries.append
+        max_csize = page_size + page_size // 255 + 16
         crc = self._crc
-        offset = self._offset
+        offset = self._offset  # file offset of buf[pos]
+        # Frames are parsed from an in-memory chunk: one read() per chunk instead of three
+        # per page is most of the difference to the raw LZ4 floor.
+        buf = read(_CHUNK)
+        pos = 0
         last = 0
+        count = 0
         while True:
-            fh = read(6)
-            if len(fh) != 6:
+            if len(buf) - pos < max_csize + 10:
+                buf = buf[pos:] + read(_CHUNK)
+                pos = 0
+            avail = len(buf) - pos
+            if avail < 6:
                 raise TruncatedError(f"file ends inside a page frame header after page {last}",
                                      name=name, offset=offset)
-            pgno, flags = unpack_hdr(fh)
+            if avail >= 10:
+                pgno, flags, csize = unpack_sized(buf, pos)
+            else:
+                pgno, flags = _FRAME_HEADER.unpack_from(buf, pos)
+                csize = -1
             if pgno == 0:
                 if flags != 0:
                     raise PageFrameError(f"end-of-pages marker has flags 0x{flags:04x}",
                                          name=name, offset=offset)
-                crc = crc64(fh, crc)
+                crc = crc64(buf[pos:pos + 6], crc)
+                pos += 6
                 offset += 6
                 break
             # Page number rules: order, lock page, commit bound, snapshot completeness.
@@ -105,55 +127,47 @@ class Decoder:
                 raise PageFrameError(self._pgno_problem(pgno, last, lock), name=name,
                                      offset=offset)
             if flags == PAGE_FLAG_LZ4_BLOCK:
-                sb = read(4)
-                if len(sb) != 4:
-                    raise TruncatedError(f"file ends inside the size of page {pgno}", name=name,
-                                         offset=offset + 6)
-                (csize,) = _U32.unpack(sb)
-                if csize > page_size + page_size // 255 + 16:
+                if csize < 0:
+                    raise TruncatedError(f"file ends inside the size of page {pgno}",
+                                         name=name, offset=offset + 6)
+                if csize > max_csize:
                     raise PageFrameError(f"page {pgno} compressed size {csize} is impossible "
                                          f"for page size {page_size}", name=name,
                                          offset=offset + 6)
-                payload = read(csize)
-                if len(payload) != csize:
-                    raise TruncatedError(f"file ends inside page {pgno} ({len(payload)} of "
+                size = 10 + csize
+                if avail < size:
+                    raise TruncatedError(f"file ends inside page {pgno} ({avail - 10} of "
                                          f"{csize} bytes)", name=name, offset=offset + 10)
+                mv = memoryview(buf)
                 try:
-                    data = decompress(payload, uncompressed_size=page_size)
+                    data = decompress(mv[pos + 10:pos + size], uncompressed_size=page_size)
                 except lz4.block.LZ4BlockError as exc:
                     raise PageFrameError(f"page {pgno}: corrupt LZ4 block ({exc})", name=name,
                                          offset=offset + 10) from None
-                crc = crc64(data, crc64(sb, crc64(fh, crc)))
-                size = 10 + csize
+                crc = crc64(data, crc64(buf[pos:pos + 10], crc))
             elif flags == 0:
-                try:
-                    frame = read_lz4_frame(read)
-                except EOFError:
-                    raise TruncatedError(f"file ends inside the LZ4 frame of page {pgno}",
-                                         name=name, offset=offset + 6) from None
-                except ValueError as exc:
-                    raise PageFrameError(f"page {pgno}: {exc}", name=name,
-                                         offset=offset + 6) from None
-                try:
-                    data = decompress_frame(frame)
-                except RuntimeError as exc:
-                    raise PageFrameError(f"page {pgno}: corrupt LZ4 frame ({exc})", name=name,
-                                         offset=offset + 6) from None
-                crc = crc64(data, crc64(fh, crc))
-                size = 6 + len(frame)
+                data, size = self._legacy_frame(buf, pos, pgno, offset)
+                if size < 0:  # the frame continues past this chunk: grow it and retry
+                    more = read(-size)
+                    if not more:
+                        raise TruncatedError(f"file ends inside the LZ4 frame of page {pgno}",
+                                             name=name, offset=offset + 6)
+                    buf = buf[pos:] + more
+                    pos = 0
+                    continue
+                crc = crc64(data, crc64(buf[pos:pos + 6], crc))
             else:
                 raise PageFrameError(f"page {pgno} has unknown page flags 0x{flags:04x}",
                                      name=name, offset=offset + 4)
             if len(data) != page_size:
                 raise PageFrameError(f"page {pgno} inflates to {len(data)} bytes, page size is "
                                      f"{page_size}", name=name, offset=offset)
-            append_uvarint(index, pgno)
-            append_uvarint(index, offset)
-            append_uvarint(index, size)
-            entries.append(PageIndexEntry(pgno, offset, size))
+            append((pgno, offset, size))
             offset += size
+            pos += size
             last = pgno
-            self.page_count += 1
+            count += 1
+            self.page_count = count
             yield pgno, data
         if snapshot:
             needed = commit - 1 if commit == lock else commit
@@ -162,7 +176,36 @@ class Decoder:
                                      f"every page up to {needed}", name=name, offset=offset - 6)
         self._offset = offset
         self._crc = crc
-        self._finish(index)
+        self._leftover = buf[pos:]
+        self._finish()
+
+    def _legacy_frame(self, buf: bytes, pos: int, pgno: int, offset: int) -> tuple[bytes, int]:
+        """Decode the LZ4 frame of a legacy page frame starting at buf[pos]; return (page,
+        frame size incl. the 6-byte header), or (b"", -n) when n more bytes are needed."""
+        view = io.BytesIO(buf)
+        view.seek(pos + 6)
+        try:
+            raw = read_lz4_frame(view.read)
+        except EOFError:
+            return b"", -max(_CHUNK, len(buf))
+        except ValueError as exc:
+            raise PageFrameError(f"page {pgno}: {exc}", name=self.name,
+                                 offset=offset + 6) from None
+        try:
+            data = decompress_frame(raw)
+        except RuntimeError as exc:
+            raise PageFrameError(f"page {pgno}: corrupt LZ4 frame ({exc})", name=self.name,
+                                 offset=offset + 6) from None
+        return data, 6 + len(raw)
+
+    def _read(self, n: int) -> bytes:
+        """Read after the page block: first what the page loop buffered, then the file."""
+        left = self._leftover
+        if len(left) >= n:
+            self._leftover = left[n:]
+            return left[:n]
+        self._leftover = b""
+        return left + self._file_read(n - len(left))
 
     def _pgno_problem(self, pgno: int, last: int, lock: int) -> str:
         if pgno <= last:
@@ -174,12 +217,12 @@ class Decoder:
         expected = last + 2 if last + 1 == lock else last + 1
         return f"snapshot is missing page {expected} (next stored page is {pgno})"
 
-    def _finish(self, expected_index: bytearray) -> None:
-        expected_index.append(0)
+    def _finish(self) -> None:
+        expected_index = encode_index(self._entries)
         n = len(expected_index)
         got = self._read(n)
         if got != expected_index:
-            self._explain_index(got)
+            self._explain_index(got, short=len(got) < n)
         crc = crc64(got, self._crc)
         self._offset += n
         lb = self._take(8, "the page index length")
@@ -200,28 +243,29 @@ class Decoder:
         self._offset += TRAILER_SIZE
         extra = self._read(1)
         if extra:
-            raise LTXError("unexpected data after the trailer", name=self.name,
-                           offset=self._offset)
+            raise TrailerError("unexpected data after the trailer", name=self.name,
+                               offset=self._offset)
         self.trailer = trailer
 
-    def _explain_index(self, got: bytes) -> None:
-        """Raise a PageIndexError that says which entry differs from the frames read."""
+    def _explain_index(self, got: bytes, *, short: bool) -> None:
+        """Raise the error that says how the stored index differs from the frames read:
+        TruncatedError if the file ended inside it, PageIndexError otherwise."""
         start = self._offset
         pos = 0
         try:
-            for e in self.index:
+            for e in self._entries:
                 fields = []
                 for _ in range(3):
                     v, pos = read_uvarint(got, pos)
                     fields.append(v)
-                if tuple(fields) != (e.pgno, e.offset, e.size):
+                if tuple(fields) != e:
                     raise PageIndexError(
                         f"page index entry (pgno {fields[0]}, offset {fields[1]}, size "
-                        f"{fields[2]}) does not match frame (pgno {e.pgno}, offset {e.offset}, "
-                        f"size {e.size})", name=self.name, offset=start + pos)
+                        f"{fields[2]}) does not match frame (pgno {e[0]}, offset {e[1]}, "
+                        f"size {e[2]})", name=self.name, offset=start + pos)
             v, pos = read_uvarint(got, pos)
         except ValueError as exc:
-            if len(got) < pos + 1:
+            if short:
                 raise TruncatedError("file ends inside the page index", name=self.name,
                                      offset=start + len(got)) from None
             raise PageIndexError(str(exc), name=self.name, offset=start + pos) from None
@@ -285,11 +329,17 @@ def decode_page_frame(frame: bytes, page_size: int, *, name: str = "<ltx>",
                                      f"{10 + csize}", name=name, offset=offset)
             data = lz4.block.decompress(frame[10:], uncompressed_size=page_size)
         elif flags == 0:
-            data = decompress_frame(frame[6:])
+            body = io.BytesIO(frame)
+            body.seek(6)
+            raw = read_lz4_frame(body.read)
+            if 6 + len(raw) != len(frame):
+                raise PageFrameError(f"page {pgno} frame is {len(frame)} bytes, its LZ4 frame "
+                                     f"ends at {6 + len(raw)}", name=name, offset=offset)
+            data = decompress_frame(raw)
         else:
             raise PageFrameError(f"page {pgno} has unknown page flags 0x{flags:04x}", name=name,
                                  offset=offset + 4)
-    except (lz4.block.LZ4BlockError, RuntimeError, struct.error) as exc:
+    except (lz4.block.LZ4BlockError, RuntimeError, struct.error, ValueError, EOFError) as exc:
         raise PageFrameError(f"page {pgno}: corrupt payload ({exc})", name=name,
                              offset=offset) from None
     if len(data) != page_size:

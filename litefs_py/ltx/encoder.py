@@ -14,7 +14,7 @@ from .checksum import CHECKSUM_FLAG, crc64, lock_pgno
 from .errors import LTXError, PageFrameError
 from .header import HEADER_SIZE, Header, Trailer, Version
 from .page_encoding import PageEncoding, compress_block, compress_frame
-from .varint import append_uvarint
+from .varint import encode_index
 
 _FRAME_HEADER = struct.Struct(">IH")
 _FRAME_HEADER_SIZED = struct.Struct(">IHI")
@@ -47,10 +47,11 @@ class Encoder:
         self._commit = header.commit
         self._lock_pgno = lock_pgno(header.page_size)
         self._legacy = page_encoding is PageEncoding.LZ4_FRAME
+        self._snapshot = header.is_snapshot
         self._track = track_checksum
         self._page_checksums = 0
         self._last_pgno = 0
-        self._index = bytearray()
+        self._index: list[tuple[int, int, int]] = []
         self._finished = False
         hdr = header.encode()
         self._write(hdr)
@@ -81,10 +82,7 @@ class Encoder:
         self._write(hdr)
         self._write(payload)
         size = len(hdr) + len(payload)
-        index = self._index
-        append_uvarint(index, pgno)
-        append_uvarint(index, self._offset)
-        append_uvarint(index, size)
+        self._index.append((pgno, self._offset, size))
         self._offset += size
         self._last_pgno = pgno
         self.page_count += 1
@@ -93,6 +91,8 @@ class Encoder:
 
     def _check_pgno(self, pgno: int) -> None:
         last = self._last_pgno
+        if last < pgno <= self._commit and pgno != self._lock_pgno and not self._snapshot:
+            return
         if pgno <= last:
             raise PageFrameError(
                 f"page {pgno} out of order: pages must be strictly increasing (previous {last})",
@@ -105,7 +105,7 @@ class Encoder:
             raise PageFrameError(
                 f"page {pgno} is past the commit size of {self._commit} pages",
                 name=self.name, offset=self._offset)
-        if self.header.is_snapshot:
+        if self._snapshot:
             expected = last + 1 if last + 1 != self._lock_pgno else last + 2
             if pgno != expected:
                 raise PageFrameError(
@@ -135,8 +135,7 @@ class Encoder:
                 raise PageFrameError(
                     f"snapshot ends at page {self._last_pgno}, commit needs pages up to "
                     f"{last_needed}", name=self.name, offset=self._offset)
-        index = self._index
-        index.append(0)
+        index = encode_index(self._index)
         tail = END_OF_PAGES_V3 + bytes(index) + _U64.pack(len(index))
         post = _U64.pack(post_apply_checksum)
         crc = crc64(post, crc64(tail, self._crc))

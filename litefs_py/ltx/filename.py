@@ -6,7 +6,7 @@ import re
 
 from .errors import FilenameError
 
-_FILENAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
+_FILENAME = re.compile(r"([0-9a-f]{16})-([0-9a-f]{16})\.ltx")
 
 
 def format_filename(min_txid: int, max_txid: int) -> str:
@@ -15,7 +15,7 @@ def format_filename(min_txid: int, max_txid: int) -> str:
 
 def parse_filename(name: str) -> tuple[int, int]:
     """Return (min TXID, max TXID) of a base name; FilenameError if it is not an LTX name."""
-    m = _FILENAME.match(name)
+    m = _FILENAME.fullmatch(name)
     if m is None:
         raise FilenameError(
             "not an LTX file name (expected 16 hex digits, '-', 16 hex digits, '.ltx')", name=name
@@ -24,7 +24,7 @@ def parse_filename(name: str) -> tuple[int, int]:
 
 
 def is_ltx_filename(name: str) -> bool:
-    return _FILENAME.match(name) is not None
+    return _FILENAME.fullmatch(name) is not None
 
 
 def format_txid(txid: int) -> str:

@@ -7,8 +7,8 @@ the version the caller decodes with. Rules follow FORMATS.md §2–§4 and super
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, replace
 from enum import IntEnum
+from typing import NamedTuple
 
 from .checksum import CHECKSUM_FLAG
 from .errors import HeaderError, TrailerError
@@ -39,8 +39,9 @@ def is_valid_page_size(size: int) -> bool:
     return 512 <= size <= 65536 and size & (size - 1) == 0
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(NamedTuple):
+    """The 100-byte header. A NamedTuple: immutable and cheap to build per transaction."""
+
     page_size: int
     commit: int
     min_txid: int
@@ -64,7 +65,7 @@ class Header:
         return bool(self.flags & FLAG_V3_NO_CHECKSUM)
 
     def with_(self, **changes: int) -> Header:
-        return replace(self, **changes)
+        return self._replace(**changes)
 
     def encode(self) -> bytes:
         try:
@@ -88,11 +89,8 @@ class Header:
         if magic != MAGIC:
             raise HeaderError(f"bad magic {bytes(magic)!r}, expected {MAGIC!r}", name=name,
                               offset=0)
-        return cls(
-            page_size=page_size, commit=commit, min_txid=min_txid, max_txid=max_txid,
-            timestamp=timestamp, pre_apply_checksum=pre, flags=flags, wal_offset=wal_offset,
-            wal_size=wal_size, wal_salt1=salt1, wal_salt2=salt2, node_id=node_id,
-        )
+        return cls(page_size, commit, min_txid, max_txid, timestamp, pre, flags, wal_offset,
+                   wal_size, salt1, salt2, node_id)
 
     def validate(self, version: Version = Version.V3, *, name: str = "<ltx>") -> None:
         """Raise HeaderError naming the first rule this header breaks."""
@@ -136,8 +134,7 @@ class Header:
                            "1<<63 flag", 40)
 
 
-@dataclass(frozen=True, slots=True)
-class Trailer:
+class Trailer(NamedTuple):
     post_apply_checksum: int
     file_checksum: int
 

@@ -15,7 +15,7 @@ from typing import BinaryIO
 import lz4.frame
 
 from .checksum import CHECKSUM_FLAG, crc64, lock_pgno
-from .errors import ChecksumMismatchError, LTXError, PageFrameError, TruncatedError
+from .errors import ChecksumMismatchError, PageFrameError, TruncatedError
 from .header import FLAG_V1_COMPRESS_LZ4, HEADER_SIZE, TRAILER_SIZE, Header, Trailer, Version
 
 _U32 = struct.Struct(">I")
@@ -68,7 +68,7 @@ class DecoderV1:
                                      offset=HEADER_SIZE) from None
             if out:
                 yield out
-        self._tail = dec.unused_data + f.read()
+        self._tail = (dec.unused_data or b"") + f.read()
 
     def pages(self) -> Iterator[tuple[int, bytes]]:
         hdr = self.header
@@ -82,8 +82,8 @@ class DecoderV1:
         ended = False
         for chunk in self._body_chunks():
             if ended:
-                raise LTXError("data after the end-of-pages marker", name=name,
-                               offset=HEADER_SIZE + pos)
+                raise PageFrameError("data after the end-of-pages marker (or a page number 0)",
+                                     name=name, offset=HEADER_SIZE + pos)
             buf += chunk
             while not ended:
                 if len(buf) < 4:
@@ -95,8 +95,8 @@ class DecoderV1:
                     pos += 4
                     ended = True
                     if buf:
-                        raise LTXError("data after the end-of-pages marker", name=name,
-                                       offset=HEADER_SIZE + pos)
+                        raise PageFrameError("data after the end-of-pages marker (or a page "
+                                             "number 0)", name=name, offset=HEADER_SIZE + pos)
                     break
                 if len(buf) < 4 + ps:
                     break

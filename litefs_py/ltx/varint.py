@@ -2,24 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+# Page numbers and frame sizes are usually below 2**14: two bytes at most, looked up.
+_SMALL = [bytes([v]) if v < 0x80 else bytes(((v & 0x7F) | 0x80, v >> 7)) for v in range(0x4000)]
+
+
+def uvarint(value: int) -> bytes:
+    if value < 0x4000:
+        return _SMALL[value]
+    if value < 0x200000:
+        return bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80, value >> 14))
+    if value < 0x10000000:
+        return bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80,
+                      ((value >> 14) & 0x7F) | 0x80, value >> 21))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
 
 def append_uvarint(out: bytearray, value: int) -> None:
-    # Fast path for the common sizes: page numbers and offsets below 2**28 need at most
-    # four bytes; avoid a Python-level loop per byte.
-    if value < 0x80:
-        out.append(value)
-    elif value < 0x4000:
-        out += bytes(((value & 0x7F) | 0x80, value >> 7))
-    elif value < 0x200000:
-        out += bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80, value >> 14))
-    elif value < 0x10000000:
-        out += bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80,
-                      ((value >> 14) & 0x7F) | 0x80, value >> 21))
-    else:
-        while value >= 0x80:
-            out.append((value & 0x7F) | 0x80)
-            value >>= 7
-        out.append(value)
+    out += uvarint(value)
+
+
+def encode_index(entries: Iterable[tuple[int, int, int]]) -> bytearray:
+    """The v3 page index: (pgno, offset, size) varints per page, then a terminating 0."""
+    out = bytearray()
+    small = _SMALL
+    for pgno, offset, size in entries:
+        out += small[pgno] if pgno < 0x4000 else uvarint(pgno)
+        out += uvarint(offset)
+        out += small[size] if size < 0x4000 else uvarint(size)
+    out.append(0)
+    return out
 
 
 def read_uvarint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
