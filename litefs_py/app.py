@@ -106,7 +106,12 @@ def run_mount(opts: MountOptions) -> None:
                         opts.allow_other, opts.debug)
     opts.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(opts.data_dir)
-    store.open()
+    store.lock()
+    try:
+        store.open()
+    except BaseException:
+        store.close()
+        raise
     prepare_mount_dir(opts.mount_dir)
     ops = PrimaryOperations(store)
     fuse_options = set(pyfuse3.default_options)

@@ -355,3 +355,44 @@ def mount(mount_dir: Path | None, data_dir: Path | None, config_path: Path | Non
         debug=debug_fuse or cfg.fuse.debug,
     )
     run_mount(opts)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="litefs data directory (config: data.dir; default /var/lib/litefs).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Configuration file (default: ./litefs.yml, then /etc/litefs.yml).")
+@quiet_errors
+def recover(name: str, data_dir: Path | None, config_path: Path | None) -> None:
+    """Accept database NAME as it is now when it no longer matches its LTX log.
+
+    `litefs mount` refuses a database whose checksum differs from its last LTX file (the file
+    was changed outside litefs, or the data directory was damaged) and names this command.
+    It records the current database as one more transaction holding every page, so the log
+    replays to exactly this database again. Run it while the data directory is not mounted.
+    """
+    from .config import load_config
+    from .store.db import DB
+    from .store.recovery import recover as recover_db
+    from .store.store import Store
+
+    setup_logging("info")
+    cfg = load_config(config_path)
+    store = Store(data_dir or Path(cfg.data.dir))
+    store.lock()
+    try:
+        root = store.dbs_dir / name
+        if not root.is_dir():
+            raise QuietError(f"no database {name!r} in {store.dbs_dir}", ExitCode.NOT_FOUND)
+        db = DB(name, root)
+        before = db.ltx.last()
+        recover_db(db, accept_current=True)
+        after = db.txid
+        db.close()
+        if before is not None and after == before[1].max_txid:
+            click.echo(f"{name}: matches its LTX log at TXID {after:016x}; nothing to do")
+        else:
+            click.echo(f"{name}: recorded the current database as TXID {after:016x}")
+    finally:
+        store.close()

@@ -303,6 +303,8 @@ class PrimaryOperations(pyfuse3.Operations):
         if db is None or not db.exists(kind):
             raise pyfuse3.FUSEError(errno.ENOENT)
         db.unlink(kind)
+        if kind is FileKind.DATABASE and db.txid == 0:
+            self.store.forget(db_name)  # never committed anything: leave no empty log behind
         node = self._inode_of.pop((db_name, kind), None)
         if node is not None:
             self._node.pop(node, None)

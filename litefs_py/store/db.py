@@ -118,10 +118,24 @@ class DB:
         if fd is not None:
             os.close(fd)
 
+    def fingerprint(self) -> bytes:
+        """Identity of the database and WAL files (inode, size, mtime): if it changes while
+        litefs is not running, saved checksums cannot be trusted."""
+        parts = []
+        for kind in (FileKind.DATABASE, FileKind.WAL):
+            try:
+                st = os.stat(self.path(kind))
+                parts.append(f"{kind.value}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}")
+            except FileNotFoundError:
+                parts.append(f"{kind.value}:-")
+        return ";".join(parts).encode()
+
     def save_state(self) -> None:
         """Persist the page checksums so the next start need not rescan the database."""
         if self.table is not None and not self.deleted:
-            self.table.save(self.paths.page_table, self.txid)
+            for fd in self._fds.values():
+                os.fsync(fd)  # the fingerprint must describe the files as they are on disk
+            self.table.save(self.paths.page_table, self.txid, self.fingerprint())
 
     def close(self) -> None:
         self.ltx.close()

@@ -18,7 +18,8 @@ from ..ltx.checksum import CHECKSUM_FLAG, crc64, lock_pgno
 
 _MASK = CHECKSUM_FLAG - 1
 _STATE_MAGIC = b"LFPT"
-_STATE_HEADER = struct.Struct(">4sIQQQ")  # magic, page size, txid, db checksum, page count
+# magic, page size, txid, db checksum, page count, length of the caller's fingerprint
+_STATE_HEADER = struct.Struct(">4sIQQQI")
 
 
 @dataclass(slots=True)
@@ -160,11 +161,14 @@ class PageTable:
 
     # Persistence: written on clean shutdown, trusted at start only if its TXID and checksum
     # agree with the last LTX file.
-    def save(self, path: Path, txid: int) -> None:
+    def save(self, path: Path, txid: int, fingerprint: bytes = b"") -> None:
+        """Write the table with the TXID it belongs to and a caller-defined fingerprint of
+        the files it describes (so a later start can tell they were not changed since)."""
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
             f.write(_STATE_HEADER.pack(_STATE_MAGIC, self.page_size, txid, self.checksum,
-                                       len(self._cks)))
+                                       len(self._cks), len(fingerprint)))
+            f.write(fingerprint)
             data = array("Q", self._cks)
             if data.itemsize == 8 and struct.pack("=Q", 1) != struct.pack(">Q", 1):
                 data.byteswap()
@@ -174,16 +178,18 @@ class PageTable:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> tuple[PageTable, int] | None:
-        """Return (table, txid) from a saved state, or None if absent or inconsistent."""
+    def load(cls, path: Path) -> tuple[PageTable, int, bytes] | None:
+        """Return (table, txid, fingerprint) from a saved state, or None if absent or
+        inconsistent."""
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
             return None
         if len(raw) < _STATE_HEADER.size:
             return None
-        magic, page_size, txid, checksum, count = _STATE_HEADER.unpack_from(raw)
-        body = raw[_STATE_HEADER.size:]
+        magic, page_size, txid, checksum, count, fp_len = _STATE_HEADER.unpack_from(raw)
+        fingerprint = raw[_STATE_HEADER.size:_STATE_HEADER.size + fp_len]
+        body = raw[_STATE_HEADER.size + fp_len:]
         if magic != _STATE_MAGIC or len(body) != 8 * count:
             return None
         table = cls(page_size)
@@ -198,7 +204,7 @@ class PageTable:
         table._xor = acc
         if table.checksum != checksum:
             return None
-        return table, txid
+        return table, txid, fingerprint
 
     def pages_checksums(self) -> Iterable[int]:
         return iter(self._cks)

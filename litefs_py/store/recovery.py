@@ -33,11 +33,17 @@ class DatabaseDivergedError(QuietError):
         super().__init__(message, ExitCode.FAILED)
 
 
-def recover(db: DB) -> None:
+def recover(db: DB, *, accept_current: bool = False) -> None:
+    """Recover `db`; with `accept_current`, a database that no longer matches its LTX log is
+    recorded as it is now, as one more transaction holding every page (`litefs recover`)."""
     paths = db.paths
     for tmp in paths.ltx_dir.glob("*.tmp"):
         tmp.unlink(missing_ok=True)
     saved = PageTable.load(paths.page_table)
+    if saved is not None and saved[2] != db.fingerprint():
+        log.warning("%s: the database or WAL file changed while litefs was not running; "
+                    "verifying it against the LTX log", db.name)
+        saved = None
     # The saved table is good for exactly one start; a crash after this must not trust it.
     paths.page_table.unlink(missing_ok=True)
 
@@ -105,14 +111,22 @@ def recover(db: DB) -> None:
             table.commit(t.pages, t.db_size)
         table.truncate(logical_pages)
 
+    if last is not None and table.checksum != db.checksum and accept_current:
+        log.warning("%s: database checksum %016x differs from TXID %016x's %016x; recording the "
+                    "database as it is now as TXID %016x", db.name, table.checksum, db.txid,
+                    db.checksum, db.txid + 1)
+        db.table = PageTable(ps)  # empty: every page counts as changed
+        pages = {p: _logical_page(fd, ps, p, captured) for p in range(1, logical_pages + 1)}
+        db._record(pages, logical_pages, ps)
+        table = db.table
     if last is not None and table.checksum != db.checksum:
         raise DatabaseDivergedError(
             f"{db.name}: database checksum {table.checksum:016x} does not match the last LTX "
             f"file (TXID {db.txid:016x}, post-apply checksum {db.checksum:016x}): the "
             f"database was changed outside litefs or the data directory is damaged. To keep "
             f"the database as it is now, record it as TXID {db.txid + 1:016x} with "
-            f"`litefs recover --data-dir {paths.root.parent.parent} {db.name}`; to replace "
-            f"it from the replica, use `litefs restore --force`.")
+            f"`litefs recover --data-dir {paths.root.parent.parent} {db.name}` (while not "
+            f"mounted); to replace it from the replica, use `litefs restore --force`.")
 
     if last is None:
         # Data that predates capture: the first LTX file is a snapshot of it.

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import shutil
 from pathlib import Path
 
+from ..errors import ExitCode, QuietError
 from .db import DB, SUFFIXES, FileKind
 
 log = logging.getLogger("litefs.store")
@@ -33,6 +36,22 @@ class Store:
         self.dbs_dir = data_dir / "dbs"
         self.dbs_dir.mkdir(parents=True, exist_ok=True)
         self.dbs: dict[str, DB] = {}
+        self._lock_fd: int | None = None
+
+    def lock(self) -> None:
+        """Take the data directory for this process: two litefs processes on one data
+        directory would both append to the same LTX logs."""
+        fd = os.open(self.data_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise QuietError(f"data directory {self.data_dir} is in use by litefs pid {owner}; "
+                             "stop it first (or use another --data-dir)", ExitCode.USAGE) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
 
     def open(self) -> None:
         """Load every database directory (recovery runs per database, see recovery.py)."""
@@ -58,6 +77,14 @@ class Store:
             self.dbs[name] = db
         return db
 
+    def forget(self, name: str) -> None:
+        """Drop a database that never recorded a transaction, with its directory."""
+        db = self.dbs.pop(name, None)
+        if db is None:
+            return
+        db.close()
+        shutil.rmtree(db.paths.root, ignore_errors=True)
+
     def names(self) -> list[str]:
         return sorted(n for n, db in self.dbs.items() if db.exists(FileKind.DATABASE))
 
@@ -68,3 +95,6 @@ class Store:
             except OSError as exc:
                 log.warning("%s: could not save state for a fast restart: %s", db.name, exc)
             db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None

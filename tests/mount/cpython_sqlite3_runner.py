@@ -45,7 +45,7 @@ def test_id(test: unittest.TestCase) -> str:
 def on_disk(database: object) -> str | None:
     """The file a `sqlite3.connect` argument names, None for an in-memory database."""
     try:
-        name = os.fsdecode(os.fspath(database))  # type: ignore[arg-type]
+        name = os.fsdecode(os.fspath(database))  # type: ignore[call-overload]
     except TypeError:
         return None
     if name in ("", ":memory:") or "mode=memory" in name or name.startswith("file::memory:"):
@@ -79,7 +79,7 @@ class RecordingResult(unittest.TextTestResult):
         except Exception:
             pass
 
-    def startTest(self, test: unittest.TestCase) -> None:  # noqa: N802
+    def startTest(self, test: unittest.TestCase) -> None:
         self._current = test_id(test)
         super().startTest(test)
 
@@ -90,26 +90,26 @@ class RecordingResult(unittest.TextTestResult):
         previous = self.problems[kind].get(tid)
         self.problems[kind][tid] = tb if previous is None else previous + "\n" + tb
 
-    def addFailure(self, test: unittest.TestCase, err: Any) -> None:  # noqa: N802
+    def addFailure(self, test: unittest.TestCase, err: Any) -> None:
         super().addFailure(test, err)
         self._note("failures", test)
 
-    def addError(self, test: unittest.TestCase, err: Any) -> None:  # noqa: N802
+    def addError(self, test: unittest.TestCase, err: Any) -> None:
         super().addError(test, err)
         self._note("errors", test)
 
-    def addSubTest(self, test: unittest.TestCase, subtest: unittest.TestCase,  # noqa: N802
+    def addSubTest(self, test: unittest.TestCase, subtest: unittest.TestCase,
                    err: Any) -> None:
         super().addSubTest(test, subtest, err)
         if err is not None:
             self._note("failures" if issubclass(err[0], test.failureException) else "errors",
                        subtest)
 
-    def addUnexpectedSuccess(self, test: unittest.TestCase) -> None:  # noqa: N802
+    def addUnexpectedSuccess(self, test: unittest.TestCase) -> None:
         super().addUnexpectedSuccess(test)
         self.problems["failures"][test_id(test)] = "unexpected success"
 
-    def addSkip(self, test: unittest.TestCase, reason: str) -> None:  # noqa: N802
+    def addSkip(self, test: unittest.TestCase, reason: str) -> None:
         super().addSkip(test, reason)
         self.skip_reasons[test_id(test)] = reason
 

@@ -112,13 +112,14 @@ def _delete(con: sqlite3.Connection, rng: random.Random, n: int) -> int:
 
 
 def one_transaction(con: sqlite3.Connection, rng: random.Random, tid: int,
-                    count: int) -> tuple[str, int]:
+                    count: int, kind: str | None = None) -> tuple[str, int]:
     """Run transaction `tid` (not yet committed); returns (kind, change in item count)."""
     kinds = ["one", "multi", "grow", "update", "delete", "mixed"]
     weights = [30, 20, 8, 15, 10, 15]
     if count > MAX_ITEMS:
         weights = [5, 5, 0, 10, 60, 5]
-    kind = rng.choices(kinds, weights)[0]
+    if kind is None:
+        kind = rng.choices(kinds, weights)[0]
     delta = 0
     touched = 0
     if kind == "one":
@@ -144,13 +145,13 @@ def one_transaction(con: sqlite3.Connection, rng: random.Random, tid: int,
 
 
 def work(con: sqlite3.Connection, ledger: Ledger, rng: random.Random, txns: int,
-         mode: str, extras: bool) -> None:
+         mode: str, extras: bool, kind: str | None = None) -> None:
     tid = next_id(con)
     count = int(con.execute("SELECT n FROM counter").fetchone()[0])
     done = 0
     while txns == 0 or done < txns:
         con.execute("BEGIN IMMEDIATE")
-        _kind, delta = one_transaction(con, rng, tid, count)
+        _kind, delta = one_transaction(con, rng, tid, count, kind)
         con.execute("COMMIT")
         ledger.append(tid)
         count += delta
@@ -180,7 +181,8 @@ def spill(con: sqlite3.Connection, rng: random.Random, marker: Path, rows: int) 
 
 def checkpoint(con: sqlite3.Connection, ledger: Ledger, rng: random.Random, marker: Path,
                txns: int, how: str) -> None:
-    work(con, ledger, rng, txns, "WAL", extras=False)
+    # Mostly new pages, so that the checkpoint has many pages to copy into the database.
+    work(con, ledger, rng, txns, "WAL", extras=False, kind="grow")
     size = os.stat(con.execute("PRAGMA database_list").fetchone()[2] + "-wal").st_size
     _write_marker(marker, f"{size}\n")
     con.execute(f"PRAGMA wal_checkpoint({how})").fetchall()

@@ -20,6 +20,7 @@ link up.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sqlite3
@@ -38,7 +39,9 @@ from litefs_py.ltx import (
 )
 from tests.mount.harness import LitefsMount
 
-pytest.importorskip("test.test_sqlite3", reason="this interpreter has no `test` package")
+# Found, not imported: the suite runs only in the subprocesses.
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("test.test_sqlite3") is None,
+                                reason="this interpreter has no `test` package")
 
 RUNNER = Path(__file__).with_name("cpython_sqlite3_runner.py")
 LITEFS = Path(sys.executable).with_name("litefs")

@@ -1,0 +1,871 @@
+"""SQLite through the litefs-py mount, side by side with native SQLite and a bare passthrough.
+
+    .venv/bin/python bench/mount.py                 # full run (about 15 minutes)
+    .venv/bin/python bench/mount.py --quick         # smoke test, well under a minute
+    .venv/bin/python bench/mount.py --runs 5 --pin  # client and servers on one vCPU
+    .venv/bin/python bench/mount.py --py-spy out/   # also profile both FUSE servers
+
+Three targets, measured in the same run, workload by workload, in rotating order so that noise
+on this shared machine hits all of them alike:
+
+  native       SQLite on a plain directory of the backing filesystem;
+  passthrough  SQLite on `bench/passthrough.py` (bare pyfuse3 + trio, the floor of any Python
+               FUSE design) over a directory of that filesystem;
+  litefs       SQLite on `python -m litefs_py mount`, data directory on that filesystem.
+
+Every SQLite workload runs in its own client process (`bench/mount.py _client`), never in a
+process that serves FUSE; only the workload itself is timed, inside the client.
+
+Workloads (full scale; --quick in brackets):
+  wal_normal / wal_full / delete_full
+        10,000 [1,000] single-row INSERT transactions (autocommit, ~100-byte text) on a fresh
+        database in journal_mode WAL + synchronous NORMAL, WAL + FULL, DELETE + FULL;
+  bulk  100,000 [10,000] rows inserted in one transaction (WAL + NORMAL);
+  reads_cold / reads_warm
+        100,000 [10,000] point reads by primary key (random ids) on a ~100 MB [10 MB] WAL
+        database. Cold: FUSE servers restarted (drops the FUSE inode's page cache), then
+        `sync; echo 3 > /proc/sys/vm/drop_caches`. Warm: the file is first read end to end
+        through the target's path. The read database is built natively once and copied to
+        each target; litefs finds it in its data directory at mount start and records it as a
+        snapshot (its recovery path for pre-existing databases).
+
+Commit cost versus database size (litefs, with native for reference): 10,000 [1,000]
+WAL + NORMAL single-row transactions on a database pre-grown to 1 GiB [100 MiB] against the
+same on a 10 MiB one. Both are grown *through the litefs mount* in 16 MiB transactions, so
+litefs captured every page as ordinary transactions; the mount is then restarted (clean
+shutdown saves the page checksums) and the fresh process serves the measured commits. Peak
+RSS (VmHWM) is read from /proc/PID/status of the litefs mount processes: the one that grew the
+databases, the fresh one that served the commits on the 1 GiB database, and one that had to
+record the natively built 1 GiB database as a snapshot at mount start.
+
+Unless --no-verify, every litefs database is checked after its workload: the LTX log must be
+a contiguous TXID chain whose checksums link, and replaying it must reproduce the backing
+database byte for byte; the client runs PRAGMA integrity_check (quick_check on big ones).
+
+Ratios are computed per run (side by side) and the median over runs is reported; seconds are
+medians too. `--pin` pins every client and server to CPU 0 (what FUSE-NOTES.md calls "same
+vCPU"); unpinned is the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve()
+MiB = 2**20
+TARGETS = ("native", "passthrough", "litefs")
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    txns: int
+    bulk_rows: int
+    read_db_bytes: int
+    reads: int
+    small_bytes: int
+    big_bytes: int
+    grow_txn_bytes: int = 16 * MiB
+
+
+FULL = Scale("full", 10_000, 100_000, 100 * MiB, 100_000, 10 * MiB, 1024 * MiB)
+QUICK = Scale("quick", 1_000, 10_000, 10 * MiB, 10_000, 10 * MiB, 100 * MiB, 8 * MiB)
+
+ROW_CHARS = 100  # payload of a transaction's row
+READ_ROW_CHARS = 200  # rows of the read database
+GROW_ROW_CHARS = 1000  # rows used to grow the big databases
+
+
+# =============================================================================================
+# Client side: one SQLite workload per process; prints one JSON line.
+# =============================================================================================
+
+def _connect(path: str, journal: str | None = None, sync: str | None = None
+             ) -> sqlite3.Connection:
+    con = sqlite3.connect(path, isolation_level=None, timeout=30)
+    if journal is not None:
+        mode = con.execute(f"PRAGMA journal_mode={journal}").fetchone()[0]
+        if mode.lower() != journal.lower():
+            raise RuntimeError(f"{path}: journal_mode is {mode}, wanted {journal}")
+    if sync is not None:
+        con.execute(f"PRAGMA synchronous={sync}")
+    con.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+    return con
+
+
+def _check(con: sqlite3.Connection, how: str) -> str:
+    if how == "none":
+        return "ok"
+    pragma = "quick_check" if how == "quick" else "integrity_check"
+    rows = con.execute(f"PRAGMA {pragma}").fetchall()
+    return "ok" if rows == [("ok",)] else "; ".join(r[0] for r in rows[:5])
+
+
+def _values(n: int, chars: int, seed: int) -> list[tuple[str]]:
+    rnd = random.Random(seed)
+    return [(rnd.randbytes(chars // 2).hex(),) for _ in range(n)]
+
+
+def op_txns(spec: dict) -> dict:
+    con = _connect(spec["path"], spec["journal"], spec["sync"])
+    before = con.execute("SELECT count(*) FROM t").fetchone()[0]
+    values = _values(spec["n"], ROW_CHARS, spec.get("seed", 1))
+    insert = "INSERT INTO t(v) VALUES (?)"
+    execute = con.execute
+    t0 = time.perf_counter()
+    for v in values:
+        execute(insert, v)
+    seconds = time.perf_counter() - t0
+    after = con.execute("SELECT count(*) FROM t").fetchone()[0]
+    check = _check(con, spec.get("check", "full"))
+    if after - before != spec["n"]:
+        check = f"row count {after - before} != {spec['n']}; {check}"
+    con.close()
+    return {"seconds": seconds, "check": check}
+
+
+def op_bulk(spec: dict) -> dict:
+    con = _connect(spec["path"], "wal", "normal")
+    values = _values(spec["n"], ROW_CHARS, spec.get("seed", 2))
+    t0 = time.perf_counter()
+    con.execute("BEGIN")
+    con.executemany("INSERT INTO t(v) VALUES (?)", values)
+    con.execute("COMMIT")
+    seconds = time.perf_counter() - t0
+    check = _check(con, "full")
+    n = con.execute("SELECT count(*) FROM t").fetchone()[0]
+    if n != spec["n"]:
+        check = f"row count {n} != {spec['n']}; {check}"
+    con.close()
+    return {"seconds": seconds, "check": check}
+
+
+def op_grow(spec: dict) -> dict:
+    """Grow the database to `bytes` in transactions of about `txn_bytes`."""
+    con = _connect(spec["path"], "wal", "normal")
+    page_size = con.execute("PRAGMA page_size").fetchone()[0]
+    chars = spec["row_chars"]
+    per_txn = max(1, spec["txn_bytes"] // (chars + 40))
+    t0 = time.perf_counter()
+    txns = 0
+    while con.execute("PRAGMA page_count").fetchone()[0] * page_size < spec["bytes"]:
+        con.execute("BEGIN")
+        con.execute("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT ?) "
+                    "INSERT INTO t(v) SELECT hex(randomblob(?)) FROM c", (per_txn, chars // 2))
+        con.execute("COMMIT")
+        txns += 1
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    seconds = time.perf_counter() - t0
+    rows = con.execute("SELECT max(id) FROM t").fetchone()[0]
+    size = con.execute("PRAGMA page_count").fetchone()[0] * page_size
+    check = _check(con, spec.get("check", "quick"))
+    con.close()
+    return {"seconds": seconds, "rows": rows, "bytes": size, "txns": txns, "check": check}
+
+
+def op_reads(spec: dict) -> dict:
+    rnd = random.Random(spec.get("seed", 3))
+    ids = [rnd.randint(1, spec["max_id"]) for _ in range(spec["n"])]
+    t0 = time.perf_counter()
+    con = sqlite3.connect(spec["path"], isolation_level=None)
+    query = "SELECT v FROM t WHERE id = ?"
+    execute = con.execute
+    missing = 0
+    for i in ids:
+        if execute(query, (i,)).fetchone() is None:
+            missing += 1
+    seconds = time.perf_counter() - t0
+    con.close()
+    return {"seconds": seconds, "check": "ok" if not missing else f"{missing} ids not found"}
+
+
+CLIENT_OPS: dict[str, Callable[[dict], dict]] = {
+    "txns": op_txns, "bulk": op_bulk, "grow": op_grow, "reads": op_reads,
+}
+
+
+def client_main(arg: str) -> int:
+    spec = json.loads(arg)
+    try:
+        out = CLIENT_OPS[spec["op"]](spec)
+    except Exception as exc:  # reported to the parent, which prints it
+        out = {"error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+# =============================================================================================
+# Parent side: servers, phases, tables.
+# =============================================================================================
+
+def is_mounted(path: Path) -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(len(fields) > 1 and fields[1] == str(path)
+                   for fields in (line.split() for line in f))
+
+
+def lazy_unmount(path: Path) -> None:
+    if is_mounted(path):
+        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, timeout=30)
+
+
+def _preexec(cpu: int | None) -> Callable[[], None]:
+    def setup() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+    return setup
+
+
+def proc_status(pid: int, key: str) -> int:
+    """A kB field of /proc/PID/status (VmHWM, VmRSS), in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Server:
+    """One FUSE server process (passthrough or litefs) on one mountpoint."""
+
+    def __init__(self, name: str, cmd: list[str], mount_dir: Path, log_path: Path,
+                 cpu: int | None, start_timeout: float = 60.0) -> None:
+        self.name = name
+        self.cmd = cmd
+        self.mount_dir = mount_dir
+        self.log_path = log_path
+        self.cpu = cpu
+        self.start_timeout = start_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start_seconds = 0.0
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        self.mount_dir.mkdir(parents=True, exist_ok=True)
+        lazy_unmount(self.mount_dir)
+        t0 = time.perf_counter()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=log,
+                                         stdin=subprocess.DEVNULL, cwd=REPO,
+                                         preexec_fn=_preexec(self.cpu))
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; log "
+                                   f"{self.log_path}:\n{self.log_tail()}")
+            if is_mounted(self.mount_dir):
+                try:
+                    os.listdir(self.mount_dir)
+                except OSError:
+                    pass
+                else:
+                    self.start_seconds = time.perf_counter() - t0
+                    return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not mount within {self.start_timeout:.0f} s")
+
+    def stop(self) -> int | None:
+        proc, self.proc = self.proc, None
+        try:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(300)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(30)
+        finally:
+            lazy_unmount(self.mount_dir)
+        return None if proc is None else proc.returncode
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except FileNotFoundError:
+            return ""
+
+    def log_problems(self) -> list[str]:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        return [ln for ln in lines if " ERROR " in ln or " WARNING " in ln or "Traceback" in ln]
+
+
+def litefs_server(name: str, mount_dir: Path, data_dir: Path, log_path: Path,
+                  cpu: int | None, start_timeout: float = 60.0) -> Server:
+    cmd = [sys.executable, "-m", "litefs_py", "mount", "--mount-dir", str(mount_dir),
+           "--data-dir", str(data_dir)]
+    return Server(name, cmd, mount_dir, log_path, cpu, start_timeout)
+
+
+def passthrough_server(backing: Path, mount_dir: Path, log_path: Path,
+                       cpu: int | None) -> Server:
+    cmd = [sys.executable, str(REPO / "bench" / "passthrough.py"), str(backing), str(mount_dir)]
+    return Server("passthrough", cmd, mount_dir, log_path, cpu)
+
+
+def run_client(spec: dict, cpu: int | None, timeout: float = 3600) -> dict:
+    out = subprocess.run([sys.executable, str(HERE), "_client", json.dumps(spec)],
+                         capture_output=True, text=True, timeout=timeout,
+                         preexec_fn=_preexec(cpu), cwd=REPO)
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"client {spec['op']} on {spec.get('path')} failed "
+                           f"(exit {out.returncode}):\n{out.stderr[-3000:]}")
+    result = json.loads(lines[-1])
+    if "error" in result:
+        raise RuntimeError(f"client {spec['op']} on {spec.get('path')}: {result['error']}")
+    return result
+
+
+def drop_caches() -> bool:
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def read_through(path: Path) -> None:
+    """Read a file end to end (fills the kernel page cache, FUSE's included)."""
+    with open(path, "rb", buffering=0) as f:
+        while f.read(1 << 20):
+            pass
+
+
+# ---- LTX log verification --------------------------------------------------------------------
+
+def verify_litefs_db(db_root: Path) -> str:
+    """'ok', or what is wrong: the LTX log of DATA/dbs/<name> must be a contiguous chain whose
+    checksums link, and replaying it must give the backing database byte for byte."""
+    sys.path.insert(0, str(REPO))
+    from litefs_py.ltx import Decoder, is_ltx_filename, parse_filename
+    from litefs_py.ltx.apply import apply_pages
+
+    ltx_dir = db_root / "ltx"
+    names = sorted((parse_filename(n), n) for n in os.listdir(ltx_dir) if is_ltx_filename(n))
+    if not names:
+        return "no LTX files"
+    expected, prev_post = 1, None
+    fd, tmp = tempfile.mkstemp(prefix="replay-", dir=db_root.parent.parent)
+    os.close(fd)
+    try:
+        with open(tmp, "r+b") as out:
+            for (lo, hi), name in names:
+                if lo != expected:
+                    return f"TXID gap: expected {expected:016x}, found {name}"
+                with open(ltx_dir / name, "rb") as f:
+                    dec = Decoder(f, name=name)
+                    trailer = apply_pages(out, dec)
+                h = dec.header
+                if prev_post is not None and h.pre_apply_checksum != prev_post:
+                    return (f"{name}: pre-apply checksum {h.pre_apply_checksum:016x} != "
+                            f"previous post-apply {prev_post:016x}")
+                prev_post, expected = trailer.post_apply_checksum, hi + 1
+        if _file_digest(Path(tmp)) != _file_digest(db_root / "database"):
+            return (f"replaying {len(names)} LTX files does not reproduce the database "
+                    f"({os.path.getsize(tmp)} vs {os.path.getsize(db_root / 'database')} bytes)")
+    finally:
+        os.unlink(tmp)
+    return "ok"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.blake2b()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---- results -----------------------------------------------------------------------------------
+
+@dataclass
+class Results:
+    seconds: dict[str, dict[str, list[float]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(list)))
+    server_cpu: dict[str, dict[str, list[float]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(list)))
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, workload: str, target: str, seconds: float) -> None:
+        self.seconds[workload][target].append(seconds)
+
+    def median(self, workload: str, target: str) -> float | None:
+        xs = self.seconds[workload].get(target)
+        return statistics.median(xs) if xs else None
+
+    def ratio(self, workload: str, num: str, den: str) -> float | None:
+        """Median over runs of the per-run ratio (side by side)."""
+        a, b = self.seconds[workload].get(num, []), self.seconds[workload].get(den, [])
+        rs = [x / y for x, y in zip(a, b, strict=False) if y > 0]
+        return statistics.median(rs) if rs else None
+
+    def ratio_range(self, workload: str, num: str, den: str) -> tuple[float, float] | None:
+        a, b = self.seconds[workload].get(num, []), self.seconds[workload].get(den, [])
+        rs = [x / y for x, y in zip(a, b, strict=False) if y > 0]
+        return (min(rs), max(rs)) if rs else None
+
+
+def _fmt_s(x: float | None) -> str:
+    return "-" if x is None else (f"{x:.3f}" if x < 10 else f"{x:.2f}")
+
+
+def _fmt_r(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}×"
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---- phase A: the three targets side by side ----------------------------------------------------
+
+WRITE_WORKLOADS = {
+    "wal_normal": ("wal", "normal"),
+    "wal_full": ("wal", "full"),
+    "delete_full": ("delete", "full"),
+}
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, scale: Scale, root: Path) -> None:
+        self.args = args
+        self.scale = scale
+        self.root = root
+        self.cpu = 0 if args.pin else None
+        self.results = Results()
+        self.notes: list[str] = []
+        self.servers: list[Server] = []
+
+    # targets of phase A
+    def dirs(self) -> dict[str, Path]:
+        return {"native": self.root / "native", "passthrough": self.root / "pt-mnt",
+                "litefs": self.root / "lfs-mnt"}
+
+    def client(self, spec: dict) -> dict:
+        return run_client(spec, self.cpu)
+
+    def record_check(self, label: str, result: dict) -> None:
+        if result.get("check", "ok") != "ok":
+            self.results.problems.append(f"{label}: {result['check']}")
+
+    def verify(self, label: str, data_dir: Path, name: str) -> None:
+        if self.args.no_verify:
+            return
+        status = verify_litefs_db(data_dir / "dbs" / name)
+        if status != "ok":
+            self.results.problems.append(f"{label}: LTX log: {status}")
+            _log(f"  !! {label}: LTX log: {status}")
+
+    def phase_a(self) -> None:
+        s = self.scale
+        root = self.root
+        for d in ("native", "pt-back", "pt-mnt", "lfs-data", "lfs-mnt", "seed"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+
+        _log(f"building the {s.read_db_bytes // MiB} MiB read database natively ...")
+        seed_db = root / "seed" / "read.db"
+        grown = self.client({"op": "grow", "path": str(seed_db), "bytes": s.read_db_bytes,
+                             "txn_bytes": 16 * MiB, "row_chars": READ_ROW_CHARS,
+                             "check": "none"})
+        max_id = grown["rows"]
+        self.read_db_info = (grown["bytes"], max_id)
+        shutil.copy(seed_db, root / "native" / "read.db")
+        shutil.copy(seed_db, root / "pt-back" / "read.db")
+        (root / "lfs-data" / "dbs" / "read.db").mkdir(parents=True)
+        shutil.copy(seed_db, root / "lfs-data" / "dbs" / "read.db" / "database")
+        seed_db.unlink()
+
+        pt = passthrough_server(root / "pt-back", root / "pt-mnt", root / "passthrough.log",
+                                self.cpu)
+        lfs = litefs_server("litefs", root / "lfs-mnt", root / "lfs-data", root / "litefs.log",
+                            self.cpu, start_timeout=600)
+        self.servers += [pt, lfs]
+        pt.start()
+        lfs.start()
+        self.notes.append(f"litefs mount start with the {grown['bytes'] / MiB:.0f} MiB read "
+                          f"database to record as a snapshot: {lfs.start_seconds:.1f} s")
+        servers = {"passthrough": pt, "litefs": lfs}
+        dirs = self.dirs()
+
+        for run in range(self.args.runs):
+            order = list(TARGETS[run % 3:] + TARGETS[:run % 3])
+            _log(f"run {run + 1}/{self.args.runs} (order {', '.join(order)})")
+            for wl, (journal, sync) in WRITE_WORKLOADS.items():
+                for target in order:
+                    name = f"{wl}-{run}.db"
+                    spec = {"op": "txns", "path": str(dirs[target] / name), "journal": journal,
+                            "sync": sync, "n": s.txns}
+                    self._timed(wl, target, spec, servers.get(target))
+                    if target == "litefs":
+                        self.verify(f"{wl} run {run + 1}", root / "lfs-data", name)
+            for target in order:
+                name = f"bulk-{run}.db"
+                spec = {"op": "bulk", "path": str(dirs[target] / name), "n": s.bulk_rows}
+                self._timed("bulk", target, spec, servers.get(target))
+                if target == "litefs":
+                    self.verify(f"bulk run {run + 1}", root / "lfs-data", name)
+            if run == 0:
+                self.notes.append(f"litefs VmHWM after the first run's writes: "
+                                  f"{proc_status(lfs.pid, 'VmHWM') / MiB:.0f} MiB")
+            # Reads: cold first (remount + drop caches right before each target), then warm.
+            for target in order:
+                server = servers.get(target)
+                if server is not None:
+                    server.restart()
+                if not drop_caches():
+                    self.notes.append("could not drop caches (not root?): cold reads are warm")
+                spec = {"op": "reads", "path": str(dirs[target] / "read.db"), "n": s.reads,
+                        "max_id": max_id, "seed": 100 + run}
+                self._timed("reads_cold", target, spec, server)
+            for target in order:
+                read_through(dirs[target] / "read.db")
+                spec = {"op": "reads", "path": str(dirs[target] / "read.db"), "n": s.reads,
+                        "max_id": max_id, "seed": 200 + run}
+                self._timed("reads_warm", target, spec, servers.get(target))
+
+        if self.args.py_spy:
+            self.profile(servers, dirs)
+        self.lfs_log_problems = lfs.log_problems()
+        pt.stop()
+        lfs.stop()
+        if not self.args.no_verify:
+            self.verify("read.db (snapshot at mount start)", root / "lfs-data", "read.db")
+
+    def _timed(self, workload: str, target: str, spec: dict, server: Server | None) -> None:
+        cpu0 = proc_cpu_seconds(server.pid) if server is not None else 0.0
+        result = self.client(spec)
+        if server is not None:
+            self.results.server_cpu[workload][target].append(
+                proc_cpu_seconds(server.pid) - cpu0)
+        self.results.add(workload, target, result["seconds"])
+        self.record_check(f"{workload} {target}", result)
+        _log(f"  {workload:<12} {target:<12} {result['seconds']:8.3f} s  {result['check']}")
+
+    # ---- profiling ----
+    def profile(self, servers: dict[str, Server], dirs: dict[str, Path]) -> None:
+        out_dir = Path(self.args.py_spy).absolute()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not os.path.exists(py_spy):
+            self.notes.append("py-spy not found: `.venv/bin/pip install py-spy` to profile")
+            return
+        for target, server in servers.items():
+            for fmt, ext, extra in (("raw", "txt", []), ("flamegraph", "svg", [])):
+                out = out_dir / f"{target}-wal_normal.{ext}"
+                spy = subprocess.Popen([py_spy, "record", "--format", fmt, "--rate", "997",
+                                        "-o", str(out), "--pid", str(server.pid), *extra],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1.0)
+                try:
+                    self.client({"op": "txns", "path": str(dirs[target] / f"prof-{fmt}.db"),
+                                 "journal": "wal", "sync": "normal", "n": self.scale.txns})
+                finally:
+                    spy.send_signal(signal.SIGINT)
+                    spy.wait(60)
+            summary = summarize_collapsed(out_dir / f"{target}-wal_normal.txt")
+            (out_dir / f"{target}-wal_normal-summary.txt").write_text(summary)
+            self.notes.append(f"py-spy profile of {target}: {out_dir}/{target}-wal_normal.svg, "
+                              f"summary in {target}-wal_normal-summary.txt")
+
+    # ---- phase B: commit cost versus database size, and RSS ----
+    def phase_b(self) -> None:
+        s = self.scale
+        root = self.root
+        data, mnt, nat = root / "size-data", root / "size-mnt", root / "size-native"
+        nat.mkdir(parents=True, exist_ok=True)
+        lfs = litefs_server("litefs-size", mnt, data, root / "litefs-size.log", self.cpu,
+                            start_timeout=900)
+        self.servers.append(lfs)
+        lfs.start()
+        sizes = {"small": s.small_bytes, "big": s.big_bytes}
+        self.size_info: dict[str, dict] = {}
+        for label, nbytes in sizes.items():
+            _log(f"growing {label}.db to {nbytes // MiB} MiB through the litefs mount ...")
+            g = self.client({"op": "grow", "path": str(mnt / f"{label}.db"), "bytes": nbytes,
+                             "txn_bytes": s.grow_txn_bytes, "row_chars": GROW_ROW_CHARS})
+            self.record_check(f"grow {label} litefs", g)
+            _log(f"  {g['bytes'] / MiB:.0f} MiB in {g['txns']} transactions, "
+                 f"{g['seconds']:.1f} s (litefs)")
+            gn = self.client({"op": "grow", "path": str(nat / f"{label}.db"), "bytes": nbytes,
+                              "txn_bytes": s.grow_txn_bytes, "row_chars": GROW_ROW_CHARS})
+            self.size_info[label] = {"bytes": g["bytes"], "txns": g["txns"],
+                                     "litefs_grow_s": g["seconds"], "native_grow_s": gn["seconds"]}
+        self.grow_hwm = proc_status(lfs.pid, "VmHWM")
+        lfs.stop()
+        lfs.start()  # a fresh process: resumes from the saved checksums
+        self.resume_seconds = lfs.start_seconds
+        for run in range(self.args.runs):
+            order = ["small", "big"] if run % 2 == 0 else ["big", "small"]
+            for label in order:
+                for target, d in (("native", nat), ("litefs", mnt)):
+                    spec = {"op": "txns", "path": str(d / f"{label}.db"), "journal": "wal",
+                            "sync": "normal", "n": s.txns, "seed": 10 + run,
+                            "check": "none" if run < self.args.runs - 1 else "quick"}
+                    r = self.client(spec)
+                    self.results.add(f"size_{label}", target, r["seconds"])
+                    self.record_check(f"{label} {target}", r)
+                    _log(f"  size {label:<6} {target:<8} {r['seconds']:8.3f} s  {r['check']}")
+        self.serve_hwm = proc_status(lfs.pid, "VmHWM")
+        self.serve_rss = proc_status(lfs.pid, "VmRSS")
+        self.size_log_problems = lfs.log_problems()
+        lfs.stop()
+        if not self.args.no_verify:
+            for label in sizes:
+                _log(f"verifying the LTX log of {label}.db ...")
+                self.verify(f"{label}.db (grown through the mount)", data, f"{label}.db")
+
+        # Recording a natively built big database at mount start (the snapshot path).
+        if not self.args.skip_snapshot_rss:
+            data3, mnt3 = root / "snap-data", root / "snap-mnt"
+            (data3 / "dbs" / "big.db").mkdir(parents=True)
+            shutil.copy(nat / "big.db", data3 / "dbs" / "big.db" / "database")
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    (nat / f"big.db{suffix}").unlink()
+            shutil.rmtree(nat)
+            snap = litefs_server("litefs-snapshot", mnt3, data3, root / "litefs-snap.log",
+                                 self.cpu, start_timeout=1800)
+            self.servers.append(snap)
+            _log("mounting litefs over a natively built big database (snapshot at start) ...")
+            snap.start()
+            self.snap_seconds = snap.start_seconds
+            self.snap_hwm = proc_status(snap.pid, "VmHWM")
+            snap.stop()
+            if not self.args.no_verify:
+                self.verify("big.db (snapshot at mount start)", data3, "big.db")
+            shutil.rmtree(data3)
+
+    # ---- report ----
+    def report(self) -> str:
+        r = self.results
+        s = self.scale
+        lines = []
+        lines.append(f"scale: {s.name}; {self.args.runs} runs; "
+                     f"{'client and servers pinned to CPU 0' if self.args.pin else 'unpinned'}")
+        lines.append("")
+        lines.append("| workload | native s | passthrough s | litefs s | litefs/passthrough "
+                     "(min–max) | litefs/native | passthrough/native | target | met? |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---|---|")
+        desc = {
+            "wal_normal": f"{s.txns:,} txns WAL+NORMAL",
+            "wal_full": f"{s.txns:,} txns WAL+FULL",
+            "delete_full": f"{s.txns:,} txns DELETE+FULL",
+            "bulk": f"{s.bulk_rows:,}-row bulk insert (WAL)",
+            "reads_cold": f"{s.reads:,} point reads, cold",
+            "reads_warm": f"{s.reads:,} point reads, warm",
+        }
+        for wl, text in desc.items():
+            if wl not in r.seconds:
+                continue
+            lp = r.ratio(wl, "litefs", "passthrough")
+            rng = r.ratio_range(wl, "litefs", "passthrough")
+            ln = r.ratio(wl, "litefs", "native")
+            pn = r.ratio(wl, "passthrough", "native")
+            if wl in WRITE_WORKLOADS or wl == "bulk":
+                target, ok = "≤ 1.3× passthrough", lp is not None and lp <= 1.3
+            elif wl == "reads_warm":
+                target, ok = "≤ 1.1× native", ln is not None and ln <= 1.1
+            else:
+                target, ok = "-", None
+            rng_s = f" ({rng[0]:.2f}–{rng[1]:.2f})" if rng else ""
+            lines.append(
+                f"| {text} | {_fmt_s(r.median(wl, 'native'))} | "
+                f"{_fmt_s(r.median(wl, 'passthrough'))} | {_fmt_s(r.median(wl, 'litefs'))} | "
+                f"{_fmt_r(lp)}{rng_s} | {_fmt_r(ln)} | {_fmt_r(pn)} | {target} | "
+                f"{'-' if ok is None else ('yes' if ok else 'NO')} |")
+        if "size_big" in r.seconds:
+            lines.append("")
+            lines.append("| commit cost vs size | native s | litefs s | litefs/native |")
+            lines.append("|---|---:|---:|---:|")
+            for label in ("small", "big"):
+                info = self.size_info[label]
+                wl = f"size_{label}"
+                lines.append(f"| {s.txns:,} txns WAL+NORMAL on {info['bytes'] / MiB:,.0f} MiB | "
+                             f"{_fmt_s(r.median(wl, 'native'))} | "
+                             f"{_fmt_s(r.median(wl, 'litefs'))} | "
+                             f"{_fmt_r(r.ratio(wl, 'litefs', 'native'))} |")
+            big_small_l = self._cross_ratio("litefs")
+            big_small_n = self._cross_ratio("native")
+            ok = big_small_l is not None and big_small_l <= 1.2
+            lines.append("")
+            lines.append(f"big/small: litefs {_fmt_r(big_small_l)}, native "
+                         f"{_fmt_r(big_small_n)} (target litefs ≤ 1.2×: "
+                         f"{'yes' if ok else 'NO'})")
+            big = self.size_info["big"]
+            lines.append(f"growing through litefs: {big['bytes'] / MiB:,.0f} MiB in "
+                         f"{big['txns']} transactions took {big['litefs_grow_s']:.1f} s "
+                         f"(native {big['native_grow_s']:.1f} s); restart resumed in "
+                         f"{self.resume_seconds:.1f} s")
+            hwm_ok = self.serve_hwm < 100 * MiB
+            lines.append(f"litefs peak RSS (VmHWM): {self.serve_hwm / MiB:.0f} MiB serving "
+                         f"the {big['bytes'] / MiB:,.0f} MiB database (fresh process, "
+                         f"{self.args.runs * s.txns * 2:,} commits; target < 100 MiB: "
+                         f"{'yes' if hwm_ok else 'NO'}); {self.grow_hwm / MiB:.0f} MiB in the "
+                         f"process that grew it in {s.grow_txn_bytes // MiB} MiB transactions")
+            if hasattr(self, "snap_hwm"):
+                lines.append(f"litefs mount over a natively built {big['bytes'] / MiB:,.0f} MiB "
+                             f"database (recorded as a snapshot at start): mount took "
+                             f"{self.snap_seconds:.1f} s, VmHWM {self.snap_hwm / MiB:.0f} MiB")
+        cpu = r.server_cpu
+        if cpu:
+            lines.append("")
+            lines.append("server CPU (median seconds of the FUSE server process per workload):")
+            for wl in desc:
+                if wl in cpu:
+                    p = cpu[wl].get("passthrough")
+                    lf = cpu[wl].get("litefs")
+                    if p and lf:
+                        mp, ml = statistics.median(p), statistics.median(lf)
+                        lines.append(f"  {wl:<12} passthrough {mp:7.2f}  litefs {ml:7.2f}  "
+                                     f"({ml / mp if mp else float('nan'):.2f}×)")
+        if self.notes:
+            lines.append("")
+            lines.extend(f"note: {n}" for n in self.notes)
+        problems = list(r.problems)
+        for attr in ("lfs_log_problems", "size_log_problems"):
+            problems += [f"litefs log: {p}" for p in getattr(self, attr, [])[:10]]
+        lines.append("")
+        if problems:
+            lines.append("PROBLEMS:")
+            lines.extend(f"  {p}" for p in problems)
+        else:
+            lines.append("no integrity or LTX-log problems found"
+                         + (" (verification skipped)" if self.args.no_verify else ""))
+        return "\n".join(lines)
+
+    def _cross_ratio(self, target: str) -> float | None:
+        a = self.results.seconds["size_big"].get(target, [])
+        b = self.results.seconds["size_small"].get(target, [])
+        rs = [x / y for x, y in zip(a, b, strict=False) if y > 0]
+        return statistics.median(rs) if rs else None
+
+    def stop_all(self) -> None:
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                server.stop()
+
+
+def summarize_collapsed(path: Path, top: int = 40) -> str:
+    """Inclusive and self share of samples per function from py-spy's raw (collapsed) output."""
+    inclusive: dict[str, int] = defaultdict(int)
+    self_: dict[str, int] = defaultdict(int)
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        total += n
+        frames = [_short_frame(f) for f in stack.split(";")]
+        for f in set(frames):
+            inclusive[f] += n
+        self_[frames[-1]] += n
+    out = [f"{total} samples (busy only)", "", "inclusive:"]
+    for f, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"  {100 * n / total:5.1f}%  {f}")
+    out += ["", "self:"]
+    for f, n in sorted(self_.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"  {100 * n / total:5.1f}%  {f}")
+    return "\n".join(out) + "\n"
+
+
+def _short_frame(frame: str) -> str:
+    # "func (path/to/file.py:123)" -> "func (file.py)"
+    name, _, where = frame.partition(" (")
+    file = where.rsplit(":", 1)[0].rsplit("/", 1)[-1].rstrip(")")
+    return f"{name} ({file})" if file else name
+
+
+def main() -> int:
+    if len(sys.argv) >= 2 and sys.argv[1] == "_client":
+        return client_main(sys.argv[2])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="1,000 txns, 10,000 rows, 10 MiB read db, 10 vs 100 MiB (smoke test)")
+    ap.add_argument("--runs", type=int, default=3, help="runs per measurement (default 3)")
+    ap.add_argument("--pin", action="store_true",
+                    help="pin every client and server to CPU 0 (default: unpinned)")
+    ap.add_argument("--py-spy", metavar="DIR",
+                    help="after the timed runs, profile both FUSE servers with py-spy during "
+                         "the WAL+NORMAL workload; flame graphs and summaries go to DIR")
+    ap.add_argument("--no-verify", action="store_true",
+                    help="skip replaying litefs's LTX logs against its databases")
+    ap.add_argument("--skip-size", action="store_true",
+                    help="skip the commit-cost-versus-size and RSS phase")
+    ap.add_argument("--skip-snapshot-rss", action="store_true",
+                    help="skip mounting litefs over a natively built big database")
+    ap.add_argument("--tmp", metavar="DIR", default=None,
+                    help="where to create the work directory (same filesystem as the data "
+                         "you care about; default: the system temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+    args.runs = max(1, args.runs)
+    scale = QUICK if args.quick else FULL
+    if os.geteuid() != 0:
+        _log("warning: not root: FUSE mounts may fail and caches cannot be dropped")
+    root = Path(tempfile.mkdtemp(prefix="litefs-bench-", dir=args.tmp))
+    bench = Bench(args, scale, root)
+    _log(f"work directory {root}")
+    t0 = time.perf_counter()
+    try:
+        bench.phase_a()
+        if not args.skip_size:
+            bench.phase_b()
+    finally:
+        bench.stop_all()
+        for d in root.glob("*mnt"):
+            lazy_unmount(d)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    print(f"python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
+          f"{os.cpu_count()} CPUs, kernel {platform.release()}; "
+          f"{time.perf_counter() - t0:.0f} s total")
+    print(f"read database: {bench.read_db_info[0] / MiB:.0f} MiB, "
+          f"{bench.read_db_info[1]:,} rows")
+    print(bench.report())
+    return 1 if bench.results.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
