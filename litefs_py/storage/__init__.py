@@ -1,0 +1,1 @@
+"""Replica clients: where LTX files are shipped (S3-compatible storage or a directory)."""
