@@ -506,7 +506,7 @@ class Bench:
         _log(f"building the {s.read_db_bytes // MiB} MiB read database natively ...")
         seed_db = root / "seed" / "read.db"
         grown = self.client({"op": "grow", "path": str(seed_db), "bytes": s.read_db_bytes,
-                             "txn_bytes": 16 * MiB, "row_chars": READ_ROW_CHARS,
+                             "txn_bytes": min(16 * MiB, s.read_db_bytes // 8), "row_chars": READ_ROW_CHARS,
                              "check": "none"})
         max_id = grown["rows"]
         self.read_db_info = (grown["bytes"], max_id)
@@ -622,13 +622,14 @@ class Bench:
         self.size_info: dict[str, dict] = {}
         for label, nbytes in sizes.items():
             _log(f"growing {label}.db to {nbytes // MiB} MiB through the litefs mount ...")
+            txn_bytes = min(s.grow_txn_bytes, nbytes // 8)
             g = self.client({"op": "grow", "path": str(mnt / f"{label}.db"), "bytes": nbytes,
-                             "txn_bytes": s.grow_txn_bytes, "row_chars": GROW_ROW_CHARS})
+                             "txn_bytes": txn_bytes, "row_chars": GROW_ROW_CHARS})
             self.record_check(f"grow {label} litefs", g)
             _log(f"  {g['bytes'] / MiB:.0f} MiB in {g['txns']} transactions, "
                  f"{g['seconds']:.1f} s (litefs)")
             gn = self.client({"op": "grow", "path": str(nat / f"{label}.db"), "bytes": nbytes,
-                              "txn_bytes": s.grow_txn_bytes, "row_chars": GROW_ROW_CHARS})
+                              "txn_bytes": txn_bytes, "row_chars": GROW_ROW_CHARS})
             self.size_info[label] = {"bytes": g["bytes"], "txns": g["txns"],
                                      "litefs_grow_s": g["seconds"], "native_grow_s": gn["seconds"]}
         self.grow_hwm = proc_status(lfs.pid, "VmHWM")

@@ -9,14 +9,17 @@ import os
 import re
 import signal
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyfuse3
 import trio
 
+from .config import Config
 from .errors import ExitCode, QuietError
 from .fuse.ops import PrimaryOperations
+from .replication.uploader import Uploader
+from .store.db import DB
 from .store.store import Store
 
 log = logging.getLogger("litefs")
@@ -28,6 +31,32 @@ class MountOptions:
     data_dir: Path
     allow_other: bool = False
     debug: bool = False
+    config: Config = field(default_factory=Config)
+
+
+class Replicator:
+    """Starts one uploader per database that has a replica target."""
+
+    def __init__(self, config: Config, nursery: trio.Nursery) -> None:
+        self.config = config
+        self.nursery = nursery
+        self.uploaders: dict[str, Uploader] = {}
+
+    def attach(self, db: DB) -> None:
+        if db.name in self.uploaders:
+            return
+        replica = self.config.replica_for(db.name)
+        if replica is None:
+            return
+        from .storage.factory import client_for
+
+        client = client_for(replica)
+        up = Uploader(db, client, sync_interval=replica.sync_interval,
+                      retention=self.config.data.retention,
+                      spool_limit=self.config.data.spool_limit)
+        self.uploaders[db.name] = up
+        self.nursery.start_soon(up.run, name=f"uploader {db.name}")
+        log.info("%s: replicating to %s", db.name, client.description)
 
 
 def _unescape_mount_path(field: str) -> str:
@@ -93,9 +122,13 @@ async def _watch_signals(cancel: trio.CancelScope) -> None:
             return
 
 
-async def _serve(ops: PrimaryOperations) -> None:
+async def _serve(ops: PrimaryOperations, config: Config) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, nursery.cancel_scope)
+        replicator = Replicator(config, nursery)
+        for db in list(ops.store.dbs.values()):
+            replicator.attach(db)
+        ops.store.db_listeners.append(replicator.attach)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
@@ -103,7 +136,7 @@ async def _serve(ops: PrimaryOperations) -> None:
 def run_mount(opts: MountOptions) -> None:
     """Recover every database, mount, serve until a signal, unmount, save state."""
     opts = MountOptions(resolve_mount_dir(opts.mount_dir), opts.data_dir.absolute(),
-                        opts.allow_other, opts.debug)
+                        opts.allow_other, opts.debug, opts.config)
     opts.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(opts.data_dir)
     store.lock()
@@ -128,7 +161,7 @@ def run_mount(opts: MountOptions) -> None:
                          "fuse3 installed?)", ExitCode.IO) from None
     log.info("mounted %s (data in %s)", opts.mount_dir, opts.data_dir)
     try:
-        trio.run(_serve, ops)
+        trio.run(_serve, ops, opts.config)
     finally:
         with contextlib.suppress(Exception):
             pyfuse3.close(unmount=is_mounted(opts.mount_dir))

@@ -353,6 +353,7 @@ def mount(mount_dir: Path | None, data_dir: Path | None, config_path: Path | Non
         data_dir=data_dir or Path(cfg.data.dir),
         allow_other=cfg.fuse.allow_other if allow_other is None else allow_other,
         debug=debug_fuse or cfg.fuse.debug,
+        config=cfg,
     )
     run_mount(opts)
 

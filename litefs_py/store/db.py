@@ -29,7 +29,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TypeVar
 
-from ..ltx import EMPTY_DATABASE_CHECKSUM, Encoder, Header
+from ..ltx import EMPTY_DATABASE_CHECKSUM, FLAG_V3_NO_CHECKSUM, Encoder, Header, compact
 from .ltx_log import LtxLog
 from .page_table import PageTable, TableUndo
 from .paths import DBPaths
@@ -90,6 +90,8 @@ class DB:
         self.dirty: set[int] = set()
         self.wal = WalTracker()
         self.wal_index: dict[int, int] = {}  # pgno -> frame of its newest committed version
+        # Called with the TXID after each recorded transaction (the uploader's wake-up).
+        self.commit_listeners: list[Callable[[int], None]] = []
         self.shm_opens = 0  # open FUSE handles on -shm (none while WAL writes: exclusive mode)
         # Size of the journal as our own operations left it: every change goes through us.
         self._journal_size = self._stat_size(FileKind.JOURNAL)
@@ -396,6 +398,10 @@ class DB:
             raise
         recorded = Recorded(path, self.txid, self.checksum, undo)
         self.txid, self.checksum = txid, table.checksum
+        # Listeners only wake tasks; they run after this handler finished (and after a
+        # take-back, which would remove the file before anyone reads it).
+        for listener in self.commit_listeners:
+            listener(txid)
         return recorded
 
     def _take_back(self, recorded: Recorded) -> None:
@@ -404,6 +410,56 @@ class DB:
         if self.table is not None:
             self.table.undo(recorded.undo)
         self.txid, self.checksum = recorded.prev_txid, recorded.prev_checksum
+
+    def logical_page(self, pgno: int) -> bytes:
+        """Page `pgno` as SQLite sees it now: the newest committed WAL frame, else the
+        database file (zeros past its end)."""
+        ps = self.page_size
+        idx = self.wal_index.get(pgno)
+        if idx is not None and self.wal.salts is not None:
+            return os.pread(self.fd(FileKind.WAL), ps, self.wal.frame_offset(idx) + 24)
+        return self._read_db_page(pgno, ps)
+
+    def snapshot_bytes(self) -> tuple[bytes, int, int, int]:
+        """A replica snapshot (TXIDs 1..current, flags 0x2) of the database as it is now.
+
+        Returns (data, txid, database checksum, timestamp). Runs without yielding, so it
+        describes exactly one position; it reads the whole database.
+        """
+        table = self.table
+        if table is None or self.deleted:
+            raise ValueError(f"{self.name}: no database to snapshot")
+        ps, commit = table.page_size, table.page_count
+        header = Header(page_size=ps, commit=commit, min_txid=1, max_txid=self.txid,
+                        timestamp=int(time.time() * 1000), flags=FLAG_V3_NO_CHECKSUM)
+        buf = io.BytesIO()
+        enc = Encoder(buf, header, name=f"{self.name} snapshot")
+        lock = table.lock_pgno
+        for pgno in range(1, commit + 1):
+            if pgno != lock:
+                enc.encode_page(pgno, self.logical_page(pgno))
+        enc.finish(0)
+        return buf.getvalue(), self.txid, self.checksum, header.timestamp
+
+    def merge_local_log(self, after: int) -> None:
+        """Merge the local LTX files after TXID `after` into one file (spool pressure)."""
+        files = [(lo, hi, p) for lo, hi, p in self.ltx.paths() if lo > after]
+        if len(files) < 2:
+            return
+        paths = [p for _, _, p in files]
+        buf = io.BytesIO()
+        handles = [open(p, "rb") for p in paths]  # noqa: SIM115 - closed below
+        try:
+            header, _ = compact(handles, buf, names=[str(p) for p in paths])
+        finally:
+            for h in handles:
+                h.close()
+        self.ltx.write(header.min_txid, header.max_txid, buf.getvalue())
+        self.ltx.sync()
+        for p in paths:
+            p.unlink(missing_ok=True)
+        log.info("%s: merged %d local LTX files into TXIDs %016x-%016x", self.name,
+                 len(paths), header.min_txid, header.max_txid)
 
     def _delete_database(self) -> None:
         """The application deleted the database: record a commit-0 LTX file, then delete."""

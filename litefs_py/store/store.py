@@ -6,6 +6,7 @@ import fcntl
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ExitCode, QuietError
@@ -37,6 +38,8 @@ class Store:
         self.dbs_dir.mkdir(parents=True, exist_ok=True)
         self.dbs: dict[str, DB] = {}
         self._lock_fd: int | None = None
+        # Called with each database object the first time it exists (loaded or created).
+        self.db_listeners: list[Callable[[DB], None]] = []
 
     def lock(self) -> None:
         """Take the data directory for this process: two litefs processes on one data
@@ -62,6 +65,7 @@ class Store:
                 db = DB(entry, self.dbs_dir / entry)
                 recover(db)
                 self.dbs[entry] = db
+                self._announce(db)
 
     def get(self, name: str) -> DB | None:
         """The database if its database file exists (a deleted one keeps its log)."""
@@ -75,7 +79,12 @@ class Store:
         if db is None:
             db = DB(name, self.dbs_dir / name)
             self.dbs[name] = db
+            self._announce(db)
         return db
+
+    def _announce(self, db: DB) -> None:
+        for listener in self.db_listeners:
+            listener(db)
 
     def forget(self, name: str) -> None:
         """Drop a database that never recorded a transaction, with its directory."""

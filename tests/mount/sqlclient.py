@@ -214,6 +214,7 @@ def start_client(spec: dict[str, Any]) -> subprocess.Popen[str]:
     assert proc.stdin is not None
     proc.stdin.write(json.dumps(spec))
     proc.stdin.close()
+    proc.stdin = None  # communicate() must not touch it again
     return proc
 
 
@@ -334,7 +335,11 @@ def database_contents(con: sqlite3.Connection) -> dict[str, Any]:
             continue
         name = tname.decode()
         ident = '"' + name.replace('"', '""') + '"'
-        tables[name] = con.execute(f"SELECT rowid, * FROM {ident} ORDER BY rowid").fetchall()
+        try:
+            rows = con.execute(f"SELECT rowid, * FROM {ident} ORDER BY rowid").fetchall()
+        except sqlite3.OperationalError:  # WITHOUT ROWID: the primary key orders a scan
+            rows = con.execute(f"SELECT * FROM {ident}").fetchall()
+        tables[name] = rows
     pragmas = {p: con.execute(f"PRAGMA {p}").fetchall()
                for p in ("page_size", "user_version", "auto_vacuum", "freelist_count")}
     return {"schema": schema, "tables": tables, "pragmas": pragmas}

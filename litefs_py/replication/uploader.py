@@ -1,0 +1,231 @@
+"""Ship a database's local LTX log to its replica, promptly and without ever blocking a commit.
+
+One `Uploader` per database runs as a trio task:
+
+- It wakes when the database records a transaction (or every `sync_interval` as a fallback),
+  merges every local LTX file after the replica's high-water mark into one L0 object (an
+  upload may span several TXIDs, as in Litestream 0.5), and PUTs it. While a PUT is in flight
+  new commits accumulate, so batches grow with load and stay single-transaction when idle.
+- Failures back off exponentially with jitter and are retried forever; the local log is the
+  spool, so nothing is lost while the endpoint is down. Errors that retrying cannot fix (bad
+  credentials, no such bucket) are logged once per state change, loudly, and still retried.
+- Local LTX files are deleted only after they are in the replica and older than
+  `data.retention`. If unuploaded files exceed `data.spool-limit` bytes, they are merged into
+  one local file (pages written many times are kept once), and a warning says so.
+
+Blocking work (reading and merging local files, boto3 calls) runs in worker threads; the
+bookkeeping that touches the store runs in the trio thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from ..ltx import TRAILER_SIZE, LTXError, Trailer, compact
+from ..storage import aio
+from ..storage.base import META_CHECKSUM, META_TIMESTAMP, ReplicaClient, format_timestamp
+from ..storage.errors import StorageError
+from ..store.db import DB
+
+log = logging.getLogger("litefs.replication")
+
+MIN_BACKOFF = 0.25
+MAX_BACKOFF = 30.0
+
+
+@dataclass
+class UploaderStatus:
+    """What `litefs status` and logs report for one database."""
+
+    remote_txid: int = 0
+    local_txid: int = 0
+    spool_bytes: int = 0
+    spool_files: int = 0
+    uploads: int = 0
+    put_requests: int = 0
+    last_error: str | None = None
+    oldest_unuploaded_at: float | None = None  # monotonic time of the oldest pending commit
+    commit_times: dict[int, float] = field(default_factory=dict)  # txid -> monotonic commit time
+
+    @property
+    def lag_seconds(self) -> float:
+        if self.oldest_unuploaded_at is None:
+            return 0.0
+        return max(0.0, time.monotonic() - self.oldest_unuploaded_at)
+
+
+class RemoteAheadError(StorageError):
+    """The replica holds TXIDs this database never had: not ours to overwrite."""
+
+
+class Uploader:
+    def __init__(self, db: DB, client: ReplicaClient, *, sync_interval: float = 1.0,
+                 retention: float = 600.0, spool_limit: int = 1 << 30,
+                 on_upload: Callable[[int, int], None] | None = None) -> None:
+        self.db = db
+        self.client = client
+        self.sync_interval = sync_interval
+        self.retention = retention
+        self.spool_limit = spool_limit
+        self.status = UploaderStatus()
+        self._wake = trio.Event()
+        self._uploaded_at: dict[Path, float] = {}  # local file -> when it reached the replica
+        self._on_upload = on_upload
+        self._spool_warned = False
+        db.commit_listeners.append(self._on_commit)
+
+    # Called from the FUSE handler (trio thread) after each recorded transaction.
+    def _on_commit(self, txid: int) -> None:
+        now = time.monotonic()
+        if self.status.oldest_unuploaded_at is None:
+            self.status.oldest_unuploaded_at = now
+        self.status.commit_times[txid] = now
+        self._wake.set()
+
+    async def run(self) -> None:
+        backoff = MIN_BACKOFF
+        ready = False
+        while True:
+            try:
+                if not ready:
+                    await self._sync_position()
+                    ready = True
+                await self._upload_pending()
+                self._apply_retention()
+                backoff = MIN_BACKOFF
+                if self.status.last_error is not None:
+                    log.info("%s: uploads to %s work again", self.db.name,
+                             self.client.description)
+                    self.status.last_error = None
+            except (StorageError, OSError, LTXError) as exc:
+                # OSError/LTXError: a local file problem; retried like a storage failure so
+                # the uploader never dies (the log says what is wrong).
+                if str(exc) != self.status.last_error:
+                    log.error("%s: upload to %s failed: %s (will retry; commits continue and "
+                              "are kept locally)", self.db.name, self.client.description, exc)
+                self.status.last_error = str(exc)
+                await trio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(MAX_BACKOFF, backoff * 2)
+                continue
+            with trio.move_on_after(self.sync_interval):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    async def _sync_position(self) -> None:
+        """Learn the replica's high-water mark, and check it belongs to this database."""
+        infos = []
+        for level in await aio.run(self.client.levels):
+            infos.extend(await aio.run(self.client.ltx_files, level))
+        remote = max((i.max_txid for i in infos), default=0)
+        local = self.db.txid
+        if remote > local:
+            raise RemoteAheadError(
+                f"the replica at {self.client.description} is at TXID {remote:016x}, ahead of "
+                f"the local database {self.db.name} (TXID {local:016x}): it holds another "
+                f"history. Restore from it (`litefs restore --force`) or point the replica "
+                f"elsewhere; nothing will be uploaded until then")
+        first_local = min((lo for lo, _hi, _p in self.db.ltx.paths()), default=None)
+        if local > remote and (first_local is None or first_local > remote + 1):
+            # The replica lacks transactions we no longer have one by one (wiped bucket, or
+            # local files already deleted): start it again from a snapshot.
+            await self._upload_snapshot()
+            return
+        self.status.remote_txid = remote
+
+    async def _upload_snapshot(self) -> None:
+        db = self.db
+        log.warning("%s: replica %s is missing transactions no longer in the local log; "
+                    "uploading a snapshot at TXID %016x", db.name, self.client.description,
+                    db.txid)
+        data, txid, post, ts = db.snapshot_bytes()
+        meta = {META_TIMESTAMP: format_timestamp(ts), META_CHECKSUM: f"{post:016x}"}
+        await aio.run(self.client.write_ltx, 9, 1, txid, data, meta)
+        await aio.run(self.client.write_ltx, 0, 1, txid, data, meta)
+        self.status.put_requests += 2
+        self.status.remote_txid = txid
+
+    async def _upload_pending(self) -> None:
+        db = self.db
+        remote = self.status.remote_txid
+        pending = [(lo, hi, p) for lo, hi, p in db.ltx.paths() if hi > remote]
+        self.status.local_txid = db.txid
+        self.status.spool_files = len(pending)
+        if not pending:
+            self.status.oldest_unuploaded_at = None
+            self.status.spool_bytes = 0
+            return
+        if pending[0][0] != remote + 1:
+            raise StorageError(f"{db.name}: local LTX log starts at TXID {pending[0][0]:016x} "
+                               f"but the replica ends at {remote:016x}")
+        data, lo, hi, post, ts = await trio.to_thread.run_sync(_merge_files,
+                                                               [p for _, _, p in pending])
+        meta = {META_TIMESTAMP: format_timestamp(ts)}
+        if post:
+            meta[META_CHECKSUM] = f"{post:016x}"
+        await aio.run(self.client.write_ltx, 0, lo, hi, data, meta)
+        now = time.monotonic()
+        self.status.uploads += 1
+        self.status.put_requests += 1
+        self.status.remote_txid = hi
+        for _lo, _hi, p in pending:
+            if _hi <= hi:
+                self._uploaded_at[p] = now
+        for txid in [t for t in self.status.commit_times if t <= hi]:
+            del self.status.commit_times[txid]
+        self.status.oldest_unuploaded_at = min(self.status.commit_times.values(), default=None)
+        if self._on_upload is not None:
+            self._on_upload(lo, hi)
+
+    def _apply_retention(self) -> None:
+        """Delete local LTX files that reached the replica more than `retention` ago; keep
+        the newest file always (it holds the position recovery starts from)."""
+        now = time.monotonic()
+        paths = list(self.db.ltx.paths())
+        newest = paths[-1][2] if paths else None
+        spool = 0
+        for _lo, hi, p in paths:
+            if hi > self.status.remote_txid:
+                with contextlib.suppress(FileNotFoundError):
+                    spool += p.stat().st_size
+                continue
+            at = self._uploaded_at.get(p)
+            if p != newest and at is not None and now - at >= self.retention:
+                p.unlink(missing_ok=True)
+                del self._uploaded_at[p]
+        self.status.spool_bytes = spool
+        if spool > self.spool_limit:
+            if not self._spool_warned:
+                log.warning("%s: %d bytes of LTX files wait for the replica (limit %d); "
+                            "merging them locally while %s is unreachable", self.db.name,
+                            spool, self.spool_limit, self.client.description)
+                self._spool_warned = True
+            self.db.merge_local_log(after=self.status.remote_txid)
+        else:
+            self._spool_warned = False
+
+
+def _merge_files(paths: list[Path]) -> tuple[bytes, int, int, int, int]:
+    """Merge local LTX files into one replica object (flags 0x2: no checksums inside).
+
+    Returns (data, min, max, post-apply checksum of the last file, its timestamp). Every
+    input is fully verified by the merge before its trailer is trusted.
+    """
+    with ExitStack() as stack:
+        files = [stack.enter_context(open(p, "rb")) for p in paths]
+        out = io.BytesIO()
+        header, _trailer = compact(files, out, names=[str(p) for p in paths], no_checksum=True)
+        last = files[-1]
+        last.seek(-TRAILER_SIZE, os.SEEK_END)
+        post = Trailer.decode(last.read(TRAILER_SIZE)).post_apply_checksum
+    return out.getvalue(), header.min_txid, header.max_txid, post, header.timestamp
