@@ -256,8 +256,9 @@ class Server:
     """One FUSE server process (passthrough or litefs) on one mountpoint."""
 
     def __init__(self, name: str, cmd: list[str], mount_dir: Path, log_path: Path,
-                 cpu: int | None, start_timeout: float = 60.0) -> None:
+                 cpu: int | None, start_timeout: float = 60.0, cwd: Path = REPO) -> None:
         self.name = name
+        self.cwd = cwd
         self.cmd = cmd
         self.mount_dir = mount_dir
         self.log_path = log_path
@@ -277,7 +278,8 @@ class Server:
         t0 = time.perf_counter()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=log,
-                                         stdin=subprocess.DEVNULL, cwd=REPO,
+                                         stdin=subprocess.DEVNULL, cwd=self.cwd,
+                                         env={**os.environ, "PYTHONPATH": str(self.cwd)},
                                          preexec_fn=_preexec(self.cpu))
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
@@ -328,11 +330,15 @@ class Server:
         return [ln for ln in lines if " ERROR " in ln or " WARNING " in ln or "Traceback" in ln]
 
 
+# Where `python -m litefs_py` is run from (--litefs-src): the repository by default.
+LITEFS_SRC = REPO
+
+
 def litefs_server(name: str, mount_dir: Path, data_dir: Path, log_path: Path,
                   cpu: int | None, start_timeout: float = 60.0) -> Server:
     cmd = [sys.executable, "-m", "litefs_py", "mount", "--mount-dir", str(mount_dir),
            "--data-dir", str(data_dir)]
-    return Server(name, cmd, mount_dir, log_path, cpu, start_timeout)
+    return Server(name, cmd, mount_dir, log_path, cpu, start_timeout, cwd=LITEFS_SRC)
 
 
 def passthrough_server(backing: Path, mount_dir: Path, log_path: Path,
@@ -377,7 +383,7 @@ def read_through(path: Path) -> None:
 def verify_litefs_db(db_root: Path) -> str:
     """'ok', or what is wrong: the LTX log of DATA/dbs/<name> must be a contiguous chain whose
     checksums link, and replaying it must give the backing database byte for byte."""
-    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(LITEFS_SRC))
     from litefs_py.ltx import Decoder, is_ltx_filename, parse_filename
     from litefs_py.ltx.apply import apply_pages
 
@@ -792,9 +798,9 @@ def summarize_collapsed(path: Path, top: int = 40) -> str:
     inclusive: dict[str, int] = defaultdict(int)
     self_: dict[str, int] = defaultdict(int)
     total = 0
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack:
+        if not stack or not count.isdigit():
             continue
         n = int(count)
         total += n
@@ -818,13 +824,27 @@ def _short_frame(frame: str) -> str:
     return f"{name} ({file})" if file else name
 
 
+def _git_describe(src: Path) -> str:
+    if src != REPO:
+        return ""
+    # Read-only git queries (--no-optional-locks: never refresh the index).
+    git = ["git", "--no-optional-locks", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return ""
+    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "litefs_py"],
+                           capture_output=True).returncode != 0
+    return f" (git {head.stdout.strip()}{', litefs_py/ modified' if dirty else ''})"
+
+
 def main() -> int:
     if len(sys.argv) >= 2 and sys.argv[1] == "_client":
         return client_main(sys.argv[2])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
                     help="1,000 txns, 10,000 rows, 10 MiB read db, 10 vs 100 MiB (smoke test)")
-    ap.add_argument("--runs", type=int, default=3, help="runs per measurement (default 3)")
+    ap.add_argument("--runs", type=int, default=None,
+                    help="runs per measurement; medians are reported (default 3, --quick 1)")
     ap.add_argument("--pin", action="store_true",
                     help="pin every client and server to CPU 0 (default: unpinned)")
     ap.add_argument("--py-spy", metavar="DIR",
@@ -840,8 +860,17 @@ def main() -> int:
                     help="where to create the work directory (same filesystem as the data "
                          "you care about; default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--litefs-src", metavar="DIR", default=None,
+                    help="run litefs from this source tree (a directory holding litefs_py/, "
+                         "e.g. `git archive HEAD litefs_py | tar -x -C DIR` for a fixed "
+                         "commit); default: this repository")
     args = ap.parse_args()
-    args.runs = max(1, args.runs)
+    if args.litefs_src:
+        global LITEFS_SRC
+        LITEFS_SRC = Path(args.litefs_src).absolute()
+        if not (LITEFS_SRC / "litefs_py").is_dir():
+            ap.error(f"{LITEFS_SRC} holds no litefs_py/")
+    args.runs = max(1, args.runs if args.runs is not None else (1 if args.quick else 3))
     scale = QUICK if args.quick else FULL
     if os.geteuid() != 0:
         _log("warning: not root: FUSE mounts may fail and caches cannot be dropped")
@@ -859,6 +888,7 @@ def main() -> int:
             lazy_unmount(d)
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
+    print(f"litefs from {LITEFS_SRC}{_git_describe(LITEFS_SRC)}")
     print(f"python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
           f"{os.cpu_count()} CPUs, kernel {platform.release()}; "
           f"{time.perf_counter() - t0:.0f} s total")

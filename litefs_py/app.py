@@ -18,9 +18,10 @@ import trio
 from .config import Config
 from .errors import ExitCode, QuietError
 from .fuse.ops import PrimaryOperations
+from .replication.maintenance import ReplicaMaintainer
 from .replication.uploader import Uploader
 from .store.db import DB
-from .store.store import Store
+from .store.store import Store, valid_db_name
 
 log = logging.getLogger("litefs")
 
@@ -56,7 +57,41 @@ class Replicator:
                       spool_limit=self.config.data.spool_limit)
         self.uploaders[db.name] = up
         self.nursery.start_soon(up.run, name=f"uploader {db.name}")
+        maintainer = ReplicaMaintainer(db.name, client, replica)
+        self.nursery.start_soon(maintainer.run, name=f"replica maintenance {db.name}")
         log.info("%s: replicating to %s", db.name, client.description)
+
+
+def replica_database_names(config: Config) -> list[str]:
+    """Databases that have a replica: the `dbs` entries, plus every database found under the
+    default replica's path (one directory or key prefix per database)."""
+    names = {d.name for d in config.dbs if config.replica_for(d.name) is not None}
+    if config.replica is not None:
+        from .storage.factory import client_for
+
+        base = client_for(config.replica)
+        for obj in base.list_objects(""):
+            first = obj.key.lstrip("/").split("/", 1)[0]
+            if first and "/" in obj.key.lstrip("/") and valid_db_name(first):
+                names.add(first)
+    return sorted(names)
+
+
+def restore_missing_databases(config: Config, data_dir: Path) -> None:
+    """Cold start: bring back from the replica every database that is not here yet, before
+    the mount is exposed. A replica with nothing in it means starting empty."""
+    from .replication.restore import restore_to_data_dir
+    from .storage.factory import client_for
+
+    for name in replica_database_names(config):
+        root = data_dir / "dbs" / name
+        if (root / "database").exists() or any((root / "ltx").glob("*.ltx")):
+            continue
+        replica = config.replica_for(name)
+        assert replica is not None
+        client = client_for(replica)
+        result = restore_to_data_dir(client, data_dir, name, if_replica_exists=True)
+        log.info("%s: %s", name, result.summary())
 
 
 def _unescape_mount_path(field: str) -> str:
@@ -141,6 +176,7 @@ def run_mount(opts: MountOptions) -> None:
     store = Store(opts.data_dir)
     store.lock()
     try:
+        restore_missing_databases(opts.config, opts.data_dir)
         store.open()
     except BaseException:
         store.close()

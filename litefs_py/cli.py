@@ -397,3 +397,303 @@ def recover(name: str, data_dir: Path | None, config_path: Path | None) -> None:
             click.echo(f"{name}: recorded the current database as TXID {after:016x}")
     finally:
         store.close()
+
+
+# --------------------------------------------------------------------------------------------
+# restore
+# --------------------------------------------------------------------------------------------
+
+# Litestream spells long flags with one dash (Go's flag package); boot scripts written for
+# `litestream restore` keep working. `-flag=value` is accepted too, as Go accepts it.
+_SINGLE_DASH_FLAGS = {
+    "-if-replica-exists": "--if-replica-exists",
+    "-if-db-not-exists": "--if-db-not-exists",
+    "-timestamp": "--timestamp",
+    "-txid": "--txid",
+    "-config": "--config",
+    "-dry-run": "--dry-run",
+    "-generation": "--generation",
+    "-index": "--index",
+    "-integrity-check": "--integrity-check",
+    "-force": "--force",
+    "-json": "--json",
+    "-data-dir": "--data-dir",
+}
+
+
+def rewrite_single_dash(args: list[str], mapping: dict[str, str],
+                        takes_value: frozenset[str] = frozenset()) -> list[str]:
+    """`-if-replica-exists` → `--if-replica-exists`, `-txid=c` → `--txid=c`. Stops at `--`;
+    the token after an option in `takes_value` (spelled either way) is a value and is kept."""
+    out: list[str] = []
+    value_next = False
+    for i, arg in enumerate(args):
+        if value_next:
+            out.append(arg)
+            value_next = False
+            continue
+        if arg == "--":
+            out.extend(args[i:])
+            break
+        name, eq, value = arg.partition("=")
+        name = mapping.get(name, name)
+        out.append(name + eq + value)
+        value_next = not eq and name in takes_value
+    return out
+
+
+class LitestreamCompatCommand(click.Command):
+    """A click command that also accepts Litestream's single-dash long flags."""
+
+    single_dash: dict[str, str] = _SINGLE_DASH_FLAGS
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        takes_value = frozenset(
+            opt for p in self.params if isinstance(p, click.Option) and not p.is_flag
+            for opt in p.opts)
+        return super().parse_args(ctx, rewrite_single_dash(list(args), self.single_dash,
+                                                           takes_value))
+
+
+_RESTORE_EXIT_CODES = """\b
+Exit codes:
+  0   restored; or skipped by --if-db-not-exists (OUT exists) or --if-replica-exists
+      (nothing at the replica path); or --dry-run showed a plan
+  1   the backups cannot give the target: a gap in the TXID chain, no snapshot, a corrupt
+      or truncated object, a checksum mismatch, mixed page sizes, a failed
+      --integrity-check; or OUT exists (use --force or --if-db-not-exists)
+  2   usage error (bad flag, TXID or timestamp; URL without -o)
+  3   configuration error (config file, replica URL, credentials)
+  4   not found: no backups at the replica path, --txid after the latest TXID,
+      --timestamp before the first backup, database name not in the configuration
+  5   I/O or network error (endpoint unreachable, access denied, disk full)
+"""
+
+
+def _parse_when(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    from .storage.base import parse_timestamp
+
+    try:
+        return parse_timestamp(value)
+    except ValueError:
+        raise QuietError(f"invalid --timestamp {value!r}: expected RFC 3339, e.g. "
+                         "2026-01-02T15:04:05Z or 2026-01-02T15:04:05.123+01:00",
+                         ExitCode.USAGE) from None
+
+
+def _parse_hex(value: str | None, what: str) -> int | None:
+    if value is None:
+        return None
+    from .ltx import parse_txid
+
+    try:
+        n = parse_txid(value)
+    except ValueError:
+        raise QuietError(f"invalid {what} {value!r}: expected hex digits, e.g. c, 0xc or "
+                         "000000000000000c", ExitCode.USAGE) from None
+    if what == "--txid" and n == 0:
+        raise QuietError("invalid --txid 0: TXIDs start at 1", ExitCode.USAGE)
+    return n
+
+
+@main.command(cls=LitestreamCompatCommand, epilog=_RESTORE_EXIT_CODES)
+@click.argument("source", metavar="(DB-NAME | REPLICA-URL)")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the database to this file (required with a REPLICA-URL).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Configuration file for DB-NAME (default: ./litefs.yml, then "
+                   "/etc/litefs.yml).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Data directory for DB-NAME without -o (config: data.dir).")
+@click.option("--if-replica-exists", is_flag=True,
+              help="Exit 0 (and restore nothing) when the replica path holds no backups.")
+@click.option("--if-db-not-exists", is_flag=True,
+              help="Exit 0 (and change nothing) when the database already exists.")
+@click.option("--timestamp", "timestamp",
+              help="Restore the last transaction at or before this RFC 3339 time.")
+@click.option("--txid", "txid", help="Restore up to this TXID (inclusive; hex: c, 0xc or 16 "
+                                     "digits).")
+@click.option("--generation", help="Litestream 0.3 backups: restore this generation.")
+@click.option("--index", "wal_index", help="Litestream 0.3 backups: replay WAL up to this "
+                                           "index (hex).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (files, sizes, times); write "
+                                              "nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan or the result as JSON.")
+@click.option("--integrity-check", is_flag=True,
+              help="Run PRAGMA integrity_check before installing the database.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing database (and its -wal/-shm/-journal files).")
+def restore(source: str, output: Path | None, config_path: Path | None, data_dir: Path | None,
+            if_replica_exists: bool, if_db_not_exists: bool, timestamp: str | None,
+            txid: str | None, generation: str | None, wal_index: str | None, dry_run: bool,
+            as_json: bool, integrity_check: bool, force: bool) -> None:
+    """Rebuild a database from its replica (Litestream 0.5 layout, or 0.3 generations).
+
+    SOURCE is a database name from the configuration (e.g. store.db) or a replica URL
+    naming one database's path: s3://BUCKET/PATH?endpoint=HOST[:PORT], file:///DIR or /DIR.
+
+    \b
+    Where it goes:
+      -o OUT          a plain SQLite file at OUT (parent directories are created);
+      DB-NAME alone   DATA/dbs/DB-NAME/ in the data directory, with its position, so
+                      `litefs mount` serves it and continues the replica's TXIDs (run it
+                      before the mount starts; it refuses while a mount holds DATA).
+
+    Every object is verified (file checksums, and rolling checksums where recorded) while it
+    is written to OUT.tmp; OUT itself changes only by one rename at the end. Litestream's
+    single-dash flags (-o, -config, -txid, -timestamp, -if-replica-exists,
+    -if-db-not-exists, -dry-run) work too.
+    """
+    try:
+        _restore(source, output, config_path, data_dir, if_replica_exists, if_db_not_exists,
+                 timestamp, txid, generation, wal_index, dry_run, as_json, integrity_check,
+                 force)
+    except QuietError as exc:
+        if as_json:
+            click.echo(json.dumps({"status": "error", "error": exc.message,
+                                   "exit_code": int(exc.code)}, indent=2))
+        click.echo(f"litefs: {exc.message}", err=True)
+        sys.exit(int(exc.code))
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        message = f"{where}{exc.strerror or exc}"
+        if as_json:
+            click.echo(json.dumps({"status": "error", "error": message,
+                                   "exit_code": int(ExitCode.IO)}, indent=2))
+        click.echo(f"litefs: {message}", err=True)
+        sys.exit(int(ExitCode.IO))
+
+
+def _restore(source: str, output: Path | None, config_path: Path | None,
+             data_dir: Path | None, if_replica_exists: bool, if_db_not_exists: bool,
+             timestamp_text: str | None, txid_text: str | None, generation: str | None,
+             wal_index_text: str | None, dry_run: bool, as_json: bool,
+             integrity_check: bool, force: bool) -> None:
+    from .replication.legacy_v03 import has_generations, plan_legacy
+    from .replication.progress import Progress
+    from .replication.restore import (
+        STATUS_DB_EXISTS,
+        STATUS_NO_REPLICA,
+        RestoreResult,
+        restore_database,
+        restore_to_data_dir,
+    )
+    from .replication.restore_plan import (
+        NoBackupsError,
+        RestoreTarget,
+        plan_restore,
+        read_plan_headers,
+    )
+    from .storage.base import ReplicaClient
+    from .storage.factory import client_for, client_for_url
+
+    when = _parse_when(timestamp_text)
+    txid = _parse_hex(txid_text, "--txid")
+    wal_index = _parse_hex(wal_index_text, "--index")
+    if txid is not None and when is not None:
+        raise QuietError("give --txid or --timestamp, not both", ExitCode.USAGE)
+    if generation is not None and txid is not None:
+        raise QuietError("--generation applies to Litestream 0.3 backups, which have no TXIDs; "
+                         "use --index or --timestamp with it", ExitCode.USAGE)
+    if wal_index is not None and generation is None:
+        raise QuietError("--index needs --generation (as in Litestream 0.3)", ExitCode.USAGE)
+
+    is_url = "/" in source or "://" in source
+    client: ReplicaClient
+    store_dir: Path | None = None
+    if is_url:
+        if output is None and not dry_run:
+            raise QuietError(f"restoring from a replica URL needs -o OUT (the database file to "
+                             f"write), e.g. litefs restore -o /data/app.db {source}",
+                             ExitCode.USAGE)
+        client = client_for_url(source)
+    else:
+        from .config import load_config
+
+        cfg = load_config(config_path)
+        replica = cfg.replica_for(source)
+        if replica is None:
+            where = f" in {cfg.source}" if cfg.source is not None else \
+                " (no configuration file found: ./litefs.yml, /etc/litefs.yml)"
+            names = ", ".join(db.name for db in cfg.dbs)
+            known = f"; it lists {names}" if names else ""
+            raise QuietError(
+                f"database {source!r} has no replica{where}{known}: add a `replica:` (for "
+                "every database) or a `dbs:` entry with one, or give a replica URL with -o OUT",
+                ExitCode.NOT_FOUND)
+        client = client_for(replica)
+        if output is None:
+            store_dir = data_dir or Path(cfg.data.dir)
+
+    target_out = output if output is not None else (
+        store_dir / "dbs" / source / "database" if store_dir is not None else None)
+
+    if dry_run:
+        if if_db_not_exists and target_out is not None and target_out.exists():
+            _restore_report(as_json, {"status": STATUS_DB_EXISTS, "output": str(target_out)},
+                            f"{target_out} already exists; a restore would do nothing "
+                            "(--if-db-not-exists)")
+            return
+        legacy = generation is not None
+        doc: dict[str, Any]
+        if not legacy:
+            try:
+                plan = read_plan_headers(client, plan_restore(
+                    client, RestoreTarget(txid=txid, timestamp=when)))
+            except NoBackupsError:
+                if not has_generations(client):
+                    if if_replica_exists:
+                        _restore_report(as_json, {"status": STATUS_NO_REPLICA,
+                                                  "replica": client.description},
+                                        f"no backups found at {client.description}; a restore "
+                                        "would do nothing (--if-replica-exists)")
+                        return
+                    raise
+                legacy = True
+            else:
+                doc, lines = {"status": "plan", **plan.to_json()}, plan.lines()
+        if legacy:
+            if txid is not None:
+                raise QuietError(f"the backups at {client.description} are Litestream 0.3 "
+                                 "generations, which have no TXIDs: use --timestamp, or "
+                                 "--generation/--index", ExitCode.USAGE)
+            lplan = plan_legacy(client, timestamp=when, generation=generation,
+                                wal_index=wal_index)
+            doc, lines = {"status": "plan", **lplan.to_json()}, lplan.lines()
+        if target_out is not None:
+            doc["output"] = str(target_out)
+        _restore_report(as_json, doc, "\n".join(lines))
+        return
+
+    progress = Progress(0, stream=sys.stderr)
+    result: RestoreResult
+    if store_dir is not None:
+        from .store.store import Store
+
+        store = Store(store_dir)
+        try:
+            store.lock()
+        except QuietError as exc:
+            raise QuietError(f"{exc.message}. A running mount serves its own databases; to get "
+                             f"a copy, restore to a file with -o OUT", exc.code) from None
+        try:
+            result = restore_to_data_dir(
+                client, store_dir, source, txid=txid, timestamp=when,
+                if_replica_exists=if_replica_exists, if_db_not_exists=if_db_not_exists,
+                force=force, integrity=integrity_check, progress=progress,
+                generation=generation, wal_index=wal_index)
+        finally:
+            store.close()
+    else:
+        assert output is not None
+        result = restore_database(
+            client, output, txid=txid, timestamp=when, if_replica_exists=if_replica_exists,
+            if_db_not_exists=if_db_not_exists, force=force, integrity=integrity_check,
+            progress=progress, generation=generation, wal_index=wal_index)
+    _restore_report(as_json, result.to_json(), result.summary())
+
+
+def _restore_report(as_json: bool, doc: dict[str, Any], text: str) -> None:
+    click.echo(json.dumps(doc, indent=2) if as_json else text)

@@ -18,10 +18,14 @@ Object metadata (user metadata, without the `x-amz-meta-` prefix):
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+
+from ..ltx.errors import LTXError
+from ..ltx.header import Header
 
 SNAPSHOT_LEVEL = 9
 MAX_LEVEL = 9
@@ -62,6 +66,43 @@ class LtxFileInfo:
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
 
 
+def parse_checksum(text: str | None) -> int | None:
+    """`litefs-post-apply-checksum` metadata (16 hex digits) → int; None if absent or bad."""
+    if text is None:
+        return None
+    s = text.strip().lower()
+    if len(s) != 16 or any(c not in "0123456789abcdef" for c in s):
+        return None
+    return int(s, 16)
+
+
+def info_with_metadata(info: LtxFileInfo, metadata: Mapping[str, str]) -> LtxFileInfo:
+    """`info` completed from an object's user metadata (keys as stored, any case): timestamp
+    from `litestream-timestamp` when present and valid (else `info.timestamp` stays), the
+    post-apply checksum, and the metadata itself."""
+    meta = {k.lower(): v for k, v in metadata.items()}
+    timestamp = info.timestamp
+    if META_TIMESTAMP in meta:
+        with contextlib.suppress(ValueError):
+            timestamp = parse_timestamp(meta[META_TIMESTAMP])
+    return replace(info, timestamp=timestamp, post_apply_checksum=parse_checksum(
+        meta.get(META_CHECKSUM)), metadata=meta)
+
+
+def upload_metadata(data: bytes, metadata: Mapping[str, str]) -> dict[str, str]:
+    """The metadata to store with an LTX file: `metadata`, plus `litestream-timestamp` from
+    the LTX header when the caller gave none (Litestream's clients do the same)."""
+    meta = {k.lower(): v for k, v in metadata.items()}
+    if META_TIMESTAMP not in meta:
+        try:
+            header = Header.decode(data[:100])
+        except LTXError:
+            return meta
+        if header.timestamp > 0:
+            meta[META_TIMESTAMP] = format_timestamp(header.timestamp)
+    return meta
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
     """A raw object (used for Litestream 0.3's generations/ layout)."""
@@ -79,8 +120,19 @@ class ReplicaClient(ABC):
     description: str
 
     @abstractmethod
-    def ltx_files(self, level: int) -> list[LtxFileInfo]:
-        """Every LTX file at `level`, sorted by (min, max) TXID. Empty if none."""
+    def ltx_files(self, level: int, *, with_metadata: bool = False) -> list[LtxFileInfo]:
+        """Every LTX file at `level`, sorted by (min, max) TXID. Empty if none.
+
+        Without `with_metadata` a backend may skip per-file metadata requests (S3 lists
+        without one HEAD per object): `timestamp` is then the object's last-modified time (a
+        file replica's mtime, which holds the LTX timestamp), `post_apply_checksum` None and
+        `metadata` empty. With it, every file's metadata is read; `ltx_metadata` does the same
+        for one file (e.g. only the candidates of a `--timestamp` restore)."""
+
+    def ltx_metadata(self, info: LtxFileInfo) -> LtxFileInfo:
+        """`info` completed with its stored metadata (timestamp, post-apply checksum). The
+        default suits backends whose listing already has it."""
+        return info
 
     @abstractmethod
     def levels(self) -> list[int]:

@@ -19,8 +19,12 @@ Commands:
                 pages before COMMIT (a hot rollback journal, or uncommitted WAL frames); then
                 it writes --marker and waits, never committing
     checkpoint  WAL mode: --txns transactions with auto-checkpoint off, then --marker with
-                the WAL's committed size, then `PRAGMA wal_checkpoint(<how>)`, then
+                the database size in bytes, then `PRAGMA wal_checkpoint(<how>)`, then
                 --marker.done, then keeps working until killed
+    vacuum      one VACUUM (a transaction that shrinks the database when it has free pages)
+
+`inject_faults()` is not for the client: the crash tests import it into the litefs process
+(from a generated sitecustomize.py) to SIGKILL it at an exact point.
 
 Run it with the project's venv python: `python tests/mount/crash_client.py work --db ...`.
 """
@@ -30,10 +34,13 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS txns(id INTEGER PRIMARY KEY, kind TEXT NOT NULL,
@@ -61,8 +68,11 @@ class Ledger:
         os.fsync(self.fd)
 
 
-def connect(db: str, mode: str, cache_size: int, autocheckpoint: int) -> sqlite3.Connection:
+def connect(db: str, mode: str, cache_size: int, autocheckpoint: int,
+            auto_vacuum: str) -> sqlite3.Connection:
     con = sqlite3.connect(db, isolation_level=None, timeout=10)
+    # Takes effect only while the database is empty (before the schema is created).
+    con.execute(f"PRAGMA auto_vacuum={auto_vacuum}")
     got = con.execute(f"PRAGMA journal_mode={mode}").fetchone()[0]
     if got.upper() != mode.upper():
         raise RuntimeError(f"journal_mode={mode} was refused: SQLite says {got}")
@@ -111,15 +121,16 @@ def _delete(con: sqlite3.Connection, rng: random.Random, n: int) -> int:
     return len(keys)
 
 
+KINDS = ("one", "multi", "grow", "update", "delete", "mixed")
+
+
 def one_transaction(con: sqlite3.Connection, rng: random.Random, tid: int,
-                    count: int, kind: str | None = None) -> tuple[str, int]:
+                    count: int, kinds: tuple[str, ...] = KINDS) -> tuple[str, int]:
     """Run transaction `tid` (not yet committed); returns (kind, change in item count)."""
-    kinds = ["one", "multi", "grow", "update", "delete", "mixed"]
-    weights = [30, 20, 8, 15, 10, 15]
+    weights = {"one": 30, "multi": 20, "grow": 8, "update": 15, "delete": 10, "mixed": 15}
     if count > MAX_ITEMS:
-        weights = [5, 5, 0, 10, 60, 5]
-    if kind is None:
-        kind = rng.choices(kinds, weights)[0]
+        weights = {"one": 5, "multi": 5, "grow": 0, "update": 10, "delete": 60, "mixed": 5}
+    kind = rng.choices(kinds, [weights[k] + 1 for k in kinds])[0]
     delta = 0
     touched = 0
     if kind == "one":
@@ -145,13 +156,13 @@ def one_transaction(con: sqlite3.Connection, rng: random.Random, tid: int,
 
 
 def work(con: sqlite3.Connection, ledger: Ledger, rng: random.Random, txns: int,
-         mode: str, extras: bool, kind: str | None = None) -> None:
+         mode: str, extras: bool, kinds: tuple[str, ...] = KINDS) -> None:
     tid = next_id(con)
     count = int(con.execute("SELECT n FROM counter").fetchone()[0])
     done = 0
     while txns == 0 or done < txns:
         con.execute("BEGIN IMMEDIATE")
-        _kind, delta = one_transaction(con, rng, tid, count, kind)
+        _kind, delta = one_transaction(con, rng, tid, count, kinds)
         con.execute("COMMIT")
         ledger.append(tid)
         count += delta
@@ -182,12 +193,44 @@ def spill(con: sqlite3.Connection, rng: random.Random, marker: Path, rows: int) 
 def checkpoint(con: sqlite3.Connection, ledger: Ledger, rng: random.Random, marker: Path,
                txns: int, how: str) -> None:
     # Mostly new pages, so that the checkpoint has many pages to copy into the database.
-    work(con, ledger, rng, txns, "WAL", extras=False, kind="grow")
-    size = os.stat(con.execute("PRAGMA database_list").fetchone()[2] + "-wal").st_size
-    _write_marker(marker, f"{size}\n")
+    work(con, ledger, rng, txns, "WAL", extras=False, kinds=("grow",))
+    pages = con.execute("PRAGMA page_count").fetchone()[0]
+    page_size = con.execute("PRAGMA page_size").fetchone()[0]
+    _write_marker(marker, f"{pages * page_size}\n")
     con.execute(f"PRAGMA wal_checkpoint({how})").fetchall()
     _write_marker(marker.with_name(marker.name + ".done"), "done\n")
     work(con, ledger, rng, 0, "WAL", extras=False)
+
+
+def inject_faults() -> None:
+    """In the litefs process: with LITEFS_CRASH_FAULT=after-ltx:<n>, SIGKILL it right after
+    the n-th commit it captures was recorded as an LTX file, before the write that completes
+    the commit (journal delete/truncate/header zeroing, or the WAL commit frame) is performed
+    on the backing file. The client sees ENOTCONN: the transaction was never acknowledged."""
+    spec = os.environ.get("LITEFS_CRASH_FAULT")
+    if not spec:
+        return
+    what, _, count = spec.partition(":")
+    if what != "after-ltx":
+        raise ValueError(f"LITEFS_CRASH_FAULT: unknown fault {spec!r}")
+    wanted = int(count)
+    from litefs_py.store import db as store_db
+
+    seen = 0
+
+    def after_recorded(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            nonlocal seen
+            recorded = fn(*args, **kwargs)
+            if recorded is not None:
+                seen += 1
+                if seen >= wanted:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return recorded
+        return wrapper
+
+    for name in ("_commit_rollback", "_commit_wal"):  # both return the Recorded LTX or None
+        setattr(store_db.DB, name, after_recorded(getattr(store_db.DB, name)))
 
 
 def _write_marker(path: Path, text: str) -> None:
@@ -198,7 +241,7 @@ def _write_marker(path: Path, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=["work", "spill", "checkpoint"])
+    p.add_argument("command", choices=["work", "spill", "checkpoint", "vacuum"])
     p.add_argument("--db", required=True)
     p.add_argument("--ledger", required=True, type=Path)
     p.add_argument("--mode", required=True, choices=["DELETE", "TRUNCATE", "PERSIST", "WAL"])
@@ -207,21 +250,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-size", type=int, default=-2000)
     p.add_argument("--autocheckpoint", type=int, default=1000)
     p.add_argument("--extras", action="store_true", help="also checkpoints and VACUUM")
+    p.add_argument("--kinds", default=",".join(KINDS), help="work: transaction kinds to use")
+    p.add_argument("--auto-vacuum", default="NONE", choices=["NONE", "FULL"],
+                   help="for a new database")
     p.add_argument("--marker", type=Path)
     p.add_argument("--rows", type=int, default=400, help="spill: rows in the large transaction")
     p.add_argument("--how", default="TRUNCATE", help="checkpoint: PASSIVE/FULL/RESTART/TRUNCATE")
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
     ledger = Ledger(args.ledger)
-    con = connect(args.db, args.mode, args.cache_size, args.autocheckpoint)
+    kinds = tuple(args.kinds.split(","))
+    if not set(kinds) <= set(KINDS):
+        p.error(f"--kinds: choose from {','.join(KINDS)}")
+    con = connect(args.db, args.mode, args.cache_size, args.autocheckpoint, args.auto_vacuum)
     if args.command == "work":
-        work(con, ledger, rng, args.txns, args.mode, args.extras)
+        work(con, ledger, rng, args.txns, args.mode, args.extras, kinds)
     elif args.command == "spill":
         assert args.marker is not None
         spill(con, rng, args.marker, args.rows)
-    else:
+    elif args.command == "checkpoint":
         assert args.marker is not None
         checkpoint(con, ledger, rng, args.marker, args.txns, args.how)
+    else:
+        con.execute("VACUUM")
     con.close()
     return 0
 

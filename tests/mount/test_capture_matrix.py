@@ -34,6 +34,11 @@ MODES = ["DELETE", "TRUNCATE", "PERSIST", "WAL"]
 BLOB = 300_000  # bytes: several pages even at 64 KiB, far more than cache_size=2 holds
 
 
+def big_blob(page_size: int) -> int:
+    """A blob of at least 64 KiB and 6 pages: it spills a cache of 2 pages at any size."""
+    return max(64 * 1024, 6 * page_size)
+
+
 def _check_deltas(report: dict[str, Any], steps: list[dict[str, Any]], start: int) -> None:
     """Each step declares `delta`: how many LTX files it must add (None: not checked)."""
     prev_ltx = start
@@ -51,6 +56,7 @@ def _check_deltas(report: dict[str, Any], steps: list[dict[str, Any]], start: in
 
 def mixed_workload(mode: str, page_size: int) -> list[dict[str, Any]]:
     wal = mode == "WAL"
+    blob = big_blob(page_size)
     steps: list[dict[str, Any]] = [
         sql(f"PRAGMA page_size={page_size}", "PRAGMA auto_vacuum=FULL",
             f"PRAGMA journal_mode={mode}", name="setup", delta=None),
@@ -76,27 +82,31 @@ def mixed_workload(mode: str, page_size: int) -> list[dict[str, Any]]:
         sql("SELECT count(*), sum(length(b)) FROM t1", "SELECT * FROM t2 WHERE k > 'k0100'",
             "PRAGMA integrity_check", name="read-only", delta=0),
         sql("BEGIN", "UPDATE t1 SET b = randomblob(200)",
-            f"INSERT INTO t1(a, b) VALUES ('spilled', randomblob({BLOB}))",
+            f"INSERT INTO t1(a, b) VALUES ('spilled', randomblob({blob}))",
             "DELETE FROM t2", "ROLLBACK", name="rolled back (spilled)", delta=0),
-        sql(f"INSERT INTO t1(a, b) VALUES ('big', randomblob({BLOB}))", name="big blob",
+        sql(f"INSERT INTO t1(a, b) VALUES ('big', randomblob({blob}))", name="big blob",
             delta=1),
+        # In WAL mode a cache spill inside the savepoint hits the bug shown by
+        # test_wal_rollback_to_after_in_place_overwrite; here the cache holds the savepoint.
+        *([sql("PRAGMA cache_size=-4000", name="cache up")] if wal else []),
         sql("BEGIN",
             "SAVEPOINT a",
             "INSERT INTO t3 VALUES (10, 'kept')",
             "SAVEPOINT b",
             "UPDATE t1 SET a = 'gone' WHERE id < 50",
-            f"INSERT INTO t1(a, b) VALUES ('gone-big', randomblob({BLOB}))",
+            f"INSERT INTO t1(a, b) VALUES ('gone-big', randomblob({blob}))",
             "ROLLBACK TO b",
             "INSERT INTO t3 VALUES (11, 'after rollback to')",
             "RELEASE a",
             "COMMIT", name="savepoints", delta=1),
+        *([sql("PRAGMA cache_size=2", name="cache down")] if wal else []),
     ]
     if wal:
         steps.append(sql("PRAGMA wal_checkpoint(TRUNCATE)", name="checkpoint", delta=0))
     steps += [
         sql("INSERT INTO t3 VALUES (20, 'after checkpoint')", name="after checkpoint", delta=1),
         sql("PRAGMA page_count", name="pages before shrink", delta=0),
-        sql(f"INSERT INTO t1(a, b) VALUES ('big2', randomblob({BLOB}))", name="big blob 2",
+        sql(f"INSERT INTO t1(a, b) VALUES ('big2', randomblob({blob}))", name="big blob 2",
             delta=1),
         sql("DELETE FROM t1 WHERE a IN ('big', 'big2')", name="auto_vacuum shrink", delta=1),
         sql("PRAGMA page_count", name="pages after shrink", delta=0),
@@ -279,6 +289,46 @@ def test_delete_and_recreate(litefs: LitefsMount, tmp_path: Path, mode: str) -> 
     assert replay.files[before + 1].name.startswith(f"{txid + 2:016x}")
     live, _ = read_live(litefs, name)
     assert list(live["tables"]) == ["u"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bug: WalTracker misses a WAL commit whose frames SQLite 3.40 writes with zeroed salts "
+    "after ROLLBACK TO a savepoint that preceded an in-place frame overwrite"))
+def test_wal_rollback_to_after_in_place_overwrite(litefs: LitefsMount, tmp_path: Path) -> None:
+    """Inside one WAL transaction: a savepoint, updates that spill the cache twice over the
+    same pages (the second spill overwrites frames in place, so SQLite sets iReCksum and
+    writes later frames with zeroed salts), ROLLBACK TO the savepoint, a small insert, COMMIT.
+
+    SQLite 3.40 keeps iReCksum across ROLLBACK TO, so it writes the new frames with zeroed
+    salts and rewrites checksums only from the old iReCksum frame on: the commit frame's page
+    arrives while its header is still zeroed, and its header is rewritten afterwards. The
+    transaction is committed for SQLite (readers see it, a checkpoint copies it), but no LTX
+    file records it; after the checkpoint it is missing from the chain for good."""
+    name = "sp.db"
+    steps = [
+        sql("PRAGMA journal_mode=WAL", name="wal"),
+        sql("CREATE TABLE a(id INTEGER PRIMARY KEY, v BLOB)", name="a", delta=1),
+        sql("CREATE TABLE b(id INTEGER PRIMARY KEY, v BLOB)", name="b", delta=1),
+        sql("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < 200) "
+            "INSERT INTO a(v) SELECT randomblob(300) FROM c", name="fill", delta=1),
+        sql("BEGIN", "SAVEPOINT s",
+            "UPDATE a SET v = randomblob(300) WHERE id <= 60",
+            "UPDATE a SET v = randomblob(300) WHERE id <= 60",
+            "ROLLBACK TO s",
+            "INSERT INTO a(v) VALUES (x'00112233')",
+            "RELEASE s",
+            "COMMIT", name="savepoint txn", delta=1),
+        sql("PRAGMA wal_checkpoint(TRUNCATE)", name="checkpoint", delta=0),
+        sql("INSERT INTO b(v) VALUES ('another table')", name="next", delta=1),
+    ]
+    before = len(ltx_files(litefs, name))
+    report = run_client(steps_spec(litefs, name, steps, setup=["PRAGMA cache_size=2"]))
+    live, _ = read_live(litefs, name)
+    assert live["tables"]["a"][-1][2] == bytes.fromhex("00112233")  # SQLite committed it
+    try:
+        _check_deltas(report, steps, before)
+    finally:
+        verify_capture(litefs, name, tmp_path / "w")
 
 
 @pytest.mark.parametrize("mode", MODES)

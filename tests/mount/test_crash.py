@@ -19,6 +19,11 @@ The database carries over from cycle to cycle, so recovery runs on a growing dat
 whatever the previous crash left behind. Seeds are random; a failure names the seed to replay
 with `LITEFS_CRASH_SEED=<seed>`. `LITEFS_SOAK=1` runs a 500-cycle soak (journal mode changing
 between cycles); `LITEFS_SOAK_CYCLES` sets another count.
+
+Known bugs (each shown deterministically by a strict xfail test below) make litefs refuse to
+start after some crashes. The random-kill tests recognise those refusals by their exact
+signature (KNOWN_BUGS), repair with `litefs recover` and carry on, and end as xfail naming what
+they hit; any other failure fails the test.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PosixPath
@@ -58,6 +64,7 @@ SOAK = os.environ.get("LITEFS_SOAK") == "1"
 SOAK_CYCLES = int(os.environ.get("LITEFS_SOAK_CYCLES") or 500)
 JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
 STALE_MOUNT_MESSAGE = "clearing a stale mount"
+FAULT_ENV = ("PYTHONPATH", "LITEFS_CRASH_FAULT")  # for the litefs process only
 
 pytestmark = pytest.mark.slow
 
@@ -76,9 +83,10 @@ class Client:
         self.out_path = ledger.with_name(f"client-{Client.count}.out")
         cmd = [sys.executable, str(CLIENT), command, "--db", m.db(DB), "--ledger", str(ledger),
                "--mode", mode, *args]
+        env = {k: v for k, v in os.environ.items() if k not in FAULT_ENV}
         with open(self.out_path, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL, env=env)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -134,10 +142,19 @@ def crash(m: LitefsMount, client: Client | None) -> None:
     assert is_mounted(m.mount_dir), "a SIGKILLed filesystem should leave its dead mount behind"
 
 
+class RefusedToStart(AssertionError):
+    """Recovery found the database diverged from its LTX log and litefs exited."""
+
+
 def restart(m: LitefsMount) -> None:
     """Start on the same data dir; the new process must clear the dead mount by itself."""
     cleared = m.log().count(STALE_MOUNT_MESSAGE)
-    m.start()
+    try:
+        m.start()
+    except RuntimeError as exc:
+        if "does not match the last LTX file" in str(exc):
+            raise RefusedToStart(f"litefs refused to start after the crash: {exc}") from None
+        raise
     assert m.log().count(STALE_MOUNT_MESSAGE) == cleared + 1, \
         "the restarted mount did not report clearing the stale mount"
     assert mount_entries(m.mount_dir) == 1, "stale mount entries left in /proc/self/mounts"
@@ -276,6 +293,7 @@ class History:
     replayer: Replayer = field(init=False)
     unacked: set[int] = field(default_factory=set)  # in flight at a kill, found committed
     cycles: int = 0
+    known: Counter[str] = field(default_factory=Counter)  # known-bug refusals repaired
 
     def __post_init__(self) -> None:
         self.ledger = self.dir / "ledger"
@@ -358,13 +376,127 @@ def verify(m: LitefsMount, hist: History, *, absent: frozenset[int] = frozenset(
         con.close()
 
 
+# ---- known bugs: recognise a refused start, repair, carry on ------------------------------
+
+KNOWN_BUGS = {
+    "freelist": "rollback of a hot journal leaves free-list pages that SQLite overwrote without "
+                "journaling them (test_kill_during_spilled_transaction[*-deletes])",
+    "shrink": "a rollback-mode commit that shrinks the database is recorded with the size "
+              "before SQLite's truncation (test_kill_after_shrinking_commit)",
+    "wal-ltx-ahead": "an LTX file recorded for a WAL commit whose commit frame never reached "
+                     "the WAL (test_kill_after_ltx_before_commit_write[WAL])",
+}
+
+
+def replay_files(ltx_dir: Path, names: list[str], out: Path) -> tuple[bytes, int]:
+    """Apply `names` in order to an empty file, without chain checks; (bytes, page size)."""
+    ps = 0
+    with open(out, "w+b") as f:
+        for name in names:
+            with open(ltx_dir / name, "rb") as src:
+                dec = Decoder(src, name=name)
+                apply_pages(f, dec)
+                ps = dec.header.page_size
+    return out.read_bytes(), ps
+
+
+def freelist_leaves(db: bytes, ps: int) -> set[int]:
+    """Free-list leaf pages of a database image (their content means nothing to SQLite)."""
+    leaves: set[int] = set()
+    trunk = int.from_bytes(db[32:36], "big")
+    seen = set()
+    while trunk and trunk not in seen and trunk * ps <= len(db):
+        seen.add(trunk)
+        page = db[(trunk - 1) * ps:trunk * ps]
+        count = int.from_bytes(page[4:8], "big")
+        leaves.update(int.from_bytes(page[8 + 4 * i:12 + 4 * i], "big")
+                      for i in range(min(count, ps // 4 - 2)))
+        trunk = int.from_bytes(page[:4], "big")
+    return leaves
+
+
+def _pages(db: bytes, ps: int) -> list[bytes]:
+    return [db[i:i + ps] for i in range(0, len(db), ps)]
+
+
+def diagnose_refusal(root: Path, scratch: Path) -> list[str] | None:
+    """Which known bugs explain why litefs refused the database in `root`, or None if the
+    data directory does not match their signatures exactly."""
+    ltx_dir = root / "ltx"
+    names = sorted(n for n in os.listdir(ltx_dir) if is_ltx_filename(n))
+    if not names:
+        return None
+    image = live_image(root)
+    replayed, ps = replay_files(ltx_dir, names, scratch)
+    found: list[str] = []
+    # shrink: the last LTX file has more pages than its own page 1 says the database has,
+    # and the live database has exactly the header's size.
+    header_pages = int.from_bytes(replayed[28:32], "big")
+    if 0 < header_pages < len(replayed) // ps and len(image) == header_pages * ps:
+        found.append("shrink")
+        replayed = replayed[:header_pages * ps]
+    # freelist: same size, and every differing page is a free-list leaf of the committed state.
+    if image != replayed and len(image) == len(replayed):
+        diff = {i + 1 for i, (a, b) in enumerate(zip(_pages(image, ps), _pages(replayed, ps),
+                                                     strict=True)) if a != b}
+        if diff <= freelist_leaves(replayed, ps):
+            found.append("freelist")
+            replayed = image
+    # wal-ltx-ahead: the last LTX file names a WAL range that holds no valid transaction, and
+    # without that file the log replays to the live database.
+    if image != replayed and len(names) > 1:
+        with open(ltx_dir / names[-1], "rb") as f:
+            h = Decoder(f, name=names[-1]).header
+        ends: set[int] = set()
+        try:
+            reader = WALReader((root / "wal").read_bytes())
+            if (reader.header.salt1, reader.header.salt2) == (h.wal_salt1, h.wal_salt2):
+                ends = {t.end_offset for t in reader.transactions()}
+        except (FileNotFoundError, SQLiteFormatError):
+            pass
+        if h.wal_size and h.wal_offset + h.wal_size not in ends:
+            before, _ = replay_files(ltx_dir, names[:-1], scratch)
+            if before == image:
+                found = ["wal-ltx-ahead"]
+                replayed = image
+    return found if found and image == replayed else None
+
+
+def accept_current(m: LitefsMount) -> None:
+    """`litefs recover`: record the database as it is now as one more TXID."""
+    done = subprocess.run([sys.executable, "-m", "litefs_py", "recover", "--data-dir",
+                           str(m.data_dir), DB], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"litefs recover failed:\n{done.stdout}{done.stderr}"
+
+
+def restart_after_crash(m: LitefsMount, hist: History) -> None:
+    """restart(); a refusal explained exactly by known bugs is counted and repaired."""
+    try:
+        restart(m)
+    except RefusedToStart:
+        bugs = diagnose_refusal(m.data_dir / "dbs" / DB, hist.dir / "diagnose.db")
+        if bugs is None:
+            raise
+        hist.known.update(bugs)
+        accept_current(m)
+        restart(m)
+
+
+def end_with_known_bugs(hist: History) -> None:
+    if hist.known:
+        pytest.xfail("known bugs made litefs refuse to start (repaired with `litefs recover`): "
+                     + "; ".join(f"{n}x {bug}: {KNOWN_BUGS[bug]}"
+                                 for bug, n in sorted(hist.known.items())))
+
+
 @contextlib.contextmanager
 def context(what: str) -> Iterator[None]:
     """Name the seed and the cycle in any failure, so it can be replayed."""
     try:
         yield
     except (AssertionError, RuntimeError) as exc:
-        raise AssertionError(f"{what} (LITEFS_CRASH_SEED={SEED}): {exc}") from exc
+        kind = type(exc) if isinstance(exc, AssertionError) else AssertionError
+        raise kind(f"{what} (LITEFS_CRASH_SEED={SEED}): {exc}") from exc
 
 
 class _MountDir(PosixPath):
@@ -384,8 +516,12 @@ def new_mount(factory: type[LitefsMount], tmp_path: Path) -> tuple[LitefsMount, 
     return m, History(tmp_path)
 
 
-def run_to_completion(m: LitefsMount, hist: History, mode: str, txns: int, seed: int) -> None:
-    client = Client(m, hist.ledger, mode, "work", "--txns", str(txns), "--seed", str(seed))
+def run_to_completion(m: LitefsMount, hist: History, mode: str, txns: int, seed: int,
+                      kinds: str | None = None) -> None:
+    args = ["--txns", str(txns), "--seed", str(seed)]
+    if kinds:
+        args += ["--kinds", kinds]
+    client = Client(m, hist.ledger, mode, "work", *args)
     rc = client.wait(120)
     assert rc == 0, f"client failed:\n{client.output()}"
 
@@ -409,7 +545,7 @@ def random_cycles(m: LitefsMount, hist: History, rng: random.Random, cycles: int
                 client.sleep_alive(delay)
             finally:
                 crash(m, client)
-            restart(m)
+            restart_after_crash(m, hist)
             last = cycle == cycles - 1
             verify(m, hist, full_replay=last or cycle % full_replay_every == 0)
         hist.cycles += 1
@@ -423,6 +559,7 @@ def test_random_kills(mode: str, litefs_factory: type[LitefsMount], tmp_path: Pa
     random_cycles(m, hist, rng, CYCLES_PER_MODE, lambda _cycle: mode)
     assert hist.cycles == CYCLES_PER_MODE
     assert len(read_ledger(hist.ledger)) > 0, "no transaction was ever acknowledged"
+    end_with_known_bugs(hist)
 
 
 @pytest.mark.skipif(not SOAK, reason="opt-in soak: set LITEFS_SOAK=1 (500 cycles)")
@@ -433,6 +570,7 @@ def test_soak_random_kills(litefs_factory: type[LitefsMount], tmp_path: Path) ->
     modes = [rng.choice(MODES) for _ in range(SOAK_CYCLES)]
     random_cycles(m, hist, rng, SOAK_CYCLES, modes.__getitem__, full_replay_every=50)
     assert hist.cycles == SOAK_CYCLES
+    end_with_known_bugs(hist)
 
 
 # ---- kills at chosen points ----------------------------------------------------------------
@@ -442,31 +580,57 @@ def backing(m: LitefsMount, kind: str) -> Path:
     return m.data_dir / "dbs" / DB / kind
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_kill_during_spilled_transaction(mode: str, litefs_factory: type[LitefsMount],
+def read_or_empty(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+FREELIST_BUG = pytest.mark.xfail(strict=True, raises=RefusedToStart, reason=(
+    "bug: recovery.py _hot_journal rolls back only journaled pages; free-list pages that "
+    "SQLite reuses without journaling them keep the crashed transaction's bytes, the "
+    "checksum then differs from the last LTX file and the mount refuses to start"))
+
+
+@pytest.mark.parametrize(("mode", "setup"), [
+    *[(mode, "inserts") for mode in MODES],
+    *[pytest.param(mode, "deletes", marks=FREELIST_BUG) for mode in MODES if mode != "WAL"],
+    ("WAL", "deletes"),
+])
+def test_kill_during_spilled_transaction(mode: str, setup: str,
+                                         litefs_factory: type[LitefsMount],
                                          tmp_path: Path) -> None:
     """Kill while a large transaction has spilled its page cache: in rollback modes the
     journal is hot and the database file already holds uncommitted pages; in WAL mode the WAL
-    holds uncommitted frames. Recovery must roll back to the last acknowledged commit."""
+    holds uncommitted frames. Recovery must roll back to the last acknowledged commit.
+
+    setup "inserts": the database has no free pages. "deletes": rows were deleted first, so
+    the large transaction reuses free-list pages, which SQLite overwrites without journaling
+    their old content (it is garbage to SQLite, but it is part of the database checksum)."""
     m, hist = new_mount(litefs_factory, tmp_path)
-    rng = random.Random(f"{SEED}:spill:{mode}")
-    with context(f"{mode} spill"):
+    with context(f"{mode} spill after {setup}"):
         m.start()
-        run_to_completion(m, hist, mode, 60, rng.randrange(2**32))
+        if setup == "inserts":
+            run_to_completion(m, hist, mode, 60, 1, "one,multi,grow")
+        else:
+            run_to_completion(m, hist, mode, 30, 2, "grow")
+            run_to_completion(m, hist, mode, 10, 3, "delete")
         verify(m, hist)
         pos_before = m.pos(DB)
+        wal_before = read_or_empty(backing(m, "wal"))
         marker = tmp_path / "spilled"
         client = Client(m, hist.ledger, mode, "spill", "--marker", str(marker),
-                        "--cache-size", "10", "--rows", "400", "--seed", str(rng.randrange(2**32)))
+                        "--cache-size", "10", "--rows", "400", "--seed", "4")
         try:
             wait_for(marker.exists, 60, "the large transaction to spill", client)
             spill_id = int(marker.read_text())
             # The state the crash must recover from really is there.
             if mode == "WAL":
-                reader = WALReader(backing(m, "wal").read_bytes())
-                list(reader.frames())
-                assert reader.frame_count > reader.commit_frame_count, \
-                    "no uncommitted frames in the WAL"
+                # Frames of a spilling transaction may have their checksums rewritten only at
+                # commit (pages overwritten in place), so compare bytes instead of parsing.
+                assert read_or_empty(backing(m, "wal")) != wal_before, \
+                    "the large transaction wrote no frames to the WAL"
             else:
                 journal = backing(m, "journal").read_bytes()
                 assert journal[:8] == JOURNAL_MAGIC, "the journal is not hot"
@@ -482,7 +646,89 @@ def test_kill_during_spilled_transaction(mode: str, litefs_factory: type[LitefsM
         if mode != "WAL":
             assert "rolled back a hot journal" in m.log()
         # The recovered database takes new transactions.
-        run_to_completion(m, hist, mode, 30, rng.randrange(2**32))
+        run_to_completion(m, hist, mode, 30, 5)
+        verify(m, hist)
+        m.stop()
+
+
+SHRINK_BUG = pytest.mark.xfail(strict=True, raises=RefusedToStart, reason=(
+    "bug: store/db.py _commit_rollback takes the commit size from the database file size when "
+    "the journal is finalized, but SQLite truncates a shrinking database only after that, so "
+    "the LTX file keeps the old size and the truncation is never recorded"))
+
+
+@pytest.mark.parametrize("mode", [*(pytest.param(mode, marks=SHRINK_BUG)
+                                    for mode in MODES if mode != "WAL"), "WAL"])
+def test_kill_after_shrinking_commit(mode: str, litefs_factory: type[LitefsMount],
+                                     tmp_path: Path) -> None:
+    """Kill after a committed transaction that shrank the database (VACUUM of a database
+    with free pages; auto_vacuum=FULL commits do the same), before any other transaction."""
+    m, hist = new_mount(litefs_factory, tmp_path)
+    with context(f"{mode} shrink"):
+        m.start()
+        run_to_completion(m, hist, mode, 30, 6, "grow")
+        run_to_completion(m, hist, mode, 15, 7, "delete")
+        verify(m, hist)
+        size_before = m.pos(DB)
+        client = Client(m, hist.ledger, mode, "vacuum")
+        assert client.wait(120) == 0, client.output()
+        assert m.pos(DB)[0] == size_before[0] + 1, "VACUUM was not recorded"
+        crash(m, None)
+        restart(m)
+        verify(m, hist)
+        run_to_completion(m, hist, mode, 20, 8)
+        verify(m, hist)
+        m.stop()
+
+
+WAL_AHEAD_BUG = pytest.mark.xfail(strict=True, raises=RefusedToStart, reason=(
+    "bug: store/recovery.py trusts the last LTX file of a WAL commit whose commit frame was "
+    "never written (db.py _write_wal records the LTX before the pwrite): it refuses to start "
+    "instead of dropping the unacknowledged LTX file"))
+
+SITECUSTOMIZE = """\
+import sys
+sys.path.append({client_dir!r})
+import crash_client
+crash_client.inject_faults()
+"""
+
+
+@pytest.mark.parametrize("mode", [*(m for m in MODES if m != "WAL"),
+                                  pytest.param("WAL", marks=WAL_AHEAD_BUG)])
+def test_kill_after_ltx_before_commit_write(mode: str, litefs_factory: type[LitefsMount],
+                                            tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL the filesystem at an exact point: the commit's LTX file is in place, but the
+    write that commits in SQLite's eyes (journal delete/truncate/header zeroing, or the WAL
+    commit frame's page) was not performed. The transaction was not acknowledged; recovery
+    must either keep it (rollback modes: the database already holds it, the journal is stale)
+    or drop its LTX file (WAL: the commit frame is missing), and start."""
+    m, hist = new_mount(litefs_factory, tmp_path)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE.format(client_dir=str(CLIENT.parent)))
+    with context(f"{mode} kill after LTX"):
+        monkeypatch.setenv("PYTHONPATH", str(site))
+        monkeypatch.setenv("LITEFS_CRASH_FAULT", "after-ltx:25")
+        m.start()
+        monkeypatch.delenv("PYTHONPATH")
+        monkeypatch.delenv("LITEFS_CRASH_FAULT")
+        client = Client(m, hist.ledger, mode, "work", "--seed", "9")
+        try:
+            assert m.proc is not None
+            wait_for(lambda: m.proc is not None and m.proc.poll() is not None, 60,
+                     "the fault to kill litefs", client)
+        finally:
+            crash(m, client)
+        assert m.proc.returncode == -9, m.log()
+        ltx = [n for n in os.listdir(backing(m, "ltx")) if is_ltx_filename(n)]
+        assert len(ltx) == 25, f"killed after {len(ltx)} LTX files, not 25"
+        restart(m)
+        verify(m, hist)
+        if mode != "WAL":
+            assert "removing its journal instead of rolling back" in m.log()
+        run_to_completion(m, hist, mode, 20, 10)
         verify(m, hist)
         m.stop()
 
@@ -502,16 +748,12 @@ def test_kill_during_checkpoint(point: str, how: str, litefs_factory: type[Litef
         db_file = backing(m, "database")
         start_size = db_file.stat().st_size
         marker = tmp_path / "checkpoint"
-        done = tmp_path / "checkpoint.done"
         client = Client(m, hist.ledger, "WAL", "checkpoint", "--marker", str(marker),
                         "--txns", "80", "--how", how, "--autocheckpoint", "0",
                         "--seed", str(rng.randrange(2**32)))
         try:
             wait_for(marker.exists, 120, "the checkpoint to start", client)
-            assert not done.exists()
-            reader = WALReader(backing(m, "wal").read_bytes())
-            final_size = list(reader.transactions())[-1].db_size * reader.page_size
-            assert final_size > start_size + 100 * 4096, "the checkpoint has too little to copy"
+            final_size = int(marker.read_text())
             if point == "backfill":
                 wait_for(lambda: db_file.stat().st_size > start_size, 30,
                          "the checkpoint to write the database", client)
@@ -520,6 +762,7 @@ def test_kill_during_checkpoint(point: str, how: str, litefs_factory: type[Litef
         finally:
             crash(m, client)
         size_at_kill = db_file.stat().st_size
+        assert final_size > start_size + 100 * 4096, "the checkpoint has too little to copy"
         if point == "backfill":
             assert start_size < size_at_kill < final_size, \
                 "the kill did not land inside the checkpoint's copy"

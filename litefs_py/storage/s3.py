@@ -1,0 +1,496 @@
+"""A replica in an S3-compatible bucket (AWS, Backblaze B2, Cloudflare R2, MinIO, ...).
+
+The only module that imports boto3. Key layout (Litestream 0.5, FORMATS.md §5):
+`<path>/<level %04x>/<min %016x>-<max %016x>.ltx`, no `ltx/` component.
+
+What the client sends, and why (users were burned by Litestream 0.5 on non-AWS providers):
+
+- No flexible checksums: `request_checksum_calculation="when_required"` and
+  `response_checksum_validation="when_required"`. botocore ≥ 1.36 otherwise sends PUT bodies
+  over https as `Content-Encoding: aws-chunked` with an `X-Amz-Trailer: x-amz-checksum-crc32`
+  and `X-Amz-Content-SHA256: STREAMING-UNSIGNED-PAYLOAD-TRAILER`, which B2 and older MinIO
+  reject. With it, a PUT carries `Content-Length` and the SigV4-signed SHA-256 of the body, so
+  integrity is still checked end to end.
+- DeleteObjects needs a body checksum; botocore sends only `x-amz-checksum-crc32`, which some
+  providers do not know, so we send `Content-MD5` instead (understood everywhere).
+- SigV4, path-style addressing for every non-AWS endpoint unless told otherwise, the region
+  guessed from well-known provider host names (B2's `s3.<region>.backblazeb2.com`, ...) or
+  `us-east-1`.
+- Few attempts (botocore "standard" retries) and timeouts of a few seconds: the uploader has its
+  own back-off, and an unreachable endpoint must fail fast with a clear message.
+
+Listing never does one HEAD per object unless asked (`with_metadata=True` or `ltx_metadata`):
+the timestamp is the LastModified time until then.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+import botocore.config
+import botocore.exceptions as bx
+import urllib3.exceptions
+
+from ..config import normalize_endpoint
+from ..errors import ExitCode
+from ..ltx.filename import format_filename, is_ltx_filename, parse_filename
+from .base import (
+    MAX_LEVEL,
+    META_TIMESTAMP,
+    LtxFileInfo,
+    ObjectInfo,
+    ReplicaClient,
+    info_with_metadata,
+    parse_timestamp,
+    upload_metadata,
+)
+from .errors import (
+    AccessDeniedError,
+    EndpointUnreachableError,
+    NoSuchBucketError,
+    ObjectNotFoundError,
+    StorageError,
+    TransientStorageError,
+)
+
+DEFAULT_REGION = "us-east-1"
+CONNECT_TIMEOUT = 5.0  # seconds
+READ_TIMEOUT = 10.0  # seconds without a byte from the server
+MAX_ATTEMPTS = 3  # per request, including the first
+CHUNK_SIZE = 1 << 20
+HEAD_CONCURRENCY = 8
+DELETE_BATCH = 1000  # DeleteObjects' limit
+
+_CREDENTIAL_CODES = frozenset({
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+    "TokenRefreshRequired", "InvalidSecurity", "InvalidClientTokenId",
+    "UnrecognizedClientException",
+})
+_DENIED_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "Forbidden", "403"})
+_REGION_CODES = frozenset({"AuthorizationHeaderMalformed", "PermanentRedirect", "301",
+                           "IllegalLocationConstraintException"})
+_TRANSIENT_CODES = frozenset({
+    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
+    "Throttling", "ThrottlingException", "TooManyRequests", "RequestLimitExceeded",
+    "BandwidthLimitExceeded", "OperationAborted", "500", "502", "503", "504",
+})
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+
+# Hosts that name their region: (pattern, group holding the region).
+_REGION_HOSTS = (
+    re.compile(r"(?:.+\.)?s3\.([a-z0-9-]+)\.backblazeb2\.com"),
+    re.compile(r"(?:.+\.)?([a-z0-9-]+)\.digitaloceanspaces\.com"),
+    re.compile(r"(?:.+\.)?([a-z0-9-]+)\.linodeobjects\.com"),
+    re.compile(r"(?:.+\.)?s3\.([a-z0-9-]+)\.scw\.cloud"),
+    re.compile(r"(?:.+\.)?s3[.-](?:dualstack\.)?([a-z]{2}(?:-gov)?-[a-z]+-\d)\.amazonaws\.com"),
+)
+
+
+def is_aws_endpoint(endpoint: str | None) -> bool:
+    """None (AWS's default) or a host under amazonaws.com."""
+    if endpoint is None:
+        return True
+    host = (urlsplit(endpoint).hostname or "").lower()
+    return host == "amazonaws.com" or host.endswith(".amazonaws.com")
+
+
+def guess_region(endpoint: str | None) -> str | None:
+    """The region a provider's host name states (`s3.us-west-002.backblazeb2.com` →
+    `us-west-002`), `auto` for Cloudflare R2, else None."""
+    if endpoint is None:
+        return None
+    host = (urlsplit(endpoint).hostname or "").lower().rstrip(".")
+    if host.endswith(".r2.cloudflarestorage.com"):
+        return "auto"
+    for pattern in _REGION_HOSTS:
+        m = pattern.fullmatch(host)
+        if m is not None:
+            return m.group(1)
+    return None
+
+
+def _content_md5_instead_of_crc(request: Any, **_kwargs: Any) -> None:
+    """before-sign hook for DeleteObjects: Content-MD5 rather than x-amz-checksum-crc32."""
+    body = request.body
+    if not isinstance(body, bytes | bytearray):
+        return
+    for name in list(request.headers.keys()):
+        lower = name.lower()
+        if lower.startswith("x-amz-checksum-") or lower == "x-amz-sdk-checksum-algorithm":
+            del request.headers[name]
+    if "Content-MD5" not in request.headers:
+        digest = hashlib.md5(body, usedforsecurity=False).digest()
+        request.headers["Content-MD5"] = base64.b64encode(digest).decode("ascii")
+
+
+def _mask(key_id: str) -> str:
+    return key_id if len(key_id) <= 8 else f"{key_id[:4]}…{key_id[-4:]}"
+
+
+class S3ReplicaClient(ReplicaClient):
+    """One database's replica under `s3://bucket/path`."""
+
+    def __init__(
+        self,
+        bucket: str,
+        path: str = "",
+        *,
+        endpoint: str | None = None,
+        region: str | None = None,
+        force_path_style: bool | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        credentials_source: str | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
+        max_attempts: int = MAX_ATTEMPTS,
+    ) -> None:
+        if (access_key_id is None) != (secret_access_key is None):
+            raise StorageError("an access key id needs its secret access key (set both or "
+                               "neither)", ExitCode.CONFIG)
+        self.bucket = bucket
+        self.path = path.strip("/")
+        self.endpoint = normalize_endpoint(endpoint) if endpoint is not None else None
+        if force_path_style is None:
+            force_path_style = not is_aws_endpoint(self.endpoint)
+        self.force_path_style = force_path_style
+        if credentials_source is None:
+            credentials_source = ("the given access key" if access_key_id is not None else
+                                  "the AWS default chain")
+        self._credentials_hint = (
+            f"key {_mask(access_key_id)} from {credentials_source}"
+            if access_key_id is not None else f"credentials from {credentials_source}")
+        query = f"?endpoint={self.endpoint}" if self.endpoint is not None else ""
+        self.description = f"s3://{bucket}/{self.path}{query}"
+
+        if self.force_path_style:
+            addressing = "path"
+        elif self.endpoint is None:
+            addressing = "auto"  # virtual-hosted, or path for names that cannot be hosts
+        else:
+            addressing = "virtual"
+        config = botocore.config.Config(
+            signature_version="s3v4",
+            s3={"addressing_style": addressing},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            tcp_keepalive=True,
+            max_pool_connections=HEAD_CONCURRENCY + 2,
+        )
+        try:
+            session = boto3.session.Session(aws_access_key_id=access_key_id,
+                                            aws_secret_access_key=secret_access_key)
+            if region is None:
+                region = guess_region(self.endpoint)
+            if region is None:
+                region = (session.region_name if self.endpoint is None else None) or DEFAULT_REGION
+            self.region: str = region
+            self.boto_client: Any = session.client(
+                "s3", endpoint_url=self.endpoint, region_name=region, config=config)
+        except bx.BotoCoreError as exc:
+            raise StorageError(f"cannot set up the S3 client for {self.description}: {exc}",
+                               ExitCode.CONFIG) from None
+        self.boto_client.meta.events.register("before-sign.s3.DeleteObjects",
+                                              _content_md5_instead_of_crc)
+        self.endpoint_url: str = str(self.boto_client.meta.endpoint_url)
+
+    def close(self) -> None:
+        """Close the pooled connections (the client must not be used afterwards)."""
+        self.boto_client.close()
+
+    # ---- keys ----------------------------------------------------------------------------
+
+    def _key(self, rel: str) -> str:
+        return f"{self.path}/{rel}" if self.path else rel
+
+    def level_prefix(self, level: int) -> str:
+        _check_level(level)
+        return self._key(f"{level:04x}/")
+
+    def ltx_key(self, level: int, min_txid: int, max_txid: int) -> str:
+        return self.level_prefix(level) + format_filename(min_txid, max_txid)
+
+    # ---- errors --------------------------------------------------------------------------
+
+    def _error(self, exc: Exception, doing: str, key: str | None = None) -> StorageError:
+        ep = self.endpoint_url
+        what = f"s3://{self.bucket}/{key}" if key is not None else f"bucket {self.bucket}"
+        if isinstance(exc, bx.ClientError):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            message = str(error.get("Message", "")).strip()
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            detail = f"{code}: {message}" if message else (code or f"HTTP {status}")
+            if code == "NoSuchBucket":
+                return NoSuchBucketError(f"bucket {self.bucket} does not exist at {ep}; create "
+                                         f"it or fix replica.bucket")
+            if code in _NOT_FOUND_CODES:
+                return ObjectNotFoundError(f"{what} does not exist at {ep} (deleted by "
+                                           f"retention or compaction?)")
+            if code == "RequestTimeTooSkewed":
+                return TransientStorageError(
+                    f"{ep} refused the request because this machine's clock is off by more "
+                    f"than 15 minutes ({detail}): fix the system time (NTP)")
+            if code in _CREDENTIAL_CODES:
+                return AccessDeniedError(
+                    f"credentials rejected by {ep} ({detail}; {self._credentials_hint}): check "
+                    f"LITEFS_ACCESS_KEY_ID/LITEFS_SECRET_ACCESS_KEY (or the replica's "
+                    f"access-key-id/secret-access-key)")
+            if code in _DENIED_CODES or status == 403:
+                return AccessDeniedError(
+                    f"access denied by {ep} while {doing} {what} ({detail}; "
+                    f"{self._credentials_hint}): check LITEFS_ACCESS_KEY_ID/"
+                    f"LITEFS_SECRET_ACCESS_KEY and that this key may list, read, write and "
+                    f"delete in bucket {self.bucket}")
+            if code in _REGION_CODES or status == 301:
+                return StorageError(
+                    f"{ep} refused region {self.region} for bucket {self.bucket} ({detail}): "
+                    f"set replica.region (or ?region= in the URL) to the bucket's region",
+                    ExitCode.CONFIG)
+            if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+                return TransientStorageError(f"{ep} is failing ({detail}) while {doing} "
+                                             f"{what}; will retry")
+            if code == "NotImplemented":
+                return StorageError(f"{ep} does not support {doing} ({detail})")
+            return StorageError(f"{doing} {what} at {ep} failed ({detail})")
+        if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
+            return AccessDeniedError(
+                f"no credentials for {ep}: set LITEFS_ACCESS_KEY_ID and "
+                f"LITEFS_SECRET_ACCESS_KEY (or the replica's access-key-id/secret-access-key)")
+        if isinstance(exc, bx.SSLError):
+            return EndpointUnreachableError(
+                f"cannot reach {ep}: TLS failed ({exc}); if the endpoint speaks plain HTTP write "
+                f"http://..., a private CA goes in AWS_CA_BUNDLE")
+        if isinstance(exc, bx.ResponseStreamingError | bx.IncompleteReadError
+                      | urllib3.exceptions.ProtocolError):
+            return TransientStorageError(f"{doing} {what} from {ep} broke off ({exc}); will "
+                                         f"retry")
+        if isinstance(exc, bx.ConnectionError | bx.HTTPClientError
+                      | urllib3.exceptions.HTTPError | OSError):
+            return EndpointUnreachableError(
+                f"cannot reach {ep}: {exc}; check replica.endpoint and the network")
+        return StorageError(f"{doing} {what} at {ep} failed: {exc}")
+
+    # ---- LTX files -----------------------------------------------------------------------
+
+    def _list(self, prefix: str, delimiter: str | None = None) -> Iterator[dict[str, Any]]:
+        """Pages of ListObjectsV2 under `prefix` (a full key prefix)."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        if delimiter is not None:
+            kwargs["Delimiter"] = delimiter
+        try:
+            yield from self.boto_client.get_paginator("list_objects_v2").paginate(**kwargs)
+        except _BOTO_ERRORS as exc:
+            raise self._error(exc, "listing", prefix) from None
+
+    def levels(self) -> list[int]:
+        base = self._key("")
+        found = []
+        for page in self._list(base, "/"):
+            for cp in page.get("CommonPrefixes", []):
+                name = str(cp["Prefix"])[len(base):].rstrip("/")
+                if (len(name) == 4 and all(c in "0123456789abcdef" for c in name)
+                        and int(name, 16) <= MAX_LEVEL):
+                    found.append(int(name, 16))
+        return [lvl for lvl in sorted(set(found)) if self._has_ltx(lvl)]
+
+    def _has_ltx(self, level: int) -> bool:
+        prefix = self.level_prefix(level)
+        for page in self._list(prefix):
+            for obj in page.get("Contents", []):
+                if is_ltx_filename(str(obj["Key"])[len(prefix):]):
+                    return True
+        return False
+
+    def ltx_files(self, level: int, *, with_metadata: bool = False) -> list[LtxFileInfo]:
+        prefix = self.level_prefix(level)
+        infos = []
+        for page in self._list(prefix):
+            for obj in page.get("Contents", []):
+                key = str(obj["Key"])
+                name = key[len(prefix):]
+                if not is_ltx_filename(name):
+                    continue
+                lo, hi = parse_filename(name)
+                last_modified: datetime = obj["LastModified"]
+                infos.append(LtxFileInfo(level=level, min_txid=lo, max_txid=hi,
+                                         size=int(obj["Size"]), timestamp=last_modified,
+                                         key=key))
+        infos.sort(key=lambda i: (i.min_txid, i.max_txid))
+        if with_metadata and infos:
+            with ThreadPoolExecutor(min(HEAD_CONCURRENCY, len(infos))) as pool:
+                completed = list(pool.map(self._metadata_or_none, infos))
+            infos = [i for i in completed if i is not None]  # deleted while listing: gone
+        return infos
+
+    def _metadata_or_none(self, info: LtxFileInfo) -> LtxFileInfo | None:
+        try:
+            return self.ltx_metadata(info)
+        except ObjectNotFoundError:
+            return None
+
+    def ltx_metadata(self, info: LtxFileInfo) -> LtxFileInfo:
+        """One HEAD: the `litestream-timestamp` and post-apply checksum of `info`."""
+        key = self.ltx_key(info.level, info.min_txid, info.max_txid)
+        try:
+            resp = self.boto_client.head_object(Bucket=self.bucket, Key=key)
+        except _BOTO_ERRORS as exc:
+            raise self._error(exc, "reading the metadata of", key) from None
+        last_modified: datetime = resp.get("LastModified", info.timestamp)
+        metadata = {str(k): str(v) for k, v in resp.get("Metadata", {}).items()}
+        base = LtxFileInfo(level=info.level, min_txid=info.min_txid, max_txid=info.max_txid,
+                           size=int(resp.get("ContentLength", info.size)),
+                           timestamp=last_modified, key=key)
+        return info_with_metadata(base, metadata)
+
+    def read_ltx(self, info: LtxFileInfo, start: int = 0, end: int | None = None) -> bytes:
+        if start < 0 or (end is not None and end < start):
+            raise ValueError(f"invalid byte range [{start}, {end})")
+        if end is not None and end == start:
+            return b""
+        key = self.ltx_key(info.level, info.min_txid, info.max_txid)
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if end is not None:
+            kwargs["Range"] = f"bytes={start}-{end - 1}"
+        elif start > 0:
+            kwargs["Range"] = f"bytes={start}-"
+        try:
+            resp = self.boto_client.get_object(**kwargs)
+            with contextlib.closing(resp["Body"]) as body:
+                data: bytes = body.read()
+        except bx.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                return b""  # start at or past the end: nothing there, as with a file
+            raise self._error(exc, "reading", key) from None
+        except _BOTO_ERRORS as exc:
+            raise self._error(exc, "reading", key) from None
+        return data
+
+    def open_ltx(self, info: LtxFileInfo) -> Iterator[bytes]:
+        key = self.ltx_key(info.level, info.min_txid, info.max_txid)
+        return self._stream(key)
+
+    def _stream(self, key: str) -> Iterator[bytes]:
+        try:
+            resp = self.boto_client.get_object(Bucket=self.bucket, Key=key)
+        except _BOTO_ERRORS as exc:
+            raise self._error(exc, "reading", key) from None
+        with contextlib.closing(resp["Body"]) as body:
+            chunks = body.iter_chunks(CHUNK_SIZE)
+            while True:
+                try:
+                    chunk: bytes = next(chunks)
+                except StopIteration:
+                    return
+                except _BOTO_ERRORS as exc:
+                    raise self._error(exc, "reading", key) from None
+                yield chunk
+
+    def write_ltx(self, level: int, min_txid: int, max_txid: int, data: bytes,
+                  metadata: dict[str, str]) -> LtxFileInfo:
+        if not 1 <= min_txid <= max_txid < 1 << 64:
+            raise ValueError(f"invalid TXID range {min_txid:#x}..{max_txid:#x}")
+        key = self.ltx_key(level, min_txid, max_txid)
+        meta = upload_metadata(data, metadata)
+        try:
+            self.boto_client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentLength=len(data),
+                ContentType="application/octet-stream", Metadata=meta)
+        except _BOTO_ERRORS as exc:
+            raise self._error(exc, "writing", key) from None
+        timestamp = datetime.now(tz=UTC)
+        if META_TIMESTAMP in meta:
+            with contextlib.suppress(ValueError):
+                timestamp = parse_timestamp(meta[META_TIMESTAMP])
+        info = LtxFileInfo(level=level, min_txid=min_txid, max_txid=max_txid, size=len(data),
+                           timestamp=timestamp, key=key)
+        return info_with_metadata(info, meta)
+
+    def delete_ltx(self, infos: list[LtxFileInfo]) -> None:
+        keys = [self.ltx_key(i.level, i.min_txid, i.max_txid) for i in infos]
+        for n in range(0, len(keys), DELETE_BATCH):
+            self._delete_keys(keys[n:n + DELETE_BATCH])
+
+    def _delete_keys(self, keys: list[str]) -> None:
+        if not keys:
+            return
+        try:
+            resp = self.boto_client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True})
+        except bx.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NotImplemented":
+                for key in keys:  # providers without the batch API
+                    self._delete_one(key)
+                return
+            raise self._error(exc, "deleting", keys[0]) from None
+        except _BOTO_ERRORS as exc:
+            raise self._error(exc, "deleting", keys[0]) from None
+        for err in resp.get("Errors", []):
+            if err.get("Code") in ("NoSuchKey", None):
+                continue
+            fake = bx.ClientError({"Error": {"Code": err.get("Code"),
+                                             "Message": err.get("Message", "")}}, "DeleteObjects")
+            raise self._error(fake, "deleting", str(err.get("Key")))
+
+    def _delete_one(self, key: str) -> None:
+        try:
+            self.boto_client.delete_object(Bucket=self.bucket, Key=key)
+        except bx.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND_CODES:
+                return
+            raise self._error(exc, "deleting", key) from None
+        except _BOTO_ERRORS as exc:
+            raise self._error(exc, "deleting", key) from None
+
+    # ---- raw objects ---------------------------------------------------------------------
+
+    def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        base = self._key("")
+        out = []
+        for page in self._list(base + prefix):
+            for obj in page.get("Contents", []):
+                last_modified: datetime = obj["LastModified"]
+                out.append(ObjectInfo(key=str(obj["Key"])[len(base):], size=int(obj["Size"]),
+                                      last_modified=last_modified))
+        out.sort(key=lambda o: o.key)
+        return out
+
+    def get_object(self, key: str) -> bytes:
+        full = self._key(key)
+        try:
+            resp = self.boto_client.get_object(Bucket=self.bucket, Key=full)
+            with contextlib.closing(resp["Body"]) as body:
+                data: bytes = body.read()
+        except _BOTO_ERRORS as exc:
+            raise self._error(exc, "reading", full) from None
+        return data
+
+    def check(self) -> None:
+        """One ListObjectsV2 with MaxKeys=1: the endpoint answers, the bucket exists and the
+        credentials may list it."""
+        try:
+            self.boto_client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(""),
+                                             MaxKeys=1)
+        except _BOTO_ERRORS as exc:
+            raise self._error(exc, "listing", self._key("")) from None
+
+
+_BOTO_ERRORS = (bx.BotoCoreError, bx.ClientError, urllib3.exceptions.HTTPError, OSError)
+
+
+def _check_level(level: int) -> None:
+    if not 0 <= level <= MAX_LEVEL:
+        raise ValueError(f"invalid LTX level {level}: expected 0..{MAX_LEVEL}")
