@@ -18,7 +18,7 @@ import trio
 from .config import Config
 from .errors import ExitCode, QuietError
 from .fuse.ops import PrimaryOperations
-from .replication.maintenance import ReplicaMaintainer
+from .replication.maintenance import ReplicaMaintainer, Schedule
 from .replication.uploader import Uploader
 from .store.db import DB
 from .store.store import Store, valid_db_name
@@ -49,7 +49,7 @@ class Replicator:
         replica = self.config.replica_for(db.name)
         if replica is None:
             return
-        from .storage.factory import client_for
+        from .replica_clients import client_for
 
         client = client_for(replica)
         up = Uploader(db, client, sync_interval=replica.sync_interval,
@@ -57,7 +57,9 @@ class Replicator:
                       spool_limit=self.config.data.spool_limit)
         self.uploaders[db.name] = up
         self.nursery.start_soon(up.run, name=f"uploader {db.name}")
-        maintainer = ReplicaMaintainer(db.name, client, replica)
+        schedule = Schedule(replica.l1_interval, replica.l2_interval, replica.l3_interval,
+                            replica.snapshot_interval, replica.retention)
+        maintainer = ReplicaMaintainer(db.name, client, schedule)
         self.nursery.start_soon(maintainer.run, name=f"replica maintenance {db.name}")
         log.info("%s: replicating to %s", db.name, client.description)
 
@@ -67,7 +69,7 @@ def replica_database_names(config: Config) -> list[str]:
     default replica's path (one directory or key prefix per database)."""
     names = {d.name for d in config.dbs if config.replica_for(d.name) is not None}
     if config.replica is not None:
-        from .storage.factory import client_for
+        from .replica_clients import client_for
 
         base = client_for(config.replica)
         for obj in base.list_objects(""):
@@ -80,8 +82,8 @@ def replica_database_names(config: Config) -> list[str]:
 def restore_missing_databases(config: Config, data_dir: Path) -> None:
     """Cold start: bring back from the replica every database that is not here yet, before
     the mount is exposed. A replica with nothing in it means starting empty."""
+    from .replica_clients import client_for
     from .replication.restore import restore_to_data_dir
-    from .storage.factory import client_for
 
     for name in replica_database_names(config):
         root = data_dir / "dbs" / name

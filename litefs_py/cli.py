@@ -571,6 +571,7 @@ def _restore(source: str, output: Path | None, config_path: Path | None,
              timestamp_text: str | None, txid_text: str | None, generation: str | None,
              wal_index_text: str | None, dry_run: bool, as_json: bool,
              integrity_check: bool, force: bool) -> None:
+    from .replica_clients import client_for, client_for_url
     from .replication.legacy_v03 import has_generations, plan_legacy
     from .replication.progress import Progress
     from .replication.restore import (
@@ -587,7 +588,6 @@ def _restore(source: str, output: Path | None, config_path: Path | None,
         read_plan_headers,
     )
     from .storage.base import ReplicaClient
-    from .storage.factory import client_for, client_for_url
 
     when = _parse_when(timestamp_text)
     txid = _parse_hex(txid_text, "--txid")

@@ -18,11 +18,11 @@ import io
 import logging
 import math
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import trio
 
-from ..config import ReplicaConfig
 from ..ltx import LTXError, compact
 from ..storage import aio
 from ..storage.base import (
@@ -45,14 +45,26 @@ def _next_due(interval: float, now: float) -> float:
     return (math.floor(now / interval) + 1) * interval
 
 
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """Seconds between compactions per level, between snapshots, and snapshot retention
+    (Litestream 0.5's defaults)."""
+
+    l1_interval: float = 30.0
+    l2_interval: float = 300.0
+    l3_interval: float = 3600.0
+    snapshot_interval: float = 86400.0
+    retention: float = 86400.0
+
+
 class ReplicaMaintainer:
-    def __init__(self, name: str, client: ReplicaClient, replica: ReplicaConfig) -> None:
+    def __init__(self, name: str, client: ReplicaClient, schedule: Schedule) -> None:
         self.name = name
         self.client = client
-        self.intervals = {1: replica.l1_interval, 2: replica.l2_interval,
-                          3: replica.l3_interval}
-        self.snapshot_interval = replica.snapshot_interval
-        self.retention = replica.retention
+        self.intervals = {1: schedule.l1_interval, 2: schedule.l2_interval,
+                          3: schedule.l3_interval}
+        self.snapshot_interval = schedule.snapshot_interval
+        self.retention = schedule.retention
         self.compactions = 0
         self.snapshots = 0
         self.deleted = 0

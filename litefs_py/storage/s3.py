@@ -40,7 +40,6 @@ import botocore.config
 import botocore.exceptions as bx
 import urllib3.exceptions
 
-from ..config import normalize_endpoint
 from ..errors import ExitCode
 from ..ltx.filename import format_filename, is_ltx_filename, parse_filename
 from .base import (
@@ -53,6 +52,7 @@ from .base import (
     parse_timestamp,
     upload_metadata,
 )
+from .endpoint import normalize_endpoint
 from .errors import (
     AccessDeniedError,
     EndpointUnreachableError,

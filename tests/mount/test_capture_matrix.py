@@ -291,6 +291,55 @@ def test_delete_and_recreate(litefs: LitefsMount, tmp_path: Path, mode: str) -> 
     assert list(live["tables"]) == ["u"]
 
 
+_SHRINK_BUG = pytest.mark.xfail(strict=True, reason=(
+    "bug: DB._commit_rollback takes the commit size from the file size when the journal is "
+    "finalized, but SQLite truncates a shrinking database only after that"))
+
+
+@pytest.mark.parametrize("mode", [pytest.param("DELETE", marks=_SHRINK_BUG),
+                                  pytest.param("TRUNCATE", marks=_SHRINK_BUG),
+                                  pytest.param("PERSIST", marks=_SHRINK_BUG), "WAL"])
+@pytest.mark.parametrize("how", ["auto_vacuum", "rollback_to"])
+def test_shrinking_commit_records_the_new_size(litefs_factory: type[LitefsMount],
+                                               tmp_path: Path, mode: str, how: str) -> None:
+    """A transaction that leaves the database smaller than the file: with auto_vacuum=FULL a
+    DELETE frees the tail; after ROLLBACK TO, pages a spill appended past the end are no longer
+    part of the database. In rollback-journal modes SQLite 3.40 truncates the file only in
+    pager_end_transaction, after deleting/truncating/zeroing the journal, so at the commit
+    signal the file still has the old size. The LTX file must carry the new size (the header's
+    page count), or the chain ends with stale tail pages, `-pos` does not match the database,
+    and after a crash the mount refuses to start (checksum mismatch)."""
+    m = litefs_factory(tmp_path / "mnt", tmp_path / "data", tmp_path / "litefs.log")
+    m.start()
+    name = "shrink.db"
+    setup = [f"PRAGMA journal_mode={mode}", "PRAGMA cache_size=2"]
+    if how == "auto_vacuum":
+        steps = [sql("PRAGMA auto_vacuum=FULL", f"PRAGMA journal_mode={mode}",
+                     "CREATE TABLE t(v)", delta=None),
+                 sql("INSERT INTO t VALUES (randomblob(100000))", delta=1),
+                 sql("DELETE FROM t", delta=1)]
+    else:
+        steps = [sql(f"PRAGMA journal_mode={mode}", "CREATE TABLE t(v)", delta=None),
+                 sql("BEGIN", "SAVEPOINT s", "INSERT INTO t VALUES (randomblob(100000))",
+                     "ROLLBACK TO s", "RELEASE s", "INSERT INTO t VALUES ('small')", "COMMIT",
+                     delta=1)]
+    steps.append(sql("PRAGMA page_count", name="pages", delta=0))
+    report = run_client(steps_spec(m, name, steps, setup=setup))
+    _check_deltas(report, steps, 0)
+    pages = _rows(report, "pages")[0][0]
+    from litefs_py.ltx import Decoder
+
+    with open(ltx_files(m, name)[-1], "rb") as f:
+        last_commit = Decoder(f).header.commit
+    try:
+        assert last_commit == pages, f"last LTX says {last_commit} pages, SQLite says {pages}"
+        verify_capture(m, name, tmp_path / "w")
+    finally:
+        m.kill()  # a crash: no saved page table, recovery rescans the database
+    m.start()
+    assert m.pos(name)[0] == len(ltx_files(m, name))
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "bug: WalTracker misses a WAL commit whose frames SQLite 3.40 writes with zeroed salts "
     "after ROLLBACK TO a savepoint that preceded an in-place frame overwrite"))

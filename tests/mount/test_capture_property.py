@@ -7,8 +7,9 @@ VACUUM). Both writers run at once with a busy timeout while a reader process loo
 `SELECT count(*)`, `PRAGMA quick_check` and a monotonic-counter check. Afterwards:
 
 - every committed transaction is in the database (a per-writer counter in `meta`);
-- the number of new LTX files is exactly the number of commits, plus at most one per VACUUM
-  (a VACUUM may change nothing); rolled-back transactions add none;
+- the number of new LTX files is the number of commits, plus at most one per VACUUM (a VACUUM
+  may change nothing) and, in rollback-journal modes only, one per rolled-back transaction
+  that left unjournaled freelist pages changed (see the comment in the test);
 - the chain replays from TXID 1 to `-pos` with matching checksums and content, integrity_check
   is ok on both, and `litefs ltx verify` accepts every file (`sqlclient.verify_capture`).
 
@@ -144,7 +145,9 @@ def test_concurrent_writers_capture_everything(mount: LitefsMount, tmp_path: Pat
     ]))
     base = len(ltx_files(mount, name))
     stop = tmp_path / f"{name}.stop"
-    setup = [f"PRAGMA cache_size={2 if sc['small_cache'] else -8000}"]
+    # journal_mode is per connection except WAL: every writer sets it.
+    setup = [f"PRAGMA journal_mode={sc['mode']}",
+             f"PRAGMA cache_size={2 if sc['small_cache'] else -8000}"]
     reader = start_client({"kind": "reader", "db": mount.db(name), "stop_file": str(stop),
                            "timeout": 60})
     writers = [start_client({"kind": "writer", "db": mount.db(name), "writer": w,
@@ -159,10 +162,24 @@ def test_concurrent_writers_capture_everything(mount: LitefsMount, tmp_path: Pat
     vacuums = sum(r["vacuums"] for r in results)
     note(f"writers: {results}; reader: {reader_result}")
     assert reader_result["loops"] > 0
+    rolled_back = sum(r["rolled_back"] for r in results)
     added = len(ltx_files(mount, name)) - base
-    assert committed <= added <= committed + vacuums, (
-        f"{added} LTX files for {committed} commits and {vacuums} VACUUMs")
+    # In rollback-journal modes a rolled-back transaction may still leave changed bytes: SQLite
+    # reuses freelist leaf pages without journaling them and does not restore them, so the
+    # mount records those bytes (the chain must match the file). In WAL mode a rollback
+    # never touches the database file.
+    spurious = rolled_back if sc["mode"] != "WAL" else 0
+    assert committed <= added <= committed + vacuums + spurious, (
+        f"{added} LTX files for {committed} commits, {vacuums} VACUUMs and {rolled_back} "
+        "rollbacks")
     live, _ = read_live(mount, name)
     assert live["tables"]["meta"] == [(0, 0, results[0]["committed"]),
                                       (1, 1, results[1]["committed"])]
+    # One more small commit before comparing files: in rollback-journal modes a last
+    # transaction that shrank the database is recorded with its old size (the known bug shown
+    # by test_capture_matrix.py::test_shrinking_commit_records_the_new_size); the next commit
+    # records the true size. Without this the property would fail on that bug alone.
+    if sc["mode"] != "WAL":
+        run_client(steps_spec(mount, name, [sql("INSERT INTO t0(w, v) VALUES (9, 'settle')")],
+                              setup=[f"PRAGMA journal_mode={sc['mode']}"]))
     verify_capture(mount, name, tmp_path / name)

@@ -21,7 +21,7 @@ from litefs_py.replication.restore_plan import (
     NoSnapshotError,
     TxidNotFoundError,
 )
-from litefs_py.storage.factory import client_for_url
+from litefs_py.replica_clients import client_for_url
 from litefs_py.storage.file import FileReplicaClient
 from tests.s3_server import S3Bucket, boto_client, upload_tree
 

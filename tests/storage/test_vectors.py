@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from litefs_py.ltx import Header
-from litefs_py.storage.factory import client_for_url
+from litefs_py.replica_clients import client_for_url
 from litefs_py.storage.s3 import S3ReplicaClient
 from tests.s3_server import S3Bucket, upload_tree
 

@@ -1,4 +1,7 @@
-"""Replica clients from configuration: `client_for(ReplicaConfig)` and `client_for_url(url)`."""
+"""Replica clients from configuration: `client_for(ReplicaConfig)` and `client_for_url(url)`.
+
+Lives beside config.py (above storage/ in the layers): storage/ knows nothing of the
+configuration file; this is where the two meet."""
 
 from __future__ import annotations
 
@@ -6,11 +9,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..config import ReplicaConfig, parse_replica_url, resolve_credentials
-from ..errors import ExitCode
-from .base import ReplicaClient
-from .errors import StorageError
-from .file import FileReplicaClient
+from .config import ReplicaConfig, parse_replica_url, resolve_credentials
+from .errors import ExitCode
+from .storage.base import ReplicaClient
+from .storage.errors import StorageError
+from .storage.file import FileReplicaClient
 
 
 def _credentials_source(replica: ReplicaConfig, env: Mapping[str, str]) -> str:
@@ -32,7 +35,7 @@ def client_for(replica: ReplicaConfig, env: Mapping[str, str] = os.environ) -> R
     if replica.bucket is None:
         raise StorageError("an s3 replica needs a bucket", ExitCode.CONFIG)
     key_id, secret = resolve_credentials(replica, env)
-    from .s3 import S3ReplicaClient  # boto3 takes a while to import: only when needed
+    from .storage.s3 import S3ReplicaClient  # boto3 takes a while to import: only when needed
 
     return S3ReplicaClient(
         replica.bucket,
