@@ -25,6 +25,8 @@ from .store.store import Store, valid_db_name
 
 log = logging.getLogger("litefs")
 
+DRAIN_TIMEOUT = 10.0  # seconds a clean shutdown waits for uploads to finish
+
 
 @dataclass(frozen=True, slots=True)
 class MountOptions:
@@ -33,6 +35,7 @@ class MountOptions:
     allow_other: bool = False
     debug: bool = False
     config: Config = field(default_factory=Config)
+    command: tuple[str, ...] = ()  # supervised application, started once the mount serves
 
 
 class Replicator:
@@ -62,6 +65,21 @@ class Replicator:
         maintainer = ReplicaMaintainer(db.name, client, schedule)
         self.nursery.start_soon(maintainer.run, name=f"replica maintenance {db.name}")
         log.info("%s: replicating to %s", db.name, client.description)
+
+
+    async def drain(self) -> None:
+        """After the mount stopped: give the uploaders DRAIN_TIMEOUT seconds to ship what is
+        left, so a clean shutdown leaves the replica current. What is not shipped stays in
+        the local log and goes out on the next start."""
+        with trio.move_on_after(DRAIN_TIMEOUT):
+            for name, up in self.uploaders.items():
+                while up.status.remote_txid < up.db.txid and up.status.last_error is None:
+                    up.wake()
+                    await trio.sleep(0.02)
+                if up.status.remote_txid < up.db.txid:
+                    log.warning("%s: TXIDs %016x-%016x not yet in the replica; they stay in "
+                                "the local log for the next start", name,
+                                up.status.remote_txid + 1, up.db.txid)
 
 
 def replica_database_names(config: Config) -> list[str]:
@@ -150,30 +168,61 @@ def prepare_mount_dir(path: Path) -> None:
                          "would hide those files. Use an empty directory.", ExitCode.USAGE)
 
 
-async def _watch_signals(cancel: trio.CancelScope) -> None:
+@dataclass
+class Supervision:
+    """The supervised application, if any: signals go to it first, and the mount stays up
+    until it has exited (its last writes still need the filesystem)."""
+
+    process: trio.Process | None = None
+    exit_code: int | None = None
+
+
+async def _watch_signals(sup: Supervision) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
-            log.info("received %s; unmounting", signal.Signals(signum).name)
-            pyfuse3.terminate()
-            cancel.cancel()
+            name = signal.Signals(signum).name
+            if sup.process is not None and sup.process.returncode is None:
+                log.info("received %s; passing it to the application", name)
+                sup.process.send_signal(signum)
+                continue
+            log.info("received %s; unmounting", name)
+            pyfuse3.terminate()  # main() returns; _serve then drains uploads and stops
             return
 
 
-async def _serve(ops: PrimaryOperations, config: Config) -> None:
+async def _supervise(command: tuple[str, ...], sup: Supervision) -> None:
+    """Run the application; when it exits, unmount and pass its exit code on."""
+    log.info("starting %s", " ".join(command))
+    try:
+        sup.process = await trio.lowlevel.open_process(list(command))
+        sup.exit_code = await sup.process.wait()
+        log.info("%s exited with %d; unmounting", command[0], sup.exit_code)
+    except OSError as exc:
+        log.error("cannot start %s: %s", command[0], exc.strerror or exc)
+        sup.exit_code = 127
+    pyfuse3.terminate()
+
+
+async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, nursery.cancel_scope)
-        replicator = Replicator(config, nursery)
+        nursery.start_soon(_watch_signals, sup)
+        replicator = Replicator(opts.config, nursery)
         for db in list(ops.store.dbs.values()):
             replicator.attach(db)
         ops.store.db_listeners.append(replicator.attach)
+        if opts.command:
+            nursery.start_soon(_supervise, opts.command, sup)
         await pyfuse3.main()
+        with trio.CancelScope(shield=True):
+            await replicator.drain()
         nursery.cancel_scope.cancel()
 
 
-def run_mount(opts: MountOptions) -> None:
-    """Recover every database, mount, serve until a signal, unmount, save state."""
+def run_mount(opts: MountOptions) -> int:
+    """Restore and recover every database, mount, serve until a signal (or until the
+    supervised command exits), unmount, save state. Returns the command's exit code."""
     opts = MountOptions(resolve_mount_dir(opts.mount_dir), opts.data_dir.absolute(),
-                        opts.allow_other, opts.debug, opts.config)
+                        opts.allow_other, opts.debug, opts.config, opts.command)
     opts.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(opts.data_dir)
     store.lock()
@@ -198,10 +247,14 @@ def run_mount(opts: MountOptions) -> None:
         raise QuietError(f"cannot mount {opts.mount_dir}: {exc} (is /dev/fuse available and "
                          "fuse3 installed?)", ExitCode.IO) from None
     log.info("mounted %s (data in %s)", opts.mount_dir, opts.data_dir)
+    sup = Supervision()
     try:
-        trio.run(_serve, ops, opts.config)
+        trio.run(_serve, ops, opts, sup)
     finally:
         with contextlib.suppress(Exception):
             pyfuse3.close(unmount=is_mounted(opts.mount_dir))
         store.close()
         log.info("unmounted %s", opts.mount_dir)
+    if sup.process is not None and sup.process.returncode is None:
+        sup.process.kill()  # the mount is going away: the application cannot continue
+    return sup.exit_code or 0

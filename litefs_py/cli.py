@@ -334,14 +334,22 @@ def setup_logging(level: str = "info") -> None:
 @click.option("--debug-fuse", is_flag=True, help="Log every FUSE request (very verbose).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warn", "error"]),
               default=None, help="Log level (config: log.level; default info).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @quiet_errors
 def mount(mount_dir: Path | None, data_dir: Path | None, config_path: Path | None,
-          allow_other: bool | None, debug_fuse: bool, log_level: str | None) -> None:
+          allow_other: bool | None, debug_fuse: bool, log_level: str | None,
+          command: tuple[str, ...]) -> None:
     """Mount the database directory and capture every committed transaction.
 
-    Runs in the foreground until SIGINT or SIGTERM, then unmounts cleanly. Databases are
-    recovered (hot journals rolled back, committed WAL transactions recorded, checksums
-    verified) before the mount is exposed.
+    Runs in the foreground until SIGINT or SIGTERM, then unmounts cleanly. Before the mount
+    is exposed, databases missing locally are restored from their replica, and every
+    database is recovered (hot journals rolled back, committed WAL transactions recorded,
+    checksums verified).
+
+    \b
+    With a COMMAND (`litefs mount -- gunicorn app:app`, or `exec:` in the config) litefs
+    starts it once the mount is ready, passes SIGINT/SIGTERM on to it, and when it exits
+    unmounts and exits with its exit code.
     """
     from .app import MountOptions, run_mount
     from .config import load_config
@@ -354,8 +362,11 @@ def mount(mount_dir: Path | None, data_dir: Path | None, config_path: Path | Non
         allow_other=cfg.fuse.allow_other if allow_other is None else allow_other,
         debug=debug_fuse or cfg.fuse.debug,
         config=cfg,
+        command=command or (cfg.exec[0].argv if cfg.exec else ()),
     )
-    run_mount(opts)
+    code = run_mount(opts)
+    if code:
+        sys.exit(code)
 
 
 @main.command()

@@ -85,6 +85,9 @@ class Uploader:
         self._spool_warned = False
         db.commit_listeners.append(self._on_commit)
 
+    def wake(self) -> None:
+        self._wake.set()
+
     # Called from the FUSE handler (trio thread) after each recorded transaction.
     def _on_commit(self, txid: int) -> None:
         now = time.monotonic()

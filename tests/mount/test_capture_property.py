@@ -19,6 +19,7 @@ Each example uses a new database name on one mount shared by the module.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from tests.mount.sqlclient import (
 
 MODES = ["DELETE", "TRUNCATE", "PERSIST", "WAL"]
 _names = itertools.count()
+# More examples for a soak run: LITEFS_PROPERTY_EXAMPLES=500 pytest tests/mount/...
+EXAMPLES = int(os.environ.get("LITEFS_PROPERTY_EXAMPLES", "40"))
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +128,7 @@ def scenario(draw: Any) -> dict[str, Any]:
             "writers": writers}
 
 
-@settings(max_examples=40, deadline=None, derandomize=False,
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(sc=scenario())

@@ -1,0 +1,152 @@
+"""A small TCP proxy for fault injection between `litefs mount` and the S3 server.
+
+`TcpProxy(upstream_port).start()` listens on 127.0.0.1 (its own free port, kept for its
+whole life) and forwards every connection to the upstream port. Faults:
+
+- `down()`: the endpoint is gone — the listening socket is closed (new connections are
+  refused) and every open connection is reset. `up()` listens on the same port again.
+- `delay`: seconds slept before forwarding each chunk client → server (slow uploads, so a
+  PUT is in flight most of the time).
+
+Threads only; `close()` stops everything and joins the threads. Use as a context manager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+import time
+
+
+class TcpProxy:
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1",
+                 delay: float = 0.0) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.delay = delay
+        self.port = 0
+        self._listener: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        self.accepted = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def is_up(self) -> bool:
+        return self._listener is not None
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> TcpProxy:
+        self._listen()
+        return self
+
+    def _listen(self) -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(64)
+        self.port = s.getsockname()[1]
+        self._listener = s
+        t = threading.Thread(target=self._accept_loop, args=(s,), daemon=True,
+                             name=f"proxy accept :{self.port}")
+        t.start()
+        self._threads.append(t)
+
+    def down(self) -> None:
+        """Refuse new connections and reset the open ones."""
+        s, self._listener = self._listener, None
+        if s is not None:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        self._reset_all()
+
+    def up(self) -> None:
+        if self._listener is None:
+            for _ in range(50):  # the port may linger for a moment
+                try:
+                    self._listen()
+                    return
+                except OSError:
+                    time.sleep(0.05)
+            self._listen()
+
+    def close(self) -> None:
+        self._closed = True
+        self.down()
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def __enter__(self) -> TcpProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- plumbing ----------------------------------------------------------------------
+
+    def _reset_all(self) -> None:
+        with self._lock:
+            conns, self._conns = list(self._conns), set()
+        for c in conns:
+            with contextlib.suppress(OSError):
+                # RST instead of FIN: what a vanished endpoint looks like to the client.
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                c.close()
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while not self._closed:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # listener closed (down() or close())
+            if self._listener is not listener:
+                client.close()
+                return
+            try:
+                server = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            self.accepted += 1
+            with self._lock:
+                self._conns.update((client, server))
+            for src, dst, slow in ((client, server, True), (server, client, False)):
+                t = threading.Thread(target=self._pump, args=(src, dst, slow), daemon=True,
+                                     name=f"proxy pump :{self.port}")
+                t.start()
+                self._threads.append(t)
+            self._threads = [t for t in self._threads if t.is_alive()]
+
+    def _pump(self, src: socket.socket, dst: socket.socket, slow: bool) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if slow and self.delay:
+                    time.sleep(self.delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+            with self._lock:
+                self._conns.discard(src)
+                self._conns.discard(dst)
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.close()
