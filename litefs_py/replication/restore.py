@@ -33,7 +33,6 @@ import shutil
 import sqlite3
 import time
 import urllib.parse
-from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,16 +41,14 @@ from typing import Any, BinaryIO
 
 from ..errors import ExitCode, QuietError
 from ..ltx import (
-    CHECKSUM_FLAG,
     Decoder,
     Header,
     LTXError,
     encode_snapshot,
     format_filename,
-    lock_pgno,
-    page_checksum,
 )
 from ..storage.base import LtxFileInfo, ReplicaClient
+from ..store.page_table import PageTable
 from .progress import NullProgress
 from .restore_plan import (
     CorruptObjectError,
@@ -214,65 +211,13 @@ class _ChunkReader:
 # --------------------------------------------------------------------------------------------
 
 
-class _RollingChecksum:
-    """Page checksums of the database being rebuilt; the database checksum is their XOR.
-
-    `table[pgno]` is the page's checksum, 0 for the lock page and for pages not written yet;
-    `acc` is the XOR of the table. Each page write and truncation is O(1) per page touched.
-    """
-
-    def __init__(self, page_size: int) -> None:
-        self.page_size = page_size
-        self.lock = lock_pgno(page_size)
-        self.table = array("Q", [0])
-        self.acc = 0
-        self._zero = bytes(page_size)
-
-    @property
-    def checksum(self) -> int:
-        return CHECKSUM_FLAG | self.acc
-
-    @property
-    def page_count(self) -> int:
-        return len(self.table) - 1
-
-    def set(self, pgno: int, data: bytes) -> None:
-        table = self.table
-        missing = pgno + 1 - len(table)
-        if missing > 0:
-            table.extend(array("Q", [0]) * missing)
-        ck = page_checksum(pgno, data)
-        self.acc ^= table[pgno] ^ ck
-        table[pgno] = ck
-
-    def resize(self, commit: int, old: int) -> None:
-        """Set the page count after a file; `old` is the count before it. Pages past `old`
-        that the file did not write read back as zeros (the file was extended)."""
-        table = self.table
-        if len(table) - 1 > commit:
-            for ck in table[commit + 1:]:
-                self.acc ^= ck
-            del table[commit + 1:]
-        elif len(table) - 1 < commit:
-            table.extend(array("Q", [0]) * (commit + 1 - len(table)))
-        for pgno in range(old + 1, commit + 1):
-            if table[pgno] == 0 and pgno != self.lock:
-                ck = page_checksum(pgno, self._zero)
-                table[pgno] = ck
-                self.acc ^= ck
-
-    def reset(self) -> None:
-        self.table = array("Q", [0])
-        self.acc = 0
-
-
 @dataclass
 class _ApplyState:
     page_size: int = 0
     txid: int = 0
     timestamp_ms: int = 0
     commit: int = 0
-    rolling: _RollingChecksum | None = None
+    rolling: PageTable | None = None
     first: LtxFileInfo | None = None
     verified: int = 0
     bytes_read: int = 0
@@ -292,7 +237,7 @@ def _apply_file(client: ReplicaClient, info: LtxFileInfo, f: BinaryIO, state: _A
                     f"its name says {info.min_txid:016x}-{info.max_txid:016x}", info.min_txid)
             if state.rolling is None:
                 state.page_size = h.page_size
-                state.rolling = _RollingChecksum(h.page_size)
+                state.rolling = PageTable(h.page_size)
                 state.first = info
             elif h.page_size != state.page_size:
                 assert state.first is not None
@@ -303,7 +248,7 @@ def _apply_file(client: ReplicaClient, info: LtxFileInfo, f: BinaryIO, state: _A
                     f"{info.min_txid - 1:x}) or remove the files of the other database")
             rolling = state.rolling
             if h.is_snapshot:
-                rolling.reset()
+                rolling = state.rolling = PageTable(h.page_size)
                 f.truncate(0)
             elif not h.no_checksum and h.min_txid == state.txid + 1 \
                     and h.pre_apply_checksum != rolling.checksum:
@@ -313,7 +258,7 @@ def _apply_file(client: ReplicaClient, info: LtxFileInfo, f: BinaryIO, state: _A
                     f"({rolling.checksum:016x})", info.min_txid)
             ps = h.page_size
             old_count = rolling.page_count
-            seek, write, setck = f.seek, f.write, rolling.set
+            seek, write, setck = f.seek, f.write, rolling.set_page
             for pgno, data in dec.pages():
                 seek((pgno - 1) * ps)
                 write(data)
@@ -325,7 +270,7 @@ def _apply_file(client: ReplicaClient, info: LtxFileInfo, f: BinaryIO, state: _A
         trailer = dec.trailer
         assert trailer is not None
         f.truncate(h.commit * ps)
-        rolling.resize(h.commit, old_count)
+        rolling.finish_growth(old_count, h.commit)
         ck = rolling.checksum
         if not h.no_checksum:
             if trailer.post_apply_checksum != ck:

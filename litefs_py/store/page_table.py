@@ -105,6 +105,21 @@ class PageTable:
             cks.extend(undo.tail)
         self._xor = undo.old_xor
 
+    def finish_growth(self, old_count: int, page_count: int) -> None:
+        """After `set_page` calls for one transaction that left the database with
+        `page_count` pages: drop pages past it, and give pages past `old_count` that were
+        not written the checksum of a zero page (the file was extended over them)."""
+        self.truncate(page_count)
+        cks = self._cks
+        if len(cks) < page_count:
+            cks.extend(array("Q", bytes(8 * (page_count - len(cks)))))
+        zero = bytes(self.page_size)
+        for pgno in range(old_count + 1, page_count + 1):
+            if cks[pgno - 1] == 0 and pgno != self.lock_pgno:
+                ck = CHECKSUM_FLAG | crc64(zero, crc64(pgno.to_bytes(4, "big")))
+                cks[pgno - 1] = ck
+                self._xor ^= ck
+
     def truncate(self, page_count: int) -> None:
         """Drop pages past `page_count` (the database shrank)."""
         cks = self._cks
