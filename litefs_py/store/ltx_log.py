@@ -1,7 +1,10 @@
 """The local LTX log of one database: `DATA/dbs/<name>/ltx/<min>-<max>.ltx`.
 
-A file is written to a temporary name and renamed into place before the FUSE request that
-completed the commit returns. It is not fsynced then: SQLite decides when data must be
+A file is written under its final name before the FUSE request that completed the commit
+returns (no temporary name and rename: that halves the cost per commit). Only the newest file
+can be torn by a crash, and then its transaction was never acknowledged (the request had not
+returned), so recovery verifies the newest file and deletes it if it is incomplete. It is not
+fsynced then: SQLite decides when data must be
 durable, and `sync()` is called before SQLite's own fsync of the database, WAL or journal, so
 an LTX file reaches stable storage no later than the transaction it records.
 """
@@ -24,6 +27,7 @@ class LtxLog:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         directory.mkdir(parents=True, exist_ok=True)
+        self._dir_str = str(directory)
         self._unsynced: list[tuple[Path, int | None]] = []
         self._dir_dirty = False
 
@@ -53,21 +57,22 @@ class LtxLog:
         return path, header, trailer
 
     def write(self, min_txid: int, max_txid: int, data: bytes) -> Path:
-        """Write one encoded LTX file and rename it into place (not yet fsynced)."""
-        path = self.dir / format_filename(min_txid, max_txid)
-        tmp = self.dir / (path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        """Write one encoded LTX file (not yet fsynced)."""
+        name = format_filename(min_txid, max_txid)
+        path_str = f"{self._dir_str}/{name}"
+        fd = os.open(path_str, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            os.rename(tmp, path)
+            n = os.write(fd, data)
+            if n != len(data):
+                view = memoryview(data)[n:]
+                while view:
+                    view = view[os.write(fd, view):]
         except BaseException:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                os.unlink(path_str)
             raise
+        path = self.dir / name
         if len(self._unsynced) < _MAX_OPEN_UNSYNCED:
             self._unsynced.append((path, fd))
         else:

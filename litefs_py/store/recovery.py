@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from ..errors import ExitCode, QuietError
+from ..ltx import Decoder, LTXError
 from ..sqlite import WALReader, journal_is_hot, rollback_pages
 from ..sqlite.errors import SQLiteFormatError
 from ..sqlite.wal import WALTransaction
@@ -47,6 +48,7 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
     # The saved table is good for exactly one start; a crash after this must not trust it.
     paths.page_table.unlink(missing_ok=True)
 
+    _drop_torn_newest(db)
     last = db.ltx.last()
     if last is not None:
         _, header, trailer = last
@@ -153,6 +155,22 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
             for f in t.frames:
                 db.wal_index[f.pgno] = f.index
     db.ltx.sync()
+
+
+def _drop_torn_newest(db: DB) -> None:
+    """A crash while an LTX file was being written leaves it incomplete; its transaction
+    was not acknowledged (the request that would have completed it never returned)."""
+    paths = list(db.ltx.paths())
+    if not paths:
+        return
+    path = paths[-1][2]
+    try:
+        with open(path, "rb") as f:
+            Decoder(f, name=str(path)).verify()
+    except LTXError as exc:
+        log.warning("%s: removing %s, torn by a crash before its transaction completed (%s)",
+                    db.name, path.name, exc.message)
+        path.unlink()
 
 
 def _logical_page(fd: int, ps: int, pgno: int, captured: list[WALTransaction]) -> bytes:

@@ -107,3 +107,24 @@ def test_clean_restart_resumes_without_rescanning(tmp_path: Path, litefs_factory
     assert "resumed at TXID 0000000000000004 from saved checksums" in m.log()
     write_rows(m.db("w.db"), 4)
     assert m.pos("w.db")[0] == 5
+
+
+def test_a_torn_newest_ltx_file_is_removed_at_start(tmp_path: Path, litefs_factory) -> None:
+    """A crash while writing an LTX file leaves it short; its transaction never completed
+    (no journal deletion, no WAL commit frame), so recovery drops the file."""
+    m = litefs_factory(tmp_path / "mnt", tmp_path / "data", tmp_path / "log")
+    m.start()
+    write_rows(m.db("v.db"), 1, 2)
+    m.kill()
+    ltx = tmp_path / "data" / "dbs" / "v.db" / "ltx"
+    torn = ltx / "0000000000000004-0000000000000004.ltx"
+    good = (ltx / "0000000000000003-0000000000000003.ltx").read_bytes()
+    torn.write_bytes(good[: len(good) // 2])
+    m.start()
+    assert not torn.exists()
+    assert "torn by a crash" in m.log()
+    assert m.pos("v.db")[0] == 3
+    write_rows(m.db("v.db"), 3)
+    assert m.pos("v.db")[0] == 4
+    post, actual = replay(ltx, tmp_path / "replay.db")
+    assert post == actual == m.pos("v.db")[1]
