@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import re
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from .store.store import Store, valid_db_name
 log = logging.getLogger("litefs")
 
 DRAIN_TIMEOUT = 10.0  # seconds a clean shutdown waits for uploads to finish
+STATUS_INTERVAL = 1.0  # seconds between updates of DATA/status.json
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,10 +206,49 @@ async def _supervise(command: tuple[str, ...], sup: Supervision) -> None:
     pyfuse3.terminate()
 
 
+def status_document(store: Store, replicator: Replicator | None) -> dict[str, object]:
+    """What `litefs status` prints: per database, position, replica position, lag, spool."""
+    dbs: dict[str, object] = {}
+    for name, db in sorted(store.dbs.items()):
+        entry: dict[str, object] = {"txid": f"{db.txid:016x}", "checksum": f"{db.checksum:016x}",
+                                    "deleted": db.deleted}
+        up = replicator.uploaders.get(name) if replicator is not None else None
+        if up is not None:
+            st = up.status
+            entry["replica"] = {
+                "url": up.client.description,
+                "txid": f"{st.remote_txid:016x}",
+                "lag_seconds": round(st.lag_seconds, 3),
+                "spool_bytes": st.spool_bytes,
+                "spool_files": st.spool_files,
+                "uploads": st.uploads,
+                "put_requests": st.put_requests,
+                "last_error": st.last_error,
+            }
+        dbs[name] = entry
+    return {"pid": os.getpid(), "updated": time.time(), "databases": dbs}
+
+
+async def _write_status(store: Store, replicator: Replicator) -> None:
+    """Keep DATA/status.json current (atomically replaced) for `litefs status`."""
+    path = store.data_dir / "status.json"
+    tmp = store.data_dir / "status.json.tmp"
+    while True:
+        doc = json.dumps(status_document(store, replicator), indent=2)
+        await trio.to_thread.run_sync(_replace_file, tmp, path, doc)
+        await trio.sleep(STATUS_INTERVAL)
+
+
+def _replace_file(tmp: Path, path: Path, text: str) -> None:
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, sup)
         replicator = Replicator(opts.config, nursery)
+        nursery.start_soon(_write_status, ops.store, replicator)
         for db in list(ops.store.dbs.values()):
             replicator.attach(db)
         ops.store.db_listeners.append(replicator.attach)

@@ -708,3 +708,47 @@ def _restore(source: str, output: Path | None, config_path: Path | None,
 
 def _restore_report(as_json: bool, doc: dict[str, Any], text: str) -> None:
     click.echo(json.dumps(doc, indent=2) if as_json else text)
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="litefs data directory (config: data.dir; default /var/lib/litefs).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Configuration file (default: ./litefs.yml, then /etc/litefs.yml).")
+@click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
+@quiet_errors
+def status(data_dir: Path | None, config_path: Path | None, as_json: bool) -> None:
+    """Show each database's position and how far its replica is behind.
+
+    Reads the status the running `litefs mount` keeps in DATA/status.json (updated every
+    second). Exits 4 if no mount has written one, 1 if it is stale (the mount is not running).
+    """
+    import time
+
+    from .config import load_config
+
+    cfg = load_config(config_path)
+    path = (data_dir or Path(cfg.data.dir)) / "status.json"
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise QuietError(f"no status at {path}: is `litefs mount` running with this data "
+                         "directory?", ExitCode.NOT_FOUND) from None
+    age = time.time() - float(doc.get("updated", 0))
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(f"litefs mount pid {doc.get('pid')}, status updated {age:.1f}s ago")
+        for name, db in doc.get("databases", {}).items():
+            line = f"{name}: TXID {db['txid']}"
+            rep = db.get("replica")
+            if rep:
+                line += (f", replica TXID {rep['txid']} ({rep['url']}), lag "
+                         f"{rep['lag_seconds']:.2f}s, spool {rep['spool_bytes']} bytes in "
+                         f"{rep['spool_files']} files")
+                if rep.get("last_error"):
+                    line += f", last error: {rep['last_error']}"
+            click.echo(line)
+    if age > 10:
+        click.echo(f"litefs: status is {age:.0f}s old; the mount is not running", err=True)
+        sys.exit(int(ExitCode.FAILED))
