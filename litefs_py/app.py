@@ -59,6 +59,7 @@ class Replicator:
 
         client = client_for(replica)
         up = Uploader(db, client, sync_interval=replica.sync_interval,
+                      batch_window=replica.batch_window,
                       retention=self.config.data.retention,
                       spool_limit=self.config.data.spool_limit)
         self.uploaders[db.name] = up

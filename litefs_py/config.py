@@ -131,6 +131,9 @@ class ReplicaConfig:
     access_key_id: str | None = None
     secret_access_key: str | None = field(default=None, repr=False)
     sync_interval: float = 1.0
+    # After a commit wakes the uploader, wait this long for more commits to share the PUT:
+    # trades a little lag for far fewer requests (cost) at steady load.
+    batch_window: float = 0.05
     retention: float = 86400.0
     snapshot_interval: float = 86400.0
     l1_interval: float = 30.0
@@ -430,6 +433,7 @@ _REPLICA_KEYS = (
     "access-key-id",
     "secret-access-key",
     "sync-interval",
+    "batch-window",
     "retention",
     "snapshot-interval",
     "l1-interval",
@@ -879,6 +883,7 @@ class _Loader:
             self.fail(_join(key, "type"), f"invalid value {_show(rtype)}; expected s3 or file")
         common: dict[str, Any] = {
             "sync_interval": self.duration(m, "sync-interval", key, 1.0, positive=True),
+            "batch_window": self.duration(m, "batch-window", key, 0.05),
             "retention": self.duration(m, "retention", key, 86400.0, positive=True),
             "snapshot_interval": self.duration(m, "snapshot-interval", key, 86400.0,
                                                positive=True),

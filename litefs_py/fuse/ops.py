@@ -14,6 +14,7 @@ import stat
 from dataclasses import dataclass
 
 import pyfuse3
+import trio
 
 from ..store.db import DB, SUFFIXES, FileKind
 from ..store.store import Store, parse_name, valid_db_name
@@ -25,6 +26,7 @@ ROOT = pyfuse3.ROOT_INODE
 POS = None  # kind of the virtual `-pos` file
 POS_SIZE = 34  # "%016x/%016x\n"
 CACHE_TIMEOUT = 300.0  # every change goes through this process, so the kernel may cache
+FSYNC_INLINE_LTX_FILES = 4  # fsyncs with more unsynced LTX files run in a worker thread
 
 
 @dataclass(slots=True)
@@ -284,8 +286,16 @@ class PrimaryOperations(pyfuse3.Operations):
     @fuse_boundary
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self._handles[fh]
-        if h.kind is not None:
-            h.db.fsync(h.kind, datasync)
+        if h.kind is None:
+            return
+        many = h.db.ltx.unsynced_count > FSYNC_INLINE_LTX_FILES
+        job = h.db.fsync_job(h.kind, datasync)
+        if many:
+            # A checkpoint after many NORMAL commits: flushing takes long enough that other
+            # requests (readers, the uploader) should not wait behind it.
+            await trio.to_thread.run_sync(job)
+        else:
+            job()  # a thread hop would cost more than it saves (FUSE-NOTES.md)
 
     @fuse_boundary
     async def release(self, fh: int) -> None:

@@ -3,9 +3,10 @@
 One `Uploader` per database runs as a trio task:
 
 - It wakes when the database records a transaction (or every `sync_interval` as a fallback),
-  merges every local LTX file after the replica's high-water mark into one L0 object (an
-  upload may span several TXIDs, as in Litestream 0.5), and PUTs it. While a PUT is in flight
-  new commits accumulate, so batches grow with load and stay single-transaction when idle.
+  waits `batch_window` (50 ms) for more commits, merges every local LTX file after the
+  replica's high-water mark into one L0 object (an upload may span several TXIDs, as in
+  Litestream 0.5), and PUTs it. While a PUT is in flight new commits accumulate, so batches
+  grow with load; the window bounds the PUT rate at steady load for little lag.
 - Failures back off exponentially with jitter and are retried forever; the local log is the
   spool, so nothing is lost while the endpoint is down. Errors that retrying cannot fix (bad
   credentials, no such bucket) are logged once per state change, loudly, and still retried.
@@ -71,11 +72,13 @@ class RemoteAheadError(StorageError):
 
 class Uploader:
     def __init__(self, db: DB, client: ReplicaClient, *, sync_interval: float = 1.0,
-                 retention: float = 600.0, spool_limit: int = 1 << 30,
+                 batch_window: float = 0.05, retention: float = 600.0,
+                 spool_limit: int = 1 << 30,
                  on_upload: Callable[[int, int], None] | None = None) -> None:
         self.db = db
         self.client = client
         self.sync_interval = sync_interval
+        self.batch_window = batch_window
         self.retention = retention
         self.spool_limit = spool_limit
         self.status = UploaderStatus()
@@ -124,6 +127,8 @@ class Uploader:
             with trio.move_on_after(self.sync_interval):
                 await self._wake.wait()
             self._wake = trio.Event()
+            if self.batch_window > 0:
+                await trio.sleep(self.batch_window)  # let a burst share one PUT
 
     async def _sync_position(self) -> None:
         """Learn the replica's high-water mark, and check it belongs to this database."""
@@ -138,13 +143,18 @@ class Uploader:
                 f"the local database {self.db.name} (TXID {local:016x}): it holds another "
                 f"history. Restore from it (`litefs restore --force`) or point the replica "
                 f"elsewhere; nothing will be uploaded until then")
-        first_local = min((lo for lo, _hi, _p in self.db.ltx.paths()), default=None)
+        first_local = self.db.ltx.first_txid()
         if local > remote and (first_local is None or first_local > remote + 1):
             # The replica lacks transactions we no longer have one by one (wiped bucket, or
             # local files already deleted): start it again from a snapshot.
             await self._upload_snapshot()
             return
         self.status.remote_txid = remote
+        # Files a previous run uploaded: retention counts from now.
+        now = time.monotonic()
+        for _lo, hi, p in self.db.ltx.paths():
+            if hi <= remote:
+                self._uploaded_at.setdefault(p, now)
 
     async def _upload_snapshot(self) -> None:
         db = self.db
@@ -161,7 +171,7 @@ class Uploader:
     async def _upload_pending(self) -> None:
         db = self.db
         remote = self.status.remote_txid
-        pending = [(lo, hi, p) for lo, hi, p in db.ltx.paths() if hi > remote]
+        pending = db.ltx.paths_after(remote)
         self.status.local_txid = db.txid
         self.status.spool_files = len(pending)
         if not pending:
@@ -194,18 +204,17 @@ class Uploader:
         """Delete local LTX files that reached the replica more than `retention` ago; keep
         the newest file always (it holds the position recovery starts from)."""
         now = time.monotonic()
-        paths = list(self.db.ltx.paths())
-        newest = paths[-1][2] if paths else None
-        spool = 0
-        for _lo, hi, p in paths:
-            if hi > self.status.remote_txid:
-                with contextlib.suppress(FileNotFoundError):
-                    spool += p.stat().st_size
-                continue
-            at = self._uploaded_at.get(p)
-            if p != newest and at is not None and now - at >= self.retention:
-                p.unlink(missing_ok=True)
+        newest = self.db.ltx.last_path()
+        for p, at in list(self._uploaded_at.items()):
+            if now - at < self.retention:
+                break  # in upload order: the rest are younger
+            if p != newest:
+                self.db.ltx.delete(p)
                 del self._uploaded_at[p]
+        spool = 0
+        for _lo, _hi, p in self.db.ltx.paths_after(self.status.remote_txid):
+            with contextlib.suppress(FileNotFoundError):
+                spool += p.stat().st_size
         self.status.spool_bytes = spool
         if spool > self.spool_limit:
             if not self._spool_warned:

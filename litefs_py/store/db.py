@@ -288,14 +288,27 @@ class DB:
             self.wal_index.clear()
 
     def fsync(self, kind: FileKind, datasync: bool = False) -> None:
-        # LTX files first: SQLite's fsync is the point from which it treats the transaction as
-        # durable, so the LTX files it depends on must be durable no later than that.
-        self.ltx.sync()
-        fd = self.fd(kind)
-        if datasync:
-            os.fdatasync(fd)
-        else:
-            os.fsync(fd)
+        self.fsync_job(kind, datasync)()
+
+    def fsync_job(self, kind: FileKind, datasync: bool = False) -> Callable[[], None]:
+        """The blocking work of SQLite's fsync of one file, safe to run in a worker thread.
+
+        LTX files first: SQLite's fsync is the point from which it treats the transaction as
+        durable, so the LTX files it depends on must be durable no later than that. The file
+        descriptor is duplicated so a concurrent close cannot pull it away.
+        """
+        ltx_job = self.ltx.sync_job()
+        fd = os.dup(self.fd(kind))
+        sync = os.fdatasync if datasync else os.fsync
+
+        def work() -> None:
+            try:
+                ltx_job()
+                sync(fd)
+            finally:
+                os.close(fd)
+
+        return work
 
     # ---- commits -------------------------------------------------------------------------
 
@@ -443,7 +456,7 @@ class DB:
 
     def merge_local_log(self, after: int) -> None:
         """Merge the local LTX files after TXID `after` into one file (spool pressure)."""
-        files = [(lo, hi, p) for lo, hi, p in self.ltx.paths() if lo > after]
+        files = [(lo, hi, p) for lo, hi, p in self.ltx.paths_after(after) if lo > after]
         if len(files) < 2:
             return
         paths = [p for _, _, p in files]
@@ -457,7 +470,7 @@ class DB:
         self.ltx.write(header.min_txid, header.max_txid, buf.getvalue())
         self.ltx.sync()
         for p in paths:
-            p.unlink(missing_ok=True)
+            self.ltx.delete(p)
         log.info("%s: merged %d local LTX files into TXIDs %016x-%016x", self.name,
                  len(paths), header.min_txid, header.max_txid)
 

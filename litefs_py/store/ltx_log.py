@@ -12,15 +12,21 @@ an LTX file reaches stable storage no later than the transaction it records.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from sortedcontainers import SortedDict
 
 from ..ltx import HEADER_SIZE, TRAILER_SIZE, Header, Trailer, format_filename, parse_filename
 from ..ltx.filename import is_ltx_filename
 
 # How many unsynced LTX files keep their descriptor open (saves a reopen in sync()).
 _MAX_OPEN_UNSYNCED = 64
+# Above this many files, one syncfs() of the data filesystem beats an fsync per file.
+_SYNCFS_THRESHOLD = 16
+_syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
 
 
 class LtxLog:
@@ -28,28 +34,46 @@ class LtxLog:
         self.dir = directory
         directory.mkdir(parents=True, exist_ok=True)
         self._dir_str = str(directory)
+        # The directory listing, kept in memory: listing thousands of files per upload cost
+        # more than the upload. Every change goes through this class.
+        self._files: SortedDict[tuple[int, int], Path] = SortedDict()
+        for name in os.listdir(directory):
+            if is_ltx_filename(name):
+                self._files[parse_filename(name)] = directory / name
         self._unsynced: list[tuple[Path, int | None]] = []
         self._dir_dirty = False
 
     def paths(self) -> Iterator[tuple[int, int, Path]]:
         """(min, max, path) of every LTX file, sorted by TXID range."""
-        entries = []
-        for name in os.listdir(self.dir):
-            if is_ltx_filename(name):
-                lo, hi = parse_filename(name)
-                entries.append((lo, hi, self.dir / name))
-        entries.sort()
-        return iter(entries)
+        return ((lo, hi, p) for (lo, hi), p in self._files.items())
+
+    def paths_after(self, txid: int) -> list[tuple[int, int, Path]]:
+        """Files holding any TXID after `txid` (what a replica at `txid` still lacks)."""
+        files = self._files
+        start = files.bisect_left((txid + 1, 0))
+        if start > 0:
+            (_lo, hi) = files.keys()[start - 1]
+            if hi > txid:
+                start -= 1  # a merged file straddling `txid`
+        return [(lo, hi, files[(lo, hi)]) for lo, hi in files.keys()[start:]]
+
+    def last_path(self) -> Path | None:
+        return self._files.values()[-1] if self._files else None
+
+    def first_txid(self) -> int | None:
+        return self._files.keys()[0][0] if self._files else None
+
+    def delete(self, path: Path) -> None:
+        """Delete one file (retention, a merge, or a torn file found by recovery)."""
+        lo, hi = parse_filename(path.name)
+        self._files.pop((lo, hi), None)
+        path.unlink(missing_ok=True)
 
     def last(self) -> tuple[Path, Header, Trailer] | None:
         """The newest LTX file with its header and trailer (without decoding the pages)."""
-        newest = None
-        for entry in self.paths():
-            if newest is None or entry[1] > newest[1]:
-                newest = entry
-        if newest is None:
+        if not self._files:
             return None
-        path = newest[2]
+        path = self._files.values()[-1]
         with open(path, "rb") as f:
             header = Header.decode(f.read(HEADER_SIZE), name=str(path))
             f.seek(-TRAILER_SIZE, os.SEEK_END)
@@ -73,6 +97,7 @@ class LtxLog:
                 os.unlink(path_str)
             raise
         path = self.dir / name
+        self._files[(min_txid, max_txid)] = path
         if len(self._unsynced) < _MAX_OPEN_UNSYNCED:
             self._unsynced.append((path, fd))
         else:
@@ -89,28 +114,51 @@ class LtxLog:
                     os.close(fd)
                 del self._unsynced[i]
                 break
-        path.unlink(missing_ok=True)
+        self.delete(path)
 
     def sync(self) -> None:
         """fsync every LTX file written since the last sync, then the directory."""
+        self.sync_job()()
+
+    def sync_job(self) -> Callable[[], None]:
+        """Take the files written since the last sync and return the blocking work that
+        makes them durable, so a caller can run it in a worker thread. Many files (a WAL
+        checkpoint after thousands of NORMAL commits) are flushed with one syncfs()."""
         pending, self._unsynced = self._unsynced, []
-        for path, fd in pending:
-            if fd is None:
+        dir_dirty, self._dir_dirty = self._dir_dirty, False
+        directory = self._dir_str
+
+        def work() -> None:
+            if len(pending) > _SYNCFS_THRESHOLD and _syncfs is not None:
+                for _path, fd in pending:
+                    if fd is not None:
+                        os.close(fd)
+                dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 try:
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    continue  # removed by retention or taken back
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        if self._dir_dirty:
-            dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-            self._dir_dirty = False
+                    if _syncfs(dfd) != 0:
+                        err = ctypes.get_errno()
+                        raise OSError(err, os.strerror(err), directory)
+                finally:
+                    os.close(dfd)
+                return
+            for path, fd in pending:
+                if fd is None:
+                    try:
+                        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    except FileNotFoundError:
+                        continue  # removed by retention or taken back
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            if dir_dirty:
+                dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+
+        return work
 
     @property
     def unsynced_count(self) -> int:

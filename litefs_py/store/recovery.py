@@ -170,7 +170,7 @@ def _drop_torn_newest(db: DB) -> None:
     except LTXError as exc:
         log.warning("%s: removing %s, torn by a crash before its transaction completed (%s)",
                     db.name, path.name, exc.message)
-        path.unlink()
+        db.ltx.delete(path)
 
 
 def _logical_page(fd: int, ps: int, pgno: int, captured: list[WALTransaction]) -> bytes:
