@@ -35,11 +35,14 @@ def compact(
     page_encoding: PageEncoding = PageEncoding.LZ4_BLOCK,
     no_checksum: bool | None = None,
     timestamp: int | None = None,
+    keep_wal_position: bool = False,
 ) -> tuple[Header, Trailer]:
     """Compact `inputs` (given in TXID order) into `out`; return the output header and trailer.
 
     The output keeps checksums only if every input has them (or `no_checksum` forces it).
-    Its timestamp is the last input's, as Litestream 0.5 writes it, unless given.
+    Its timestamp is the last input's, as Litestream 0.5 writes it, unless given. With
+    `keep_wal_position` the output spans the inputs' WAL ranges (same salts required), as a
+    local log needs to tell which WAL transactions it holds.
     """
     if not inputs:
         raise CompactionError("at least one input file is required")
@@ -70,6 +73,13 @@ def compact(
         flags=FLAG_V3_NO_CHECKSUM if no_checksum else 0,
         node_id=last.node_id,
     )
+    if keep_wal_position and last.wal_offset:
+        start = min((h.wal_offset for h in hdrs
+                     if h.wal_offset and (h.wal_salt1, h.wal_salt2) ==
+                     (last.wal_salt1, last.wal_salt2)), default=last.wal_offset)
+        header = header._replace(wal_offset=start,
+                                 wal_size=last.wal_offset + last.wal_size - start,
+                                 wal_salt1=last.wal_salt1, wal_salt2=last.wal_salt2)
     # A page from input i survives only if no later input truncated the database below it.
     n = len(hdrs)
     survive_limit = [0] * n

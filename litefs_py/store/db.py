@@ -77,6 +77,17 @@ class Recorded:
     undo: TableUndo
 
 
+def database_size_in_pages(header: bytes, file_size: int, page_size: int) -> int:
+    """The database size SQLite committed: the in-header page count when it is valid (bytes
+    92-95 equal the change counter at 24-27), else the file size. SQLite truncates a shrunken
+    database only after the commit signal, so the file may still be longer then."""
+    if len(header) >= 100 and header[92:96] == header[24:28]:
+        count = int.from_bytes(header[28:32], "big")
+        if count:
+            return count
+    return file_size // page_size
+
+
 class DB:
     def __init__(self, name: str, root: Path) -> None:
         self.name = name
@@ -93,8 +104,10 @@ class DB:
         # Called with the TXID after each recorded transaction (the uploader's wake-up).
         self.commit_listeners: list[Callable[[int], None]] = []
         self.shm_opens = 0  # open FUSE handles on -shm (none while WAL writes: exclusive mode)
-        # Size of the journal as our own operations left it: every change goes through us.
-        self._journal_size = self._stat_size(FileKind.JOURNAL)
+        # Whether the journal header holds the magic: SQLite writes it (when it syncs the
+        # journal) before it overwrites any database page, and deletes, truncates or zeroes
+        # it to commit. Every change goes through us, so this is known without reading.
+        self._journal_hot = self._read_journal_magic()
         self.deleted = False
 
     # ---- backing files -------------------------------------------------------------------
@@ -144,11 +157,12 @@ class DB:
         for kind in list(self._fds):
             self._close(kind)
 
-    def _stat_size(self, kind: FileKind) -> int:
+    def _read_journal_magic(self) -> bool:
         try:
-            return self.path(kind).stat().st_size
+            with open(self.path(FileKind.JOURNAL), "rb") as f:
+                return f.read(8) == JOURNAL_MAGIC
         except FileNotFoundError:
-            return 0
+            return False
 
     def size(self, kind: FileKind) -> int:
         fd = self._fds.get(kind)
@@ -183,13 +197,14 @@ class DB:
         if kind is FileKind.WAL:
             return self._write_wal(offset, data)
         fd = self.fd(kind)
-        if kind is FileKind.JOURNAL:
-            if offset == 0 and data[:8] == bytes(8) and self.dirty:
+        if kind is FileKind.JOURNAL and offset == 0 and len(data) >= 8:
+            hot = data[:8] == JOURNAL_MAGIC
+            if self._journal_hot and not hot and self.dirty:
                 # PERSIST mode commits by zeroing the journal header.
                 n = self._committing(lambda: os.pwrite(fd, data, offset))
             else:
                 n = os.pwrite(fd, data, offset)
-            self._journal_size = max(self._journal_size, offset + n)
+            self._journal_hot = hot
             return n
         return os.pwrite(fd, data, offset)
 
@@ -206,7 +221,7 @@ class DB:
 
     def _write_database(self, offset: int, data: bytes) -> int:
         fd = self.fd(FileKind.DATABASE)
-        if self._journal_size > 0:
+        if self._journal_hot:
             n = os.pwrite(fd, data, offset)
             ps = self.page_size or self._db_page_size() or page_size_from_header(data)
             if ps:
@@ -214,8 +229,11 @@ class DB:
                 last = (offset + len(data) - 1) // ps + 1
                 self.dirty.update(range(first, last + 1))
             return n
-        if self._wal_mode():
-            return os.pwrite(fd, data, offset)  # checkpoint: copies committed pages
+        if self._wal_mode() and not (offset == 0 and len(data) >= 20
+                                     and data[18:20] != b"\x02\x02"):
+            # A checkpoint: copies committed pages. (Page 1 leaving WAL mode without a
+            # journal is PRAGMA journal_mode=MEMORY/OFF, refused below.)
+            return os.pwrite(fd, data, offset)
         msg = (f"{self.name}: refusing a database write without a rollback journal or WAL: "
                "journal_mode=MEMORY or OFF cannot be captured; use PRAGMA journal_mode=DELETE, "
                "TRUNCATE, PERSIST or WAL")
@@ -259,7 +277,8 @@ class DB:
                 self._committing(lambda: os.ftruncate(fd, size))
             else:
                 os.ftruncate(fd, size)
-            self._journal_size = size
+            if size < 8:
+                self._journal_hot = False
             return
         os.ftruncate(fd, size)
         if kind is FileKind.WAL:
@@ -279,7 +298,7 @@ class DB:
             else:
                 path.unlink()
             self._close(kind)
-            self._journal_size = 0
+            self._journal_hot = False
             return
         self._close(kind)
         path.unlink()
@@ -314,13 +333,13 @@ class DB:
 
     def _commit_rollback(self) -> Recorded | None:
         fd = self.fd(FileKind.DATABASE)
-        ps = self._db_page_size()
+        header = os.pread(fd, 100, 0)
+        ps = page_size_from_header(header)
         dirty = self.dirty
         if not ps:
             dirty.clear()
             return None
-        size = os.fstat(fd).st_size
-        commit = size // ps
+        commit = database_size_in_pages(header, os.fstat(fd).st_size, ps)
         if self.table is not None and self.table.page_size != ps:
             # The page size changed (VACUUM after PRAGMA page_size): every page is new.
             log.info("%s: page size changed from %d to %d", self.name, self.table.page_size, ps)
@@ -463,7 +482,8 @@ class DB:
         buf = io.BytesIO()
         handles = [open(p, "rb") for p in paths]  # noqa: SIM115 - closed below
         try:
-            header, _ = compact(handles, buf, names=[str(p) for p in paths])
+            header, _ = compact(handles, buf, names=[str(p) for p in paths],
+                                keep_wal_position=True)
         finally:
             for h in handles:
                 h.close()

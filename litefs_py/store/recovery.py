@@ -21,7 +21,7 @@ from ..ltx import Decoder, LTXError
 from ..sqlite import WALReader, journal_is_hot, rollback_pages
 from ..sqlite.errors import SQLiteFormatError
 from ..sqlite.wal import WALTransaction
-from .db import DB, FileKind, page_size_from_header
+from .db import DB, FileKind, database_size_in_pages, page_size_from_header
 from .page_table import PageTable
 
 log = logging.getLogger("litefs.store")
@@ -71,16 +71,15 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
         return
 
     fd = db.fd(FileKind.DATABASE)
-    ps = page_size_from_header(os.pread(fd, 100, 0))
-    file_pages = os.fstat(fd).st_size // ps if ps else 0
-    journal_action = _hot_journal(db, fd, ps, last is not None)
-    if journal_action:
-        ps = page_size_from_header(os.pread(fd, 100, 0))
-        file_pages = os.fstat(fd).st_size // ps if ps else 0
+    journal_action = _hot_journal(db, fd, last is not None)
+    first_page = os.pread(fd, 100, 0)
+    ps = page_size_from_header(first_page)
+    file_pages = database_size_in_pages(first_page, os.fstat(fd).st_size, ps) if ps else 0
 
     wal = _read_wal(db.path(FileKind.WAL))
     captured: list[WALTransaction] = []
     new: list[WALTransaction] = []
+    wal_mark = (0, 0, 0, 0)  # WAL position of what the LTX log holds, for a new snapshot
     if wal is not None:
         reader, txns = wal
         salts = (reader.header.salt1, reader.header.salt2)
@@ -88,8 +87,19 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
         if last is not None and (last[1].wal_salt1, last[1].wal_salt2) == salts \
                 and last[1].wal_offset:
             captured_end = last[1].wal_offset + last[1].wal_size
+            if not any(t.end_offset == captured_end for t in txns):
+                # The last LTX file was written for a commit frame that never reached the
+                # WAL: the process died in between, so that commit was never acknowledged.
+                log.warning("%s: removing %s: its transaction's commit frame never reached "
+                            "the WAL (crash before the commit completed)", db.name,
+                            last[0].name)
+                db.ltx.delete(last[0])
+                recover(db, accept_current=accept_current)
+                return
         for t in txns:
             (captured if t.end_offset <= captured_end else new).append(t)
+        if captured:
+            wal_mark = (32, captured[-1].end_offset - 32, salts[0], salts[1])
         if txns and not ps:
             ps = reader.page_size
 
@@ -113,13 +123,22 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
             table.commit(t.pages, t.db_size)
         table.truncate(logical_pages)
 
+    if last is not None and table.checksum != db.checksum and journal_action:
+        # SQLite does not journal free-list pages it reuses, so rolling back a crashed
+        # transaction restores the database logically but leaves those pages as the
+        # transaction wrote them. The database is the last committed one: record it again.
+        log.warning("%s: after rolling back the hot journal the free pages differ from TXID "
+                    "%016x (SQLite does not journal them); recording the database as TXID "
+                    "%016x, logically unchanged", db.name, db.txid, db.txid + 1)
+        accept_current = True
     if last is not None and table.checksum != db.checksum and accept_current:
-        log.warning("%s: database checksum %016x differs from TXID %016x's %016x; recording the "
-                    "database as it is now as TXID %016x", db.name, table.checksum, db.txid,
-                    db.checksum, db.txid + 1)
+        if not journal_action:
+            log.warning("%s: database checksum %016x differs from TXID %016x's %016x; "
+                        "recording the database as it is now as TXID %016x", db.name,
+                        table.checksum, db.txid, db.checksum, db.txid + 1)
         db.table = PageTable(ps)  # empty: every page counts as changed
         pages = {p: _logical_page(fd, ps, p, captured) for p in range(1, logical_pages + 1)}
-        db._record(pages, logical_pages, ps)
+        db._record(pages, logical_pages, ps, wal=wal_mark)
         table = db.table
     if last is not None and table.checksum != db.checksum:
         raise DatabaseDivergedError(
@@ -135,7 +154,7 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
         db.table = None
         if logical_pages:
             pages = {p: _logical_page(fd, ps, p, captured) for p in range(1, logical_pages + 1)}
-            db._record(pages, logical_pages, ps)
+            db._record(pages, logical_pages, ps, wal=wal_mark)
             log.info("%s: recorded existing database as snapshot TXID %016x", db.name, db.txid)
     else:
         db.table = table
@@ -199,8 +218,10 @@ def _read_wal(path: Path) -> tuple[WALReader, list[WALTransaction]] | None:
     return reader, txns
 
 
-def _hot_journal(db: DB, fd: int, ps: int, have_ltx: bool) -> bool:
+def _hot_journal(db: DB, fd: int, have_ltx: bool) -> bool:
     """Deal with a hot journal; True if the database file was changed."""
+    header = os.pread(fd, 100, 0)
+    ps = page_size_from_header(header)
     path = db.path(FileKind.JOURNAL)
     try:
         with open(path, "rb") as f:
@@ -210,13 +231,13 @@ def _hot_journal(db: DB, fd: int, ps: int, have_ltx: bool) -> bool:
     if not journal_is_hot(data[:8]):
         return False
     if have_ltx and ps:
-        now = PageTable.scan(fd, ps, os.fstat(fd).st_size // ps)
+        now = PageTable.scan(fd, ps, database_size_in_pages(header, os.fstat(fd).st_size, ps))
         if now.checksum == db.checksum:
             log.info("%s: the last transaction was recorded before the crash; removing its "
                      "journal instead of rolling back", db.name)
             db._close(FileKind.JOURNAL)
             path.unlink()
-            db._journal_size = 0
+            db._journal_hot = False
             return False
     try:
         rb = rollback_pages(data, name=str(path))
@@ -229,7 +250,7 @@ def _hot_journal(db: DB, fd: int, ps: int, have_ltx: bool) -> bool:
     os.fsync(fd)
     db._close(FileKind.JOURNAL)
     path.unlink()
-    db._journal_size = 0
+    db._journal_hot = False
     log.info("%s: rolled back a hot journal (%d pages)", db.name, len(rb.pages))
     return True
 

@@ -54,6 +54,7 @@ class _Frame:
     pgno: int
     commit: int
     page_written: bool = False
+    unsalted: bool = False  # written with zero salts: its header will be rewritten
 
 
 @dataclass(slots=True)
@@ -61,7 +62,6 @@ class Undo:
     page_size: int
     salts: tuple[int, int] | None
     committed_frames: int
-    rewrite: bool
     deferred_commit: int | None
     pending: dict[int, _Frame]
     touched: dict[int, _Frame | None] = field(default_factory=dict)
@@ -73,7 +73,6 @@ class WalTracker:
         self.salts: tuple[int, int] | None = None
         self.committed_frames = 0  # frames up to and including the last commit (mxFrame)
         self._pending: dict[int, _Frame] = {}
-        self._rewrite = False  # a page of the current transaction was overwritten in place
         self._deferred_commit: int | None = None  # commit frame waiting for its header rewrite
         self._last = -1  # highest pending frame index (-1: none); kept to avoid max() per write
 
@@ -93,7 +92,6 @@ class WalTracker:
         self.salts = None
         self.committed_frames = 0
         self._pending = {}
-        self._rewrite = False
         self._deferred_commit = None
         self._last = -1
 
@@ -111,7 +109,7 @@ class WalTracker:
         `read_header(i)` returns the stored 24 header bytes of frame i; it is used only when a
         write ends inside a frame header without covering all of it.
         """
-        undo = Undo(self.page_size, self.salts, self.committed_frames, self._rewrite,
+        undo = Undo(self.page_size, self.salts, self.committed_frames,
                     self._deferred_commit, self._pending)
         end = offset + len(data)
         if offset == 0 and len(data) >= WAL_HEADER_SIZE:
@@ -141,7 +139,6 @@ class WalTracker:
             self.committed_frames = commit.commit_frame + 1
             self._pending = {k: v for k, v in self._pending.items() if k > commit.commit_frame}
             self._last = max(self._pending, default=-1)
-            self._rewrite = False
             self._deferred_commit = None
         return commit, undo
 
@@ -149,7 +146,7 @@ class WalTracker:
         if i not in undo.touched:
             old = self._pending.get(i)
             undo.touched[i] = None if old is None else _Frame(old.pgno, old.commit,
-                                                              old.page_written)
+                                                              old.page_written, old.unsalted)
 
     def _header_written(self, i: int, fstart: int, offset: int, data: bytes | memoryview,
                         read_header: ReadHeader, undo: Undo) -> WalCommit | None:
@@ -160,17 +157,16 @@ class WalTracker:
             stored[offset - fstart:FRAME_HEADER_SIZE] = data[:FRAME_HEADER_SIZE - (offset - fstart)]
             raw = bytes(stored[:16])
         pgno, cmt, s1, s2 = _FRAME_HEADER.unpack(raw)
-        # After an in-place overwrite SQLite writes the remaining frames of the transaction
-        # with zeroed salts and checksums; walRewriteChecksums fills them in at commit.
-        valid = pgno != 0 and ((s1, s2) == self.salts or (self._rewrite and s1 == s2 == 0))
+        unsalted = s1 == s2 == 0
+        valid = pgno != 0 and ((s1, s2) == self.salts or unsalted)
         in_rewrite = self._deferred_commit is not None
         if not in_rewrite and i <= self._last:
-            # Restart after a rolled-back transaction: its frames are being overwritten.
+            # A rollback (to a savepoint or of the whole transaction): the frames from here
+            # on are being written again.
             for k in [k for k in self._pending if k >= i]:
                 self._touch(k, undo)
                 del self._pending[k]
             self._last = max(self._pending, default=-1)
-            self._rewrite = False
         self._touch(i, undo)
         old = self._pending.get(i)
         if not valid:
@@ -178,10 +174,10 @@ class WalTracker:
                 self._last = max(self._pending, default=-1)
             return None
         written = in_rewrite and old is not None and old.page_written
-        self._pending[i] = _Frame(pgno, cmt, written)
+        self._pending[i] = _Frame(pgno, cmt, written, unsalted)
         if i > self._last:
             self._last = i
-        if in_rewrite and i == self._deferred_commit and cmt and written:
+        if in_rewrite and i == self._deferred_commit and cmt and written and not unsalted:
             return self._make_commit(i, cmt)
         return None
 
@@ -190,12 +186,10 @@ class WalTracker:
         if p is None:
             return None
         self._touch(i, undo)
-        if p.page_written:
-            self._rewrite = True  # in-place overwrite: checksums will be rewritten at commit
         p.page_written = True
         if p.commit and i == self._last:
-            if self._rewrite:
-                self._deferred_commit = i
+            if p.unsalted:
+                self._deferred_commit = i  # complete once walRewriteChecksums reaches it
                 return None
             return self._make_commit(i, p.commit)
         return None
@@ -211,7 +205,6 @@ class WalTracker:
         self.page_size = undo.page_size
         self.salts = undo.salts
         self.committed_frames = undo.committed_frames
-        self._rewrite = undo.rewrite
         self._deferred_commit = undo.deferred_commit
         self._pending = undo.pending
         for i, old in undo.touched.items():

@@ -68,11 +68,8 @@ class Ledger:
         os.fsync(self.fd)
 
 
-def connect(db: str, mode: str, cache_size: int, autocheckpoint: int,
-            auto_vacuum: str) -> sqlite3.Connection:
+def connect(db: str, mode: str, cache_size: int, autocheckpoint: int) -> sqlite3.Connection:
     con = sqlite3.connect(db, isolation_level=None, timeout=10)
-    # Takes effect only while the database is empty (before the schema is created).
-    con.execute(f"PRAGMA auto_vacuum={auto_vacuum}")
     got = con.execute(f"PRAGMA journal_mode={mode}").fetchone()[0]
     if got.upper() != mode.upper():
         raise RuntimeError(f"journal_mode={mode} was refused: SQLite says {got}")
@@ -251,8 +248,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--autocheckpoint", type=int, default=1000)
     p.add_argument("--extras", action="store_true", help="also checkpoints and VACUUM")
     p.add_argument("--kinds", default=",".join(KINDS), help="work: transaction kinds to use")
-    p.add_argument("--auto-vacuum", default="NONE", choices=["NONE", "FULL"],
-                   help="for a new database")
     p.add_argument("--marker", type=Path)
     p.add_argument("--rows", type=int, default=400, help="spill: rows in the large transaction")
     p.add_argument("--how", default="TRUNCATE", help="checkpoint: PASSIVE/FULL/RESTART/TRUNCATE")
@@ -262,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds = tuple(args.kinds.split(","))
     if not set(kinds) <= set(KINDS):
         p.error(f"--kinds: choose from {','.join(KINDS)}")
-    con = connect(args.db, args.mode, args.cache_size, args.autocheckpoint, args.auto_vacuum)
+    con = connect(args.db, args.mode, args.cache_size, args.autocheckpoint)
     if args.command == "work":
         work(con, ledger, rng, args.txns, args.mode, args.extras, kinds)
     elif args.command == "spill":

@@ -38,7 +38,8 @@ class LitefsMount:
         return str(self.mount_dir / name)
 
     def start(self) -> None:
-        self.mount_dir.mkdir(parents=True, exist_ok=True)
+        if not is_mounted(self.mount_dir):  # a dead mount cannot be stat'ed: litefs clears it
+            self.mount_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         cmd = [sys.executable, "-m", "litefs_py", "mount", "--mount-dir", str(self.mount_dir),
@@ -58,14 +59,16 @@ class LitefsMount:
         raise RuntimeError("litefs mount did not come up in time:\n" + self.log())
 
     def _serving(self) -> bool:
-        # The mount is up once the new process answers (a stale mount would say ENOTCONN).
+        # Up once a live FUSE filesystem answers at the mount point: a stale mount says
+        # ENOTCONN, and the bare directory (between clearing a stale mount and mounting
+        # anew) is on its parent's device.
         if not is_mounted(self.mount_dir):
             return False
         try:
             os.listdir(self.mount_dir)
+            return os.stat(self.mount_dir).st_dev != os.stat(self.mount_dir.parent).st_dev
         except OSError:
             return False
-        return True
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM and wait for a clean unmount; falls back to SIGKILL + lazy unmount."""

@@ -15,7 +15,9 @@ does what the JSON spec on stdin says, printing a JSON report on stdout:
   `meta.n` for this writer, so the final database proves how many commits happened. Busy
   errors retry the whole transaction.
 - kind "reader": until `stop_file` exists, loop `SELECT count(*)`, `PRAGMA quick_check` and
-  `SELECT sum(n) FROM meta` (which must never decrease); any other error fails the client.
+  `SELECT sum(n) FROM meta` (which must never decrease), and every third loop
+  `PRAGMA wal_checkpoint(<checkpoint>)` if `checkpoint` is set; busy errors are counted, any
+  other error fails the client.
 
 Values in rows are JSON-encoded with bytes as {"hex": ...}; text is read as bytes
 (text_factory=bytes) because the workloads store invalid UTF-8 on purpose.
@@ -39,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 CLIENT = Path(__file__).resolve()
-REPO = CLIENT.parents[2]
 
 # ---- the client process -----------------------------------------------------------------
 
@@ -167,11 +168,14 @@ def _run_writer(spec: dict[str, Any]) -> dict[str, Any]:
 def _run_reader(spec: dict[str, Any]) -> dict[str, Any]:
     con = _connect(spec)
     stop = Path(spec["stop_file"])
+    checkpoint = spec.get("checkpoint")  # e.g. "PASSIVE": also checkpoint every 3rd loop
     loops = busy = 0
     last_n = -1
     while True:
         done = stop.exists()  # checked first: one full loop always runs after the stop
         try:
+            if checkpoint and loops % 3 == 2:
+                con.execute(f"PRAGMA wal_checkpoint({checkpoint})").fetchall()
             con.execute("SELECT count(*) FROM t0").fetchall()
             qc = con.execute("PRAGMA quick_check").fetchall()
             if qc != [(b"ok",)]:
@@ -202,14 +206,9 @@ def main() -> None:
 # ---- helpers for the tests (run in the pytest process) ----------------------------------
 
 
-def _client_env() -> dict[str, str]:
-    return dict(os.environ)
-
-
 def start_client(spec: dict[str, Any]) -> subprocess.Popen[str]:
     proc = subprocess.Popen([sys.executable, str(CLIENT)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_client_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdin is not None
     proc.stdin.write(json.dumps(spec))
     proc.stdin.close()
@@ -319,7 +318,7 @@ def ltx_verify_cli(files: list[Path]) -> None:
     for i in range(0, len(files), 500):
         batch = [str(p) for p in files[i:i + 500]]
         r = subprocess.run([sys.executable, "-m", "litefs_py", "ltx", "verify", "-q", *batch],
-                           capture_output=True, text=True, timeout=300, env=_client_env())
+                           capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, f"litefs ltx verify failed:\n{r.stdout}\n{r.stderr}"
 
 
@@ -372,15 +371,14 @@ def live_file_checksum(m: Any, name: str) -> int | None:
     """Rolling checksum of the database file read through the mount; None while a non-empty
     WAL holds part of the content."""
     from litefs_py.ltx import database_checksum
-    from litefs_py.store.db import page_size_from_header
 
     wal = Path(m.db(name) + "-wal")
     if wal.exists() and wal.stat().st_size > 0:
         return None
     with open(m.db(name), "rb") as f:
-        ps = page_size_from_header(f.read(100))
+        raw = int.from_bytes(f.read(18)[16:18], "big")  # page size; 1 means 65536
         f.seek(0)
-        return database_checksum(f, ps)
+        return database_checksum(f, 65536 if raw == 1 else raw)
 
 
 def verify_capture(m: Any, name: str, work: Path, *, check_each: bool = True,

@@ -4,7 +4,8 @@ Hypothesis draws a journal mode, a page size, a cache size and, for each of two 
 processes, a sequence of transactions (inserts, updates, deletes, cache-spilling blobs,
 CREATE/DROP TABLE/INDEX, savepoints with ROLLBACK TO or RELEASE, whole-transaction rollbacks,
 VACUUM). Both writers run at once with a busy timeout while a reader process loops
-`SELECT count(*)`, `PRAGMA quick_check` and a monotonic-counter check. Afterwards:
+`SELECT count(*)`, `PRAGMA quick_check` and a monotonic-counter check, and sometimes
+checkpoints the WAL (PASSIVE, RESTART or TRUNCATE). Afterwards:
 
 - every committed transaction is in the database (a per-writer counter in `meta`);
 - the number of new LTX files is the number of commits, plus at most one per VACUUM (a VACUUM
@@ -124,8 +125,11 @@ def scenario(draw: Any) -> dict[str, Any]:
     rollback_to = not (mode == "WAL" and small_cache)
     writers = [draw(st.lists(transaction(w, big_max, rollback_to), min_size=1, max_size=6))
                for w in (0, 1)]
+    # The reader may also checkpoint (a no-op outside WAL mode): WAL restarts and truncations
+    # then happen in another process, in the middle of the writers' work.
+    checkpoint = draw(st.sampled_from([None, None, "PASSIVE", "RESTART", "TRUNCATE"]))
     return {"mode": mode, "page_size": page_size, "small_cache": small_cache,
-            "writers": writers}
+            "writers": writers, "checkpoint": checkpoint}
 
 
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
@@ -136,7 +140,7 @@ def test_concurrent_writers_capture_everything(mount: LitefsMount, tmp_path: Pat
                                                sc: dict[str, Any]) -> None:
     name = f"prop{next(_names)}.db"
     note(f"database {name}: mode {sc['mode']}, page size {sc['page_size']}, "
-         f"small cache {sc['small_cache']}")
+         f"small cache {sc['small_cache']}, reader checkpoints {sc['checkpoint']}")
     run_client(steps_spec(mount, name, [
         sql(f"PRAGMA page_size={sc['page_size']}", f"PRAGMA journal_mode={sc['mode']}"),
         sql("BEGIN",
@@ -152,7 +156,7 @@ def test_concurrent_writers_capture_everything(mount: LitefsMount, tmp_path: Pat
     setup = [f"PRAGMA journal_mode={sc['mode']}",
              f"PRAGMA cache_size={2 if sc['small_cache'] else -8000}"]
     reader = start_client({"kind": "reader", "db": mount.db(name), "stop_file": str(stop),
-                           "timeout": 60})
+                           "timeout": 60, "checkpoint": sc["checkpoint"]})
     writers = [start_client({"kind": "writer", "db": mount.db(name), "writer": w,
                              "txns": txns, "setup": setup, "timeout": 60})
                for w, txns in enumerate(sc["writers"])]

@@ -155,7 +155,7 @@ def test_pos_file_is_read_only(litefs: LitefsMount, tmp_path: Path) -> None:
     pos_path = litefs.db(name) + "-pos"
     before = Path(pos_path).read_bytes()
     with pytest.raises(PermissionError):
-        open(pos_path, "w").close()  # noqa: SIM115 - the open itself must fail
+        open(pos_path, "w").close()
     with pytest.raises(PermissionError):
         os.open(pos_path, os.O_WRONLY)
     with pytest.raises(PermissionError):
@@ -174,7 +174,7 @@ def test_companion_without_database_is_refused(litefs: LitefsMount, suffix: str,
                                                tmp_path: Path) -> None:
     path = litefs.db("missing.db") + suffix
     with pytest.raises(FileNotFoundError) as exc:
-        open(path, "wb").close()  # noqa: SIM115 - the open itself must fail
+        open(path, "wb").close()
     assert exc.value.errno == errno.ENOENT
     assert _log_lines(litefs, "missing.db", "does not exist"), litefs.log()
     assert os.listdir(litefs.mount_dir) == []
@@ -183,10 +183,6 @@ def test_companion_without_database_is_refused(litefs: LitefsMount, suffix: str,
     _still_healthy(litefs, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: DB._write_database takes any journal file of non-zero size as a transaction in "
-    "progress, so a PERSIST journal left behind lets journal_mode=MEMORY/OFF writes through "
-    "uncaptured"))
 @pytest.mark.parametrize("setting", ["MEMORY", "OFF"])
 def test_journal_mode_without_journal_after_persist_is_refused(
         litefs: LitefsMount, tmp_path: Path, setting: str) -> None:
@@ -213,9 +209,6 @@ def test_journal_mode_without_journal_after_persist_is_refused(
         verify_capture(litefs, name, tmp_path / "w")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: DB._write_database lets the page-1 write of a WAL -> MEMORY/OFF switch through as "
-    "a checkpoint write (the header it reads still says WAL), so the change is never captured"))
 @pytest.mark.parametrize("setting", ["MEMORY", "OFF"])
 def test_switch_from_wal_to_no_journal_is_refused_or_captured(
         litefs: LitefsMount, tmp_path: Path, setting: str) -> None:

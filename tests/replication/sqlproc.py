@@ -1,8 +1,8 @@
 """A SQLite client in its own process, driven line by line over stdin/stdout (JSON).
 
-Run as `python sqlproc.py DB [--wal]`; it opens one connection (autocommit, explicit
-transactions), creates `t(id INTEGER PRIMARY KEY, k INT, v TEXT)` if missing, prints
-`{"ready": true}` and then answers one JSON line per request:
+Run as `python sqlproc.py DB [--wal] [--synchronous=NORMAL]`; it opens one connection
+(autocommit, explicit transactions), creates `t(id INTEGER PRIMARY KEY, k INT, v TEXT)` if
+missing, prints `{"ready": true}` and then answers one JSON line per request:
 
 - `{"op": "txn", "n": N, "size": S, "hash": bool}`: N transactions, each `BEGIN IMMEDIATE;
   INSERT one row of S bytes; UPDATE a random older row; COMMIT`. After each COMMIT returns it
@@ -20,8 +20,10 @@ transactions), creates `t(id INTEGER PRIMARY KEY, k INT, v TEXT)` if missing, pr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import random
 import sqlite3
 import sys
@@ -37,18 +39,36 @@ def dump_hash(con: sqlite3.Connection) -> str:
     return h.hexdigest()
 
 
+def _is_litefs_mount(directory: str) -> bool:
+    target = os.path.realpath(directory)
+    with open("/proc/self/mounts") as f:
+        return any(len(p) > 2 and p[1] == target and p[0] == "litefs"
+                   for p in (line.split() for line in f))
+
+
 class Client:
-    def __init__(self, db: str, wal: bool) -> None:
+    def __init__(self, db: str, wal: bool, synchronous: str | None = None) -> None:
         self.db = db
+        # A database on a litefs mount has a `<db>-pos` file from its first transaction on;
+        # a plain file never has one.
+        self.on_mount = os.path.exists(db + "-pos") or _is_litefs_mount(os.path.dirname(db))
         self.rng = random.Random(db)
         self.con = sqlite3.connect(db, timeout=30.0, isolation_level=None)
         if wal:
             self.con.execute("PRAGMA journal_mode=WAL").fetchall()
+        if synchronous:
+            self.con.execute(f"PRAGMA synchronous={synchronous}").fetchall()
         self.con.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, k INT, v TEXT)")
 
-    def txid(self) -> int:
-        with open(self.db + "-pos") as f:
-            return int(f.read().split("/")[0], 16)
+    def txid(self) -> int | None:
+        """The TXID in `<db>-pos` (None for a plain file, which has no such file)."""
+        try:
+            with open(self.db + "-pos") as f:
+                return int(f.read().split("/")[0], 16)
+        except FileNotFoundError:
+            if self.db.startswith("/") and os.path.exists(self.db) and not self.on_mount:
+                return None
+            raise
 
     def one(self, size: int, want_hash: bool) -> list[Any]:
         con = self.con
@@ -81,10 +101,8 @@ class Client:
         except (sqlite3.Error, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}"
             if self.con.in_transaction:
-                try:
+                with contextlib.suppress(sqlite3.Error):
                     self.con.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
         return {"commits": commits, "error": error}
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -105,7 +123,9 @@ class Client:
 
 def main() -> None:
     db = sys.argv[1]
-    client = Client(db, "--wal" in sys.argv[2:])
+    args = sys.argv[2:]
+    sync = next((a.split("=", 1)[1] for a in args if a.startswith("--synchronous=")), None)
+    client = Client(db, "--wal" in args, sync)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         req = json.loads(line)
