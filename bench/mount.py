@@ -1,6 +1,6 @@
 """SQLite through the litefs-py mount, side by side with native SQLite and a bare passthrough.
 
-    .venv/bin/python bench/mount.py                 # full run (about 15 minutes)
+    .venv/bin/python bench/mount.py                 # full run (20-30 minutes on 2 vCPUs)
     .venv/bin/python bench/mount.py --quick         # smoke test, well under a minute
     .venv/bin/python bench/mount.py --runs 5 --pin  # client and servers on one vCPU
     .venv/bin/python bench/mount.py --py-spy out/   # also profile both FUSE servers
@@ -65,13 +65,15 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve()
 MiB = 2**20
+Spec = dict[str, Any]  # a client workload, and its JSON result
 TARGETS = ("native", "passthrough", "litefs")
 
 
@@ -125,7 +127,7 @@ def _values(n: int, chars: int, seed: int) -> list[tuple[str]]:
     return [(rnd.randbytes(chars // 2).hex(),) for _ in range(n)]
 
 
-def op_txns(spec: dict) -> dict:
+def op_txns(spec: Spec) -> Spec:
     con = _connect(spec["path"], spec["journal"], spec["sync"])
     before = con.execute("SELECT count(*) FROM t").fetchone()[0]
     values = _values(spec["n"], ROW_CHARS, spec.get("seed", 1))
@@ -143,7 +145,7 @@ def op_txns(spec: dict) -> dict:
     return {"seconds": seconds, "check": check}
 
 
-def op_bulk(spec: dict) -> dict:
+def op_bulk(spec: Spec) -> Spec:
     con = _connect(spec["path"], "wal", "normal")
     values = _values(spec["n"], ROW_CHARS, spec.get("seed", 2))
     t0 = time.perf_counter()
@@ -159,7 +161,7 @@ def op_bulk(spec: dict) -> dict:
     return {"seconds": seconds, "check": check}
 
 
-def op_grow(spec: dict) -> dict:
+def op_grow(spec: Spec) -> Spec:
     """Grow the database to `bytes` in transactions of about `txn_bytes`."""
     con = _connect(spec["path"], "wal", "normal")
     page_size = con.execute("PRAGMA page_size").fetchone()[0]
@@ -182,7 +184,7 @@ def op_grow(spec: dict) -> dict:
     return {"seconds": seconds, "rows": rows, "bytes": size, "txns": txns, "check": check}
 
 
-def op_reads(spec: dict) -> dict:
+def op_reads(spec: Spec) -> Spec:
     rnd = random.Random(spec.get("seed", 3))
     ids = [rnd.randint(1, spec["max_id"]) for _ in range(spec["n"])]
     t0 = time.perf_counter()
@@ -198,7 +200,7 @@ def op_reads(spec: dict) -> dict:
     return {"seconds": seconds, "check": "ok" if not missing else f"{missing} ids not found"}
 
 
-CLIENT_OPS: dict[str, Callable[[dict], dict]] = {
+CLIENT_OPS: dict[str, Callable[[Spec], Spec]] = {
     "txns": op_txns, "bulk": op_bulk, "grow": op_grow, "reads": op_reads,
 }
 
@@ -347,7 +349,7 @@ def passthrough_server(backing: Path, mount_dir: Path, log_path: Path,
     return Server("passthrough", cmd, mount_dir, log_path, cpu)
 
 
-def run_client(spec: dict, cpu: int | None, timeout: float = 3600) -> dict:
+def run_client(spec: Spec, cpu: int | None, timeout: float = 3600) -> Spec:
     out = subprocess.run([sys.executable, str(HERE), "_client", json.dumps(spec)],
                          capture_output=True, text=True, timeout=timeout,
                          preexec_fn=_preexec(cpu), cwd=REPO)
@@ -355,7 +357,7 @@ def run_client(spec: dict, cpu: int | None, timeout: float = 3600) -> dict:
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"client {spec['op']} on {spec.get('path')} failed "
                            f"(exit {out.returncode}):\n{out.stderr[-3000:]}")
-    result = json.loads(lines[-1])
+    result: Spec = json.loads(lines[-1])
     if "error" in result:
         raise RuntimeError(f"client {spec['op']} on {spec.get('path')}: {result['error']}")
     return result
@@ -488,10 +490,10 @@ class Bench:
         return {"native": self.root / "native", "passthrough": self.root / "pt-mnt",
                 "litefs": self.root / "lfs-mnt"}
 
-    def client(self, spec: dict) -> dict:
+    def client(self, spec: Spec) -> Spec:
         return run_client(spec, self.cpu)
 
-    def record_check(self, label: str, result: dict) -> None:
+    def record_check(self, label: str, result: Spec) -> None:
         if result.get("check", "ok") != "ok":
             self.results.problems.append(f"{label}: {result['check']}")
 
@@ -512,8 +514,8 @@ class Bench:
         _log(f"building the {s.read_db_bytes // MiB} MiB read database natively ...")
         seed_db = root / "seed" / "read.db"
         grown = self.client({"op": "grow", "path": str(seed_db), "bytes": s.read_db_bytes,
-                             "txn_bytes": min(16 * MiB, s.read_db_bytes // 8), "row_chars": READ_ROW_CHARS,
-                             "check": "none"})
+                             "txn_bytes": min(16 * MiB, s.read_db_bytes // 8),
+                             "row_chars": READ_ROW_CHARS, "check": "none"})
         max_id = grown["rows"]
         self.read_db_info = (grown["bytes"], max_id)
         shutil.copy(seed_db, root / "native" / "read.db")
@@ -578,7 +580,7 @@ class Bench:
         if not self.args.no_verify:
             self.verify("read.db (snapshot at mount start)", root / "lfs-data", "read.db")
 
-    def _timed(self, workload: str, target: str, spec: dict, server: Server | None) -> None:
+    def _timed(self, workload: str, target: str, spec: Spec, server: Server | None) -> None:
         cpu0 = proc_cpu_seconds(server.pid) if server is not None else 0.0
         result = self.client(spec)
         if server is not None:
@@ -597,10 +599,12 @@ class Bench:
             self.notes.append("py-spy not found: `.venv/bin/pip install py-spy` to profile")
             return
         for target, server in servers.items():
-            for fmt, ext, extra in (("raw", "txt", []), ("flamegraph", "svg", [])):
+            for fmt, ext in (("raw", "txt"), ("flamegraph", "svg")):
                 out = out_dir / f"{target}-wal_normal.{ext}"
-                spy = subprocess.Popen([py_spy, "record", "--format", fmt, "--rate", "997",
-                                        "-o", str(out), "--pid", str(server.pid), *extra],
+                # --nonblocking: sample without stopping the server, so its timing stays real.
+                spy = subprocess.Popen([py_spy, "record", "--nonblocking", "--format", fmt,
+                                        "--rate", "997",
+                                        "-o", str(out), "--pid", str(server.pid)],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1.0)
                 try:
@@ -625,7 +629,7 @@ class Bench:
         self.servers.append(lfs)
         lfs.start()
         sizes = {"small": s.small_bytes, "big": s.big_bytes}
-        self.size_info: dict[str, dict] = {}
+        self.size_info: dict[str, Spec] = {}
         for label, nbytes in sizes.items():
             _log(f"growing {label}.db to {nbytes // MiB} MiB through the litefs mount ...")
             txn_bytes = min(s.grow_txn_bytes, nbytes // 8)
@@ -747,7 +751,8 @@ class Bench:
             hwm_ok = self.serve_hwm < 100 * MiB
             lines.append(f"litefs peak RSS (VmHWM): {self.serve_hwm / MiB:.0f} MiB serving "
                          f"the {big['bytes'] / MiB:,.0f} MiB database (fresh process, "
-                         f"{self.args.runs * s.txns * 2:,} commits; target < 100 MiB: "
+                         f"{self.args.runs * s.txns:,} commits to each of the two databases; "
+                         f"target < 100 MiB: "
                          f"{'yes' if hwm_ok else 'NO'}); {self.grow_hwm / MiB:.0f} MiB in the "
                          f"process that grew it in {s.grow_txn_bytes // MiB} MiB transactions")
             if hasattr(self, "snap_hwm"):

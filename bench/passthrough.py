@@ -198,8 +198,13 @@ class Passthrough(pyfuse3.Operations):
         path = self._path(fname)
         ino = self._ino(fname)
         try:
-            if flags & os.O_EXCL and os.path.lexists(path):
-                raise pyfuse3.FUSEError(errno.EEXIST)
+            if flags & os.O_EXCL:
+                try:
+                    os.lstat(path)
+                except FileNotFoundError:
+                    pass
+                else:
+                    raise pyfuse3.FUSEError(errno.EEXIST)
             fd = self._acquire(ino, path, stat.S_IMODE(mode))
             if flags & os.O_TRUNC:
                 os.ftruncate(fd, 0)

@@ -22,6 +22,7 @@ from .errors import ExitCode, QuietError
 from .fuse.ops import PrimaryOperations
 from .replication.maintenance import ReplicaMaintainer, Schedule
 from .replication.uploader import Uploader
+from .storage.errors import StorageError
 from .store.db import DB
 from .store.store import Store, valid_db_name
 
@@ -94,7 +95,15 @@ def replica_database_names(config: Config) -> list[str]:
         from .replica_clients import client_for
 
         base = client_for(config.replica)
-        for obj in base.list_objects(""):
+        try:
+            objects = base.list_objects("")
+        except StorageError as exc:
+            # The local databases can be served and their commits spooled without the
+            # replica; only a database missing here would need it (checked per name below).
+            log.warning("cannot list %s to find databases to restore (%s); serving the local "
+                        "databases, uploads will catch up", base.description, exc)
+            objects = []
+        for obj in objects:
             first = obj.key.lstrip("/").split("/", 1)[0]
             if first and "/" in obj.key.lstrip("/") and valid_db_name(first):
                 names.add(first)

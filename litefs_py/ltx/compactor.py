@@ -36,13 +36,16 @@ def compact(
     no_checksum: bool | None = None,
     timestamp: int | None = None,
     keep_wal_position: bool = False,
+    allow_overlap: bool = False,
 ) -> tuple[Header, Trailer]:
     """Compact `inputs` (given in TXID order) into `out`; return the output header and trailer.
 
     The output keeps checksums only if every input has them (or `no_checksum` forces it).
     Its timestamp is the last input's, as Litestream 0.5 writes it, unless given. With
     `keep_wal_position` the output spans the inputs' WAL ranges (same salts required), as a
-    local log needs to tell which WAL transactions it holds.
+    local log needs to tell which WAL transactions it holds. With `allow_overlap` an input may
+    start inside the previous one (a restore plan such as snapshot 1-4 then 4-6): each input
+    holds the state after its own last TXID, so newest-wins still gives the right pages.
     """
     if not inputs:
         raise CompactionError("at least one input file is required")
@@ -54,7 +57,9 @@ def compact(
         if cur.page_size != prev.page_size:
             raise CompactionError(f"page size {cur.page_size} differs from the previous input's "
                                   f"{prev.page_size}", name=name)
-        if cur.min_txid != prev.max_txid + 1:
+        contiguous = cur.min_txid == prev.max_txid + 1 or (
+            allow_overlap and cur.min_txid <= prev.max_txid + 1 and cur.max_txid > prev.max_txid)
+        if not contiguous:
             raise CompactionError(
                 f"TXIDs not contiguous: previous input ends at {prev.max_txid:016x}, this one "
                 f"starts at {cur.min_txid:016x}", name=name)

@@ -39,6 +39,7 @@ from .restore_plan import RestorePlanError, metadata_loader, plan_from_files
 log = logging.getLogger("litefs.replication")
 
 Listing = dict[int, list[LtxFileInfo]]
+MIN_GRACE = 300.0  # seconds a compacted-away lower-level file is kept for running restores
 
 
 def _next_due(interval: float, now: float) -> float:
@@ -65,6 +66,7 @@ class ReplicaMaintainer:
                           3: schedule.l3_interval}
         self.snapshot_interval = schedule.snapshot_interval
         self.retention = schedule.retention
+        self.min_grace = min(MIN_GRACE, schedule.retention)
         self.compactions = 0
         self.snapshots = 0
         self.deleted = 0
@@ -111,7 +113,8 @@ class ReplicaMaintainer:
         def merge() -> tuple[bytes, int, int]:
             out = io.BytesIO()
             header, _ = compact([io.BytesIO(b) for b in blobs], out,
-                                names=[i.key for i in infos], no_checksum=True)
+                                names=[i.key for i in infos], no_checksum=True,
+                                allow_overlap=True)
             return out.getvalue(), header.min_txid, header.max_txid
 
         data, lo, hi = await trio.to_thread.run_sync(merge)
@@ -128,7 +131,7 @@ class ReplicaMaintainer:
         for info in src:
             if info.max_txid <= cur:
                 continue
-            if info.min_txid != cur + 1:
+            if info.min_txid > cur + 1:
                 break  # a gap: compact up to it; the uploader fills it
             chain.append(info)
             cur = info.max_txid
@@ -154,9 +157,12 @@ class ReplicaMaintainer:
 
     def _deletable(self, by_level: Listing, now: datetime) -> list[LtxFileInfo]:
         doomed: dict[str, LtxFileInfo] = {}
-        # Lower levels covered by the level above, once the level above's interval passed.
+        # Lower levels covered by the level above, once the level above's interval passed,
+        # and never sooner than MIN_GRACE: a restore that planned with them is still reading
+        # (Litestream keeps L0 files 5 minutes after compaction for the same reason).
         for level, grace in ((0, self.intervals[1]), (1, self.intervals[2]),
                              (2, self.intervals[3])):
+            grace = max(grace, self.min_grace)
             covered = max((i.max_txid for i in by_level.get(level + 1, [])), default=0)
             for info in by_level.get(level, []):
                 if info.max_txid <= covered and now - info.timestamp > timedelta(seconds=grace):

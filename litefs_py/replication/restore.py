@@ -48,6 +48,7 @@ from ..ltx import (
     format_filename,
 )
 from ..storage.base import LtxFileInfo, ReplicaClient
+from ..storage.errors import ObjectNotFoundError
 from ..store.page_table import PageTable
 from .progress import NullProgress
 from .restore_plan import (
@@ -433,6 +434,7 @@ def restore_database(
                 "first), or --if-db-not-exists to keep it and exit 0")
 
     legacy = generation is not None or wal_index is not None
+    replan = plan is None and not legacy  # our own plan: redo it if compaction moves files
     if plan is None and not legacy:
         try:
             plan = plan_restore(client, _target(txid, timestamp))
@@ -466,10 +468,21 @@ def restore_database(
     result = RestoreResult(STATUS_RESTORED, out, where)
     try:
         progress.add_total(plan.total_size)
-        with open(tmp, "w+b") as f:
-            state = apply_plan(client, plan, f, progress=progress)
-            f.flush()
-            os.fsync(f.fileno())
+        for attempt in range(3):
+            try:
+                with open(tmp, "w+b") as f:
+                    state = apply_plan(client, plan, f, progress=progress)
+                    f.flush()
+                    os.fsync(f.fileno())
+                break
+            except ObjectNotFoundError:
+                # A file of the plan was compacted away while we read (the replica is live):
+                # plan again from the current listing.
+                if not replan or attempt == 2:
+                    raise
+                log.info("a planned object disappeared from %s (compaction); planning again",
+                         where)
+                plan = plan_restore(client, _target(txid, timestamp))
         progress.close()
         if integrity:
             result.integrity = _check(tmp, f"the database rebuilt from {where} at TXID "

@@ -109,6 +109,7 @@ class Uploader:
                     ready = True
                 await self._upload_pending()
                 self._apply_retention()
+                await self._check_spool()
                 backoff = MIN_BACKOFF
                 if self.status.last_error is not None:
                     log.info("%s: uploads to %s work again", self.db.name,
@@ -117,6 +118,7 @@ class Uploader:
             except (StorageError, OSError, LTXError) as exc:
                 # OSError/LTXError: a local file problem; retried like a storage failure so
                 # the uploader never dies (the log says what is wrong).
+                await self._check_spool()  # the spool grows exactly while this fails
                 if str(exc) != self.status.last_error:
                     log.error("%s: upload to %s failed: %s (will retry; commits continue and "
                               "are kept locally)", self.db.name, self.client.description, exc)
@@ -211,20 +213,33 @@ class Uploader:
             if p != newest:
                 self.db.ltx.delete(p)
                 del self._uploaded_at[p]
+
+    async def _check_spool(self) -> None:
+        """Measure what waits for the replica; past `spool_limit`, say so loudly and merge
+        it into one local file (pages written many times are then kept once)."""
         spool = 0
         for _lo, _hi, p in self.db.ltx.paths_after(self.status.remote_txid):
             with contextlib.suppress(FileNotFoundError):
                 spool += p.stat().st_size
         self.status.spool_bytes = spool
-        if spool > self.spool_limit:
-            if not self._spool_warned:
-                log.warning("%s: %d bytes of LTX files wait for the replica (limit %d); "
-                            "merging them locally while %s is unreachable", self.db.name,
-                            spool, self.spool_limit, self.client.description)
-                self._spool_warned = True
-            self.db.merge_local_log(after=self.status.remote_txid)
-        else:
+        if spool <= self.spool_limit:
             self._spool_warned = False
+            return
+        if not self._spool_warned:
+            log.warning("%s: %d bytes of LTX files wait for the replica (spool limit %d); "
+                        "merging them locally while %s is unreachable", self.db.name,
+                        spool, self.spool_limit, self.client.description)
+            self._spool_warned = True
+        await self.db_merge(after=self.status.remote_txid)
+
+    async def db_merge(self, after: int) -> None:
+        """Merge in a worker thread, then swap the files in the trio thread (the store's
+        index and the FUSE handlers live there)."""
+        job = self.db.merge_local_log_job(after)
+        if job is None:
+            return
+        merged = await trio.to_thread.run_sync(job)
+        self.db.install_merged_log(*merged)
 
 
 def _merge_files(paths: list[Path]) -> tuple[bytes, int, int, int, int]:

@@ -24,6 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -473,21 +474,28 @@ class DB:
         enc.finish(0)
         return buf.getvalue(), self.txid, self.checksum, header.timestamp
 
-    def merge_local_log(self, after: int) -> None:
-        """Merge the local LTX files after TXID `after` into one file (spool pressure)."""
+    def merge_local_log_job(self, after: int) -> Callable[[], tuple[list[Path], Header,
+                                                                      bytes]] | None:
+        """The blocking half of merging the local LTX files after TXID `after` into one
+        (spool pressure): returns work for a worker thread, or None if there is nothing to
+        merge. `install_merged_log` finishes in the trio thread."""
         files = [(lo, hi, p) for lo, hi, p in self.ltx.paths_after(after) if lo > after]
         if len(files) < 2:
-            return
+            return None
         paths = [p for _, _, p in files]
-        buf = io.BytesIO()
-        handles = [open(p, "rb") for p in paths]  # noqa: SIM115 - closed below
-        try:
-            header, _ = compact(handles, buf, names=[str(p) for p in paths],
-                                keep_wal_position=True)
-        finally:
-            for h in handles:
-                h.close()
-        self.ltx.write(header.min_txid, header.max_txid, buf.getvalue())
+
+        def work() -> tuple[list[Path], Header, bytes]:
+            buf = io.BytesIO()
+            with ExitStack() as stack:
+                handles = [stack.enter_context(open(p, "rb")) for p in paths]
+                header, _ = compact(handles, buf, names=[str(p) for p in paths],
+                                    keep_wal_position=True)
+            return paths, header, buf.getvalue()
+
+        return work
+
+    def install_merged_log(self, paths: list[Path], header: Header, data: bytes) -> None:
+        self.ltx.write(header.min_txid, header.max_txid, data)
         self.ltx.sync()
         for p in paths:
             self.ltx.delete(p)

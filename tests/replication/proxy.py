@@ -7,6 +7,8 @@ whole life) and forwards every connection to the upstream port. Faults:
   refused) and every open connection is reset. `up()` listens on the same port again.
 - `delay`: seconds slept before forwarding each chunk client → server (slow uploads, so a
   PUT is in flight most of the time).
+- `hold_once(pattern, seconds)`: the first client → server chunk containing `pattern` (e.g.
+  `b".ltx HTTP/1.1"`: the first request for an object, not a listing) waits that long.
 
 Threads only; `close()` stops everything and joins the threads. Use as a context manager.
 """
@@ -32,6 +34,10 @@ class TcpProxy:
         self._threads: list[threading.Thread] = []
         self._closed = False
         self.accepted = 0
+        self._hold: tuple[bytes, float] | None = None
+
+    def hold_once(self, pattern: bytes, seconds: float) -> None:
+        self._hold = (pattern, seconds)
 
     @property
     def endpoint(self) -> str:
@@ -137,6 +143,10 @@ class TcpProxy:
                     break
                 if slow and self.delay:
                     time.sleep(self.delay)
+                hold = self._hold
+                if slow and hold is not None and hold[0] in data:
+                    self._hold = None
+                    time.sleep(hold[1])
                 dst.sendall(data)
         except OSError:
             pass

@@ -91,13 +91,6 @@ def test_retention_deletes_uploaded_files_and_keeps_the_spool(bucket: Bucket, ri
 
 
 @pytest.mark.time_limit(60)
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug: `litefs mount` refuses to start when the replica endpoint is unreachable, even "
-    "though every database is local: run_mount → restore_missing_databases → "
-    "replica_database_names (app.py) lists the bucket unconditionally and the "
-    "EndpointUnreachableError ends the process (exit 5, 'cannot reach ...'). An S3 outage "
-    "thus keeps the application down after any restart; the local log is a spool precisely "
-    "so that it need not"))
 def test_restart_with_the_endpoint_down_loses_nothing(bucket: Bucket, rig: Rig) -> None:
     proxy = rig.proxy(_moto_port(bucket))
     m = rig.mount(write_config(rig.tmp / "litefs.yml", bucket.url(endpoint=proxy.endpoint),
@@ -151,12 +144,6 @@ def test_files_uploaded_before_a_restart_are_deleted(bucket: Bucket, rig: Rig) -
 
 
 @pytest.mark.time_limit(45)
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug: the spool limit is never checked while the endpoint is down: Uploader.run "
-    "(uploader.py) calls _apply_retention — the only place that compares the spool with "
-    "data.spool-limit, warns and merges — after a *successful* _upload_pending, so during an "
-    "outage (the only time the spool grows) nothing is logged and nothing is merged, "
-    "contrary to 'hitting it is logged loudly, never silent' (docs/config.md)"))
 def test_spool_limit_is_reported_while_the_endpoint_is_down(bucket: Bucket, rig: Rig) -> None:
     proxy = rig.proxy(_moto_port(bucket))
     m = rig.mount(write_config(rig.tmp / "litefs.yml", bucket.url(endpoint=proxy.endpoint),

@@ -12,6 +12,7 @@ import pytest
 
 from litefs_py.errors import ExitCode
 from litefs_py.ltx import PageEncoding, encode_snapshot
+from litefs_py.replica_clients import client_for_url
 from litefs_py.replication import restore_database
 from litefs_py.replication.restore import OutputExistsError
 from litefs_py.replication.restore_plan import (
@@ -21,7 +22,6 @@ from litefs_py.replication.restore_plan import (
     NoSnapshotError,
     TxidNotFoundError,
 )
-from litefs_py.replica_clients import client_for_url
 from litefs_py.storage.file import FileReplicaClient
 from tests.s3_server import S3Bucket, boto_client, upload_tree
 

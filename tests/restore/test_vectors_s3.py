@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from litefs_py.replica_clients import client_for_url
 from litefs_py.replication import RestoreTarget, restore_database
 from litefs_py.replication.restore_plan import format_time, metadata_loader, plan_from_files
-from litefs_py.replica_clients import client_for_url
 
 from .conftest import (
     CLI_ENV,

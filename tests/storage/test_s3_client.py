@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from litefs_py.config import ReplicaConfig
+from litefs_py.replica_clients import client_for, client_for_url
 from litefs_py.storage.base import META_CHECKSUM, META_TIMESTAMP, format_timestamp
 from litefs_py.storage.errors import ObjectNotFoundError
-from litefs_py.replica_clients import client_for, client_for_url
 from litefs_py.storage.file import FileReplicaClient
 from litefs_py.storage.s3 import S3ReplicaClient
 from tests.s3_server import S3Bucket, boto_client, raw_keys

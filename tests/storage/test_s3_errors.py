@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from litefs_py.errors import ExitCode
+from litefs_py.replica_clients import client_for_url
 from litefs_py.storage.errors import (
     AccessDeniedError,
     EndpointUnreachableError,
@@ -21,7 +22,6 @@ from litefs_py.storage.errors import (
     StorageError,
     TransientStorageError,
 )
-from litefs_py.replica_clients import client_for_url
 from litefs_py.storage.s3 import S3ReplicaClient
 from tests.s3_server import MotoServer, S3Bucket, boto_client, free_port
 from tests.storage.helpers import ltx_bytes, silent_server, stub_s3

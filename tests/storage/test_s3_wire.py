@@ -13,8 +13,8 @@ import botocore.config
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from litefs_py.storage.base import META_CHECKSUM, META_TIMESTAMP, format_timestamp
 from litefs_py.replica_clients import client_for_url
+from litefs_py.storage.base import META_CHECKSUM, META_TIMESTAMP, format_timestamp
 from litefs_py.storage.s3 import S3ReplicaClient, guess_region, is_aws_endpoint
 from tests.s3_server import S3Bucket, raw_keys
 from tests.storage.helpers import TcpTap, ltx_bytes
