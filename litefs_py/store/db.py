@@ -28,7 +28,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from ..ltx import EMPTY_DATABASE_CHECKSUM, FLAG_V3_NO_CHECKSUM, Encoder, Header, compact
 from .ltx_log import LtxLog
@@ -443,6 +443,37 @@ class DB:
         if self.table is not None:
             self.table.undo(recorded.undo)
         self.txid, self.checksum = recorded.prev_txid, recorded.prev_checksum
+
+    def record_every_page(self, page: Callable[[int], bytes], commit: int, page_size: int,
+                          wal: tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
+        """Record the database as one transaction holding every page 1..commit, streaming
+        (one page in memory at a time): the first LTX file of a database that predates
+        capture, or `litefs recover`. `page(pgno)` returns a page's current content."""
+        txid = self.txid + 1
+        table = PageTable(page_size)
+        header = Header(
+            page_size=page_size, commit=commit, min_txid=txid, max_txid=txid,
+            timestamp=int(time.time() * 1000),
+            pre_apply_checksum=0 if txid == 1 else self.checksum,
+            wal_offset=wal[0], wal_size=wal[1], wal_salt1=wal[2], wal_salt2=wal[3],
+        )
+        lock = table.lock_pgno
+
+        def produce(f: BinaryIO) -> None:
+            enc = Encoder(f, header, name=f"{self.name} TXID {txid}")
+            for pgno in range(1, commit + 1):
+                if pgno != lock:
+                    data = page(pgno)
+                    table.set_page(pgno, data)
+                    enc.encode_page(pgno, data)
+            table.finish_growth(0, commit)
+            enc.finish(table.checksum)
+
+        self.ltx.write_streaming(txid, txid, produce)
+        self.table = table
+        self.txid, self.checksum = txid, table.checksum
+        for listener in self.commit_listeners:
+            listener(txid)
 
     def logical_page(self, pgno: int) -> bytes:
         """Page `pgno` as SQLite sees it now: the newest committed WAL frame, else the

@@ -16,6 +16,7 @@ import ctypes
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from sortedcontainers import SortedDict
 
@@ -42,6 +43,24 @@ class LtxLog:
                 self._files[parse_filename(name)] = directory / name
         self._unsynced: list[tuple[Path, int | None]] = []
         self._dir_dirty = False
+
+    def write_streaming(self, min_txid: int, max_txid: int,
+                        produce: Callable[[BinaryIO], None]) -> Path:
+        """Write one LTX file by letting `produce` encode into it (for files too big to hold
+        in memory, such as a snapshot of a large database); fsynced before returning."""
+        name = format_filename(min_txid, max_txid)
+        path = self.dir / name
+        try:
+            with open(path, "wb") as f:
+                produce(f)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        self._files[(min_txid, max_txid)] = path
+        self._dir_dirty = True
+        return path
 
     def paths(self) -> Iterator[tuple[int, int, Path]]:
         """(min, max, path) of every LTX file, sorted by TXID range."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ExitCode, QuietError
@@ -136,9 +137,8 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
             log.warning("%s: database checksum %016x differs from TXID %016x's %016x; "
                         "recording the database as it is now as TXID %016x", db.name,
                         table.checksum, db.txid, db.checksum, db.txid + 1)
-        db.table = PageTable(ps)  # empty: every page counts as changed
-        pages = {p: _logical_page(fd, ps, p, captured) for p in range(1, logical_pages + 1)}
-        db._record(pages, logical_pages, ps, wal=wal_mark)
+        db.record_every_page(_logical_pages(fd, ps, captured), logical_pages, ps, wal=wal_mark)
+        assert db.table is not None
         table = db.table
     if last is not None and table.checksum != db.checksum:
         raise DatabaseDivergedError(
@@ -153,8 +153,8 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
         # Data that predates capture: the first LTX file is a snapshot of it.
         db.table = None
         if logical_pages:
-            pages = {p: _logical_page(fd, ps, p, captured) for p in range(1, logical_pages + 1)}
-            db._record(pages, logical_pages, ps, wal=wal_mark)
+            db.record_every_page(_logical_pages(fd, ps, captured), logical_pages, ps,
+                                 wal=wal_mark)
             log.info("%s: recorded existing database as snapshot TXID %016x", db.name, db.txid)
     else:
         db.table = table
@@ -192,13 +192,22 @@ def _drop_torn_newest(db: DB) -> None:
         db.ltx.delete(path)
 
 
-def _logical_page(fd: int, ps: int, pgno: int, captured: list[WALTransaction]) -> bytes:
-    for t in reversed(captured):
-        for f in reversed(t.frames):
-            if f.pgno == pgno:
-                return f.page
-    data = os.pread(fd, ps, (pgno - 1) * ps)
-    return data + bytes(ps - len(data))
+def _logical_pages(fd: int, ps: int,
+                   captured: list[WALTransaction]) -> Callable[[int], bytes]:
+    """Page reader for the database as SQLite sees it: the newest captured WAL frame of a
+    page, else the database file (zeros past its end)."""
+    newest: dict[int, bytes] = {}
+    for t in captured:
+        newest.update(t.pages)
+
+    def page(pgno: int) -> bytes:
+        data = newest.get(pgno)
+        if data is not None:
+            return data
+        data = os.pread(fd, ps, (pgno - 1) * ps)
+        return data + bytes(ps - len(data))
+
+    return page
 
 
 def _read_wal(path: Path) -> tuple[WALReader, list[WALTransaction]] | None:
