@@ -70,6 +70,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import git_describe, summarize_collapsed  # bench/common.py (script dir)
+
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve()
 MiB = 2**20
@@ -798,50 +800,6 @@ class Bench:
                 server.stop()
 
 
-def summarize_collapsed(path: Path, top: int = 40) -> str:
-    """Inclusive and self share of samples per function from py-spy's raw (collapsed) output."""
-    inclusive: dict[str, int] = defaultdict(int)
-    self_: dict[str, int] = defaultdict(int)
-    total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
-        total += n
-        frames = [_short_frame(f) for f in stack.split(";")]
-        for f in set(frames):
-            inclusive[f] += n
-        self_[frames[-1]] += n
-    out = [f"{total} samples (busy only)", "", "inclusive:"]
-    for f, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
-        out.append(f"  {100 * n / total:5.1f}%  {f}")
-    out += ["", "self:"]
-    for f, n in sorted(self_.items(), key=lambda kv: -kv[1])[:top]:
-        out.append(f"  {100 * n / total:5.1f}%  {f}")
-    return "\n".join(out) + "\n"
-
-
-def _short_frame(frame: str) -> str:
-    # "func (path/to/file.py:123)" -> "func (file.py)"
-    name, _, where = frame.partition(" (")
-    file = where.rsplit(":", 1)[0].rsplit("/", 1)[-1].rstrip(")")
-    return f"{name} ({file})" if file else name
-
-
-def _git_describe(src: Path) -> str:
-    if src != REPO:
-        return ""
-    # Read-only git queries (--no-optional-locks: never refresh the index).
-    git = ["git", "--no-optional-locks", "-C", str(REPO)]
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    if head.returncode != 0:
-        return ""
-    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "litefs_py"],
-                           capture_output=True).returncode != 0
-    return f" (git {head.stdout.strip()}{', litefs_py/ modified' if dirty else ''})"
-
-
 def main() -> int:
     if len(sys.argv) >= 2 and sys.argv[1] == "_client":
         return client_main(sys.argv[2])
@@ -893,7 +851,7 @@ def main() -> int:
             lazy_unmount(d)
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    print(f"litefs from {LITEFS_SRC}{_git_describe(LITEFS_SRC)}")
+    print(f"litefs from {LITEFS_SRC}{git_describe(LITEFS_SRC)}")
     print(f"python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
           f"{os.cpu_count()} CPUs, kernel {platform.release()}; "
           f"{time.perf_counter() - t0:.0f} s total")
