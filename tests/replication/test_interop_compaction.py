@@ -285,10 +285,15 @@ def test_snapshot_over_an_overlapping_plan(bucket: Bucket, rig: Rig, litestream:
                                replica={"batch-window": "0s"}))
     m.start()
     client = rig.sql(m.db("app.db"))
-    commits = client.txns(9, hash=True)
+    # One commit at a time, each waited into the bucket: a commit made while an upload is in
+    # flight would be batched with its neighbours into one L0 object.
+    commits = []
+    for _ in range(9):
+        commits += client.txns(1, hash=True)
+        txid = commits[-1][0]
+        wait_until(lambda t=txid: max_txid(list_ltx(bucket.endpoint, bucket.name, PREFIX)) >= t, 5,
+                   what=f"transaction {txid} in the bucket")
     last = commits[-1][0]
-    wait_until(lambda: max_txid(list_ltx(bucket.endpoint, bucket.name, PREFIX)) >= last, 5,
-               what="every transaction in the bucket")
     client.close()
     m.stop()
     l0 = [o for o in list_ltx(bucket.endpoint, bucket.name, PREFIX) if o.level == 0]
