@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,10 +22,16 @@ import trio
 from .config import Config
 from .errors import ExitCode, QuietError
 from .fuse.ops import PrimaryOperations
+from .fuse.replica_ops import ReplicaKernelCache, ReplicaOperations
 from .replication.maintenance import ReplicaMaintainer, Schedule
+from .replication.replica_node import ReplicaNode
+from .replication.stream_server import StreamServer
 from .replication.uploader import Uploader
+from .storage.base import ReplicaClient
 from .storage.errors import StorageError
+from .store.apply_fence import ApplyFence
 from .store.db import DB
+from .store.replica_state import ReplicaState
 from .store.store import Store, valid_db_name
 
 log = logging.getLogger("litefs")
@@ -212,6 +219,16 @@ class Supervision:
 
     process: trio.Process | None = None
     exit_code: int | None = None
+    # Run (while the mount still answers requests) before it stops: e.g. closing files this
+    # process holds open through its own mount.
+    before_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+async def stop_mount(sup: Supervision) -> None:
+    for hook in sup.before_stop:
+        with contextlib.suppress(Exception):
+            await hook()
+    pyfuse3.terminate()  # main() returns; _serve then drains uploads and stops
 
 
 async def _watch_signals(sup: Supervision) -> None:
@@ -223,7 +240,7 @@ async def _watch_signals(sup: Supervision) -> None:
                 sup.process.send_signal(signum)
                 continue
             log.info("received %s; unmounting", name)
-            pyfuse3.terminate()  # main() returns; _serve then drains uploads and stops
+            await stop_mount(sup)
             return
 
 
@@ -237,10 +254,11 @@ async def _supervise(command: tuple[str, ...], sup: Supervision) -> None:
     except OSError as exc:
         log.error("cannot start %s: %s", command[0], exc.strerror or exc)
         sup.exit_code = 127
-    pyfuse3.terminate()
+    await stop_mount(sup)
 
 
-def status_document(store: Store, replicator: Replicator | None) -> dict[str, object]:
+def status_document(store: Store, replicator: Replicator | None,
+                    node: ReplicaNode | None = None) -> dict[str, object]:
     """What `litefs status` prints: per database, position, replica position, lag, spool."""
     dbs: dict[str, object] = {}
     for name, db in sorted(store.dbs.items()):
@@ -260,15 +278,26 @@ def status_document(store: Store, replicator: Replicator | None) -> dict[str, ob
                 "last_error": st.last_error,
             }
         dbs[name] = entry
-    return {"pid": os.getpid(), "updated": time.time(), "databases": dbs}
+    doc: dict[str, object] = {"pid": os.getpid(), "updated": time.time(), "databases": dbs}
+    if node is not None:
+        stats = node.stats
+        doc["replica_of"] = {
+            "primary": node.primary_url, "source": node.state.source,
+            "lag_seconds": round(node.state.lag_seconds(), 3),
+            "applied_files": stats.applied_files, "applied_pages": stats.applied_pages,
+            "snapshots": stats.snapshots, "reconnects": stats.reconnects,
+            "last_error": stats.last_error,
+        }
+    return doc
 
 
-async def _write_status(store: Store, replicator: Replicator) -> None:
+async def _write_status(store: Store, replicator: Replicator,
+                        node: ReplicaNode | None = None) -> None:
     """Keep DATA/status.json current (atomically replaced) for `litefs status`."""
     path = store.data_dir / "status.json"
     tmp = store.data_dir / "status.json.tmp"
     while True:
-        doc = json.dumps(status_document(store, replicator), indent=2)
+        doc = json.dumps(status_document(store, replicator, node), indent=2)
         await trio.to_thread.run_sync(_replace_file, tmp, path, doc)
         await trio.sleep(STATUS_INTERVAL)
 
@@ -278,14 +307,75 @@ def _replace_file(tmp: Path, path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def http_secret(config: Config) -> str | None:
+    """The replication API's shared secret: `http.secret`, else $LITEFS_SECRET."""
+    return config.http.secret or os.environ.get("LITEFS_SECRET") or None
+
+
+class Fences:
+    """One reader fence per database of a replica, on files opened through the mount."""
+
+    def __init__(self, mount_dir: Path) -> None:
+        self.mount_dir = mount_dir
+        self.fences: dict[str, ApplyFence] = {}
+
+    def get(self, db: DB) -> ApplyFence:
+        fence = self.fences.get(db.name)
+        if fence is None:
+            fence = ApplyFence(self.mount_dir / db.name, self.mount_dir / f"{db.name}-shm")
+            self.fences[db.name] = fence
+        return fence
+
+    async def close(self) -> None:
+        fences, self.fences = list(self.fences.values()), {}
+        for fence in fences:
+            await trio.to_thread.run_sync(fence.close)
+
+
+def bucket_databases(config: Config) -> list[tuple[str, ReplicaClient]]:
+    """(name, replica client) of every database a bucket-following replica can follow."""
+    from .replica_clients import client_for
+
+    out = []
+    for name in replica_database_names(config):
+        replica = config.replica_for(name)
+        if replica is not None:
+            out.append((name, client_for(replica)))
+    return out
+
+
 async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -> None:
+    config = opts.config
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, sup)
-        replicator = Replicator(opts.config, nursery)
-        nursery.start_soon(_write_status, ops.store, replicator)
-        for db in list(ops.store.dbs.values()):
-            replicator.attach(db)
-        ops.store.db_listeners.append(replicator.attach)
+        replicator = Replicator(config, nursery)
+        node: ReplicaNode | None = None
+        if isinstance(ops, ReplicaOperations):
+            fences = Fences(opts.mount_dir)
+            sup.before_stop.append(fences.close)
+            has_bucket = config.replica is not None or any(d.replica for d in config.dbs)
+            node = ReplicaNode(
+                ops.store, ops.state, primary_url=config.lease.advertise_url,
+                secret=http_secret(config), fence_for=fences.get,
+                cache=ReplicaKernelCache(ops),
+                bucket_dbs=(lambda: bucket_databases(config)) if has_bucket else None)
+            nursery.start_soon(node.run, name="replication from the primary")
+
+            def trim(db: DB) -> None:
+                nursery.start_soon(trim_local_log, db, config.data.retention,
+                                   name=f"local retention {db.name}")
+
+            for db in list(ops.store.dbs.values()):
+                trim(db)
+            ops.store.db_listeners.append(trim)
+        else:
+            server = StreamServer(ops.store, secret=http_secret(config),
+                                  advertise_url=config.lease.advertise_url)
+            await nursery.start(server.serve, config.http.addr)
+            for db in list(ops.store.dbs.values()):
+                replicator.attach(db)
+            ops.store.db_listeners.append(replicator.attach)
+        nursery.start_soon(_write_status, ops.store, replicator, node)
         if opts.command:
             nursery.start_soon(_supervise, opts.command, sup)
         await pyfuse3.main()
@@ -302,14 +392,19 @@ def run_mount(opts: MountOptions) -> int:
     opts.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(opts.data_dir)
     store.lock()
+    replica = not opts.config.lease.candidate
     try:
-        restore_missing_databases(opts.config, opts.data_dir)
-        store.open()
+        if replica:
+            log.info("read replica of %s", opts.config.lease.advertise_url
+                     or "the replica bucket (no lease.advertise-url)")
+        else:
+            restore_missing_databases(opts.config, opts.data_dir)
+        store.open(replica=replica)
     except BaseException:
         store.close()
         raise
     prepare_mount_dir(opts.mount_dir)
-    ops = PrimaryOperations(store)
+    ops = ReplicaOperations(store, ReplicaState()) if replica else PrimaryOperations(store)
     fuse_options = set(pyfuse3.default_options)
     fuse_options.add("fsname=litefs")
     if opts.allow_other:

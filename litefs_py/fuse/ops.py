@@ -8,9 +8,11 @@ a read-only virtual file with its replication position. Everything else SQLite d
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyfuse3
@@ -177,23 +179,30 @@ class PrimaryOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return 0
 
-    @fuse_boundary
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries: list[tuple[str, DB, FileKind | None]] = []
+    def _dir_entries(self) -> list[tuple[str, Callable[[], pyfuse3.EntryAttributes]]]:
+        """The directory listing: (name, attributes getter) in a stable order."""
+        entries: list[tuple[str, Callable[[], pyfuse3.EntryAttributes]]] = []
         for name in self.store.names():
             db = self.store.dbs[name]
-            entries.append((name, db, FileKind.DATABASE))
-            for companion, suffix in SUFFIXES.items():
-                if db.exists(companion):
-                    entries.append((name + suffix, db, companion))
-            entries.append((name + "-pos", db, POS))
+            kinds: list[FileKind | None] = [FileKind.DATABASE]
+            kinds += [k for k in SUFFIXES if db.exists(k)]
+            kinds.append(POS)
+            for kind in kinds:
+                fname = name + (SUFFIXES.get(kind, "") if kind is not None else "-pos")
+                entries.append((fname, functools.partial(self._attrs, db, kind,
+                                                         self._inode(db.name, kind))))
+        return entries
+
+    @fuse_boundary
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries = self._dir_entries()
         for i in range(start_id, len(entries)):
-            fname, db, kind = entries[i]
+            fname, attrs = entries[i]
             try:
-                attrs = self._attrs(db, kind, self._inode(db.name, kind))
+                a = attrs()
             except FileNotFoundError:
                 continue
-            if not pyfuse3.readdir_reply(token, os.fsencode(fname), attrs, i + 1):
+            if not pyfuse3.readdir_reply(token, os.fsencode(fname), a, i + 1):
                 break
 
     @fuse_boundary

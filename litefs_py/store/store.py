@@ -56,16 +56,50 @@ class Store:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
-    def open(self) -> None:
-        """Load every database directory (recovery runs per database, see recovery.py)."""
-        from .recovery import recover
+    def open(self, *, replica: bool = False) -> None:
+        """Load every database directory (recovery runs per database, see recovery.py).
+
+        On a read replica a database that does not match its log is repaired instead of
+        refused: the last LTX file is applied again (a crash in the middle of an apply), and
+        if that does not help the copy is dropped and the next snapshot replaces it."""
+        from .recovery import DatabaseDivergedError, recover
 
         for entry in sorted(os.listdir(self.dbs_dir)):
-            if (self.dbs_dir / entry).is_dir():
-                db = DB(entry, self.dbs_dir / entry)
+            if not (self.dbs_dir / entry).is_dir():
+                continue
+            db = DB(entry, self.dbs_dir / entry)
+            try:
                 recover(db)
-                self.dbs[entry] = db
-                self._announce(db)
+            except DatabaseDivergedError as exc:
+                if not replica:
+                    raise
+                repaired = self._repair_replica(db, exc)
+                if repaired is None:
+                    continue
+                db = repaired
+            self.dbs[entry] = db
+            self._announce(db)
+
+    def _repair_replica(self, db: DB, exc: Exception) -> DB | None:
+        from .recovery import DatabaseDivergedError, recover
+        from .replica_apply import reapply_last
+
+        log.warning("%s: %s", db.name, exc)
+        try:
+            if reapply_last(db):
+                db.close()
+                db = DB(db.name, db.paths.root)
+                recover(db)
+                log.info("%s: re-applied the last LTX file after an interrupted apply; at "
+                         "TXID %016x", db.name, db.txid)
+                return db
+        except (DatabaseDivergedError, OSError, ValueError) as again:
+            log.warning("%s: re-applying the last LTX file did not help: %s", db.name, again)
+        db.close()
+        shutil.rmtree(db.paths.root, ignore_errors=True)
+        log.warning("%s: dropped the replica's copy; it will be replaced by a snapshot",
+                    db.name)
+        return None
 
     def get(self, name: str) -> DB | None:
         """The database if its database file exists (a deleted one keeps its log)."""

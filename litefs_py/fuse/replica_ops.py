@@ -1,0 +1,215 @@
+"""pyfuse3 Operations for a read replica: the primary's layout, read-only for applications.
+
+Applications may read every database and use `-shm` (SQLite's readers need it for their
+locks and the wal-index), but opening a database, journal or WAL for writing is refused with
+EROFS. SQLite then reopens the file read-only and reports any write as "attempt to write a
+readonly database" at once, instead of failing later in the middle of a transaction.
+
+The filesystem process itself opens databases read-write through the mount (its reader
+fence takes SQLite's write locks, which need a writable descriptor), so requests from this
+process are let through.
+
+Two more virtual files: `.primary` (the primary's advertise URL; absent while the replica
+follows the bucket only) and `.lag` (seconds the replica is behind, e.g. "0.012").
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+
+import pyfuse3
+
+from ..store.db import DB, FileKind
+from ..store.replica_state import ReplicaState
+from ..store.store import Store
+from .boundary import fuse_boundary, to_fuse_error
+from .ops import ROOT, PrimaryOperations
+
+log = logging.getLogger("litefs.fuse")
+
+PRIMARY_FILE = ".primary"
+LAG_FILE = ".lag"
+REFUSAL_LOG_INTERVAL = 10.0  # seconds between log lines about refused writes, per database
+
+
+class ReplicaOperations(PrimaryOperations):
+    def __init__(self, store: Store, state: ReplicaState) -> None:
+        super().__init__(store)
+        self.state = state
+        self._pid = os.getpid()
+        self._virtual = {PRIMARY_FILE: self._next_inode, LAG_FILE: self._next_inode + 1}
+        self._virtual_name = {ino: name for name, ino in self._virtual.items()}
+        self._next_inode += 2
+        self._writable: set[int] = set()  # handles this process opened for writing
+        self._refusals: dict[str, float] = {}
+        self._virtual_fh: dict[int, int] = {}  # open handles of the virtual files
+
+    def _ours(self, ctx: pyfuse3.RequestContext) -> bool:
+        """Whether a request comes from this process (ctx.pid is the calling *thread's* id:
+        the fence runs in worker threads)."""
+        return ctx.pid == self._pid or os.path.exists(f"/proc/self/task/{ctx.pid}")
+
+    # ---- the virtual files ---------------------------------------------------------------
+
+    def _virtual_text(self, name: str) -> bytes | None:
+        if name == PRIMARY_FILE:
+            url = self.state.primary_url
+            return f"{url}\n".encode() if url and self.state.source != "bucket" else None
+        return f"{self.state.lag_seconds():.3f}\n".encode()
+
+    def _virtual_attrs(self, name: str) -> pyfuse3.EntryAttributes:
+        text = self._virtual_text(name)
+        if text is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        a = self._root_attrs()
+        a.st_ino = self._virtual[name]
+        a.st_mode = stat.S_IFREG | 0o444
+        a.st_nlink = 1
+        a.st_size = len(text)
+        a.attr_timeout = 0.0
+        a.entry_timeout = 0.0
+        return a
+
+    def _refuse_write(self, db_name: str) -> pyfuse3.FUSEError:
+        now = time.monotonic()
+        if now - self._refusals.get(db_name, -REFUSAL_LOG_INTERVAL) >= REFUSAL_LOG_INTERVAL:
+            self._refusals[db_name] = now
+            log.warning("%s: refusing a write: this is a read-only replica of %s; write on "
+                        "the primary", db_name, self.state.primary_url or "the bucket's primary")
+        return pyfuse3.FUSEError(errno.EROFS)
+
+    # ---- overrides -----------------------------------------------------------------------
+
+    @fuse_boundary
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        fname = os.fsdecode(name)
+        if parent_inode == ROOT and fname in self._virtual:
+            return self._virtual_attrs(fname)
+        return await super().lookup(parent_inode, name, ctx)
+
+    @fuse_boundary
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        name = self._virtual_name.get(inode)
+        if name is not None:
+            return self._virtual_attrs(name)
+        return await super().getattr(inode, ctx)
+
+    def _dir_entries(self) -> list[tuple[str, Callable[[], pyfuse3.EntryAttributes]]]:
+        virtual = [(n, functools.partial(self._virtual_attrs, n))
+                   for n in (PRIMARY_FILE, LAG_FILE) if self._virtual_text(n) is not None]
+        return virtual + super()._dir_entries()
+
+    @fuse_boundary
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if inode in self._virtual_name:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        db, kind = self._lookup_node(inode)
+        if kind is not FileKind.SHM and not self._ours(ctx):
+            raise self._refuse_write(db.name)
+        return await super().setattr(inode, attr, fields, fh, ctx)
+
+    @fuse_boundary
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        name = self._virtual_name.get(inode)
+        if name is not None:
+            if flags & os.O_ACCMODE != os.O_RDONLY:
+                raise pyfuse3.FUSEError(errno.EROFS)
+            return pyfuse3.FileInfo(fh=self._virtual_handle(inode), direct_io=True,
+                                    keep_cache=False)
+        db, kind = self._lookup_node(inode)
+        writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
+        if writing and kind not in (FileKind.SHM, None) and not self._ours(ctx):
+            raise self._refuse_write(db.name)
+        info = await super().open(inode, flags & ~os.O_TRUNC if kind is not FileKind.SHM
+                                  else flags, ctx)
+        if writing:
+            self._writable.add(info.fh)
+        return info
+
+    def _virtual_handle(self, inode: int) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._virtual_fh[fh] = inode
+        return fh
+
+    @fuse_boundary
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        db_name, kind = self._resolve(parent_inode, name)
+        if kind is not FileKind.SHM or self.store.get(db_name) is None:
+            raise self._refuse_write(db_name)
+        info, attrs = await super().create(parent_inode, name, mode, flags, ctx)
+        self._writable.add(info.fh)
+        return info, attrs
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        inode = self._virtual_fh.get(fh)
+        if inode is not None:
+            text = self._virtual_text(self._virtual_name[inode]) or b""
+            return text[off:off + size]
+        return await super().read(fh, off, size)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        try:
+            h = self._handles[fh]
+            if h.kind is not FileKind.SHM:
+                raise self._refuse_write(h.db.name)
+            return os.pwrite(h.db.fd(FileKind.SHM), buf, off)
+        except Exception as exc:
+            raise to_fuse_error(exc, "write") from None
+
+    @fuse_boundary
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        return None  # nothing an application writes here needs to be durable (-shm only)
+
+    @fuse_boundary
+    async def release(self, fh: int) -> None:
+        if self._virtual_fh.pop(fh, None) is not None:
+            return
+        self._writable.discard(fh)
+        await super().release(fh)
+
+    @fuse_boundary
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        db_name, _kind = self._resolve(parent_inode, name)
+        raise self._refuse_write(db_name)
+
+
+class ReplicaKernelCache:
+    """Tells the kernel about pages an apply changed (called from the apply's worker thread,
+    as pyfuse3 requires for these notifications)."""
+
+    def __init__(self, ops: ReplicaOperations) -> None:
+        self.ops = ops
+
+    def _ino(self, db: DB) -> int | None:
+        return self.ops._inode_of.get((db.name, FileKind.DATABASE))
+
+    def store(self, db: DB, offset: int, data: bytes) -> None:
+        ino = self._ino(db)
+        if ino is None:
+            return  # never looked up: the kernel caches nothing of it
+        try:
+            pyfuse3.notify_store(ino, offset, data)
+        except OSError:
+            self.invalidate(db)
+
+    def invalidate(self, db: DB) -> None:
+        ino = self._ino(db)
+        if ino is None:
+            return
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=False)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:  # the kernel already forgot the inode
+                log.warning("%s: could not invalidate the kernel cache: %s", db.name, exc)

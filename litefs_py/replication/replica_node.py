@@ -1,0 +1,274 @@
+"""A read replica's replication: follow the primary's stream, or the bucket when there is no
+primary to follow (none configured, or unreachable for FOLLOW_BUCKET_AFTER seconds while a
+replica bucket is configured). Every file, from either source, is applied by
+store/replica_apply.py in a worker thread, one at a time per database.
+
+Recovery needs no operator: a file that does not fit the replica's position (it diverged, is
+ahead of a restarted primary, or the primary's local log no longer has what it needs) marks
+the database for a snapshot and the stream reconnects asking for one; the reason is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from ..ltx import LTXError
+from ..storage.base import ReplicaClient
+from ..store.db import DB, FileKind
+from ..store.replica_apply import (
+    Fence,
+    KernelCache,
+    PositionMismatchError,
+    apply_ltx,
+)
+from ..store.replica_state import ReplicaState
+from ..store.store import Store, valid_db_name
+from .bucket_follower import BucketFollower
+from .stream_client import AuthError, PrimaryStream, StreamError
+from .stream_protocol import Frame, ProtocolError, parse_positions
+
+log = logging.getLogger("litefs.replica")
+
+FOLLOW_BUCKET_AFTER = 10.0  # seconds without the primary before following the bucket
+MAX_BACKOFF = 5.0
+BUCKET_RESCAN = 30.0  # seconds between looks for new databases in the bucket
+
+
+@dataclass
+class ReplicaStats:
+    applied_files: int = 0
+    applied_pages: int = 0
+    snapshots: int = 0
+    reconnects: int = 0
+    last_error: str | None = None
+    apply_seconds: float = 0.0
+    recent_latency: list[float] = field(default_factory=list)
+
+
+class ReplicaNode:
+    def __init__(self, store: Store, state: ReplicaState, *, primary_url: str | None,
+                 secret: str | None, fence_for: Callable[[DB], Fence | None],
+                 cache: KernelCache | None,
+                 bucket_dbs: Callable[[], list[tuple[str, ReplicaClient]]] | None = None,
+                 follow_after: float = FOLLOW_BUCKET_AFTER) -> None:
+        self.store = store
+        self.state = state
+        self.primary_url = primary_url
+        self.secret = secret
+        self.fence_for = fence_for
+        self.cache = cache
+        self.bucket_dbs = bucket_dbs
+        self.follow_after = follow_after
+        self.stats = ReplicaStats()
+        self._locks: dict[str, trio.Lock] = {}
+        self._needs_snapshot: set[str] = set()
+        self._following: trio.CancelScope | None = None
+        self._healthy = False  # this connection applied something or idled normally
+        state.primary_url = primary_url
+
+    # ---- applying ------------------------------------------------------------------------
+
+    def positions(self) -> dict[str, tuple[int, int]]:
+        return {name: ((0, 0) if name in self._needs_snapshot else db.pos)
+                for name, db in self.store.dbs.items() if db.txid}
+
+    async def apply(self, name: str, data: bytes, expected_checksum: int | None = None) -> None:
+        """Apply one LTX file to database `name` (created on first use). Raises
+        PositionMismatchError (after marking the database for a snapshot) or LTXError."""
+        if not valid_db_name(name):
+            raise ProtocolError(f"invalid database name {name!r}")
+        lock = self._locks.setdefault(name, trio.Lock())
+        async with lock:
+            db = self.store.dbs.get(name) or self.store.create(name)
+            fence = self.fence_for(db) if db.exists(FileKind.DATABASE) else None
+            started = time.monotonic()
+            try:
+                result = await trio.to_thread.run_sync(
+                    lambda: apply_ltx(db, data, fence, self.cache,
+                                      expected_checksum=expected_checksum))
+            except PositionMismatchError as exc:
+                self._needs_snapshot.add(name)
+                self.stats.last_error = str(exc)
+                log.warning("%s; asking for a snapshot", exc)
+                raise
+            self.stats.apply_seconds += time.monotonic() - started
+            if result.skipped:
+                return
+            self._needs_snapshot.discard(name)
+            self.stats.applied_files += 1
+            self.stats.applied_pages += result.pages
+            if result.snapshot:
+                self.stats.snapshots += 1
+                log.info("%s: applied a snapshot at TXID %016x (%d pages)", name,
+                         result.max_txid, result.pages)
+            else:
+                log.debug("%s: applied TXIDs %016x-%016x", name, result.min_txid,
+                          result.max_txid)
+
+    def _caught_up(self) -> bool:
+        for name, txid in self.state.primary_txids.items():
+            db = self.store.dbs.get(name)
+            if db is None or db.txid < txid:
+                return False
+        return True
+
+    # ---- the primary's stream ------------------------------------------------------------
+
+    async def _on_frame(self, frame: Frame) -> None:
+        h = frame.header
+        if frame.type == "hello":
+            self.state.primary_txids = {n: t for n, (t, _c) in
+                                        parse_positions(h.get("dbs", {})).items()}
+            if self.state.source != "primary":
+                log.info("streaming from the primary %s", self.primary_url)
+            self.state.source = "primary"
+            self._stop_following("the primary is back")
+        elif frame.type == "ltx":
+            name = str(h.get("db", ""))
+            expected = _hex(h.get("checksum")) if h.get("snapshot") else None
+            primary_txid = _hex(h.get("primary_txid"))
+            if primary_txid is not None:
+                self.state.primary_txids[name] = primary_txid
+            try:
+                await self.apply(name, frame.payload, expected)
+                self._healthy = True
+            except PositionMismatchError:
+                raise StreamError("reconnecting to ask for a snapshot") from None
+            except LTXError as exc:
+                raise StreamError(f"the primary sent a damaged LTX file for {name}: {exc}"
+                                  ) from None
+        elif frame.type == "heartbeat":
+            self._healthy = True
+            self.state.primary_txids = {n: t for n, (t, _c) in
+                                        parse_positions(h.get("dbs", {})).items()}
+        self.state.note_position(self._caught_up())
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            if self.primary_url is None:
+                self.state.source = "bucket"
+                await self._follow_bucket()
+                return
+            await self._follow_primary(nursery)
+
+    async def _follow_primary(self, nursery: trio.Nursery) -> None:
+        assert self.primary_url is not None
+        backoff = 0.1
+        down_since: float | None = None
+        last_reason = None
+        while True:
+            stream = PrimaryStream(self.primary_url, self.secret, self.positions,
+                                   self._on_frame)
+            self._healthy = False
+            try:
+                await stream.run_once()
+                reason = f"{self.primary_url} closed the stream"
+            except AuthError as exc:
+                reason = str(exc)
+                backoff = MAX_BACKOFF
+            except StreamError as exc:
+                reason = str(exc)
+            except OSError as exc:  # e.g. readers held their locks too long: retry
+                reason = f"cannot apply: {exc}"
+            except Exception as exc:  # a bug: logged with its traceback, never a dead mount
+                log.exception("replication from the primary failed")
+                reason = f"internal error: {exc!r}"
+            if self._healthy:  # it worked for a while: retry at once
+                down_since = None
+                backoff = 0.1
+            self.state.source = "none" if self._following is None else "bucket"
+            self.stats.reconnects += 1
+            self.stats.last_error = reason
+            now = time.monotonic()
+            if down_since is None:
+                down_since = now
+            if reason != last_reason:
+                log.warning("replication from the primary interrupted: %s; retrying", reason)
+                last_reason = reason
+            if (self._following is None and self.bucket_dbs is not None
+                    and now - down_since >= self.follow_after):
+                log.warning("the primary has been unreachable for %.0f s; following the "
+                            "bucket until it is back", now - down_since)
+                nursery.start_soon(self._follow_bucket_while_down)
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _stop_following(self, why: str) -> None:
+        if self._following is not None:
+            log.info("no longer following the bucket: %s", why)
+            self._following.cancel()
+            self._following = None
+
+    async def _follow_bucket_while_down(self) -> None:
+        with trio.CancelScope() as scope:
+            self._following = scope
+            self.state.source = "bucket"
+            await self._follow_bucket()
+
+    async def _follow_bucket(self) -> None:
+        if self.bucket_dbs is None:
+            log.error("no primary (lease.advertise-url) and no replica bucket to follow: "
+                      "this replica has no source of transactions")
+            await trio.sleep_forever()
+            return
+        started: set[str] = set()
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    dbs = await trio.to_thread.run_sync(self.bucket_dbs)
+                except Exception as exc:  # the next scan retries
+                    log.warning("cannot list the bucket's databases: %s", exc)
+                    dbs = []
+                for name, client in dbs:
+                    if name in started:
+                        continue
+                    started.add(name)
+                    follower = BucketFollower(
+                        name, client, _bound_apply(self, name),
+                        _bound_position(self, name),
+                        resnapshot_on=(PositionMismatchError,))
+                    nursery.start_soon(_keep_running, follower, name=f"follow bucket {name}")
+                await trio.sleep(BUCKET_RESCAN)
+
+    def _position(self, name: str) -> int:
+        if name in self._needs_snapshot:
+            return 0
+        db = self.store.dbs.get(name)
+        return db.txid if db is not None else 0
+
+
+async def _keep_running(follower: BucketFollower) -> None:
+    """A follower that fails (a bug, or a file it cannot apply) is logged and restarted: the
+    mount keeps serving its readers either way."""
+    while True:
+        try:
+            await follower.run()
+            return
+        except Exception:
+            log.exception("%s: following the bucket failed; restarting in %.0f s",
+                          follower.name, MAX_BACKOFF)
+        await trio.sleep(MAX_BACKOFF)
+
+
+def _bound_apply(node: ReplicaNode, name: str) -> Callable[[bytes], Awaitable[None]]:
+    async def apply(data: bytes) -> None:
+        await node.apply(name, data)
+        node.state.note_position(True)
+
+    return apply
+
+
+def _bound_position(node: ReplicaNode, name: str) -> Callable[[], int]:
+    return lambda: node._position(name)
+
+
+def _hex(value: object) -> int | None:
+    try:
+        return int(str(value), 16) if value is not None else None
+    except ValueError:
+        return None

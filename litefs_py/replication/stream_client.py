@@ -1,0 +1,86 @@
+"""A replica's side of the replication stream (httpx on trio): one connection at a time.
+
+`PrimaryStream.run_once` posts the replica's positions and hands every frame to the
+callbacks until the stream ends; the caller (replica_node.py) reconnects with back-off.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+
+import httpx
+
+from .stream_protocol import (
+    CONTENT_TYPE,
+    PROTOCOL_VERSION,
+    STREAM_PATH,
+    Frame,
+    FrameReader,
+    ProtocolError,
+    format_positions,
+)
+
+log = logging.getLogger("litefs.replica")
+
+#: No byte for this long (the primary sends a heartbeat every second) means a dead link.
+READ_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 3.0
+
+
+class StreamError(Exception):
+    """The stream could not be opened or ended abnormally; the message says why."""
+
+
+class AuthError(StreamError):
+    """The primary refused the secret: reconnecting will not help until it is fixed."""
+
+
+class PrimaryStream:
+    def __init__(self, url: str, secret: str | None,
+                 positions: Callable[[], dict[str, tuple[int, int]]],
+                 on_frame: Callable[[Frame], Awaitable[None]]) -> None:
+        self.url = url.rstrip("/")
+        self.secret = secret
+        self.positions = positions
+        self.on_frame = on_frame
+        self.connected = False
+
+    async def run_once(self) -> None:
+        """One connection: returns when the primary closes the stream, raises StreamError
+        when it cannot be reached or misbehaves."""
+        headers = {"accept": CONTENT_TYPE}
+        if self.secret:
+            headers["authorization"] = f"Bearer {self.secret}"
+        body = {"protocol": PROTOCOL_VERSION, "node": socket.gethostname(),
+                "dbs": format_positions(self.positions())}
+        timeout = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
+        reader = FrameReader()
+        try:
+            async with httpx.AsyncClient(timeout=timeout) as client, \
+                    client.stream("POST", self.url + STREAM_PATH, json=body,
+                                  headers=headers) as response:
+                if response.status_code == 401:
+                    raise AuthError(f"{self.url} refused this replica's secret (HTTP 401): "
+                                    "set the same http.secret (or LITEFS_SECRET) on both")
+                if response.status_code != 200:
+                    text = (await response.aread()).decode(errors="replace").strip()
+                    raise StreamError(f"{self.url} answered HTTP {response.status_code}: "
+                                      f"{text[:200]}")
+                self.connected = True
+                async for chunk in response.aiter_raw():
+                    for frame in reader.feed(chunk):
+                        await self.on_frame(frame)
+        except httpx.TimeoutException:
+            raise StreamError(f"no data from {self.url} for {READ_TIMEOUT:g} s (the primary "
+                              "sends a heartbeat every second)") from None
+        except httpx.HTTPError as exc:
+            raise StreamError(f"cannot stream from {self.url}: {exc or type(exc).__name__}"
+                              ) from None
+        except ProtocolError as exc:
+            raise StreamError(f"{self.url} broke the replication protocol: {exc}") from None
+        finally:
+            self.connected = False
+        if reader.pending:
+            raise StreamError(f"{self.url} closed the stream in the middle of a frame")

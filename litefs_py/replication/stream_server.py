@@ -1,0 +1,321 @@
+"""The primary's replication API: streams LTX files to replicas over HTTP (hypercorn on trio).
+
+Each subscriber gets what it lacks per database, in TXID order, straight from the local LTX
+log; a snapshot of the database instead when it is new, when the files it needs are no
+longer in the local log, when it is ahead of the primary or when its checksum shows it
+diverged (the frame says which). Then every new transaction as it commits, and a heartbeat
+every second of silence. The wire format is in stream_protocol.py.
+
+Authentication: `Authorization: Bearer <secret>`, compared in constant time. Without a
+secret the server binds to loopback only.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..ltx import TRAILER_SIZE, Header, Trailer
+from ..store.db import DB
+from ..store.store import Store
+from .stream_protocol import (
+    CONTENT_TYPE,
+    INFO_PATH,
+    MAX_REQUEST,
+    PROTOCOL_VERSION,
+    STREAM_PATH,
+    ProtocolError,
+    encode_frame,
+    format_positions,
+    parse_positions,
+)
+
+log = logging.getLogger("litefs.http")
+
+HEARTBEAT_INTERVAL = 1.0
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class ChangeFeed:
+    """Wakes every subscriber when any database commits (or appears)."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self._event = trio.Event()
+
+    def notify(self, *_args: object) -> None:
+        self.version += 1
+        self._event.set()
+        self._event = trio.Event()
+
+    async def wait_past(self, version: int) -> None:
+        if self.version == version:
+            await self._event.wait()
+
+
+def bind_address(addr: str, secret: str | None) -> tuple[str, bool]:
+    """(host:port to bind, whether it is loopback-only because there is no secret)."""
+    host, _, port = addr.rpartition(":")
+    host = host.strip("[]")
+    if secret:
+        return f"{host or '0.0.0.0'}:{port}", False
+    try:
+        if host and ipaddress.ip_address(host).is_loopback:
+            return f"{host}:{port}", True
+    except ValueError:
+        pass
+    return f"127.0.0.1:{port}", True
+
+
+class StreamServer:
+    def __init__(self, store: Store, *, secret: str | None, advertise_url: str | None = None,
+                 heartbeat: float = HEARTBEAT_INTERVAL) -> None:
+        self.store = store
+        self.secret = secret
+        self.advertise_url = advertise_url
+        self.heartbeat = heartbeat
+        self.feed = ChangeFeed()
+        self.subscribers = 0
+        for db in store.dbs.values():
+            self._watch(db)
+        store.db_listeners.append(self._watch)
+
+    def _watch(self, db: DB) -> None:
+        db.commit_listeners.append(self.feed.notify)
+        self.feed.notify()
+
+    def positions(self) -> dict[str, tuple[int, int]]:
+        return {name: db.pos for name, db in self.store.dbs.items() if db.txid}
+
+    # ---- serving -------------------------------------------------------------------------
+
+    async def serve(self, addr: str, *, task_status: trio.TaskStatus[str | None]
+                    = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on `addr` ("[host]:port") until cancelled. A port in use is logged, not
+        fatal: the mount keeps serving its applications."""
+        from hypercorn.config import Config as HypercornConfig
+        from hypercorn.trio import serve
+
+        bind, narrowed = bind_address(addr, self.secret)
+        if narrowed:
+            log.warning("http.secret is not set: the replication API listens on %s only "
+                        "(set http.secret, or LITEFS_SECRET, to serve other hosts)", bind)
+        cfg = HypercornConfig()
+        cfg.bind = [bind]
+        cfg.accesslog = None
+        cfg.errorlog = logging.getLogger("litefs.http.server")
+        cfg.keep_alive_timeout = 75
+        cfg.graceful_timeout = 0.5
+        try:
+            listener = trio.socket.socket()
+            host, _, port = bind.rpartition(":")
+            listener.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+            await listener.bind((host, int(port)))
+            listener.close()
+        except OSError as exc:
+            log.error("cannot listen on %s for replicas: %s; replicas cannot connect until "
+                      "http.addr is changed", bind, exc.strerror or exc)
+            task_status.started(None)
+            return
+        log.info("replication API on http://%s (protocol %d)", bind, PROTOCOL_VERSION)
+        task_status.started(bind)
+        await serve(self.app, cfg)  # type: ignore[arg-type]
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        if not self._authorized(scope):
+            await _reply(send, 401, {"error": "wrong or missing secret: send 'Authorization: "
+                                              "Bearer <http.secret>'"})
+            client = scope.get("client") or ("?", 0)
+            log.warning("refused a replication request from %s: wrong or missing secret",
+                        client[0])
+            return
+        path, method = scope["path"], scope["method"]
+        if path == INFO_PATH and method == "GET":
+            await _reply(send, 200, {"protocol": PROTOCOL_VERSION,
+                                     "primary": self.advertise_url,
+                                     "dbs": format_positions(self.positions())})
+        elif path == STREAM_PATH and method == "POST":
+            await self._stream(scope, receive, send)
+        else:
+            await _reply(send, 404, {"error": f"no such endpoint {method} {path}"})
+
+    def _authorized(self, scope: Scope) -> bool:
+        if not self.secret:
+            return True
+        for key, value in scope.get("headers", []):
+            if key.lower() == b"authorization":
+                expected = b"Bearer " + self.secret.encode()
+                return hmac.compare_digest(bytes(value), expected)
+        return False
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > MAX_REQUEST:
+                await _reply(send, 413, {"error": "request too large"})
+                return
+            if not message.get("more_body"):
+                break
+        try:
+            request = json.loads(bytes(body) or b"{}")
+            if not isinstance(request, dict):
+                raise ProtocolError("request must be a JSON object")
+            version = request.get("protocol", PROTOCOL_VERSION)
+            if version != PROTOCOL_VERSION:
+                raise ProtocolError(f"protocol {version!r} is not supported; this primary "
+                                    f"speaks protocol {PROTOCOL_VERSION}")
+            positions = parse_positions(request.get("dbs", {}))
+        except (ValueError, ProtocolError) as exc:
+            await _reply(send, 400, {"error": str(exc)})
+            return
+        client = scope.get("client") or ("?", 0)
+        who = f"{request.get('node') or client[0]}"
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", CONTENT_TYPE.encode()),
+                                (b"cache-control", b"no-store")]})
+        self.subscribers += 1
+        log.info("replica %s connected", who)
+        try:
+            async with trio.open_nursery() as nursery:
+                async def watch_disconnect() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch_disconnect)
+                await Subscription(self, positions, send, who).run()
+                nursery.cancel_scope.cancel()
+        except Exception as exc:  # the replica went away mid-send: it reconnects
+            log.debug("stream to %s ended: %r", who, exc)
+        finally:
+            self.subscribers -= 1
+            log.info("replica %s disconnected", who)
+
+
+class Subscription:
+    """One replica's stream: brings each database from the replica's position to the
+    primary's, then follows commits."""
+
+    def __init__(self, server: StreamServer, positions: dict[str, tuple[int, int]],
+                 send: Send, who: str) -> None:
+        self.server = server
+        self.sent = dict(positions)
+        self._send = send
+        self.who = who
+
+    async def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        await self._send({"type": "http.response.body", "body": encode_frame(header, payload),
+                          "more_body": True})
+
+    async def run(self) -> None:
+        server = self.server
+        await self.send({"type": "hello", "protocol": PROTOCOL_VERSION,
+                         "primary": server.advertise_url,
+                         "dbs": format_positions(server.positions())})
+        while True:
+            version = server.feed.version
+            for name, db in list(server.store.dbs.items()):
+                await self.catch_up(name, db)
+            if server.feed.version != version:
+                continue
+            with trio.move_on_after(server.heartbeat) as scope:
+                await server.feed.wait_past(version)
+            if scope.cancelled_caught:
+                await self.send({"type": "heartbeat", "time": int(time.time() * 1000),
+                                 "dbs": format_positions(server.positions())})
+
+    async def catch_up(self, name: str, db: DB) -> None:
+        rtxid, rchecksum = self.sent.get(name, (0, 0))
+        if db.txid == 0 or (db.deleted and rtxid == 0):
+            return  # nothing committed yet, or deleted before this replica saw it
+        if rtxid == db.txid and (rchecksum == db.checksum or db.deleted):
+            return
+        reason = self._needs_snapshot(db, rtxid, rchecksum)
+        if reason is None:
+            for lo, hi, path in db.ltx.paths_after(rtxid):
+                try:
+                    data = await trio.to_thread.run_sync(Path(path).read_bytes)
+                except FileNotFoundError:
+                    reason = f"TXIDs {lo:016x}-{hi:016x} left the local log while sending"
+                    break
+                post = Trailer.decode(data[-TRAILER_SIZE:]).post_apply_checksum
+                await self.send({"type": "ltx", "db": name, "min_txid": f"{lo:016x}",
+                                 "max_txid": f"{hi:016x}", "checksum": f"{post:016x}",
+                                 "primary_txid": f"{db.txid:016x}"}, data)
+                self.sent[name] = (hi, post)
+            if reason is None:
+                return
+        if db.deleted:
+            # The replica has an older database that is gone here: send the deletion.
+            last = db.ltx.last_path()
+            if last is None:
+                return
+            data = await trio.to_thread.run_sync(Path(last).read_bytes)
+            header = Header.decode(data[:100])
+            await self.send({"type": "ltx", "db": name, "min_txid": f"{header.min_txid:016x}",
+                             "max_txid": f"{header.max_txid:016x}", "deletion": True,
+                             "primary_txid": f"{db.txid:016x}"}, data)
+            self.sent[name] = (header.max_txid, db.checksum)
+            return
+        log.info("%s: sending a snapshot to replica %s: %s", name, self.who, reason)
+        # Built without yielding, so it is exactly one position (see DB.snapshot_bytes).
+        data, txid, checksum, _ts = db.snapshot_bytes()
+        await self.send({"type": "ltx", "db": name, "min_txid": f"{1:016x}",
+                         "max_txid": f"{txid:016x}", "checksum": f"{checksum:016x}",
+                         "snapshot": True, "reason": reason,
+                         "primary_txid": f"{db.txid:016x}"}, data)
+        self.sent[name] = (txid, checksum)
+
+    @staticmethod
+    def _needs_snapshot(db: DB, rtxid: int, rchecksum: int) -> str | None:
+        if rtxid == 0:
+            return "the replica has no copy of it yet"
+        if rtxid > db.txid:
+            return (f"the replica is at TXID {rtxid:016x}, ahead of the primary's "
+                    f"{db.txid:016x} (a different history)")
+        if rtxid == db.txid:
+            return (f"at TXID {rtxid:016x} the replica's checksum {rchecksum:016x} differs "
+                    f"from the primary's {db.checksum:016x}")
+        files = db.ltx.paths_after(rtxid)
+        if not files or files[0][0] != rtxid + 1:
+            return (f"TXID {rtxid + 1:016x}, the next one the replica needs, is no longer in "
+                    "the primary's local log")
+        with open(files[0][2], "rb") as f:
+            pre = Header.decode(f.read(100)).pre_apply_checksum
+        if pre != rchecksum:
+            return (f"at TXID {rtxid:016x} the replica's checksum {rchecksum:016x} differs "
+                    f"from the primary's {pre:016x}")
+        return None
+
+
+async def _reply(send: Send, status: int, doc: dict[str, Any]) -> None:
+    body = json.dumps(doc).encode() + b"\n"
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,254 @@
+"""Apply one LTX file to a replica's database while SQLite readers use it.
+
+The order makes a crash at any point recoverable: the LTX file goes into the local log first
+(it is the record of where the replica is going), then the pages are written into the backing
+database file under the reader fence, then the kernel cache and the wal-index are told. A
+crash between the first and the last step leaves a database that does not match the last LTX
+file; `recover_replica` re-applies that file (pages are idempotent).
+
+Checks before anything changes: the file's own checksum (the decoder), its place in the
+chain (it must start right after the replica's TXID, or overlap it for a compacted file from
+a bucket, or be a snapshot starting at TXID 1), the pre-apply checksum against the replica's
+rolling checksum, and the post-apply checksum against the rolling checksum after the change.
+A file that cannot be applied raises `PositionMismatchError`: the replica needs a snapshot.
+
+Runs in a worker thread (the fence takes fcntl locks through the mount, which the trio thread
+must stay free to answer).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..ltx import EMPTY_DATABASE_CHECKSUM, FLAG_V3_NO_CHECKSUM, Decoder, Header
+from .db import DB, FileKind
+from .page_table import PageTable
+
+log = logging.getLogger("litefs.replica")
+
+WAL_MODE = b"\x02\x02"  # database header bytes 18-19 of a WAL-mode database
+FENCE_TIMEOUT = 30.0  # seconds readers may hold their locks before an apply gives up
+
+
+class PositionMismatchError(Exception):
+    """This file cannot be applied at the replica's position; the message says why. The
+    replica recovers by taking a snapshot."""
+
+
+class Fence(Protocol):
+    """SQLite-compatible exclusion of readers (store/apply_fence.py)."""
+
+    def acquire(self, wal_mode: bool, timeout: float = ...) -> None: ...
+
+    def release(self) -> None: ...
+
+    def write_shm_header(self, page_size: int, page_count: int) -> object: ...
+
+    @property
+    def mode(self) -> str | None: ...
+
+
+class KernelCache(Protocol):
+    """Tells the kernel which cached pages of a database changed (fuse/replica_ops.py)."""
+
+    def store(self, db: DB, offset: int, data: bytes) -> None: ...
+
+    def invalidate(self, db: DB) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    min_txid: int
+    max_txid: int
+    pages: int  # pages written
+    snapshot: bool
+    skipped: bool = False  # the replica already had every transaction in the file
+
+
+#: Above this many changed pages the whole cached file is dropped instead of pushing pages.
+NOTIFY_STORE_MAX_PAGES = 256
+
+
+def check_position(db: DB, header: Header) -> str:
+    """How `header`'s file relates to the replica: "snapshot", "next", "overlap", "have";
+    raises PositionMismatchError when it cannot be applied."""
+    if header.min_txid == 1:
+        return "snapshot"
+    txid = db.txid
+    if header.max_txid <= txid:
+        return "have"
+    if header.min_txid == txid + 1:
+        if header.pre_apply_checksum and header.pre_apply_checksum != db.checksum:
+            raise PositionMismatchError(
+                f"{db.name}: TXID {header.min_txid:016x} expects pre-apply checksum "
+                f"{header.pre_apply_checksum:016x} but the replica's checksum at TXID "
+                f"{txid:016x} is {db.checksum:016x} (the replica diverged)")
+        return "next"
+    if header.min_txid <= txid:
+        return "overlap"  # a compacted file: carries the newest version of every page
+    raise PositionMismatchError(
+        f"{db.name}: the replica is at TXID {txid:016x} but the next file starts at "
+        f"{header.min_txid:016x} (TXIDs {txid + 1:016x}-{header.min_txid - 1:016x} are "
+        f"missing)")
+
+
+def apply_ltx(db: DB, data: bytes, fence: Fence | None, cache: KernelCache | None, *,
+              expected_checksum: int | None = None,
+              fence_timeout: float = FENCE_TIMEOUT) -> Applied:
+    """Apply one whole LTX file (`data`) to `db`. `expected_checksum` is the post-apply
+    checksum when the file itself carries none (a snapshot with flags 0x2)."""
+    header = Header.decode(data[:100], name=f"{db.name} LTX")
+    relation = check_position(db, header)
+    if relation == "have":
+        return Applied(header.min_txid, header.max_txid, 0, False, skipped=True)
+    decoder = Decoder(io.BytesIO(data), name=f"{db.name} TXIDs "
+                                             f"{header.min_txid:016x}-{header.max_txid:016x}")
+    pages = dict(decoder.pages())  # the decoder checks the file checksum at the end
+    trailer = decoder.trailer
+    assert trailer is not None
+    if header.commit == 0:
+        return _apply_deletion(db, header, data, fence, cache, fence_timeout)
+
+    snapshot = relation == "snapshot"
+    ps = header.page_size
+    fresh = snapshot or db.table is None or db.table.page_size != ps
+    table = PageTable(ps) if fresh else db.table
+    assert table is not None
+    if fresh and not snapshot:
+        raise PositionMismatchError(
+            f"{db.name}: TXIDs {header.min_txid:016x}-{header.max_txid:016x} need the "
+            f"replica's page table at page size {ps}, which it does not have")
+    changed, undo = table.commit(pages, header.commit)
+    if fresh:
+        # Every page of a snapshot is in the file, so the table is exact; the whole file is
+        # rewritten below.
+        changed = sorted(pages.items())
+    want = expected_checksum
+    if not header.flags & FLAG_V3_NO_CHECKSUM and trailer.post_apply_checksum:
+        want = trailer.post_apply_checksum
+    if want is not None and want != table.checksum:
+        if not fresh:
+            table.undo(undo)
+        raise PositionMismatchError(
+            f"{db.name}: after TXID {header.max_txid:016x} the replica's checksum would be "
+            f"{table.checksum:016x} but the primary's is {want:016x} (the replica diverged)")
+
+    _log_file(db, header, data, replace_all=snapshot)
+    fd = db.fd(FileKind.DATABASE, create=True)
+    old_size = os.fstat(fd).st_size
+    wal_before = os.pread(fd, 2, 18) == WAL_MODE
+    new_size = header.commit * ps
+    wal_after = pages[1][18:20] == WAL_MODE if 1 in pages else wal_before
+    if wal_after and not db.path(FileKind.WAL).exists():
+        # Readers open -wal read-only (their read-write open is refused), so it must exist.
+        os.close(os.open(db.path(FileKind.WAL), os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+
+    def write_pages() -> None:
+        for pgno, page in changed:
+            os.pwrite(fd, page, (pgno - 1) * ps)
+        if new_size != old_size and (new_size < old_size or fresh):
+            os.ftruncate(fd, new_size)
+
+    _under_fence(db, fence, wal_before or wal_after, fence_timeout, write_pages,
+                 lambda: _tell_kernel(db, cache, changed, ps, new_size < old_size or fresh),
+                 (ps, header.commit) if (wal_before or wal_after) else None)
+    db.table = table
+    db.txid, db.checksum = header.max_txid, table.checksum
+    db.deleted = False
+    return Applied(header.min_txid, header.max_txid, len(changed), snapshot)
+
+
+def _under_fence(db: DB, fence: Fence | None, wal_mode: bool, timeout: float,
+                 write: Callable[[], None], tell: Callable[[], None],
+                 shm: tuple[int, int] | None) -> None:
+    if fence is None:
+        write()
+        tell()
+        return
+    fence.acquire(wal_mode, timeout)
+    try:
+        write()
+        tell()
+        if shm is not None and db.exists(FileKind.SHM) and fence.mode == "wal-index":
+            fence.write_shm_header(*shm)
+    finally:
+        fence.release()
+
+
+def _tell_kernel(db: DB, cache: KernelCache | None, changed: list[tuple[int, bytes]],
+                 ps: int, drop_all: bool) -> None:
+    if cache is None:
+        return
+    if drop_all or len(changed) > NOTIFY_STORE_MAX_PAGES:
+        cache.invalidate(db)
+        return
+    # Push the new pages into the kernel cache (readers stay warm), joined into runs.
+    run_start = -1
+    run: list[bytes] = []
+    prev = -2
+    for pgno, page in changed:
+        if pgno != prev + 1 and run:
+            cache.store(db, (run_start - 1) * ps, b"".join(run))
+            run = []
+        if not run:
+            run_start = pgno
+        run.append(page)
+        prev = pgno
+    if run:
+        cache.store(db, (run_start - 1) * ps, b"".join(run))
+
+
+def _log_file(db: DB, header: Header, data: bytes, *, replace_all: bool) -> None:
+    """Put the file into the local log, dropping files it supersedes (a snapshot replaces the
+    whole history; a compacted file replaces the files it overlaps)."""
+    for _lo, hi, path in list(db.ltx.paths()):
+        if replace_all or hi >= header.min_txid:
+            db.ltx.delete(path)
+    db.ltx.write(header.min_txid, header.max_txid, data)
+    db.ltx.sync()
+
+
+def _apply_deletion(db: DB, header: Header, data: bytes, fence: Fence | None,
+                    cache: KernelCache | None, timeout: float) -> Applied:
+    """The primary deleted the database: so does the replica (readers see it gone)."""
+    _log_file(db, header, data, replace_all=False)
+
+    def remove() -> None:
+        for kind in (FileKind.DATABASE, FileKind.WAL):
+            db._close(kind)
+            db.path(kind).unlink(missing_ok=True)
+
+    wal = db.path(FileKind.WAL).exists()
+    _under_fence(db, fence, wal, timeout, remove,
+                 lambda: cache.invalidate(db) if cache is not None else None, None)
+    db.table = None
+    db.txid, db.checksum = header.max_txid, EMPTY_DATABASE_CHECKSUM
+    db.deleted = True
+    log.info("%s: deleted on the primary (TXID %016x)", db.name, header.max_txid)
+    return Applied(header.min_txid, header.max_txid, 0, False)
+
+
+def reapply_last(db: DB) -> bool:
+    """After a crash in the middle of an apply: write the last LTX file's pages again (they
+    are idempotent). Returns False when there is nothing to re-apply."""
+    last = db.ltx.last_path()
+    if last is None:
+        return False
+    with open(last, "rb") as f:
+        decoder = Decoder(f, name=str(last))
+        header = decoder.header
+        if header.commit == 0:
+            return False
+        fd = db.fd(FileKind.DATABASE, create=True)
+        ps = header.page_size
+        for pgno, page in decoder.pages():
+            os.pwrite(fd, page, (pgno - 1) * ps)
+        if header.min_txid == 1 or os.fstat(fd).st_size > header.commit * ps:
+            os.ftruncate(fd, header.commit * ps)
+        os.fsync(fd)
+    return True
