@@ -739,6 +739,14 @@ def status(data_dir: Path | None, config_path: Path | None, as_json: bool) -> No
         click.echo(json.dumps(doc, indent=2))
     else:
         click.echo(f"litefs mount pid {doc.get('pid')}, status updated {age:.1f}s ago")
+        node = doc.get("replica_of")
+        if node:
+            line = (f"read replica of {node.get('primary') or 'the bucket'}: following "
+                    f"{node['source']}, lag {node['lag_seconds']:.3f}s, "
+                    f"{node['applied_files']} files applied, {node['snapshots']} snapshots")
+            if node.get("last_error"):
+                line += f", last error: {node['last_error']}"
+            click.echo(line)
         for name, db in doc.get("databases", {}).items():
             line = f"{name}: TXID {db['txid']}"
             rep = db.get("replica")

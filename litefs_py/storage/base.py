@@ -129,6 +129,16 @@ class ReplicaClient(ABC):
         `metadata` empty. With it, every file's metadata is read; `ltx_metadata` does the same
         for one file (e.g. only the candidates of a `--timestamp` restore)."""
 
+    def ltx_files_after(self, level: int, txid: int) -> list[LtxFileInfo]:
+        """The LTX files at `level` whose min TXID is greater than `txid`, sorted by (min,
+        max) TXID, as `ltx_files` lists them (no per-file metadata).
+
+        For followers polling a replica: backends override it so that a poll when caught up
+        costs (nearly) nothing however many older files the level holds (S3: ListObjectsV2
+        with StartAfter; file: names filtered before any stat). This default lists the level.
+        """
+        return [i for i in self.ltx_files(level) if i.min_txid > txid]
+
     def ltx_metadata(self, info: LtxFileInfo) -> LtxFileInfo:
         """`info` completed with its stored metadata (timestamp, post-apply checksum). The
         default suits backends whose listing already has it."""

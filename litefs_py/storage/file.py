@@ -177,7 +177,10 @@ class FileReplicaClient(ReplicaClient):
                 out.append(int(name))
         return sorted(out)
 
-    def _scan(self, level: int) -> list[tuple[int, int, os.stat_result]]:
+    def _scan(self, level: int, after: int | None = None
+              ) -> list[tuple[int, int, os.stat_result]]:
+        """(min, max, stat) of the LTX files at `level`, sorted; with `after`, only those
+        whose min TXID is greater (decided from the name: older files are never stat'ed)."""
         d = self.level_dir(level)
         found = []
         try:
@@ -185,13 +188,15 @@ class FileReplicaClient(ReplicaClient):
                 for entry in it:
                     if not is_ltx_filename(entry.name):
                         continue
+                    lo, hi = parse_filename(entry.name)
+                    if after is not None and lo <= after:
+                        continue
                     try:
                         st = entry.stat(follow_symlinks=True)
                     except FileNotFoundError:
                         continue  # deleted while listing
                     if not entry.is_file():
                         continue
-                    lo, hi = parse_filename(entry.name)
                     found.append((lo, hi, st))
         except FileNotFoundError:
             return []
@@ -205,13 +210,21 @@ class FileReplicaClient(ReplicaClient):
     def ltx_files(self, level: int, *, with_metadata: bool = False) -> list[LtxFileInfo]:
         infos = []
         for lo, hi, st in self._scan(level):
-            info = LtxFileInfo(
-                level=level, min_txid=lo, max_txid=hi, size=st.st_size,
-                timestamp=datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=UTC),
-                key=str(self.ltx_path(level, lo, hi)),
-            )
+            info = self._info(level, lo, hi, st)
             infos.append(self._with_sidecar(info) if with_metadata else info)
         return infos
+
+    def ltx_files_after(self, level: int, txid: int) -> list[LtxFileInfo]:
+        """One scandir of the level directory; only files named with min TXID > `txid` are
+        stat'ed."""
+        return [self._info(level, lo, hi, st) for lo, hi, st in self._scan(level, txid)]
+
+    def _info(self, level: int, lo: int, hi: int, st: os.stat_result) -> LtxFileInfo:
+        return LtxFileInfo(
+            level=level, min_txid=lo, max_txid=hi, size=st.st_size,
+            timestamp=datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=UTC),
+            key=str(self.ltx_path(level, lo, hi)),
+        )
 
     def ltx_metadata(self, info: LtxFileInfo) -> LtxFileInfo:
         return self._with_sidecar(info)

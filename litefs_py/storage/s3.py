@@ -285,11 +285,15 @@ class S3ReplicaClient(ReplicaClient):
 
     # ---- LTX files -----------------------------------------------------------------------
 
-    def _list(self, prefix: str, delimiter: str | None = None) -> Iterator[dict[str, Any]]:
-        """Pages of ListObjectsV2 under `prefix` (a full key prefix)."""
+    def _list(self, prefix: str, delimiter: str | None = None,
+              start_after: str | None = None) -> Iterator[dict[str, Any]]:
+        """Pages of ListObjectsV2 under `prefix` (a full key prefix); with `start_after` (a
+        full key), only keys that sort after it (S3 lists keys in UTF-8 binary order)."""
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
         if delimiter is not None:
             kwargs["Delimiter"] = delimiter
+        if start_after is not None:
+            kwargs["StartAfter"] = start_after
         try:
             yield from self.boto_client.get_paginator("list_objects_v2").paginate(**kwargs)
         except _BOTO_ERRORS as exc:
@@ -315,24 +319,39 @@ class S3ReplicaClient(ReplicaClient):
         return False
 
     def ltx_files(self, level: int, *, with_metadata: bool = False) -> list[LtxFileInfo]:
+        infos = self._ltx_listing(level)
+        if with_metadata and infos:
+            with ThreadPoolExecutor(min(HEAD_CONCURRENCY, len(infos))) as pool:
+                completed = list(pool.map(self._metadata_or_none, infos))
+            infos = [i for i in completed if i is not None]  # deleted while listing: gone
+        return infos
+
+    def ltx_files_after(self, level: int, txid: int) -> list[LtxFileInfo]:
+        """ListObjectsV2 with StartAfter `<level>/<txid>-ffffffffffffffff.ltx`: names are
+        fixed-width lowercase hex, so every key with min TXID <= `txid` sorts at or before it
+        and the server skips them. A caught-up poll lists no key at all."""
+        return self._ltx_listing(level, after=txid)
+
+    def _ltx_listing(self, level: int, after: int | None = None) -> list[LtxFileInfo]:
         prefix = self.level_prefix(level)
+        start_after = None
+        if after is not None and after >= 0:
+            start_after = prefix + format_filename(min(after, _MAX_TXID), _MAX_TXID)
         infos = []
-        for page in self._list(prefix):
+        for page in self._list(prefix, start_after=start_after):
             for obj in page.get("Contents", []):
                 key = str(obj["Key"])
                 name = key[len(prefix):]
                 if not is_ltx_filename(name):
                     continue
                 lo, hi = parse_filename(name)
+                if after is not None and lo <= after:
+                    continue  # a provider that ignores StartAfter
                 last_modified: datetime = obj["LastModified"]
                 infos.append(LtxFileInfo(level=level, min_txid=lo, max_txid=hi,
                                          size=int(obj["Size"]), timestamp=last_modified,
                                          key=key))
         infos.sort(key=lambda i: (i.min_txid, i.max_txid))
-        if with_metadata and infos:
-            with ThreadPoolExecutor(min(HEAD_CONCURRENCY, len(infos))) as pool:
-                completed = list(pool.map(self._metadata_or_none, infos))
-            infos = [i for i in completed if i is not None]  # deleted while listing: gone
         return infos
 
     def _metadata_or_none(self, info: LtxFileInfo) -> LtxFileInfo | None:
@@ -488,6 +507,7 @@ class S3ReplicaClient(ReplicaClient):
             raise self._error(exc, "listing", self._key("")) from None
 
 
+_MAX_TXID = (1 << 64) - 1
 _BOTO_ERRORS = (bx.BotoCoreError, bx.ClientError, urllib3.exceptions.HTTPError, OSError)
 
 

@@ -32,7 +32,10 @@ from .page_table import PageTable
 log = logging.getLogger("litefs.replica")
 
 WAL_MODE = b"\x02\x02"  # database header bytes 18-19 of a WAL-mode database
-FENCE_TIMEOUT = 30.0  # seconds readers may hold their locks before an apply gives up
+FENCE_TIMEOUT = 30.0  # seconds rollback-mode readers may hold their locks before giving up
+# WAL-mode readers waiting on the fence spin inside SQLite (walTryBeginRead) without their
+# busy handler and fail with SQLITE_PROTOCOL after about 10 s: give up well before that.
+WAL_FENCE_TIMEOUT = 3.0
 
 
 class PositionMismatchError(Exception):
@@ -103,6 +106,12 @@ def apply_ltx(db: DB, data: bytes, fence: Fence | None, cache: KernelCache | Non
     """Apply one whole LTX file (`data`) to `db`. `expected_checksum` is the post-apply
     checksum when the file itself carries none (a snapshot with flags 0x2)."""
     header = Header.decode(data[:100], name=f"{db.name} LTX")
+    if header.commit == 0:
+        # A deletion applies at any position: whatever the replica had is gone.
+        if db.deleted and db.txid >= header.max_txid:
+            return Applied(header.min_txid, header.max_txid, 0, False, skipped=True)
+        Decoder(io.BytesIO(data), name=f"{db.name} deletion").verify()
+        return _apply_deletion(db, header, data, fence, cache, fence_timeout)
     relation = check_position(db, header)
     if relation == "have":
         return Applied(header.min_txid, header.max_txid, 0, False, skipped=True)
@@ -111,15 +120,15 @@ def apply_ltx(db: DB, data: bytes, fence: Fence | None, cache: KernelCache | Non
     pages = dict(decoder.pages())  # the decoder checks the file checksum at the end
     trailer = decoder.trailer
     assert trailer is not None
-    if header.commit == 0:
-        return _apply_deletion(db, header, data, fence, cache, fence_timeout)
 
     snapshot = relation == "snapshot"
     ps = header.page_size
     fresh = snapshot or db.table is None or db.table.page_size != ps
     table = PageTable(ps) if fresh else db.table
     assert table is not None
-    if fresh and not snapshot:
+    # A file after a deletion or a page size change carries every page (the primary starts
+    # over then too); otherwise the replica must have its page table.
+    if db.table is None and not snapshot and not db.deleted:
         raise PositionMismatchError(
             f"{db.name}: TXIDs {header.min_txid:016x}-{header.max_txid:016x} need the "
             f"replica's page table at page size {ps}, which it does not have")
@@ -170,7 +179,7 @@ def _under_fence(db: DB, fence: Fence | None, wal_mode: bool, timeout: float,
         write()
         tell()
         return
-    fence.acquire(wal_mode, timeout)
+    fence.acquire(wal_mode, min(timeout, WAL_FENCE_TIMEOUT) if wal_mode else timeout)
     try:
         write()
         tell()
@@ -216,7 +225,7 @@ def _log_file(db: DB, header: Header, data: bytes, *, replace_all: bool) -> None
 def _apply_deletion(db: DB, header: Header, data: bytes, fence: Fence | None,
                     cache: KernelCache | None, timeout: float) -> Applied:
     """The primary deleted the database: so does the replica (readers see it gone)."""
-    _log_file(db, header, data, replace_all=False)
+    _log_file(db, header, data, replace_all=True)
 
     def remove() -> None:
         for kind in (FileKind.DATABASE, FileKind.WAL):

@@ -68,6 +68,13 @@ class Store:
             if not (self.dbs_dir / entry).is_dir():
                 continue
             db = DB(entry, self.dbs_dir / entry)
+            if replica:
+                # A replica's WAL is always empty (pages go into the database file); frames
+                # left in it would be replayed over the database by a reader's recovery.
+                wal = db.path(FileKind.WAL)
+                if wal.exists() and wal.stat().st_size:
+                    log.warning("%s: emptying the replica's WAL file", entry)
+                    os.truncate(wal, 0)
             try:
                 recover(db)
             except DatabaseDivergedError as exc:
