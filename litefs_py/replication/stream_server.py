@@ -109,7 +109,7 @@ class StreamServer:
 
         bind, narrowed = bind_address(addr, self.secret)
         if narrowed:
-            log.warning("http.secret is not set: the replication API listens on %s only "
+            log.info("http.secret is not set: the replication API listens on %s only "
                         "(set http.secret, or LITEFS_SECRET, to serve other hosts)", bind)
         cfg = HypercornConfig()
         cfg.bind = [bind]
@@ -124,7 +124,7 @@ class StreamServer:
             await listener.bind((host, int(port)))
             listener.close()
         except OSError as exc:
-            log.error("cannot listen on %s for replicas: %s; replicas cannot connect until "
+            log.warning("cannot listen on %s for replicas: %s; replicas cannot connect until "
                       "http.addr is changed", bind, exc.strerror or exc)
             task_status.started(None)
             return
