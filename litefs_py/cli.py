@@ -344,7 +344,11 @@ def mount(mount_dir: Path | None, data_dir: Path | None, config_path: Path | Non
     Runs in the foreground until SIGINT or SIGTERM, then unmounts cleanly. Before the mount
     is exposed, databases missing locally are restored from their replica, and every
     database is recovered (hot journals rolled back, committed WAL transactions recorded,
-    checksums verified).
+    checksums verified). The primary serves its replicas on http.addr (port 20202).
+
+    With `lease: {candidate: false, advertise-url: http://PRIMARY:20202}` in the config
+    this mount is a read-only replica that follows that primary (or, without an
+    advertise-url, the replica bucket): see docs/replicas.md.
 
     \b
     With a COMMAND (`litefs mount -- gunicorn app:app`, or `exec:` in the config) litefs

@@ -704,6 +704,8 @@ class _Loader:
         secret = self.opt_string(top, "secret-access-key", "", empty_is_none=True)
         self.check_pair(key_id, secret, "")
         replica = self.replica_choice(top, "", key_id, secret)
+        dbs = self.dbs(top.get("dbs"), key_id, secret)
+        lease = self.check_lease(lease, replica is not None or any(d.replica for d in dbs))
         return Config(
             fuse=fuse,
             data=data,
@@ -714,11 +716,27 @@ class _Loader:
             lease=lease,
             proxy=self.proxy(top.get("proxy")),
             replica=replica,
-            dbs=self.dbs(top.get("dbs"), key_id, secret),
+            dbs=dbs,
             access_key_id=key_id,
             secret_access_key=secret,
             source=source,
         )
+
+    def check_lease(self, lease: LeaseConfig, has_bucket: bool) -> LeaseConfig:
+        url = lease.advertise_url
+        if url is not None:
+            if "://" not in url:
+                url = "http://" + url
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                self.fail("lease.advertise-url", f"{_show(lease.advertise_url)} is not an "
+                          "http(s) URL; write e.g. 'http://primary.internal:20202'")
+            lease = replace(lease, advertise_url=url.rstrip("/"))
+        if not lease.candidate and url is None and not has_bucket:
+            self.fail("lease.candidate", "false makes this mount a read replica, but it has "
+                      "nothing to follow: set lease.advertise-url to the primary's URL, or a "
+                      "replica bucket (replica.url) to follow the bucket")
+        return lease
 
     def addr(self, m: Mapping[str, Any], name: str, prefix: str, default: str) -> str:
         key = _join(prefix, name)

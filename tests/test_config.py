@@ -330,11 +330,22 @@ def test_secrets_are_not_shown_in_errors(tmp_path: Path) -> None:
 
 
 def test_expanded_booleans(tmp_path: Path) -> None:
-    text = "lease: {candidate: '${IS_PRIMARY}'}\nfuse: {allow-other: $AO}\n"
+    text = ("lease: {candidate: '${IS_PRIMARY}', advertise-url: 'primary:20202'}\n"
+            "fuse: {allow-other: $AO}\n")
     cfg = load(tmp_path, text, {"IS_PRIMARY": "false", "AO": "true"})
     assert cfg.lease.candidate is False and cfg.fuse.allow_other is True
+    assert cfg.lease.advertise_url == "http://primary:20202"
     msg = load_error(tmp_path, text, {"IS_PRIMARY": "maybe", "AO": "true"})
     assert "lease.candidate" in msg and "'maybe'" in msg
+
+
+def test_replica_needs_something_to_follow(tmp_path: Path) -> None:
+    msg = load_error(tmp_path, "lease: {candidate: false}\n", {})
+    assert "lease.candidate" in msg and "lease.advertise-url" in msg and "replica.url" in msg
+    cfg = load(tmp_path, "lease: {candidate: false}\nreplica: {url: 's3://b/p'}\n", {})
+    assert cfg.lease.candidate is False and cfg.lease.advertise_url is None
+    msg = load_error(tmp_path, "lease: {advertise-url: 'ftp://x'}\n", {})
+    assert "lease.advertise-url" in msg and "http" in msg
 
 
 def test_expansion_is_not_applied_to_keys(tmp_path: Path) -> None:
