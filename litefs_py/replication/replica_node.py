@@ -19,6 +19,7 @@ import trio
 
 from ..ltx import LTXError
 from ..storage.base import ReplicaClient
+from ..store.apply_fence import FenceTimeout
 from ..store.db import DB, FileKind
 from ..store.replica_apply import (
     Fence,
@@ -69,6 +70,7 @@ class ReplicaNode:
         self._needs_snapshot: set[str] = set()
         self._following: trio.CancelScope | None = None
         self._healthy = False  # this connection applied something or idled normally
+        self._connection = Connection(self, None)
         state.primary_url = primary_url
 
     # ---- applying ------------------------------------------------------------------------
@@ -130,18 +132,14 @@ class ReplicaNode:
             self._stop_following("the primary is back")
         elif frame.type == "ltx":
             name = str(h.get("db", ""))
+            if not valid_db_name(name):
+                raise ProtocolError(f"invalid database name {name!r}")
             expected = _hex(h.get("checksum")) if h.get("snapshot") else None
             primary_txid = _hex(h.get("primary_txid"))
             if primary_txid is not None:
                 self.state.primary_txids[name] = primary_txid
-            try:
-                await self.apply(name, frame.payload, expected)
-                self._healthy = True
-            except PositionMismatchError:
-                raise StreamError("reconnecting to ask for a snapshot") from None
-            except LTXError as exc:
-                raise StreamError(f"the primary sent a damaged LTX file for {name}: {exc}"
-                                  ) from None
+            await self._connection.queue(name).send((frame.payload, expected))
+            return  # the applier notes the position once the file is applied
         elif frame.type == "heartbeat":
             self._healthy = True
             self.state.primary_txids = {n: t for n, (t, _c) in
@@ -166,8 +164,12 @@ class ReplicaNode:
                                    self._on_frame)
             self._healthy = False
             try:
-                await stream.run_once()
-                reason = f"{self.primary_url} closed the stream"
+                async with trio.open_nursery() as conn_nursery:
+                    self._connection = Connection(self, conn_nursery)
+                    await stream.run_once()
+                    conn_nursery.cancel_scope.cancel()
+                reason = (self._connection.failure
+                          or f"{self.primary_url} closed the stream")
             except AuthError as exc:
                 reason = str(exc)
                 backoff = MAX_BACKOFF
@@ -240,6 +242,69 @@ class ReplicaNode:
             return 0
         db = self.store.dbs.get(name)
         return db.txid if db is not None else 0
+
+
+APPLY_QUEUE = 256  # frames buffered per database before the stream waits for its applier
+FENCE_RETRY = 0.1  # seconds between attempts while readers hold a database's locks
+
+
+class Connection:
+    """One stream's per-database appliers: each database applies its files in order in its
+    own task, so readers holding one database's locks never hold up another database."""
+
+    def __init__(self, node: ReplicaNode, nursery: trio.Nursery | None) -> None:
+        self.node = node
+        self.nursery = nursery
+        self.queues: dict[str, trio.MemorySendChannel[tuple[bytes, int | None]]] = {}
+        self.failure: str | None = None
+
+    def queue(self, name: str) -> trio.MemorySendChannel[tuple[bytes, int | None]]:
+        q = self.queues.get(name)
+        if q is None:
+            assert self.nursery is not None
+            q, receive = trio.open_memory_channel[tuple[bytes, int | None]](APPLY_QUEUE)
+            self.queues[name] = q
+            self.nursery.start_soon(self._applier, name, receive, name=f"apply {name}")
+        return q
+
+    def fail(self, reason: str) -> None:
+        """End the connection; the next one starts from the positions applied so far."""
+        if self.failure is None:
+            self.failure = reason
+        assert self.nursery is not None
+        self.nursery.cancel_scope.cancel()
+
+    async def _applier(self, name: str,
+                       receive: trio.MemoryReceiveChannel[tuple[bytes, int | None]]) -> None:
+        node = self.node
+        async for data, expected in receive:
+            waited = False
+            while True:
+                try:
+                    await node.apply(name, data, expected)
+                    break
+                except FenceTimeout as exc:
+                    # Readers hold this database's locks (a long query): keep trying the
+                    # same file; other databases go on meanwhile.
+                    if not waited:
+                        log.warning("%s; retrying until they let go", exc)
+                        waited = True
+                    await trio.sleep(FENCE_RETRY)
+                except PositionMismatchError:
+                    self.fail("reconnecting to ask for a snapshot")
+                    return
+                except LTXError as exc:
+                    self.fail(f"the primary sent a damaged LTX file for {name}: {exc}")
+                    return
+                except OSError as exc:
+                    self.fail(f"cannot apply to {name}: {exc}")
+                    return
+                except Exception as exc:  # a bug: logged, and the stream starts over
+                    log.exception("%s: applying failed", name)
+                    self.fail(f"internal error applying to {name}: {exc!r}")
+                    return
+            node._healthy = True
+            node.state.note_position(node._caught_up())
 
 
 async def _keep_running(follower: BucketFollower) -> None:

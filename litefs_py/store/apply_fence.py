@@ -38,12 +38,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
-from litefs_py.sqlite.shm import LOCK_COUNT, LOCK_OFFSET, SHM_HEADER_REGION_SIZE, changed_header
+from litefs_py.sqlite.shm import (
+    LOCK_COUNT,
+    LOCK_OFFSET,
+    SHM_HEADER_REGION_SIZE,
+    WALINDEX_HEADER_SIZE,
+    changed_header,
+)
 
 PENDING_BYTE = 0x40000000
 RESERVED_BYTE = PENDING_BYTE + 1
 SHARED_FIRST = PENDING_BYTE + 2
 SHARED_SIZE = 510
+
+DMS_BYTE = 128  # -shm: every connection that has the wal-index open holds it shared
+HOLDER_CHECK_INTERVAL = 0.05  # seconds between looks at /proc/locks while waiting
 
 FenceMode = Literal["exclusive", "wal-index"]
 
@@ -76,6 +85,27 @@ def _try_write_lock(fd: int, start: int, length: int) -> bool:
 
 def _unlock(fd: int, start: int, length: int) -> None:
     fcntl.lockf(fd, fcntl.LOCK_UN, length, start, os.SEEK_SET)
+
+
+def _lock_holders(fd: int, start: int, end: int) -> set[int]:
+    """Pids of other processes holding a POSIX lock on `fd`'s file overlapping bytes
+    [start, end], from /proc/locks (the kernel's list of every lock on the host)."""
+    st = os.fstat(fd)
+    file_id = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    me = os.getpid()
+    holders: set[int] = set()
+    with open("/proc/locks") as f:
+        for line in f:
+            fields = line.split()
+            # "1: POSIX  ADVISORY  READ 24410 00:29:9 128 128" (blocked waiters have "->")
+            if len(fields) < 8 or fields[1] != "POSIX" or fields[5] != file_id:
+                continue
+            pid = int(fields[4])
+            lo = int(fields[6])
+            hi = -1 if fields[7] == "EOF" else int(fields[7])
+            if pid != me and lo <= end and (hi == -1 or hi >= start):
+                holders.add(pid)
+    return holders
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -115,6 +145,10 @@ class ApplyFence:
         self._shared = False
         self._shm_held: set[int] = set()  # shm lock byte offsets held (120..127)
         self._mode: FenceMode | None = None
+        # The wal-index header region as it was before the fence invalidated it (None: not
+        # invalidated, or already replaced by write_shm_header).
+        self._saved_header: bytes | None = None
+        self._last_holder_check = float("-inf")
         self._guard = threading.Lock()  # a second thread must not interleave acquire/release
 
     # -- state ---------------------------------------------------------------------------
@@ -230,29 +264,59 @@ class ApplyFence:
                 self._mode = "wal-index"
                 return
             # (d) rollback mode (or WAL before any -shm exists): wait for SHARED to drain.
+            # Unless every process holding SHARED is a WAL connection (it also holds the -shm
+            # DMS byte): one opened before the database left WAL mode keeps SHARED for as
+            # long as it is open and reads under the -shm locks, so fence it there.
+            if not wal_mode and self._only_wal_connections(db_fd):
+                self._acquire_shm_locks(deadline, timeout)
+                self._mode = "wal-index"
+                return
             delay = self._wait(deadline, delay, timeout, "SHARED locks on the database")
 
-    def _acquire_shm_locks(self, deadline: float, timeout: float) -> None:
-        """Write-lock -shm bytes 120..127 one at a time, keeping each as it is granted.
+    def _only_wal_connections(self, db_fd: int) -> bool:
+        now = self._clock()
+        if now - self._last_holder_check < HOLDER_CHECK_INTERVAL:
+            return False
+        self._last_holder_check = now
+        shm_fd = self._current_shm_fd()
+        if shm_fd is None:
+            return False
+        shared = _lock_holders(db_fd, SHARED_FIRST, SHARED_FIRST + SHARED_SIZE - 1)
+        return bool(shared) and shared <= _lock_holders(shm_fd, DMS_BYTE, DMS_BYTE)
 
-        All at once could starve: WAL readers that already hold SHARED on the database keep
-        starting transactions (PENDING does not stop them), and with several busy readers some
-        READ byte is often shared-locked by one of them. A byte we hold can no longer be
-        taken, so the set of bytes readers can use only shrinks. Readers never wait while
-        holding these bytes (they drop them and retry), so taking them piecemeal cannot
-        deadlock.
+    def _acquire_shm_locks(self, deadline: float, timeout: float) -> None:
+        """Writer preference at the -shm lock bytes, so busy readers cannot starve the replica.
+
+        With an empty WAL every reader takes READ0 (byte 123), and PENDING does not stop WAL
+        connections (they hold SHARED already): overlapping readers would keep READ0 shared
+        forever. So first WRITE, CKPT and RECOVER (120..122; readers hold them only while
+        recovering the wal-index), then the header is made invalid (copy 1 zeroed): a reader
+        starting a transaction now finds a bad header, needs the WRITE lock to recover, sees
+        RECOVER held and waits in its busy handler (SQLITE_BUSY_RECOVERY). Readers already
+        inside a transaction finish and drop READ0..READ4 (123..127), which are taken last.
+        `write_shm_header` writes the valid new header; `release` restores the old one if no
+        new header was written.
         """
         shm_fd = self._shm_fd
         assert shm_fd is not None
         delay = _MIN_DELAY
-        while True:
-            for offset in range(LOCK_OFFSET, LOCK_OFFSET + LOCK_COUNT):
-                if offset not in self._shm_held and _try_write_lock(shm_fd, offset, 1):
-                    self._shm_held.add(offset)
-            if len(self._shm_held) == LOCK_COUNT:
-                return
-            missing = sorted(set(range(LOCK_OFFSET, LOCK_OFFSET + LOCK_COUNT)) - self._shm_held)
-            delay = self._wait(deadline, delay, timeout, f"-shm lock bytes {missing}")
+        first = range(LOCK_OFFSET, LOCK_OFFSET + 3)
+        everything = range(LOCK_OFFSET, LOCK_OFFSET + LOCK_COUNT)
+        for wanted in (first, everything):
+            while True:
+                for offset in wanted:
+                    if offset not in self._shm_held and _try_write_lock(shm_fd, offset, 1):
+                        self._shm_held.add(offset)
+                missing = sorted(set(wanted) - self._shm_held)
+                if not missing:
+                    break
+                delay = self._wait(deadline, delay, timeout, f"-shm lock bytes {missing}")
+            if wanted is first:
+                self._saved_header = os.pread(shm_fd, SHM_HEADER_REGION_SIZE, 0)
+                if len(self._saved_header) == SHM_HEADER_REGION_SIZE:
+                    os.pwrite(shm_fd, bytes(WALINDEX_HEADER_SIZE), 0)
+                else:
+                    self._saved_header = None  # no header yet: readers recover anyway
 
     def _wait(self, deadline: float, delay: float, timeout: float, what: str) -> float:
         """Sleep before the next attempt, or raise FenceTimeout once the deadline passed.
@@ -279,6 +343,9 @@ class ApplyFence:
         try:
             if self._shm_held:
                 assert self._shm_fd is not None
+                if self._saved_header is not None:
+                    # Nothing changed after all (e.g. a timeout): the old header is right.
+                    os.pwrite(self._shm_fd, self._saved_header, 0)
                 _unlock(self._shm_fd, LOCK_OFFSET, LOCK_COUNT)
             if self._shared:
                 assert self._db_fd is not None
@@ -287,6 +354,7 @@ class ApplyFence:
                 assert self._db_fd is not None
                 _unlock(self._db_fd, PENDING_BYTE, 1)
         finally:
+            self._saved_header = None
             self._shm_held.clear()
             self._shared = False
             self._pending = False
@@ -341,12 +409,13 @@ class ApplyFence:
         else:
             fd = self._shm_fd
             assert fd is not None
-        current = os.pread(fd, SHM_HEADER_REGION_SIZE, 0)
+        current = self._saved_header or os.pread(fd, SHM_HEADER_REGION_SIZE, 0)
         new = changed_header(current, page_size, page_count)
         # One pwrite: readers cannot act on a half-written header, because we hold every lock
         # byte; a reader that sees the two copies differ goes for the WRITE lock to recover,
         # finds it busy and waits in its busy handler.
         written = os.pwrite(fd, new, 0)
+        self._saved_header = None
         if written != len(new):
             raise OSError(errno.EIO, f"{self.shm_path}: short write of the wal-index header")
         return True

@@ -23,9 +23,10 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
-from ..ltx import EMPTY_DATABASE_CHECKSUM, FLAG_V3_NO_CHECKSUM, Decoder, Header
+from ..ltx import EMPTY_DATABASE_CHECKSUM, FLAG_V3_NO_CHECKSUM, Decoder, Header, format_filename
 from .db import DB, FileKind
 from .page_table import PageTable
 
@@ -147,7 +148,27 @@ def apply_ltx(db: DB, data: bytes, fence: Fence | None, cache: KernelCache | Non
             f"{db.name}: after TXID {header.max_txid:016x} the replica's checksum would be "
             f"{table.checksum:016x} but the primary's is {want:016x} (the replica diverged)")
 
-    _log_file(db, header, data, replace_all=snapshot)
+    try:
+        _apply_pages(db, header, data, pages, changed, fence, cache, fence_timeout,
+                     fresh=fresh, snapshot=snapshot)
+    except BaseException:
+        # Nothing moved: the table must describe the database file as the next attempt
+        # finds it (pages are rewritten by comparing against it), so take the commit back.
+        if not fresh:
+            table.undo(undo)
+        raise
+    db.table = table
+    db.txid, db.checksum = header.max_txid, table.checksum
+    db.deleted = False
+    return Applied(header.min_txid, header.max_txid, len(changed), snapshot)
+
+
+def _apply_pages(db: DB, header: Header, data: bytes, pages: dict[int, bytes],
+                 changed: list[tuple[int, bytes]], fence: Fence | None,
+                 cache: KernelCache | None, fence_timeout: float, *, fresh: bool,
+                 snapshot: bool) -> None:
+    superseded = _log_file(db, header, data, replace_all=snapshot)
+    ps = header.page_size
     fd = db.fd(FileKind.DATABASE, create=True)
     old_size = os.fstat(fd).st_size
     wal_before = os.pread(fd, 2, 18) == WAL_MODE
@@ -163,13 +184,15 @@ def apply_ltx(db: DB, data: bytes, fence: Fence | None, cache: KernelCache | Non
         if new_size != old_size and (new_size < old_size or fresh):
             os.ftruncate(fd, new_size)
 
-    _under_fence(db, fence, wal_before or wal_after, fence_timeout, write_pages,
-                 lambda: _tell_kernel(db, cache, changed, ps, new_size < old_size or fresh),
-                 (ps, header.commit) if (wal_before or wal_after) else None)
-    db.table = table
-    db.txid, db.checksum = header.max_txid, table.checksum
-    db.deleted = False
-    return Applied(header.min_txid, header.max_txid, len(changed), snapshot)
+    try:
+        _under_fence(db, fence, wal_before or wal_after, fence_timeout, write_pages,
+                     lambda: _tell_kernel(db, cache, changed, ps, new_size < old_size or fresh),
+                     (ps, header.commit))
+    except BaseException:
+        db.ltx.delete(db.ltx.dir / format_filename(header.min_txid, header.max_txid))
+        raise
+    for path in superseded:
+        db.ltx.delete(path)
 
 
 def _under_fence(db: DB, fence: Fence | None, wal_mode: bool, timeout: float,
@@ -212,20 +235,21 @@ def _tell_kernel(db: DB, cache: KernelCache | None, changed: list[tuple[int, byt
         cache.store(db, (run_start - 1) * ps, b"".join(run))
 
 
-def _log_file(db: DB, header: Header, data: bytes, *, replace_all: bool) -> None:
-    """Put the file into the local log, dropping files it supersedes (a snapshot replaces the
-    whole history; a compacted file replaces the files it overlaps)."""
-    for _lo, hi, path in list(db.ltx.paths()):
-        if replace_all or hi >= header.min_txid:
-            db.ltx.delete(path)
+def _log_file(db: DB, header: Header, data: bytes, *, replace_all: bool) -> list[Path]:
+    """Put the file into the local log; returns the files it supersedes (a snapshot, the
+    whole history; a compacted file, the files it overlaps), to delete once it is applied."""
+    key = (header.min_txid, header.max_txid)
+    superseded = [path for lo, hi, path in db.ltx.paths()
+                  if (replace_all or hi >= header.min_txid) and (lo, hi) != key]
     db.ltx.write(header.min_txid, header.max_txid, data)
     db.ltx.sync()
+    return superseded
 
 
 def _apply_deletion(db: DB, header: Header, data: bytes, fence: Fence | None,
                     cache: KernelCache | None, timeout: float) -> Applied:
     """The primary deleted the database: so does the replica (readers see it gone)."""
-    _log_file(db, header, data, replace_all=True)
+    superseded = _log_file(db, header, data, replace_all=True)
 
     def remove() -> None:
         for kind in (FileKind.DATABASE, FileKind.WAL):
@@ -235,6 +259,8 @@ def _apply_deletion(db: DB, header: Header, data: bytes, fence: Fence | None,
     wal = db.path(FileKind.WAL).exists()
     _under_fence(db, fence, wal, timeout, remove,
                  lambda: cache.invalidate(db) if cache is not None else None, None)
+    for path in superseded:
+        db.ltx.delete(path)
     db.table = None
     db.txid, db.checksum = header.max_txid, EMPTY_DATABASE_CHECKSUM
     db.deleted = True
