@@ -284,7 +284,8 @@ def status_document(store: Store, replicator: Replicator | None,
         doc["replica_of"] = {
             "primary": node.primary_url, "source": node.state.source,
             "lag_seconds": round(node.state.lag_seconds(), 3),
-            "applied_files": stats.applied_files, "applied_pages": stats.applied_pages,
+            "applied_files": stats.applied_files, "apply_batches": stats.apply_batches,
+            "applied_pages": stats.applied_pages,
             "snapshots": stats.snapshots, "reconnects": stats.reconnects,
             "last_error": stats.last_error,
         }
@@ -332,6 +333,14 @@ class Fences:
             await trio.to_thread.run_sync(fence.close)
 
 
+async def _refuse_flush_early(mount_dir: Path) -> None:
+    """Open and close a file of our own mount once: its FLUSH is answered ENOSYS, after
+    which the kernel never sends FLUSH again. The fence keeps files open through the mount,
+    and a close at exit (even after SIGKILL) must never wait for this process to answer."""
+    with contextlib.suppress(OSError):
+        await trio.to_thread.run_sync(lambda: open(mount_dir / ".lag", "rb").close())
+
+
 def bucket_databases(config: Config) -> list[tuple[str, ReplicaClient]]:
     """(name, replica client) of every database a bucket-following replica can follow."""
     from .replica_clients import client_for
@@ -350,7 +359,9 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
         nursery.start_soon(_watch_signals, sup)
         replicator = Replicator(config, nursery)
         node: ReplicaNode | None = None
+        stream_server: StreamServer | None = None
         if isinstance(ops, ReplicaOperations):
+            nursery.start_soon(_refuse_flush_early, opts.mount_dir)
             fences = Fences(opts.mount_dir)
             sup.before_stop.append(fences.close)
             has_bucket = config.replica is not None or any(d.replica for d in config.dbs)
@@ -372,6 +383,7 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
             server = StreamServer(ops.store, secret=http_secret(config),
                                   advertise_url=config.lease.advertise_url)
             await nursery.start(server.serve, config.http.addr)
+            stream_server = server
             for db in list(ops.store.dbs.values()):
                 replicator.attach(db)
             ops.store.db_listeners.append(replicator.attach)
@@ -381,6 +393,8 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
         await pyfuse3.main()
         with trio.CancelScope(shield=True):
             await replicator.drain()
+        if stream_server is not None:
+            stream_server.abort_connections()
         nursery.cancel_scope.cancel()
 
 

@@ -288,9 +288,10 @@ class PrimaryOperations(pyfuse3.Operations):
         except Exception as exc:
             raise to_fuse_error(exc, "write") from None
 
-    @fuse_boundary
-    async def flush(self, fh: int) -> None:
-        return None
+    # flush is left to pyfuse3's default (ENOSYS): the kernel then never sends FLUSH again,
+    # which saves a round trip per close() and, more importantly, means a close() at process
+    # exit never waits for an answer. The replica's fence keeps files open through its own
+    # mount; with FLUSH, a SIGKILLed replica would wait forever for itself to answer.
 
     @fuse_boundary
     async def fsync(self, fh: int, datasync: bool) -> None:

@@ -128,7 +128,10 @@ class ReplicaOperations(PrimaryOperations):
         db, kind = self._lookup_node(inode)
         writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
         if writing and kind not in (FileKind.SHM, None) and not self._ours(ctx):
-            raise self._refuse_write(db.name)
+            # SQLite always tries read-write first and falls back to read-only: not worth
+            # a warning (actual writes are).
+            log.debug("%s: read-write open refused; SQLite reopens it read-only", db.name)
+            raise pyfuse3.FUSEError(errno.EROFS)
         info = await super().open(inode, flags & ~os.O_TRUNC if kind is not FileKind.SHM
                                   else flags, ctx)
         if writing:
@@ -183,6 +186,10 @@ class ReplicaOperations(PrimaryOperations):
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         db_name, _kind = self._resolve(parent_inode, name)
         raise self._refuse_write(db_name)
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        raise self._refuse_write(os.fsdecode(name_old))
 
 
 class ReplicaKernelCache:

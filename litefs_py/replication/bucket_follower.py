@@ -63,7 +63,10 @@ ApplyFn = Callable[[bytes], Awaitable[None]]  # applies one whole LTX file (its 
 
 BRIDGE_LEVELS = (1, 2, 3)
 MAX_BACKOFF = 30.0
-FULL_CHECK_INTERVAL = 300.0
+# A follower that finds nothing new at level 0 cannot tell "caught up" from "the files after
+# its position were compacted away while it was not looking" (a stalled follower, after the
+# grace period): every this many seconds it plans from every level (a few LISTs).
+FULL_CHECK_INTERVAL = 30.0
 VANISHED_RETRIES = 3  # relists per step when a listed file disappears before it is read
 
 

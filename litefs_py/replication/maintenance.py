@@ -175,8 +175,11 @@ class ReplicaMaintainer:
         for s in snaps:
             if s not in keep:
                 doomed[s.key] = s
-        if keep:
-            floor = min(s.max_txid for s in keep)
+        oldest = min(keep, key=lambda s: s.max_txid) if keep else None
+        # ... but only once that snapshot is MIN_GRACE old: replicas following the bucket
+        # (and running restores) may still be reading the files it replaces.
+        if oldest is not None and now - oldest.timestamp > timedelta(seconds=self.min_grace):
+            floor = oldest.max_txid
             for level, infos in by_level.items():
                 if level == SNAPSHOT_LEVEL:
                     continue

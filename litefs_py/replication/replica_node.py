@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..ltx import LTXError
+from ..ltx import Header, LTXError
 from ..storage.base import ReplicaClient
 from ..store.apply_fence import FenceTimeout
 from ..store.db import DB, FileKind
@@ -25,7 +25,7 @@ from ..store.replica_apply import (
     Fence,
     KernelCache,
     PositionMismatchError,
-    apply_ltx,
+    apply_batch,
 )
 from ..store.replica_state import ReplicaState
 from ..store.store import Store, valid_db_name
@@ -43,6 +43,7 @@ BUCKET_RESCAN = 30.0  # seconds between looks for new databases in the bucket
 @dataclass
 class ReplicaStats:
     applied_files: int = 0
+    apply_batches: int = 0  # fence acquisitions (several files each when behind)
     applied_pages: int = 0
     snapshots: int = 0
     reconnects: int = 0
@@ -82,6 +83,10 @@ class ReplicaNode:
     async def apply(self, name: str, data: bytes, expected_checksum: int | None = None) -> None:
         """Apply one LTX file to database `name` (created on first use). Raises
         PositionMismatchError (after marking the database for a snapshot) or LTXError."""
+        await self.apply_batch(name, [(data, expected_checksum)])
+
+    async def apply_batch(self, name: str, files: list[tuple[bytes, int | None]]) -> None:
+        """Apply consecutive LTX files to database `name` under one reader fence."""
         if not valid_db_name(name):
             raise ProtocolError(f"invalid database name {name!r}")
         lock = self._locks.setdefault(name, trio.Lock())
@@ -91,8 +96,7 @@ class ReplicaNode:
             started = time.monotonic()
             try:
                 result = await trio.to_thread.run_sync(
-                    lambda: apply_ltx(db, data, fence, self.cache,
-                                      expected_checksum=expected_checksum))
+                    lambda: apply_batch(db, files, fence, self.cache))
             except PositionMismatchError as exc:
                 self._needs_snapshot.add(name)
                 self.stats.last_error = str(exc)
@@ -102,7 +106,8 @@ class ReplicaNode:
             if result.skipped:
                 return
             self._needs_snapshot.discard(name)
-            self.stats.applied_files += 1
+            self.stats.applied_files += result.files
+            self.stats.apply_batches += 1
             self.stats.applied_pages += result.pages
             if result.snapshot:
                 self.stats.snapshots += 1
@@ -138,6 +143,9 @@ class ReplicaNode:
             primary_txid = _hex(h.get("primary_txid"))
             if primary_txid is not None:
                 self.state.primary_txids[name] = primary_txid
+            if h.get("snapshot"):
+                log.info("%s: the primary sends a snapshot at TXID %s: %s", name,
+                         h.get("max_txid"), h.get("reason") or "no reason given")
             await self._connection.queue(name).send((frame.payload, expected))
             return  # the applier notes the position once the file is applied
         elif frame.type == "heartbeat":
@@ -164,10 +172,7 @@ class ReplicaNode:
                                    self._on_frame)
             self._healthy = False
             try:
-                async with trio.open_nursery() as conn_nursery:
-                    self._connection = Connection(self, conn_nursery)
-                    await stream.run_once()
-                    conn_nursery.cancel_scope.cancel()
+                await self._connect(stream)
                 reason = (self._connection.failure
                           or f"{self.primary_url} closed the stream")
             except AuthError as exc:
@@ -199,6 +204,20 @@ class ReplicaNode:
                 nursery.start_soon(self._follow_bucket_while_down)
             await trio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _connect(self, stream: PrimaryStream) -> None:
+        """One connection with its appliers; an error of the stream or of an applier is
+        raised as itself (not wrapped in the nursery's exception group)."""
+        try:
+            async with trio.open_nursery() as conn_nursery:
+                self._connection = Connection(self, conn_nursery)
+                await stream.run_once()
+                conn_nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            leaves = _leaves(group)
+            if len(leaves) == 1 and isinstance(leaves[0], Exception):
+                raise leaves[0] from None
+            raise
 
     def _stop_following(self, why: str) -> None:
         if self._following is not None:
@@ -244,6 +263,7 @@ class ReplicaNode:
         return db.txid if db is not None else 0
 
 
+MAX_BATCH_FILES = 256  # LTX files applied under one fence at most
 APPLY_QUEUE = 256  # frames buffered per database before the stream waits for its applier
 FENCE_RETRY = 0.1  # seconds between attempts while readers hold a database's locks
 
@@ -277,34 +297,66 @@ class Connection:
     async def _applier(self, name: str,
                        receive: trio.MemoryReceiveChannel[tuple[bytes, int | None]]) -> None:
         node = self.node
-        async for data, expected in receive:
-            waited = False
-            while True:
+        async for first in receive:
+            batch = [first]
+            # Whatever else has arrived for this database goes under the same fence: a
+            # replica that fell behind catches up with one pause of its readers.
+            while len(batch) < MAX_BATCH_FILES and not _is_deletion(batch[-1][0]):
                 try:
-                    await node.apply(name, data, expected)
+                    item = receive.receive_nowait()
+                except trio.WouldBlock:
                     break
-                except FenceTimeout as exc:
-                    # Readers hold this database's locks (a long query): keep trying the
-                    # same file; other databases go on meanwhile.
-                    if not waited:
-                        log.warning("%s; retrying until they let go", exc)
-                        waited = True
-                    await trio.sleep(FENCE_RETRY)
-                except PositionMismatchError:
-                    self.fail("reconnecting to ask for a snapshot")
-                    return
-                except LTXError as exc:
-                    self.fail(f"the primary sent a damaged LTX file for {name}: {exc}")
-                    return
-                except OSError as exc:
-                    self.fail(f"cannot apply to {name}: {exc}")
-                    return
-                except Exception as exc:  # a bug: logged, and the stream starts over
-                    log.exception("%s: applying failed", name)
-                    self.fail(f"internal error applying to {name}: {exc!r}")
-                    return
+                if _is_deletion(item[0]):
+                    await self._apply_with_retry(name, batch)
+                    batch = [item]
+                    break
+                batch.append(item)
+            if not await self._apply_with_retry(name, batch):
+                return
             node._healthy = True
             node.state.note_position(node._caught_up())
+
+    async def _apply_with_retry(self, name: str,
+                                batch: list[tuple[bytes, int | None]]) -> bool:
+        """Apply, waiting out readers that hold the database's locks; False when the
+        connection must end (a snapshot is needed, or an error)."""
+        node = self.node
+        waited = False
+        while True:
+            try:
+                await node.apply_batch(name, batch)
+                return True
+            except FenceTimeout as exc:
+                # Readers hold this database's locks (a long query): keep trying the same
+                # files; other databases go on meanwhile.
+                if not waited:
+                    log.warning("%s; retrying until they let go", exc)
+                    waited = True
+                await trio.sleep(FENCE_RETRY)
+            except PositionMismatchError:
+                self.fail("reconnecting to ask for a snapshot")
+                return False
+            except LTXError as exc:
+                self.fail(f"the primary sent a damaged LTX file for {name}: {exc}")
+                return False
+            except OSError as exc:
+                self.fail(f"cannot apply to {name}: {exc}")
+                return False
+            except Exception as exc:  # a bug: logged, and the stream starts over
+                log.exception("%s: applying failed", name)
+                self.fail(f"internal error applying to {name}: {exc!r}")
+                return False
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+def _is_deletion(data: bytes) -> bool:
+    return len(data) >= 100 and Header.decode(data[:100]).commit == 0
 
 
 async def _keep_running(follower: BucketFollower) -> None:

@@ -16,6 +16,8 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
+import socket as pysocket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -87,6 +89,7 @@ class StreamServer:
         self.heartbeat = heartbeat
         self.feed = ChangeFeed()
         self.subscribers = 0
+        self.port: int | None = None
         for db in store.dbs.values():
             self._watch(db)
         store.db_listeners.append(self._watch)
@@ -128,9 +131,41 @@ class StreamServer:
                       "http.addr is changed", bind, exc.strerror or exc)
             task_status.started(None)
             return
+        self.port = int(port)
         log.info("replication API on http://%s (protocol %d)", bind, PROTOCOL_VERSION)
         task_status.started(bind)
         await serve(self.app, cfg)  # type: ignore[arg-type]
+
+    def abort_connections(self) -> int:
+        """At shutdown: shut down every accepted connection's socket. hypercorn sends in a
+        shielded cancel scope with no timeout, so a replica that stopped reading (paused,
+        partitioned) would otherwise keep the primary from ever exiting. Returns how many
+        connections were cut."""
+        if self.port is None:
+            return 0
+        cut = 0
+        for entry in os.scandir("/proc/self/fd"):
+            try:
+                if not os.readlink(entry.path).startswith("socket:"):
+                    continue
+                fd = os.dup(int(entry.name))
+            except OSError:
+                continue
+            try:
+                sock = pysocket.socket(fileno=fd)
+            except OSError:
+                os.close(fd)
+                continue
+            with sock:
+                try:
+                    if sock.type != pysocket.SOCK_STREAM or sock.getsockname()[1] != self.port:
+                        continue
+                    sock.getpeername()  # accepted connections only, not the listener
+                    sock.shutdown(pysocket.SHUT_RDWR)
+                    cut += 1
+                except OSError:
+                    continue
+        return cut
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ExitCode, QuietError
-from ..ltx import Decoder, LTXError
+from ..ltx import FLAG_V3_NO_CHECKSUM, Decoder, LTXError
 from ..sqlite import WALReader, journal_is_hot, rollback_pages
 from ..sqlite.errors import SQLiteFormatError
 from ..sqlite.wal import WALTransaction
@@ -50,11 +50,16 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
     paths.page_table.unlink(missing_ok=True)
 
     _drop_torn_newest(db)
+    unknown_checksum = False
     last = db.ltx.last()
     if last is not None:
         _, header, trailer = last
         db.txid = header.max_txid
         db.checksum = trailer.post_apply_checksum
+        # A file from a bucket (flags 0x2) carries no checksum: a replica that applied it
+        # verified the pages then; the database is trusted as it is (checked below only
+        # against what the file does carry).
+        unknown_checksum = bool(header.flags & FLAG_V3_NO_CHECKSUM) and not db.checksum
     db_path = paths.database
     if last is not None and last[1].commit == 0:
         # The last transaction deleted the database; finish a deletion interrupted by a crash.
@@ -114,7 +119,8 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
     logical_pages = captured[-1].db_size if captured else file_pages
     table: PageTable | None = None
     if (saved is not None and not journal_action and saved[1] == db.txid and last is not None
-            and saved[0].checksum == db.checksum and saved[0].page_size == ps
+            and (saved[0].checksum == db.checksum or unknown_checksum)
+            and saved[0].page_size == ps
             and saved[0].page_count == logical_pages):
         table = saved[0]
         log.info("%s: resumed at TXID %016x from saved checksums", db.name, db.txid)
@@ -124,6 +130,8 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
             table.commit(t.pages, t.db_size)
         table.truncate(logical_pages)
 
+    if last is not None and unknown_checksum:
+        db.checksum = table.checksum
     if last is not None and table.checksum != db.checksum and journal_action:
         # SQLite does not journal free-list pages it reuses, so rolling back a crashed
         # transaction restores the database logically but leaves those pages as the

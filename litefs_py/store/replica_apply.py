@@ -28,7 +28,7 @@ from typing import Protocol
 
 from ..ltx import EMPTY_DATABASE_CHECKSUM, FLAG_V3_NO_CHECKSUM, Decoder, Header, format_filename
 from .db import DB, FileKind
-from .page_table import PageTable
+from .page_table import PageTable, TableUndo
 
 log = logging.getLogger("litefs.replica")
 
@@ -72,6 +72,7 @@ class Applied:
     pages: int  # pages written
     snapshot: bool
     skipped: bool = False  # the replica already had every transaction in the file
+    files: int = 1  # LTX files applied (a batch applies several under one fence)
 
 
 #: Above this many changed pages the whole cached file is dropped instead of pushing pages.
@@ -79,24 +80,27 @@ NOTIFY_STORE_MAX_PAGES = 256
 
 
 def check_position(db: DB, header: Header) -> str:
-    """How `header`'s file relates to the replica: "snapshot", "next", "overlap", "have";
-    raises PositionMismatchError when it cannot be applied."""
+    return position_relation(db.name, db.txid, db.checksum, header)
+
+
+def position_relation(name: str, txid: int, checksum: int, header: Header) -> str:
+    """How `header`'s file relates to a replica at (txid, checksum): "snapshot", "next",
+    "overlap" or "have"; raises PositionMismatchError when it cannot be applied."""
     if header.min_txid == 1:
         return "snapshot"
-    txid = db.txid
     if header.max_txid <= txid:
         return "have"
     if header.min_txid == txid + 1:
-        if header.pre_apply_checksum and header.pre_apply_checksum != db.checksum:
+        if header.pre_apply_checksum and header.pre_apply_checksum != checksum:
             raise PositionMismatchError(
-                f"{db.name}: TXID {header.min_txid:016x} expects pre-apply checksum "
+                f"{name}: TXID {header.min_txid:016x} expects pre-apply checksum "
                 f"{header.pre_apply_checksum:016x} but the replica's checksum at TXID "
-                f"{txid:016x} is {db.checksum:016x} (the replica diverged)")
+                f"{txid:016x} is {checksum:016x} (the replica diverged)")
         return "next"
     if header.min_txid <= txid:
         return "overlap"  # a compacted file: carries the newest version of every page
     raise PositionMismatchError(
-        f"{db.name}: the replica is at TXID {txid:016x} but the next file starts at "
+        f"{name}: the replica is at TXID {txid:016x} but the next file starts at "
         f"{header.min_txid:016x} (TXIDs {txid + 1:016x}-{header.min_txid - 1:016x} are "
         f"missing)")
 
@@ -106,74 +110,118 @@ def apply_ltx(db: DB, data: bytes, fence: Fence | None, cache: KernelCache | Non
               fence_timeout: float = FENCE_TIMEOUT) -> Applied:
     """Apply one whole LTX file (`data`) to `db`. `expected_checksum` is the post-apply
     checksum when the file itself carries none (a snapshot with flags 0x2)."""
-    header = Header.decode(data[:100], name=f"{db.name} LTX")
-    if header.commit == 0:
-        # A deletion applies at any position: whatever the replica had is gone.
-        if db.deleted and db.txid >= header.max_txid:
-            return Applied(header.min_txid, header.max_txid, 0, False, skipped=True)
-        Decoder(io.BytesIO(data), name=f"{db.name} deletion").verify()
-        return _apply_deletion(db, header, data, fence, cache, fence_timeout)
-    relation = check_position(db, header)
-    if relation == "have":
-        return Applied(header.min_txid, header.max_txid, 0, False, skipped=True)
-    decoder = Decoder(io.BytesIO(data), name=f"{db.name} TXIDs "
-                                             f"{header.min_txid:016x}-{header.max_txid:016x}")
-    pages = dict(decoder.pages())  # the decoder checks the file checksum at the end
-    trailer = decoder.trailer
-    assert trailer is not None
+    return apply_batch(db, [(data, expected_checksum)], fence, cache,
+                       fence_timeout=fence_timeout)
 
-    snapshot = relation == "snapshot"
-    ps = header.page_size
-    fresh = snapshot or db.table is None or db.table.page_size != ps
-    table = PageTable(ps) if fresh else db.table
-    assert table is not None
-    # A file after a deletion or a page size change carries every page (the primary starts
-    # over then too); otherwise the replica must have its page table.
-    if db.table is None and not snapshot and not db.deleted:
-        raise PositionMismatchError(
-            f"{db.name}: TXIDs {header.min_txid:016x}-{header.max_txid:016x} need the "
-            f"replica's page table at page size {ps}, which it does not have")
-    changed, undo = table.commit(pages, header.commit)
-    if fresh:
-        # Every page of a snapshot is in the file, so the table is exact; the whole file is
-        # rewritten below.
-        changed = sorted(pages.items())
-    want = expected_checksum
-    if not header.flags & FLAG_V3_NO_CHECKSUM and trailer.post_apply_checksum:
-        want = trailer.post_apply_checksum
-    if want is not None and want != table.checksum:
-        if not fresh:
-            table.undo(undo)
-        raise PositionMismatchError(
-            f"{db.name}: after TXID {header.max_txid:016x} the replica's checksum would be "
-            f"{table.checksum:016x} but the primary's is {want:016x} (the replica diverged)")
 
+@dataclass(slots=True)
+class _Step:
+    header: Header
+    data: bytes
+
+
+def apply_batch(db: DB, files: list[tuple[bytes, int | None]], fence: Fence | None,
+                cache: KernelCache | None, *, fence_timeout: float = FENCE_TIMEOUT) -> Applied:
+    """Apply consecutive LTX files (bytes, expected post-apply checksum or None) under one
+    fence: a replica that fell behind catches up with one reader pause, writing each page
+    once. Each file is checked as if applied alone. A deletion must come alone."""
+    if len(files) == 1:
+        header = Header.decode(files[0][0][:100], name=f"{db.name} LTX")
+        if header.commit == 0:
+            # A deletion applies at any position: whatever the replica had is gone.
+            if db.deleted and db.txid >= header.max_txid:
+                return Applied(header.min_txid, header.max_txid, 0, False, skipped=True)
+            Decoder(io.BytesIO(files[0][0]), name=f"{db.name} deletion").verify()
+            return _apply_deletion(db, header, files[0][0], fence, cache, fence_timeout)
+
+    txid, checksum, deleted = db.txid, db.checksum, db.deleted
+    table = db.table
+    undos: list[tuple[PageTable, TableUndo]] = []
+    steps: list[_Step] = []
+    final: dict[int, bytes] = {}  # page -> newest content over the batch
+    rewrite = False  # a snapshot or a fresh table: the whole file is rewritten
+    snapshot = False
     try:
-        _apply_pages(db, header, data, pages, changed, fence, cache, fence_timeout,
-                     fresh=fresh, snapshot=snapshot)
+        for data, expected in files:
+            header = Header.decode(data[:100], name=f"{db.name} LTX")
+            if header.commit == 0:
+                raise ValueError("a deletion must be applied alone")
+            relation = position_relation(db.name, txid, checksum, header)
+            if relation == "have":
+                continue
+            decoder = Decoder(io.BytesIO(data), name=f"{db.name} TXIDs "
+                              f"{header.min_txid:016x}-{header.max_txid:016x}")
+            pages = dict(decoder.pages())  # the decoder checks the file checksum at the end
+            trailer = decoder.trailer
+            assert trailer is not None
+            ps = header.page_size
+            is_snapshot = relation == "snapshot"
+            if is_snapshot or table is None or table.page_size != ps:
+                # A file after a deletion or a page size change carries every page (the
+                # primary starts over then too); otherwise the replica needs its table.
+                if table is None and not is_snapshot and not deleted:
+                    raise PositionMismatchError(
+                        f"{db.name}: TXIDs {header.min_txid:016x}-{header.max_txid:016x} "
+                        f"need the replica's page table at page size {ps}, which it does "
+                        "not have")
+                table = PageTable(ps)
+                table.commit(pages, header.commit)
+                final = dict(pages)
+                rewrite = True
+                snapshot = snapshot or is_snapshot
+            else:
+                changed, undo = table.commit(pages, header.commit)
+                undos.append((table, undo))
+                final.update(changed)
+            want = expected
+            if not header.flags & FLAG_V3_NO_CHECKSUM and trailer.post_apply_checksum:
+                want = trailer.post_apply_checksum
+            if want is not None and want != table.checksum:
+                raise PositionMismatchError(
+                    f"{db.name}: after TXID {header.max_txid:016x} the replica's checksum "
+                    f"would be {table.checksum:016x} but the primary's is {want:016x} (the "
+                    "replica diverged)")
+            steps.append(_Step(header, data))
+            txid, checksum, deleted = header.max_txid, table.checksum, False
+        if not steps:
+            return Applied(db.txid, db.txid, 0, False, skipped=True)
+        assert table is not None
+        last = steps[-1].header
+        ps = last.page_size
+        changed_pages = sorted((p, d) for p, d in final.items() if p <= last.commit)
+        _apply_pages(db, steps, changed_pages, fence, cache, fence_timeout,
+                     rewrite=rewrite, snapshot=snapshot)
     except BaseException:
         # Nothing moved: the table must describe the database file as the next attempt
-        # finds it (pages are rewritten by comparing against it), so take the commit back.
-        if not fresh:
-            table.undo(undo)
+        # finds it (pages are rewritten by comparing against it), so take it all back.
+        for t, undo in reversed(undos):
+            t.undo(undo)
         raise
     db.table = table
-    db.txid, db.checksum = header.max_txid, table.checksum
+    db.txid, db.checksum = txid, checksum
     db.deleted = False
-    return Applied(header.min_txid, header.max_txid, len(changed), snapshot)
+    return Applied(steps[0].header.min_txid, txid, len(changed_pages), snapshot,
+                   files=len(steps))
 
 
-def _apply_pages(db: DB, header: Header, data: bytes, pages: dict[int, bytes],
-                 changed: list[tuple[int, bytes]], fence: Fence | None,
-                 cache: KernelCache | None, fence_timeout: float, *, fresh: bool,
-                 snapshot: bool) -> None:
-    superseded = _log_file(db, header, data, replace_all=snapshot)
-    ps = header.page_size
+def _apply_pages(db: DB, steps: list[_Step], changed: list[tuple[int, bytes]],
+                 fence: Fence | None, cache: KernelCache | None, fence_timeout: float, *,
+                 rewrite: bool, snapshot: bool) -> None:
+    superseded: list[Path] = []
+    logged: list[Path] = []
+    for step in steps:
+        superseded += _log_file(db, step.header, step.data,
+                                replace_all=step.header.min_txid == 1)
+        logged.append(db.ltx.dir / format_filename(step.header.min_txid, step.header.max_txid))
+    db.ltx.sync()  # the record of where the replica is going is durable before the pages
+    last = steps[-1].header
+    ps = last.page_size
     fd = db.fd(FileKind.DATABASE, create=True)
     old_size = os.fstat(fd).st_size
     wal_before = os.pread(fd, 2, 18) == WAL_MODE
-    new_size = header.commit * ps
-    wal_after = pages[1][18:20] == WAL_MODE if 1 in pages else wal_before
+    new_size = last.commit * ps
+    page1 = dict(changed).get(1)
+    wal_after = page1[18:20] == WAL_MODE if page1 is not None else wal_before
     if wal_after and not db.path(FileKind.WAL).exists():
         # Readers open -wal read-only (their read-write open is refused), so it must exist.
         os.close(os.open(db.path(FileKind.WAL), os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
@@ -181,18 +229,20 @@ def _apply_pages(db: DB, header: Header, data: bytes, pages: dict[int, bytes],
     def write_pages() -> None:
         for pgno, page in changed:
             os.pwrite(fd, page, (pgno - 1) * ps)
-        if new_size != old_size and (new_size < old_size or fresh):
+        if new_size != old_size and (new_size < old_size or rewrite):
             os.ftruncate(fd, new_size)
 
     try:
         _under_fence(db, fence, wal_before or wal_after, fence_timeout, write_pages,
-                     lambda: _tell_kernel(db, cache, changed, ps, new_size < old_size or fresh),
-                     (ps, header.commit))
+                     lambda: _tell_kernel(db, cache, changed, ps, new_size < old_size or rewrite),
+                     (ps, last.commit))
     except BaseException:
-        db.ltx.delete(db.ltx.dir / format_filename(header.min_txid, header.max_txid))
+        for path in logged:
+            db.ltx.delete(path)
         raise
     for path in superseded:
-        db.ltx.delete(path)
+        if path not in logged:
+            db.ltx.delete(path)
 
 
 def _under_fence(db: DB, fence: Fence | None, wal_mode: bool, timeout: float,
@@ -242,7 +292,6 @@ def _log_file(db: DB, header: Header, data: bytes, *, replace_all: bool) -> list
     superseded = [path for lo, hi, path in db.ltx.paths()
                   if (replace_all or hi >= header.min_txid) and (lo, hi) != key]
     db.ltx.write(header.min_txid, header.max_txid, data)
-    db.ltx.sync()
     return superseded
 
 
@@ -250,6 +299,7 @@ def _apply_deletion(db: DB, header: Header, data: bytes, fence: Fence | None,
                     cache: KernelCache | None, timeout: float) -> Applied:
     """The primary deleted the database: so does the replica (readers see it gone)."""
     superseded = _log_file(db, header, data, replace_all=True)
+    db.ltx.sync()
 
     def remove() -> None:
         for kind in (FileKind.DATABASE, FileKind.WAL):

@@ -81,8 +81,14 @@ class Cluster:
         return m
 
     def close(self) -> None:
+        errors: list[BaseException] = []
         for m in reversed(self.nodes):
-            m.stop()
+            try:
+                m.stop()
+            except Exception as exc:  # stop the others anyway, then report
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 def read_pos(m: LitefsMount, name: str) -> tuple[int, int] | None:
