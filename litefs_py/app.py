@@ -391,10 +391,13 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
         if opts.command:
             nursery.start_soon(_supervise, opts.command, sup)
         await pyfuse3.main()
+        log.debug("FUSE loop ended; stopping background tasks")
         with trio.CancelScope(shield=True):
             await replicator.drain()
         if stream_server is not None:
-            stream_server.abort_connections()
+            cut = stream_server.abort_connections()
+            if cut:
+                log.info("closed %d replication connection(s)", cut)
         nursery.cancel_scope.cancel()
 
 

@@ -158,7 +158,9 @@ class StreamServer:
                 continue
             with sock:
                 try:
-                    if sock.type != pysocket.SOCK_STREAM or sock.getsockname()[1] != self.port:
+                    if (sock.family not in (pysocket.AF_INET, pysocket.AF_INET6)
+                            or sock.type != pysocket.SOCK_STREAM
+                            or sock.getsockname()[1] != self.port):
                         continue
                     sock.getpeername()  # accepted connections only, not the listener
                     sock.shutdown(pysocket.SHUT_RDWR)
