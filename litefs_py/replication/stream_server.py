@@ -43,6 +43,7 @@ from .stream_protocol import (
 log = logging.getLogger("litefs.http")
 
 HEARTBEAT_INTERVAL = 1.0
+SNAPSHOT_TRIES = 3  # snapshots read in a worker thread before one is taken inline
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -320,8 +321,19 @@ class Subscription:
             self.sent[name] = (header.max_txid, db.checksum)
             return
         log.info("%s: sending a snapshot to replica %s: %s", name, self.who, reason)
-        # Built without yielding, so it is exactly one position (see DB.snapshot_bytes).
-        data, txid, checksum, _ts = db.snapshot_bytes()
+        # Read and encoded in a worker thread (the mount keeps serving); if commits changed
+        # the pages meanwhile, the checksum shows it and it is taken again, and after a few
+        # tries without yielding (exactly one position, see DB.snapshot_bytes).
+        snap = None
+        for _ in range(SNAPSHOT_TRIES):
+            snap = await trio.to_thread.run_sync(db.snapshot_job())
+            if snap is not None or db.deleted:
+                break
+            log.info("%s: commits changed the database while its snapshot was read; "
+                     "reading it again", name)
+        if db.deleted:
+            return
+        data, txid, checksum, _ts = snap if snap is not None else db.snapshot_bytes()
         await self.send({"type": "ltx", "db": name, "min_txid": f"{1:016x}",
                          "max_txid": f"{txid:016x}", "checksum": f"{checksum:016x}",
                          "snapshot": True, "reason": reason,

@@ -505,6 +505,53 @@ class DB:
         enc.finish(0)
         return buf.getvalue(), self.txid, self.checksum, header.timestamp
 
+    def snapshot_job(self) -> Callable[[], tuple[bytes, int, int, int] | None]:
+        """`snapshot_bytes` for a worker thread: what it needs is captured now (position,
+        page count, where each page's newest version is); the pages are read and encoded in
+        the thread. Commits and checkpoints may change the files meanwhile, so the rolling
+        checksum of what was read must equal the checksum captured now, else the job
+        returns None (take the snapshot with `snapshot_bytes` instead)."""
+        table = self.table
+        if table is None or self.deleted:
+            raise ValueError(f"{self.name}: no database to snapshot")
+        ps, commit, txid, checksum = table.page_size, table.page_count, self.txid, self.checksum
+        use_wal = self.wal.salts is not None
+        frames = {p: self.wal.frame_offset(i) + FRAME_HEADER_SIZE
+                  for p, i in self.wal_index.items()} if use_wal else {}
+        db_fd = os.dup(self.fd(FileKind.DATABASE))
+        wal_fd = os.dup(self.fd(FileKind.WAL)) if use_wal else None
+
+        def work() -> tuple[bytes, int, int, int] | None:
+            try:
+                header = Header(page_size=ps, commit=commit, min_txid=1, max_txid=txid,
+                                timestamp=int(time.time() * 1000), flags=FLAG_V3_NO_CHECKSUM)
+                buf = io.BytesIO()
+                enc = Encoder(buf, header, name=f"{self.name} snapshot")
+                check = PageTable(ps)
+                lock = check.lock_pgno
+                for pgno in range(1, commit + 1):
+                    if pgno == lock:
+                        continue
+                    offset = frames.get(pgno)
+                    if offset is not None and wal_fd is not None:
+                        page = os.pread(wal_fd, ps, offset)
+                    else:
+                        page = os.pread(db_fd, ps, (pgno - 1) * ps)
+                    page = page.ljust(ps, b"\0")
+                    check.set_page(pgno, page)
+                    enc.encode_page(pgno, page)
+                check.finish_growth(0, commit)
+                if check.checksum != checksum:
+                    return None  # the files changed under the read: not one position
+                enc.finish(0)
+                return buf.getvalue(), txid, checksum, header.timestamp
+            finally:
+                os.close(db_fd)
+                if wal_fd is not None:
+                    os.close(wal_fd)
+
+        return work
+
     def merge_local_log_job(self, after: int) -> Callable[[], tuple[list[Path], Header,
                                                                       bytes]] | None:
         """The blocking half of merging the local LTX files after TXID `after` into one

@@ -37,3 +37,42 @@ def test_replica_follows_and_refuses_writes(cluster: Cluster, journal_mode: str)
     assert not (primary.mount_dir / ".primary").exists()
     reader.close()
     db.close()
+
+
+@pytest.mark.parametrize("journal_mode", ["wal", "delete"])
+def test_snapshot_while_the_primary_commits(cluster: Cluster, journal_mode: str) -> None:
+    """A new replica's snapshot is read in a worker thread while commits (and checkpoints)
+    go on: what it gets must still be exactly one position (checked by checksum), and the
+    replica must end equal to the primary."""
+    import subprocess
+    import sys
+
+    primary = cluster.primary()
+    db = sqlite3.connect(primary.db("big.db"), isolation_level=None)
+    db.execute(f"PRAGMA journal_mode={journal_mode}")
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+    db.execute("BEGIN")
+    for _ in range(3000):
+        db.execute("INSERT INTO t (v) VALUES (randomblob(3000))")
+    db.execute("COMMIT")
+    db.close()
+    writer = subprocess.Popen([sys.executable, "-c", f"""
+import sqlite3, time
+db = sqlite3.connect({primary.db("big.db")!r}, isolation_level=None, timeout=10)
+end = time.monotonic() + 4
+while time.monotonic() < end:
+    db.execute("UPDATE t SET v = randomblob(3000) WHERE id = abs(random()) % 3000 + 1")
+"""])
+    try:
+        replica = cluster.replica()
+        assert writer.wait(60) == 0
+    finally:
+        writer.kill()
+    wait_same_pos(primary, replica, "big.db", timeout=60)
+    reader = sqlite3.connect(replica.db("big.db"))
+    assert reader.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    src = sqlite3.connect(primary.db("big.db"))
+    query = "SELECT sum(length(v)), count(*), max(id), sum(unicode(v)) FROM t"
+    assert reader.execute(query).fetchone() == src.execute(query).fetchone()
+    reader.close()
+    src.close()
