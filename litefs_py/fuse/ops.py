@@ -55,6 +55,7 @@ class PrimaryOperations(pyfuse3.Operations):
         self._inode_of: dict[tuple[str, FileKind | None], int] = {}
         self._node: dict[int, tuple[str, FileKind | None]] = {}
         self._handles: dict[int, Handle] = {}
+        self._times: dict[int, tuple[int, int, int]] = {}  # inode -> (atime, mtime, ctime)
         self._next_fh = 1
         st = os.stat(store.data_dir)
         self._uid, self._gid = st.st_uid, st.st_gid
@@ -125,9 +126,16 @@ class PrimaryOperations(pyfuse3.Operations):
             a.entry_timeout = CACHE_TIMEOUT
         a.st_uid, a.st_gid = st.st_uid, st.st_gid
         a.st_blksize = 4096
-        a.st_atime_ns = st.st_atime_ns
-        a.st_mtime_ns = st.st_mtime_ns
-        a.st_ctime_ns = st.st_ctime_ns
+        # The times a file had when the kernel first asked, kept for the whole mount: with
+        # libfuse's auto_inval_data the kernel drops a file's whole page cache whenever
+        # getattr reports a new mtime, and SQLite stats its files at every transaction, so
+        # real times turned every commit into a cold cache for every reader. The kernel's
+        # cache never needs that: every change of the primary goes through it, and a
+        # replica's applies push or invalidate pages explicitly.
+        times = self._times.get(inode)
+        if times is None:
+            times = self._times[inode] = (st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns)
+        a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = times
         return a
 
     @fuse_boundary
@@ -166,6 +174,7 @@ class PrimaryOperations(pyfuse3.Operations):
             os.chown(path, attr.st_uid if fields.update_uid else -1,
                      attr.st_gid if fields.update_gid else -1)
         if fields.update_atime or fields.update_mtime:
+            self._times.pop(inode, None)  # an explicit utime: report the new times
             st = os.stat(path)
             os.utime(path, ns=(attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
                                attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns))
@@ -328,6 +337,7 @@ class PrimaryOperations(pyfuse3.Operations):
         node = self._inode_of.pop((db_name, kind), None)
         if node is not None:
             self._node.pop(node, None)
+            self._times.pop(node, None)
         if kind is FileKind.DATABASE:
             pos = self._inode_of.pop((db_name, POS), None)
             if pos is not None:

@@ -289,7 +289,10 @@ def _log_file(db: DB, header: Header, data: bytes, *, replace_all: bool) -> list
     """Put the file into the local log; returns the files it supersedes (a snapshot, the
     whole history; a compacted file, the files it overlaps), to delete once it is applied."""
     key = (header.min_txid, header.max_txid)
-    superseded = [path for lo, hi, path in db.ltx.paths()
+    # Only the files that overlap it (a lookup, not a walk of the whole log: a replica at
+    # 100 transactions/s keeps 60,000 files with 10 minutes of retention).
+    candidates = db.ltx.paths() if replace_all else db.ltx.paths_after(header.min_txid - 1)
+    superseded = [path for lo, hi, path in candidates
                   if (replace_all or hi >= header.min_txid) and (lo, hi) != key]
     db.ltx.write(header.min_txid, header.max_txid, data)
     return superseded
