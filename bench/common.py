@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def terminate(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """SIGTERM and wait up to `timeout` s (a clean unmount or shutdown), else SIGKILL."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(30)
+
+
+def log_tail(path: Path, n: int = 30) -> str:
+    """The last `n` lines of a log file ("" if there is none yet)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except FileNotFoundError:
+        return ""
 
 
 def summarize_collapsed(path: Path, top: int = 40) -> str:

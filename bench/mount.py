@@ -70,7 +70,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import git_describe, summarize_collapsed  # bench/common.py (script dir)
+# bench/common.py (script dir)
+from common import git_describe, log_tail, summarize_collapsed, terminate
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve()
@@ -305,13 +306,7 @@ class Server:
     def stop(self) -> int | None:
         proc, self.proc = self.proc, None
         try:
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(300)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(30)
+            terminate(proc, 300)
         finally:
             lazy_unmount(self.mount_dir)
         return None if proc is None else proc.returncode
@@ -321,10 +316,7 @@ class Server:
         self.start()
 
     def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except FileNotFoundError:
-            return ""
+        return log_tail(self.log_path, n)
 
     def log_problems(self) -> list[str]:
         try:

@@ -89,7 +89,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import git_describe, summarize_collapsed  # bench/common.py (script dir)
+from common import git_describe, summarize_collapsed, terminate  # bench/common.py (script dir)
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve()
@@ -488,13 +488,7 @@ class Node:
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         try:
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(30)
+            terminate(proc, 60)
         finally:
             lazy_unmount(self.mount_dir)
 
