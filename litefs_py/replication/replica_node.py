@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
@@ -49,7 +49,6 @@ class ReplicaStats:
     reconnects: int = 0
     last_error: str | None = None
     apply_seconds: float = 0.0
-    recent_latency: list[float] = field(default_factory=list)
 
 
 class ReplicaNode:

@@ -79,10 +79,6 @@ class Applied:
 NOTIFY_STORE_MAX_PAGES = 256
 
 
-def check_position(db: DB, header: Header) -> str:
-    return position_relation(db.name, db.txid, db.checksum, header)
-
-
 def position_relation(name: str, txid: int, checksum: int, header: Header) -> str:
     """How `header`'s file relates to a replica at (txid, checksum): "snapshot", "next",
     "overlap" or "have"; raises PositionMismatchError when it cannot be applied."""
@@ -247,7 +243,7 @@ def _apply_pages(db: DB, steps: list[_Step], changed: list[tuple[int, bytes]],
 
 def _under_fence(db: DB, fence: Fence | None, wal_mode: bool, timeout: float,
                  write: Callable[[], None], tell: Callable[[], None],
-                 shm: tuple[int, int] | None) -> None:
+                 shm: tuple[int, int] | None = None) -> None:
     if fence is None:
         write()
         tell()

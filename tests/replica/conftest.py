@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.replica.harness import Cluster
+from tests.replica.workloads import Procs
 
 
 @pytest.fixture
@@ -17,3 +18,13 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    """SQLite client processes (tests/replica/workloads.py), all closed at the end."""
+    p = Procs()
+    try:
+        yield p
+    finally:
+        p.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -116,3 +118,16 @@ def wait_same_pos(primary: LitefsMount, replica: LitefsMount, name: str,
              f"{name} on the replica to reach {want[0]:016x}/{want[1]:016x} "
              f"(it is at {read_pos(replica, name)})\n--- replica log ---\n{replica.log()[-3000:]}")
     return want
+
+
+def exits_on_sigterm(m: LitefsMount, timeout: float = 10.0) -> bool:
+    """SIGTERM the node; whether it exited within `timeout` s (else it is killed)."""
+    assert m.proc is not None
+    m.proc.send_signal(signal.SIGTERM)
+    try:
+        m.proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        m.proc.kill()
+        m.proc.wait(10)
+        return False

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -36,15 +35,6 @@ BANK_SCHEMA = [
     "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 100) "
     "INSERT INTO accounts SELECT i, 1000 FROM c",
 ]
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    p = Procs()
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 def run_bank(cluster: Cluster, procs: Procs, mode: str, seconds: float) -> dict[str, Any]:

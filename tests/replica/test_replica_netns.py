@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +15,14 @@ from typing import Any
 import pytest
 
 from tests.mount.harness import LitefsMount
-from tests.replica.harness import free_port, read_pos, wait_for, wait_same_pos, write_config
+from tests.replica.harness import (
+    exits_on_sigterm,
+    free_port,
+    read_pos,
+    wait_for,
+    wait_same_pos,
+    write_config,
+)
 from tests.replica.netns import NetnsMount, VethPair, netns_unavailable
 
 DB = "app.db"
@@ -169,14 +174,7 @@ def test_primary_stops_during_a_partition(net: VethPair, nodes: Nodes) -> None:
             db.execute("INSERT INTO t (v) VALUES (?)", (os.urandom(100_000).hex(),))
         db.close()
         time.sleep(0.5)
-        primary.proc.send_signal(signal.SIGTERM)
-        try:
-            primary.proc.wait(10)
-            exited = True
-        except subprocess.TimeoutExpired:
-            exited = False
-            primary.proc.kill()
-            primary.proc.wait(10)
+        exited = exits_on_sigterm(primary)
     finally:
         net.link(True)
     assert exited, ("the primary did not exit within 10 s of SIGTERM; its log ends with:\n"

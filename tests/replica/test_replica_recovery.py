@@ -24,6 +24,7 @@ import pytest
 from tests.mount.harness import LitefsMount
 from tests.replica.harness import (
     Cluster,
+    exits_on_sigterm,
     free_port,
     read_pos,
     wait_for,
@@ -428,14 +429,7 @@ def test_primary_stops_while_a_replica_does_not_read(cluster: Cluster) -> None:
             con.execute("INSERT INTO t (v) VALUES (?)", (os.urandom(100_000).hex(),))
         con.close()
         time.sleep(0.5)
-        primary.proc.send_signal(signal.SIGTERM)
-        try:
-            primary.proc.wait(10)
-            exited = True
-        except subprocess.TimeoutExpired:
-            exited = False
-            primary.proc.kill()
-            primary.proc.wait(10)
+        exited = exits_on_sigterm(primary)
     finally:
         replica.proc.send_signal(signal.SIGCONT)
     assert exited, ("the primary did not exit within 10 s of SIGTERM; its log ends with:\n"

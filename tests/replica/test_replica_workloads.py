@@ -24,22 +24,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.replica.harness import Cluster, read_pos, wait_for, wait_same_pos
 from tests.replica.workloads import Procs, assert_replica_equal, header_journal_mode
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    p = Procs()
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 def replica_incidents(replica: Any) -> list[str]:
