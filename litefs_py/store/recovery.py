@@ -109,6 +109,9 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
         if txns and not ps:
             ps = reader.page_size
 
+    if ps and not (wal is not None and wal[1]):
+        _finish_interrupted_truncate(db, fd, first_page, ps)
+
     if not ps:
         if last is not None:
             raise DatabaseDivergedError(
@@ -198,6 +201,28 @@ def _drop_torn_newest(db: DB) -> None:
         log.warning("%s: removing %s, torn by a crash before its transaction completed (%s)",
                     db.name, path.name, exc.message)
         db.ltx.delete(path)
+
+
+def _finish_interrupted_truncate(db: DB, fd: int, header: bytes, ps: int) -> None:
+    """Cut a rollback-mode database file down to its committed size.
+
+    SQLite truncates a database that shrank only after the commit point (the journal is
+    already finalized and the LTX file written), so a crash in between leaves pages past the
+    valid in-header size. SQLite ignores them, but the file should be what the transaction
+    left; finishing the truncate makes it so. Not done with committed WAL frames present: the
+    WAL, not the file header, then says how long the database is.
+    """
+    if len(header) < 100 or header[92:96] != header[24:28]:
+        return  # no valid in-header size: SQLite goes by the file size, so does litefs
+    pages = int.from_bytes(header[28:32], "big")
+    size = os.fstat(fd).st_size
+    if not pages or size <= pages * ps:
+        return
+    log.info("%s: truncating the database file from %d to %d bytes (%d pages): the crash "
+             "interrupted SQLite's truncation after a commit that shrank it", db.name, size,
+             pages * ps, pages)
+    os.ftruncate(fd, pages * ps)
+    os.fsync(fd)
 
 
 def _logical_pages(fd: int, ps: int,

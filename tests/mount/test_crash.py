@@ -292,12 +292,33 @@ def digest(con: sqlite3.Connection) -> str:
 
 
 def first_difference(a: bytes, b: bytes, ps: int) -> str:
-    if len(a) != len(b):
-        return f"sizes differ: {len(a)} vs {len(b)} bytes"
-    for off in range(0, len(a), ps or 4096):
-        if a[off:off + ps] != b[off:off + ps]:
-            return f"first differing page: {off // ps + 1}"
-    return "identical"
+    ps = ps or 4096
+    n = min(len(a), len(b))
+    pages = [off // ps + 1 for off in range(0, n, ps) if a[off:off + ps] != b[off:off + ps]]
+    sizes = "" if len(a) == len(b) else f"sizes differ ({len(a) // ps} vs {len(b) // ps} pages), "
+    if not pages:
+        return sizes + "common pages identical" if sizes else "identical"
+    return f"{sizes}{len(pages)} pages differ, first ones: {pages[:8]}"
+
+
+def backing_files(root: Path) -> str:
+    """What the backing files look like, for a failure message (never the raw bytes)."""
+    parts = []
+    for kind in ("database", "journal", "wal"):
+        path = root / kind
+        if not path.exists():
+            parts.append(f"{kind}: absent")
+            continue
+        head = path.read_bytes()[:100]
+        desc = f"{kind}: {path.stat().st_size} bytes"
+        if kind == "database" and len(head) == 100:
+            desc += (f", change counter {int.from_bytes(head[24:28], 'big')}, in-header size "
+                     f"{int.from_bytes(head[28:32], 'big')} pages (valid-for "
+                     f"{int.from_bytes(head[92:96], 'big')})")
+        elif kind == "journal":
+            desc += f", header {head[:12].hex()}"
+        parts.append(desc)
+    return "; ".join(parts)
 
 
 @dataclass
@@ -341,9 +362,11 @@ def verify(m: LitefsMount, hist: History, *, absent: frozenset[int] = frozenset(
         f"{rp.txid:016x}/{rp.checksum:016x}")
     replayed = rp.out.read_bytes()
     image = live_image(root)
-    assert image == replayed, (
-        "the live database (backing file + committed WAL) differs from the LTX replay: "
-        + first_difference(image, replayed, rp.page_size))
+    if image != replayed:  # not `assert a == b`: pytest would print both databases
+        raise AssertionError(
+            "the live database (backing file + committed WAL) differs from the LTX replay: "
+            f"{first_difference(image, replayed, rp.page_size)}; {backing_files(root)}; "
+            f"last LTX files {sorted(p.name for p in (root / 'ltx').iterdir())[-3:]}")
 
     if not replayed:
         assert not ledger, f"ledger has {len(ledger)} ids but the database is empty"
