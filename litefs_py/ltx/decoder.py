@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Iterator
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple, NoReturn
 
 import lz4.block
 
@@ -28,10 +28,20 @@ from .header import HEADER_SIZE, TRAILER_SIZE, Header, Trailer, Version
 from .page_encoding import PAGE_FLAG_LZ4_BLOCK, decompress_frame, read_lz4_frame
 from .varint import encode_index, read_uvarint
 
+try:  # the compiled hot loop (setup.py); optional, the pure loop below gives the same result
+    from ._frames import decode_frames as _compiled_frames
+except ImportError:  # pragma: no cover - only without a C compiler at install time
+    _compiled_frames = None  # type: ignore[assignment]
+
+# Pages the compiled loop decodes per call: bounds what is held before being yielded.
+_COMPILED_BATCH = 64
+
 _FRAME_HEADER = struct.Struct(">IH")
 _FRAME_HEADER_SIZED = struct.Struct(">IHI")
 _U32 = struct.Struct(">I")
-_CHUNK = 1 << 20
+# Read size of the page loop. Small enough that malloc reuses the buffers (1 MiB reads cost
+# 0.7 us/page more in bench/codec.py), and always at least two of the largest frames.
+_CHUNK = 1 << 16
 _U64 = struct.Struct(">Q")
 
 
@@ -59,8 +69,12 @@ class Decoder:
         self._offset = HEADER_SIZE
         self.trailer: Trailer | None = None
         self._entries: list[tuple[int, int, int]] = []
-        self.page_count = 0
         self._started = False
+
+    @property
+    def page_count(self) -> int:
+        """Pages decoded so far."""
+        return len(self._entries)
 
     @property
     def index(self) -> list[PageIndexEntry]:
@@ -88,87 +102,97 @@ class Decoder:
         read = self._file_read
         unpack_sized = _FRAME_HEADER_SIZED.unpack_from
         decompress = lz4.block.decompress
-        entries = self._entries
-        append = entries.append
+        append = self._entries.append
         max_csize = page_size + page_size // 255 + 16
+        refill_below = max_csize + 32  # the largest frame of either encoding fits
+        chunk = max(_CHUNK, 2 * refill_below)
         crc = self._crc
-        offset = self._offset  # file offset of buf[pos]
         # Frames are parsed from an in-memory chunk: one read() per chunk instead of three
-        # per page is most of the difference to the raw LZ4 floor.
-        buf = read(_CHUNK)
+        # per page. `base` is the file offset of buf[0]; the loop keeps per-page work to the
+        # minimum (this is the codec's hot path, see bench/codec.py).
+        base = self._offset
+        buf = read(chunk)
+        mv = memoryview(buf)
         pos = 0
         last = 0
-        count = 0
+        compiled = _compiled_frames
+        batch: list[tuple[int, bytes]] = []
+        entries = self._entries
         while True:
-            if len(buf) - pos < max_csize + 10:
-                buf = buf[pos:] + read(_CHUNK)
+            if len(buf) - pos < refill_below:
+                mv.release()
+                base += pos
+                buf = buf[pos:] + read(chunk)
+                mv = memoryview(buf)
                 pos = 0
+            if compiled is not None:
+                # Decodes the plain frames that follow; stops before anything the code below
+                # must handle (end marker, legacy frame, chunk end, a broken rule or payload).
+                pos, last, crc = compiled(buf, pos, page_size, commit, lock, snapshot, last,
+                                          base, crc, decompress, crc64, _COMPILED_BATCH,
+                                          batch, entries)
+                if batch:
+                    yield from batch
+                    batch.clear()
+                    continue
             avail = len(buf) - pos
-            if avail < 6:
-                raise TruncatedError(f"file ends inside a page frame header after page {last}",
-                                     name=name, offset=offset)
             if avail >= 10:
                 pgno, flags, csize = unpack_sized(buf, pos)
-            else:
+            elif avail >= 6:
                 pgno, flags = _FRAME_HEADER.unpack_from(buf, pos)
                 csize = -1
+            else:
+                raise TruncatedError(f"file ends inside a page frame header after page {last}",
+                                     name=name, offset=base + pos)
             if pgno == 0:
                 if flags != 0:
                     raise PageFrameError(f"end-of-pages marker has flags 0x{flags:04x}",
-                                         name=name, offset=offset)
+                                         name=name, offset=base + pos)
                 crc = crc64(buf[pos:pos + 6], crc)
                 pos += 6
-                offset += 6
                 break
             # Page number rules: order, lock page, commit bound, snapshot completeness.
             if pgno <= last or pgno == lock or pgno > commit or (
                 snapshot and pgno != (last + 2 if last + 1 == lock else last + 1)
             ):
                 raise PageFrameError(self._pgno_problem(pgno, last, lock), name=name,
-                                     offset=offset)
-            if flags == PAGE_FLAG_LZ4_BLOCK:
-                if csize < 0:
-                    raise TruncatedError(f"file ends inside the size of page {pgno}",
-                                         name=name, offset=offset + 6)
-                if csize > max_csize:
-                    raise PageFrameError(f"page {pgno} compressed size {csize} is impossible "
-                                         f"for page size {page_size}", name=name,
-                                         offset=offset + 6)
+                                     offset=base + pos)
+            if flags == PAGE_FLAG_LZ4_BLOCK and 0 <= csize <= max_csize and csize + 10 <= avail:
                 size = 10 + csize
-                if avail < size:
-                    raise TruncatedError(f"file ends inside page {pgno} ({avail - 10} of "
-                                         f"{csize} bytes)", name=name, offset=offset + 10)
-                mv = memoryview(buf)
                 try:
                     data = decompress(mv[pos + 10:pos + size], uncompressed_size=page_size)
                 except lz4.block.LZ4BlockError as exc:
                     raise PageFrameError(f"page {pgno}: corrupt LZ4 block ({exc})", name=name,
-                                         offset=offset + 10) from None
+                                         offset=base + pos + 10) from None
                 crc = crc64(data, crc64(buf[pos:pos + 10], crc))
+            elif flags == PAGE_FLAG_LZ4_BLOCK:
+                self._bad_block_frame(pgno, csize, max_csize, avail, base + pos)
             elif flags == 0:
-                data, size = self._legacy_frame(buf, pos, pgno, offset)
+                data, size = self._legacy_frame(buf, pos, pgno, base + pos)
                 if size < 0:  # the frame continues past this chunk: grow it and retry
                     more = read(-size)
                     if not more:
                         raise TruncatedError(f"file ends inside the LZ4 frame of page {pgno}",
-                                             name=name, offset=offset + 6)
+                                             name=name, offset=base + pos + 6)
+                    mv.release()
+                    base += pos
                     buf = buf[pos:] + more
+                    mv = memoryview(buf)
                     pos = 0
                     continue
                 crc = crc64(data, crc64(buf[pos:pos + 6], crc))
             else:
                 raise PageFrameError(f"page {pgno} has unknown page flags 0x{flags:04x}",
-                                     name=name, offset=offset + 4)
+                                     name=name, offset=base + pos + 4)
             if len(data) != page_size:
                 raise PageFrameError(f"page {pgno} inflates to {len(data)} bytes, page size is "
-                                     f"{page_size}", name=name, offset=offset)
-            append((pgno, offset, size))
-            offset += size
+                                     f"{page_size}", name=name, offset=base + pos)
+            append((pgno, base + pos, size))
             pos += size
             last = pgno
-            count += 1
-            self.page_count = count
             yield pgno, data
+        mv.release()
+        offset = base + pos
         if snapshot:
             needed = commit - 1 if commit == lock else commit
             if last != needed:
@@ -178,6 +202,19 @@ class Decoder:
         self._crc = crc
         self._leftover = buf[pos:]
         self._finish()
+
+    def _bad_block_frame(self, pgno: int, csize: int, max_csize: int, avail: int,
+                         offset: int) -> NoReturn:
+        """Raise the error for an LZ4-block frame whose size prefix is missing or wrong."""
+        if csize < 0:
+            raise TruncatedError(f"file ends inside the size of page {pgno}", name=self.name,
+                                 offset=offset + 6)
+        if csize > max_csize:
+            raise PageFrameError(f"page {pgno} compressed size {csize} is impossible for page "
+                                 f"size {self.header.page_size}", name=self.name,
+                                 offset=offset + 6)
+        raise TruncatedError(f"file ends inside page {pgno} ({avail - 10} of {csize} bytes)",
+                             name=self.name, offset=offset + 10)
 
     def _legacy_frame(self, buf: bytes, pos: int, pgno: int, offset: int) -> tuple[bytes, int]:
         """Decode the LZ4 frame of a legacy page frame starting at buf[pos]; return (page,

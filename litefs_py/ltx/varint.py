@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+
+try:  # compiled (setup.py, litefs_py/ltx/_frames.c); optional, same bytes as encode_index_py
+    from ._frames import encode_index as _compiled_index
+except ImportError:  # pragma: no cover - only without a C compiler at install time
+    _compiled_index = None  # type: ignore[assignment]
 
 # Page numbers and frame sizes are usually below 2**14: two bytes at most, looked up.
 _SMALL = [bytes([v]) if v < 0x80 else bytes(((v & 0x7F) | 0x80, v >> 7)) for v in range(0x4000)]
@@ -28,7 +33,7 @@ def append_uvarint(out: bytearray, value: int) -> None:
     out += uvarint(value)
 
 
-def encode_index(entries: Iterable[tuple[int, int, int]]) -> bytearray:
+def encode_index_py(entries: Iterable[tuple[int, int, int]]) -> bytes:
     """The v3 page index: (pgno, offset, size) varints per page, then a terminating 0."""
     out = bytearray()
     small = _SMALL
@@ -37,7 +42,11 @@ def encode_index(entries: Iterable[tuple[int, int, int]]) -> bytearray:
         out += uvarint(offset)
         out += small[size] if size < 0x4000 else uvarint(size)
     out.append(0)
-    return out
+    return bytes(out)
+
+
+encode_index: Callable[[Sequence[tuple[int, int, int]]], bytes] = (
+    _compiled_index if _compiled_index is not None else encode_index_py)
 
 
 def read_uvarint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:

@@ -29,6 +29,7 @@ from litefs_py.ltx import (
     PageEncoding,
     Trailer,
     crc64,
+    page_encoding,
     read_page_index,
 )
 
@@ -135,9 +136,25 @@ def block_frame(pgno: int, page: bytes, *, payload: bytes | None = None) -> Fram
     return Frame(pgno, 1, prefix + payload, prefix + page)
 
 
+def one_block_lz4_frame(page: bytes) -> bytes:
+    """The LZ4 frame litefs writes for a legacy page, built by the rules (FORMATS.md §3 and the
+    LZ4 frame spec): header for FLG 0x64 / BD 0x40, one block (stored as is when LZ4 does not
+    shrink it, as liblz4's frame API does), end mark, XXH32 content checksum. The checksum is
+    taken from python-lz4's own frame of the page (it depends only on the content); the block
+    is lz4.block's, which can differ from the frame API's by a few bytes for small pages."""
+    block = lz4.block.compress(page, store_size=False)
+    size = len(block)
+    if size >= len(page):
+        block, size = page, len(page) | 0x80000000
+    return (b"\x04\x22\x4d\x18\x64\x40\xa7" + size.to_bytes(4, "little") + block + bytes(4)
+            + lz4_frame(page)[-4:])
+
+
 def legacy_frame(pgno: int, page: bytes, *, payload: bytes | None = None) -> Frame:
     if payload is None:
-        payload = lz4_frame(page)
+        # Without the compiled module litefs writes legacy frames with python-lz4's frame API.
+        compiled = page_encoding._xxh32 is not None
+        payload = one_block_lz4_frame(page) if compiled else lz4_frame(page)
     return Frame(pgno, 0, payload, page)
 
 
