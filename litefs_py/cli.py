@@ -83,10 +83,10 @@ def main() -> None:
 @main.command()
 def version() -> None:
     """Print the litefs-py version and which LTX codec loops are in use."""
-    from .ltx.decoder import _compiled_frames
+    from .ltx import compiled_codec
 
     click.echo(f"litefs {__version__}")
-    click.echo("ltx codec: compiled (litefs_py/ltx/_frames.c)" if _compiled_frames is not None
+    click.echo("ltx codec: compiled (litefs_py/ltx/_frames.c)" if compiled_codec()
                else "ltx codec: pure Python (the C module was not built; a C compiler at "
                     "install time makes decoding about 1.6x faster)")
 

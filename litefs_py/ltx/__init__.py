@@ -13,7 +13,13 @@ from .checksum import (
     update_checksum,
 )
 from .compactor import compact
-from .decoder import Decoder, PageIndexEntry, decode_page_frame, read_page_index
+from .decoder import (
+    Decoder,
+    PageIndexEntry,
+    compiled_codec,
+    decode_page_frame,
+    read_page_index,
+)
 from .detect import detect_version, open_decoder
 from .encoder import Encoder
 from .errors import (
@@ -41,13 +47,47 @@ from .page_encoding import PageEncoding
 from .v1 import DecoderV1
 
 __all__ = [
-    "CHECKSUM_FLAG", "EMPTY_DATABASE_CHECKSUM", "FLAG_V1_COMPRESS_LZ4", "FLAG_V3_NO_CHECKSUM",
-    "HEADER_SIZE", "TRAILER_SIZE", "ChecksumMismatchError", "CompactionError", "Decoder",
-    "DecoderV1", "Encoder", "FilenameError", "Header", "HeaderError", "LTXError",
-    "PageEncoding", "PageFrameError", "PageIndexEntry", "PageIndexError", "Trailer",
-    "TrailerError", "TruncatedError", "Version", "apply_ltx", "apply_pages",
-    "combine_page_checksums", "compact", "crc64", "database_checksum", "decode_page_frame",
-    "detect_version", "encode_snapshot", "format_filename", "format_txid", "is_ltx_filename",
-    "lock_pgno", "open_decoder", "page_checksum", "parse_filename", "parse_txid",
-    "read_page_index", "update_checksum",
+    "CHECKSUM_FLAG",
+    "EMPTY_DATABASE_CHECKSUM",
+    "FLAG_V1_COMPRESS_LZ4",
+    "FLAG_V3_NO_CHECKSUM",
+    "HEADER_SIZE",
+    "TRAILER_SIZE",
+    "ChecksumMismatchError",
+    "CompactionError",
+    "Decoder",
+    "DecoderV1",
+    "Encoder",
+    "FilenameError",
+    "Header",
+    "HeaderError",
+    "LTXError",
+    "PageEncoding",
+    "PageFrameError",
+    "PageIndexEntry",
+    "PageIndexError",
+    "Trailer",
+    "TrailerError",
+    "TruncatedError",
+    "Version",
+    "apply_ltx",
+    "apply_pages",
+    "combine_page_checksums",
+    "compact",
+    "compiled_codec",
+    "crc64",
+    "database_checksum",
+    "decode_page_frame",
+    "detect_version",
+    "encode_snapshot",
+    "format_filename",
+    "format_txid",
+    "is_ltx_filename",
+    "lock_pgno",
+    "open_decoder",
+    "page_checksum",
+    "parse_filename",
+    "parse_txid",
+    "read_page_index",
+    "update_checksum",
 ]

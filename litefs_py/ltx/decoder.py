@@ -33,6 +33,13 @@ try:  # the compiled hot loop (setup.py); optional, the pure loop below gives th
 except ImportError:  # pragma: no cover - only without a C compiler at install time
     _compiled_frames = None  # type: ignore[assignment]
 
+
+
+def compiled_codec() -> bool:
+    """True when the compiled page loop (litefs_py/ltx/_frames.c) is in use."""
+    return _compiled_frames is not None
+
+
 # Pages the compiled loop decodes per call: bounds what is held before being yielded.
 _COMPILED_BATCH = 64
 
