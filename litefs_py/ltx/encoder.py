@@ -71,7 +71,14 @@ class Encoder:
             raise PageFrameError(
                 f"page {pgno} is {len(data)} bytes, page size is {self._page_size}",
                 name=self.name, offset=self._offset)
-        self._check_pgno(pgno)
+        # The common case inline (this runs once per page): the next page of a snapshot, or
+        # a page after the last one within the commit size of an incremental file.
+        last = self._last_pgno
+        if self._snapshot:
+            if pgno != last + 1 or pgno == self._lock_pgno or pgno > self._commit:
+                self._check_pgno(pgno)
+        elif not last < pgno <= self._commit or pgno == self._lock_pgno:
+            self._check_pgno(pgno)
         if self._legacy:
             payload = compress_frame(data)
             hdr = _FRAME_HEADER.pack(pgno, 0)
@@ -79,15 +86,14 @@ class Encoder:
             payload = compress_block(data)
             hdr = _FRAME_HEADER_SIZED.pack(pgno, 1, len(payload))
         self._crc = crc64(data, crc64(hdr, self._crc))
-        self._write(hdr)
-        self._write(payload)
+        self._write(hdr + payload)
         size = len(hdr) + len(payload)
         self._index.append((pgno, self._offset, size))
         self._offset += size
         self._last_pgno = pgno
         self.page_count += 1
         if self._track:
-            self._page_checksums ^= crc64(data, crc64(pgno.to_bytes(4, "big")))
+            self._page_checksums ^= crc64(data, crc64(hdr[:4]))
 
     def _check_pgno(self, pgno: int) -> None:
         last = self._last_pgno

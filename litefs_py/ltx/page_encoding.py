@@ -7,6 +7,7 @@ a streaming reader must walk the frame's own structure to find where it ends.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from enum import IntEnum
 from typing import cast
@@ -56,20 +57,19 @@ def compress_frame_lz4f(page: bytes | memoryview) -> bytes:
 _LEGACY_FRAME_HEAD = LZ4_FRAME_MAGIC + b"\x64\x40\xa7"
 _END_MARK = bytes(4)
 _STORED = 0x80000000  # block size flag: the block is the page itself, uncompressed
+_LE32 = struct.Struct("<I").pack
 
 
 def compress_frame(page: bytes | memoryview) -> bytes:
-    if _xxh32 is None:  # pragma: no cover - only without the compiled module
-        return compress_frame_lz4f(page)
     n = len(page)
-    if n > 65536:
+    if _xxh32 is None or n > 65536:  # pragma: no cover - only without the compiled module
         return compress_frame_lz4f(page)
     block = lz4.block.compress(page, store_size=False)
-    if len(block) >= n:  # LZ4F stores a block that does not shrink as it is
-        return b"".join((_LEGACY_FRAME_HEAD, (n | _STORED).to_bytes(4, "little"), page,
-                         _END_MARK, _xxh32(page).to_bytes(4, "little")))
-    return b"".join((_LEGACY_FRAME_HEAD, len(block).to_bytes(4, "little"), block, _END_MARK,
-                     _xxh32(page).to_bytes(4, "little")))
+    size = len(block)
+    if size >= n:  # LZ4F stores a block that does not shrink as it is
+        return b"".join((_LEGACY_FRAME_HEAD, _LE32(n | _STORED), page, _END_MARK,
+                         _LE32(_xxh32(page))))
+    return b"".join((_LEGACY_FRAME_HEAD, _LE32(size), block, _END_MARK, _LE32(_xxh32(page))))
 
 
 def read_lz4_frame(read: Callable[[int], bytes]) -> bytes:
