@@ -86,6 +86,9 @@ class Uploader:
         self._uploaded_at: dict[Path, float] = {}  # local file -> when it reached the replica
         self._on_upload = on_upload
         self._spool_warned = False
+        # (min, max) of an L0 upload whose request failed: it may still have reached the
+        # replica (a connection cut after the server stored it), see _learn_unacked_upload.
+        self._unacked: tuple[int, int] | None = None
         db.commit_listeners.append(self._on_commit)
 
     def wake(self) -> None:
@@ -170,8 +173,40 @@ class Uploader:
         self.status.put_requests += 2
         self.status.remote_txid = txid
 
+    async def _learn_unacked_upload(self) -> None:
+        """After a failed PUT, ask the replica whether the object arrived anyway.
+
+        Without this the retry would upload the same TXIDs again with a larger max (the
+        commits made meanwhile), leaving two overlapping L0 objects: restorable, but not the
+        contiguous L0 chain Litestream's compaction expects. One ListObjectsV2 (StartAfter)
+        per failed upload.
+        """
+        assert self._unacked is not None
+        lo, _hi = self._unacked
+        landed = [i.max_txid for i in await aio.run(self.client.ltx_files_after, 0, lo - 1)
+                  if i.min_txid == lo]
+        self._unacked = None
+        top = max(landed, default=0)
+        if self.status.remote_txid < top <= self.db.txid:
+            log.info("%s: TXIDs %016x-%016x reached %s although the request failed; "
+                     "continuing after them", self.db.name, lo, top, self.client.description)
+            self._acknowledged(top)
+
+    def _acknowledged(self, hi: int) -> None:
+        """The replica holds every TXID up to `hi`."""
+        now = time.monotonic()
+        self.status.remote_txid = hi
+        for _lo, _hi, p in self.db.ltx.paths():
+            if _hi <= hi:
+                self._uploaded_at.setdefault(p, now)
+        for txid in [t for t in self.status.commit_times if t <= hi]:
+            del self.status.commit_times[txid]
+        self.status.oldest_unuploaded_at = min(self.status.commit_times.values(), default=None)
+
     async def _upload_pending(self) -> None:
         db = self.db
+        if self._unacked is not None:
+            await self._learn_unacked_upload()
         remote = self.status.remote_txid
         pending = db.ltx.paths_after(remote)
         self.status.local_txid = db.txid
@@ -188,17 +223,12 @@ class Uploader:
         meta = {META_TIMESTAMP: format_timestamp(ts)}
         if post:
             meta[META_CHECKSUM] = f"{post:016x}"
-        await aio.run(self.client.write_ltx, 0, lo, hi, data, meta)
-        now = time.monotonic()
-        self.status.uploads += 1
+        self._unacked = (lo, hi)
         self.status.put_requests += 1
-        self.status.remote_txid = hi
-        for _lo, _hi, p in pending:
-            if _hi <= hi:
-                self._uploaded_at[p] = now
-        for txid in [t for t in self.status.commit_times if t <= hi]:
-            del self.status.commit_times[txid]
-        self.status.oldest_unuploaded_at = min(self.status.commit_times.values(), default=None)
+        await aio.run(self.client.write_ltx, 0, lo, hi, data, meta)
+        self._unacked = None
+        self.status.uploads += 1
+        self._acknowledged(hi)
         if self._on_upload is not None:
             self._on_upload(lo, hi)
 

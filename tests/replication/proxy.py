@@ -9,6 +9,9 @@ whole life) and forwards every connection to the upstream port. Faults:
   PUT is in flight most of the time).
 - `hold_once(pattern, seconds)`: the first client → server chunk containing `pattern` (e.g.
   `b".ltx HTTP/1.1"`: the first request for an object, not a listing) waits that long.
+- `lose_response_once(pattern)`: the first request containing `pattern` reaches the server,
+  but its response never reaches the client: the proxy goes `down()` instead (an upload the
+  server stored while the client saw its connection reset, and retries refused).
 
 Threads only; `close()` stops everything and joins the threads. Use as a context manager.
 """
@@ -35,9 +38,14 @@ class TcpProxy:
         self._closed = False
         self.accepted = 0
         self._hold: tuple[bytes, float] | None = None
+        self._lose: bytes | None = None
+        self.lost_responses = 0
 
     def hold_once(self, pattern: bytes, seconds: float) -> None:
         self._hold = (pattern, seconds)
+
+    def lose_response_once(self, pattern: bytes) -> None:
+        self._lose = pattern
 
     @property
     def endpoint(self) -> str:
@@ -128,14 +136,16 @@ class TcpProxy:
             self.accepted += 1
             with self._lock:
                 self._conns.update((client, server))
+            armed: list[bool] = []  # set by this connection's request pump, read by its reply pump
             for src, dst, slow in ((client, server, True), (server, client, False)):
-                t = threading.Thread(target=self._pump, args=(src, dst, slow), daemon=True,
+                t = threading.Thread(target=self._pump, args=(src, dst, slow, armed), daemon=True,
                                      name=f"proxy pump :{self.port}")
                 t.start()
                 self._threads.append(t)
             self._threads = [t for t in self._threads if t.is_alive()]
 
-    def _pump(self, src: socket.socket, dst: socket.socket, slow: bool) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, slow: bool,
+              armed: list[bool]) -> None:
         try:
             while True:
                 data = src.recv(65536)
@@ -147,6 +157,16 @@ class TcpProxy:
                 if slow and hold is not None and hold[0] in data:
                     self._hold = None
                     time.sleep(hold[1])
+                lose = self._lose
+                if slow and lose is not None and lose in data:
+                    self._lose = None
+                    armed.append(True)
+                # The final response to that request is never delivered ("100 Continue",
+                # which lets botocore send the body, still is).
+                if not slow and armed and not data.startswith(b"HTTP/1.1 100"):
+                    self.lost_responses += 1
+                    self.down()
+                    break
                 dst.sendall(data)
         except OSError:
             pass

@@ -77,8 +77,15 @@ def _restores_equal(rig: Rig, bucket: Bucket, litestream: Path, txid: int, want:
 
 
 @pytest.mark.interop
-@pytest.mark.time_limit(75)
-def test_endpoint_down_during_writes(bucket: Bucket, rig: Rig, litestream: Path) -> None:
+@pytest.mark.time_limit(300)
+@pytest.mark.parametrize(("down_for", "interval"), [
+    pytest.param(5.0, 0.03, id="5s"),
+    # "Survives the endpoint being down for minutes": longer than several of the uploader's
+    # 30 s maximum backoffs, so retries keep going at the cap and still catch up.
+    pytest.param(150.0, 0.1, id="150s"),
+])
+def test_endpoint_down_during_writes(bucket: Bucket, rig: Rig, litestream: Path,
+                                     down_for: float, interval: float) -> None:
     proxy = rig.proxy(_moto_port(bucket))
     m = rig.mount(write_config(rig.tmp / "litefs.yml", bucket.url(endpoint=proxy.endpoint)))
     m.start()
@@ -87,11 +94,12 @@ def test_endpoint_down_during_writes(bucket: Bucket, rig: Rig, litestream: Path)
     wait_until(lambda: max_txid(list_ltx(bucket.endpoint, bucket.name, PREFIX)) >= 2, 5,
                what="the first transactions in the bucket")
 
-    client.send({"op": "loop", "seconds": 9.0, "interval": 0.03, "size": 200, "hash": True})
+    client.send({"op": "loop", "seconds": down_for + 4.0, "interval": interval, "size": 200,
+                 "hash": True})
     time.sleep(2.0)
     proxy.down()
     down_at = time.monotonic()
-    time.sleep(5.0)
+    time.sleep(down_for)
     reached_while_down = max_txid(list_ltx(bucket.endpoint, bucket.name, PREFIX))
     proxy.up()
     up_at = time.monotonic()
@@ -106,7 +114,10 @@ def test_endpoint_down_during_writes(bucket: Bucket, rig: Rig, litestream: Path)
     last, last_hash = commits[-1][0], commits[-1][3]
     assert reached_while_down < during[-1][0], "nothing after the outage reached the bucket"
 
-    wait_until(lambda: max_txid(list_ltx(bucket.endpoint, bucket.name, PREFIX)) >= last, 20,
+    # After a long outage the next retry can be one maximum backoff away (30 s, jittered to
+    # at most 45 s).
+    wait_until(lambda: max_txid(list_ltx(bucket.endpoint, bucket.name, PREFIX)) >= last,
+               20 if down_for < 30 else 70,
                what="every TXID in the bucket after the endpoint came back")
     caught_up = time.monotonic() - up_at
     objs = list_ltx(bucket.endpoint, bucket.name, PREFIX)
@@ -120,6 +131,37 @@ def test_endpoint_down_during_writes(bucket: Bucket, rig: Rig, litestream: Path)
     print(f"{len(commits)} commits ({len(during)} while down), slowest {slowest[2] * 1000:.0f} "
           f"ms, p95 {p95(during):.0f} ms while down vs {p95(others):.0f} ms otherwise; caught "
           f"up {caught_up:.1f}s after the endpoint came back")
+
+
+@pytest.mark.interop
+@pytest.mark.time_limit(120)
+def test_upload_stored_but_unacknowledged_is_not_uploaded_twice(bucket: Bucket, rig: Rig,
+                                                                litestream: Path) -> None:
+    """The server stores an L0 object but the client never gets the answer (connection
+    reset, retries refused). After the outage the uploader must notice the object arrived and
+    continue after it, not upload its TXIDs again in a larger, overlapping object (which the
+    150 s outage above produced before this was fixed)."""
+    proxy = rig.proxy(_moto_port(bucket))
+    m = rig.mount(write_config(rig.tmp / "litefs.yml", bucket.url(endpoint=proxy.endpoint)))
+    m.start()
+    client = rig.sql(m.db("app.db"))
+    client.txns(3)
+    wait_until(lambda: max_txid(list_ltx(bucket.endpoint, bucket.name, PREFIX)) >= 4, 5,
+               what="the first transactions in the bucket")
+    proxy.lose_response_once(b".ltx HTTP/1.1")  # the next object upload (a PUT)
+    client.txns(1)
+    wait_until(lambda: proxy.lost_responses == 1, 10, what="an upload whose answer was lost")
+    stored = max_txid(list_ltx(bucket.endpoint, bucket.name, PREFIX))
+    assert stored >= 5, "the server should have stored the upload whose answer was lost"
+    client.txns(20)  # committed while the endpoint is down
+    proxy.up()
+    last = client.request({"op": "hash"})
+    wait_until(lambda: max_txid(list_ltx(bucket.endpoint, bucket.name, PREFIX)) >= last["txid"],
+               70, what="every TXID in the bucket after the endpoint came back")
+    objs = list_ltx(bucket.endpoint, bucket.name, PREFIX)
+    assert _l0_chain_problem(objs) is None, _l0_chain_problem(objs)
+    assert "although the request failed" in m.log()
+    _restores_equal(rig, bucket, litestream, last["txid"], last["hash"], "lost-answer")
 
 
 # ---- (b) SIGKILL mid-upload -------------------------------------------------------------------
