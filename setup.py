@@ -1,13 +1,19 @@
-"""Build hook for the one compiled module; everything else is in pyproject.toml.
+"""Build hook for the compiled modules; everything else is in pyproject.toml.
 
-`litefs_py.ltx._frames` is the decoder's hot loop in C (see its header comment). It is
-optional: without a C compiler the install still succeeds and the decoder uses its pure
-Python loop (same results, about 1.6x slower decoding; `litefs version` says which).
+- `litefs_py.ltx._frames`: the LTX decoder's page loop and the page-index encoding.
+- `litefs_py.sqlite._walsum`: SQLite's WAL checksum.
+
+Both are optional: without a C compiler the install still succeeds and the same code runs in
+Python (same results, slower; `litefs version` says which). See each file's header comment.
 """
 
 from setuptools import Extension, setup
 
+FLAGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
+
 setup(ext_modules=[
     Extension("litefs_py.ltx._frames", ["litefs_py/ltx/_frames.c"], optional=True,
-              extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"]),
+              extra_compile_args=FLAGS),
+    Extension("litefs_py.sqlite._walsum", ["litefs_py/sqlite/_walsum.c"], optional=True,
+              extra_compile_args=FLAGS),
 ])

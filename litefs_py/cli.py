@@ -84,11 +84,15 @@ def main() -> None:
 def version() -> None:
     """Print the litefs-py version and which LTX codec loops are in use."""
     from .ltx import compiled_codec
+    from .sqlite.wal import compiled_wal_checksum
 
     click.echo(f"litefs {__version__}")
     click.echo("ltx codec: compiled (litefs_py/ltx/_frames.c)" if compiled_codec()
                else "ltx codec: pure Python (the C module was not built; a C compiler at "
                     "install time makes decoding about 1.6x faster)")
+    click.echo("wal checksum: compiled (litefs_py/sqlite/_walsum.c)" if compiled_wal_checksum()
+               else "wal checksum: pure Python (the C module was not built: recovery of large "
+                    "WALs and restores of Litestream 0.3 backups are much slower)")
 
 
 @main.group()

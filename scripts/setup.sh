@@ -23,10 +23,10 @@ if [ ! -x .venv/bin/python ]; then
     $PY -m venv .venv
 fi
 # Reinstall only when the install inputs changed since the last successful install
-# (setup.py and the C source build litefs_py/ltx/_frames, which must never go stale).
+# (setup.py and the C sources it builds, which must never go stale).
 stamp=.venv/.litefs-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
-        || [ litefs_py/ltx/_frames.c -nt "$stamp" ]; then
+        || [ litefs_py/ltx/_frames.c -nt "$stamp" ] || [ litefs_py/sqlite/_walsum.c -nt "$stamp" ]; then
     echo "setup: installing litefs-py and its dependencies into .venv" >&2
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e '.[dev]'

@@ -152,7 +152,8 @@ def test_index_encoding_rejects_bad_entries() -> None:
         encode_index([(1, 2, -3)])
 
 
-def test_version_says_the_compiled_codec_is_in_use() -> None:
+def test_version_says_the_compiled_modules_are_in_use() -> None:
     done = subprocess.run([sys.executable, "-m", "litefs_py", "version"], capture_output=True,
                           text=True, timeout=60, check=True)
-    assert done.stdout.splitlines()[1] == "ltx codec: compiled (litefs_py/ltx/_frames.c)"
+    assert done.stdout.splitlines()[1:] == ["ltx codec: compiled (litefs_py/ltx/_frames.c)",
+                                            "wal checksum: compiled (litefs_py/sqlite/_walsum.c)"]

@@ -19,7 +19,7 @@ import enum
 import functools
 import io
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -78,7 +78,7 @@ def _words(count: int, big_endian: bool) -> struct.Struct:
     return struct.Struct(f"{'>' if big_endian else '<'}{count}I")
 
 
-def wal_checksum(
+def wal_checksum_py(
     data: bytes | bytearray | memoryview, s0: int, s1: int, big_endian: bool
 ) -> tuple[int, int]:
     """SQLite's walChecksumBytes: continue the checksum (s0, s1) over `data`.
@@ -112,6 +112,20 @@ def wal_checksum(
             s0 = (s0 + a + s1) & _U32
             s1 = (s1 + b + s0) & _U32
     return s0, s1
+
+
+try:  # compiled (setup.py, litefs_py/sqlite/_walsum.c); same results, far faster
+    from ._walsum import wal_checksum as _compiled_wal_checksum
+except ImportError:  # pragma: no cover - only without a C compiler at install time
+    _compiled_wal_checksum = None  # type: ignore[assignment]
+
+wal_checksum: Callable[[bytes | bytearray | memoryview, int, int, bool], tuple[int, int]] = (
+    _compiled_wal_checksum if _compiled_wal_checksum is not None else wal_checksum_py)
+
+
+def compiled_wal_checksum() -> bool:
+    """True when the compiled WAL checksum (litefs_py/sqlite/_walsum.c) is in use."""
+    return _compiled_wal_checksum is not None
 
 
 @dataclass(frozen=True, slots=True)

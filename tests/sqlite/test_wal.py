@@ -7,6 +7,7 @@ import os
 import random
 import sqlite3
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from litefs_py.sqlite import (
     parse_wal_header,
     wal_checksum,
 )
+from litefs_py.sqlite.wal import wal_checksum_py
 
 VECTORS = Path(os.environ.get("LITEFS_VECTORS", "/work/shared/vectors/litefs"))
 WAL_FIXTURES = VECTORS / "wal-reader"
@@ -265,17 +267,27 @@ def test_checksum_known_answer() -> None:
     big_endian=st.booleans(),
 )
 def test_checksum_matches_reference(data: bytes, s0: int, s1: int, big_endian: bool) -> None:
-    assert wal_checksum(data, s0, s1, big_endian) == reference_checksum(data, s0, s1, big_endian)
+    want = reference_checksum(data, s0, s1, big_endian)
+    assert wal_checksum(data, s0, s1, big_endian) == want
+    assert wal_checksum_py(data, s0, s1, big_endian) == want  # the fallback without a compiler
 
 
-def test_checksum_byte_orders_differ_and_compose() -> None:
+def test_checksum_is_compiled() -> None:
+    """setup.py builds litefs_py/sqlite/_walsum.c; the pure version is only the fallback."""
+    assert wal_checksum is not wal_checksum_py
+
+
+@pytest.mark.parametrize("impl", [wal_checksum, wal_checksum_py], ids=["compiled", "pure"])
+def test_checksum_byte_orders_differ_and_compose(
+        impl: Callable[[bytes, int, int, bool], tuple[int, int]]) -> None:
     data = random.Random(1).randbytes(4096)
-    le = wal_checksum(data, 0, 0, False)
-    assert le != wal_checksum(data, 0, 0, True)
+    le = impl(data, 0, 0, False)
+    assert le != impl(data, 0, 0, True)
     # Chaining over two pieces equals one pass over the whole (how frames are checked).
-    assert wal_checksum(data[1000:], *wal_checksum(data[:1000], 0, 0, False), False) == le
+    assert impl(data[1000:], *impl(data[:1000], 0, 0, False), False) == le
+    assert impl(memoryview(data), 0, 0, False) == impl(bytearray(data), 0, 0, False) == le
     with pytest.raises(ValueError, match="multiple of 8"):
-        wal_checksum(data[:12], 0, 0, False)
+        impl(data[:12], 0, 0, False)
 
 
 # --- encoder / reader ---

@@ -1,0 +1,3 @@
+def wal_checksum(
+    data: bytes | bytearray | memoryview, s0: int, s1: int, big_endian: bool
+) -> tuple[int, int]: ...
