@@ -18,8 +18,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from litefs_py.ltx import Decoder, Header, LTXError, PageEncoding, crc64, decoder, varint
-from litefs_py.ltx._frames import crc64_iso, decode_frames, encode_index
+from litefs_py.ltx import (
+    Decoder,
+    Header,
+    LTXError,
+    PageEncoding,
+    crc64,
+    decoder,
+    encoder,
+    varint,
+)
+from litefs_py.ltx._frames import crc64_iso, decode_frames, encode_index, xxh32
 from tests.ltx.helpers import encode_v3
 
 PS = 512
@@ -157,3 +166,55 @@ def test_version_says_the_compiled_modules_are_in_use() -> None:
                           text=True, timeout=60, check=True)
     assert done.stdout.splitlines()[1:] == ["ltx codec: compiled (litefs_py/ltx/_frames.c)",
                                             "wal checksum: compiled (litefs_py/sqlite/_walsum.c)"]
+
+
+def _literal_lz4_frame(page: bytes) -> bytes:
+    """A legal LZ4 block that stores the page as one literal run: 65,794 bytes for a 64 KiB
+    page, more than the frame header's 64 KiB maximum block size."""
+    rest, ext = len(page) - 15, []
+    while rest >= 255:
+        ext.append(255)
+        rest -= 255
+    block = bytes([0xF0, *ext, rest]) + page
+    return (b"\x04\x22\x4d\x18\x64\x40\xa7" + len(block).to_bytes(4, "little") + block + bytes(4)
+            + xxh32(page).to_bytes(4, "little"))
+
+
+def test_oversized_legacy_block_is_refused_on_both_paths() -> None:
+    """Found in review: with 64 KiB pages the C loop accepted a legacy block over the frame's
+    64 KiB block maximum, which LZ4F (the pure path) rejects."""
+    ps = 65536
+    header = Header(page_size=ps, commit=2, min_txid=1, max_txid=1, timestamp=1, flags=2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(encoder, "compress_frame", _literal_lz4_frame)
+        data = encode_v3(header, [(1, random.Random(1).randbytes(ps)),
+                                  (2, random.Random(2).randbytes(ps))],
+                         encoding=PageEncoding.LZ4_FRAME)[0]
+    compiled, pure = _both(data)
+    assert compiled == pure
+    assert compiled[:2] == ("error", "PageFrameError") and "maxBlockSize" in str(compiled[2])
+
+
+@pytest.mark.parametrize("page_size", [0, 256, 65537, 2**32 + 4096])
+def test_page_sizes_outside_ltx_rules_are_refused(page_size: int) -> None:
+    with pytest.raises((ValueError, OverflowError)):
+        decode_frames(bytes(100), 0, page_size, 1, 2, True, 0, 0, 0, lz4.block.decompress,
+                      crc64, 10, [], [])
+
+
+def test_lists_are_cut_back_when_an_error_propagates() -> None:
+    data = _sample(random.Random(7), PageEncoding.LZ4_BLOCK, True)
+    calls = []
+
+    def failing_crc(page: bytes, crc: int) -> int:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # not about the file: must propagate
+        return crc64(page, crc)
+
+    pages: list[tuple[int, bytes]] = [(0, b"kept")]
+    entries: list[tuple[int, int, int]] = [(0, 0, 0)]
+    with pytest.raises(KeyboardInterrupt):
+        decode_frames(data, 100, PS, 11, 2**21, True, 0, 100, 0, lz4.block.decompress,
+                      failing_crc, 1000, pages, entries)
+    assert pages == [(0, b"kept")] and entries == [(0, 0, 0)]

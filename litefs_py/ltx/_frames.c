@@ -128,28 +128,48 @@ static PyObject *decode_frames(PyObject *self, PyObject *const *args, Py_ssize_t
         PyErr_SetString(PyExc_TypeError, "buf must be bytes");
         return NULL;
     }
+    /* Each conversion is checked at once: later ones must not run with an error set. */
     Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) return NULL;
     long page_size = PyLong_AsLong(args[2]);
+    if (page_size == -1 && PyErr_Occurred()) return NULL;
     unsigned long long commit = PyLong_AsUnsignedLongLong(args[3]);
+    if (commit == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
     unsigned long long lock = PyLong_AsUnsignedLongLong(args[4]);
+    if (lock == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
     int snapshot = PyObject_IsTrue(args[5]);
+    if (snapshot < 0) return NULL;
     unsigned long long last = PyLong_AsUnsignedLongLong(args[6]);
+    if (last == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
     unsigned long long base = PyLong_AsUnsignedLongLong(args[7]);
-    uint64_t crc = PyLong_AsUnsignedLongLong(args[8]);
+    if (base == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    unsigned long long crc_in0 = PyLong_AsUnsignedLongLong(args[8]);
+    if (crc_in0 == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    uint64_t crc = crc_in0;
     PyObject *decompress = args[9];
     PyObject *crc64 = args[10];
     Py_ssize_t max_pages = PyLong_AsSsize_t(args[11]);
+    if (max_pages == -1 && PyErr_Occurred()) return NULL;
     PyObject *pages = args[12];
     PyObject *entries = args[13];
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
     if (!PyList_Check(pages) || !PyList_Check(entries)) {
         PyErr_SetString(PyExc_TypeError, "pages and entries must be lists");
         return NULL;
     }
-    if (pos < 0 || page_size <= 0) {
+    /* LTX page sizes are 512..65536 (the header rules); the size arithmetic below relies on
+     * it. */
+    if (pos < 0 || page_size < 512 || page_size > 65536) {
         PyErr_SetString(PyExc_ValueError, "bad position or page size");
+        return NULL;
+    }
+    /* On an error that propagates, the lists are cut back to what they held on entry, so
+     * they never describe pages the caller's (pos, last, crc) do not include. */
+    const Py_ssize_t pages_at_entry = PyList_GET_SIZE(pages);
+    const Py_ssize_t entries_at_entry = PyList_GET_SIZE(entries);
+    /* Payload views are slices of one view of `buf`, so a callable that keeps its argument
+     * keeps `buf` alive too. */
+    PyObject *whole = PyMemoryView_FromObject(buf);
+    if (whole == NULL) {
         return NULL;
     }
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(buf);
@@ -157,6 +177,7 @@ static PyObject *decode_frames(PyObject *self, PyObject *const *args, Py_ssize_t
     const uint32_t max_csize = (uint32_t)(page_size + page_size / 255 + 16);
     PyObject *size_obj = PyLong_FromLong(page_size);
     if (size_obj == NULL) {
+        Py_DECREF(whole);
         return NULL;
     }
     PyObject *result = NULL;
@@ -199,7 +220,9 @@ static PyObject *decode_frames(PyObject *self, PyObject *const *args, Py_ssize_t
             uint32_t bs = le32(frame + 13);
             stored = (bs & 0x80000000U) != 0;
             block_size = bs & 0x7FFFFFFFU;
-            if (block_size == 0 || block_size > max_csize || left < 7 + 4 + (Py_ssize_t)block_size + 8) {
+            /* BD 0x40 caps a block at 64 KiB: LZ4F rejects larger ones, so does the pure path. */
+            if (block_size == 0 || block_size > max_csize || block_size > 65536 ||
+                left < 7 + 4 + (Py_ssize_t)block_size + 8) {
                 break;
             }
             if (stored && block_size != (uint32_t)page_size) {
@@ -219,7 +242,8 @@ static PyObject *decode_frames(PyObject *self, PyObject *const *args, Py_ssize_t
                 goto done;
             }
         } else {
-            PyObject *payload = PyMemoryView_FromMemory((char *)block, block_size, PyBUF_READ);
+            Py_ssize_t start = (Py_ssize_t)(block - data);
+            PyObject *payload = PySequence_GetSlice(whole, start, start + (Py_ssize_t)block_size);
             if (payload == NULL) {
                 goto done;
             }
@@ -238,8 +262,8 @@ static PyObject *decode_frames(PyObject *self, PyObject *const *args, Py_ssize_t
                 break;
             }
         }
-        if (flags == 0 && xxh32((const unsigned char *)PyBytes_AS_STRING(page), (size_t)page_size)
-                              != le32(frame + frame_size - 4)) {
+        if (flags == 0 && xxh32((const unsigned char *)PyBytes_AS_STRING(page),
+                                (size_t)PyBytes_GET_SIZE(page)) != le32(frame + frame_size - 4)) {
             Py_DECREF(page);
             break;
         }
@@ -289,7 +313,15 @@ static PyObject *decode_frames(PyObject *self, PyObject *const *args, Py_ssize_t
     }
     result = Py_BuildValue("(nKK)", pos, last, (unsigned long long)crc);
 done:
+    if (result == NULL) {
+        PyObject *exc_type, *exc_value, *exc_tb;
+        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        PyList_SetSlice(pages, pages_at_entry, PY_SSIZE_T_MAX, NULL);
+        PyList_SetSlice(entries, entries_at_entry, PY_SSIZE_T_MAX, NULL);
+        PyErr_Restore(exc_type, exc_value, exc_tb);
+    }
     Py_DECREF(size_obj);
+    Py_DECREF(whole);
     return result;
 }
 
@@ -313,6 +345,10 @@ static PyObject *encode_index(PyObject *self, PyObject *entries) {
         return NULL;
     }
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > (PY_SSIZE_T_MAX - 1) / 30) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
     /* 3 varints of at most 10 bytes each per entry, plus the terminator. */
     PyObject *out = PyBytes_FromStringAndSize(NULL, n * 30 + 1);
     if (out == NULL) {

@@ -89,6 +89,8 @@ def wal_checksum_py(
     size = len(data)
     if size % 8:
         raise ValueError(f"wal_checksum: data length {size} is not a multiple of 8")
+    s0 &= _U32  # as the compiled version (u32 in, u32 out), also for empty data
+    s1 &= _U32
     words = iter(_words(size // 4, big_endian).unpack(data))
     # The recurrence is sequential, so it cannot be vectorised with the stdlib (big-int and
     # strided-bytes formulations measured slower). What pays: one unpack of the whole buffer
