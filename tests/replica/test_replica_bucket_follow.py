@@ -22,11 +22,7 @@ import contextlib
 import functools
 import json
 import os
-import queue
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from types import FrameType
@@ -37,6 +33,7 @@ import pytest
 from litefs_py.replication.bucket_follower import FULL_CHECK_INTERVAL
 from tests.mount.harness import LitefsMount
 from tests.replica.harness import Cluster, read_pos, wait_for, wait_same_pos
+from tests.replica.workloads import Checker, Conn, Procs, assert_replica_equal
 from tests.replication.helpers import Obj, list_ltx
 from tests.replication.proxy import TcpProxy
 from tests.s3_server import S3Bucket
@@ -44,182 +41,7 @@ from tests.s3_server import S3Bucket
 HARD_LIMIT = 120  # seconds per test (SIGALRM), a safety net only
 BUCKET_TIMEOUT = 30.0  # generous bound for anything that goes through the bucket
 READONLY = "attempt to write a readonly database"
-
-# ---- SQLite clients in their own processes ---------------------------------------------------
-
-# `python -c CLIENT conn DB`: one long-lived connection; one JSON request per line:
-#   {"sql": [stmt, ...]} -> {"rows": rows of the last statement} | {"error", "code"}
-#   {"op": "digest"}      -> {"digest": {...}} (one read transaction)
-# `python -c CLIENT check`: a new connection per request, closed after it:
-#   {"db": path, "integrity": bool} -> {"digest": {...}, "integrity": [...]}
-CLIENT = r"""
-import hashlib, json, os, sqlite3, sys
-
-def emit(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-def connect(db):
-    con = sqlite3.connect(db, isolation_level=None, timeout=0)
-    con.execute("PRAGMA busy_timeout=10000")
-    return con
-
-def digest(con):
-    con.execute("BEGIN")
-    try:
-        h = hashlib.sha256()
-        lines = 0
-        for line in con.iterdump():
-            h.update(line.encode("utf-8", "surrogateescape"))
-            h.update(b"\n")
-            lines += 1
-        out = {"sha256": h.hexdigest(), "lines": lines}
-        for p in ("page_count", "schema_version", "user_version"):
-            out[p] = con.execute(f"PRAGMA {p}").fetchone()[0]
-    finally:
-        con.execute("COMMIT")
-    return out
-
-def error(exc):
-    return {"error": str(exc), "code": getattr(exc, "sqlite_errorname", None)}
-
-mode = sys.argv[1]
-if mode == "conn":
-    con = connect(sys.argv[2])
-    emit({"ready": True, "pid": os.getpid()})
-    for line in sys.stdin:
-        req = json.loads(line)
-        if req.get("op") == "exit":
-            break
-        try:
-            if req.get("op") == "digest":
-                emit({"digest": digest(con)})
-            else:
-                rows = []
-                for stmt in req["sql"]:
-                    rows = con.execute(stmt).fetchall()
-                emit({"rows": [list(r) for r in rows]})
-        except sqlite3.Error as exc:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            emit(error(exc))
-    con.close()
-elif mode == "check":
-    emit({"ready": True, "pid": os.getpid()})
-    for line in sys.stdin:
-        req = json.loads(line)
-        if req.get("op") == "exit":
-            break
-        try:
-            con = connect(req["db"])
-            try:
-                out = {"digest": digest(con)}
-                if req.get("integrity"):
-                    out["integrity"] = [r[0] for r in con.execute("PRAGMA integrity_check")]
-            finally:
-                con.close()
-            emit(out)
-        except sqlite3.Error as exc:
-            emit(error(exc))
-"""
-
-
-class Client:
-    """A client process; its stdout lines (JSON) are collected by a thread so reads time out."""
-
-    def __init__(self, *args: str) -> None:
-        self.args = args
-        self.popen = subprocess.Popen([sys.executable, "-c", CLIENT, *args],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, bufsize=1)
-        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._thread = threading.Thread(target=self._pump, daemon=True)
-        self._thread.start()
-        ready = self.recv()
-        assert ready.get("ready"), ready
-
-    def _pump(self) -> None:
-        assert self.popen.stdout is not None
-        with contextlib.suppress(ValueError, OSError):
-            for line in self.popen.stdout:
-                self.lines.put(json.loads(line))
-
-    def recv(self, timeout: float = 60.0) -> dict[str, Any]:
-        try:
-            return self.lines.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"client {self.args}: no reply within {timeout} s "
-                                 f"(exit code {self.popen.poll()})") from None
-
-    def request(self, req: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
-        assert self.popen.stdin is not None
-        self.popen.stdin.write(json.dumps(req) + "\n")
-        self.popen.stdin.flush()
-        return self.recv(timeout)
-
-    def ok(self, req: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
-        reply = self.request(req, timeout)
-        assert "error" not in reply, f"client {self.args} {req}: {reply}"
-        return reply
-
-    def exec(self, *stmts: str) -> list[Any]:
-        rows: list[Any] = self.ok({"sql": list(stmts)})["rows"]
-        return rows
-
-    def digest(self) -> dict[str, Any]:
-        d: dict[str, Any] = self.ok({"op": "digest"})["digest"]
-        return d
-
-    def check(self, db: str, integrity: bool = False) -> dict[str, Any]:
-        return self.ok({"db": db, "integrity": integrity})
-
-    def close(self) -> None:
-        if self.popen.poll() is None:
-            try:
-                assert self.popen.stdin is not None
-                self.popen.stdin.write(json.dumps({"op": "exit"}) + "\n")
-                self.popen.stdin.flush()
-                self.popen.wait(timeout=10)
-            except (OSError, ValueError, subprocess.TimeoutExpired):
-                pass
-        if self.popen.poll() is None:
-            self.popen.kill()
-        self.popen.wait(timeout=10)
-        for stream in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-        self._thread.join(timeout=5)
-
-
-class Procs:
-    def __init__(self) -> None:
-        self.all: list[Client] = []
-
-    def conn(self, db: str) -> Client:
-        c = Client("conn", db)
-        self.all.append(c)
-        return c
-
-    def checker(self) -> Client:
-        c = Client("check")
-        self.all.append(c)
-        return c
-
-    def close(self) -> None:
-        for c in reversed(self.all):
-            with contextlib.suppress(Exception):
-                c.close()
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    p = Procs()
-    try:
-        yield p
-    finally:
-        p.close()
-
+BUSY_MS = 10_000  # busy_timeout of the client connections
 
 @pytest.fixture(autouse=True)
 def hard_limit(request: pytest.FixtureRequest) -> Iterator[None]:
@@ -292,35 +114,23 @@ def wait_source(m: LitefsMount, source: str, timeout: float) -> dict[str, Any]:
     return replica_of(m)
 
 
-def assert_same(primary: LitefsMount, replica: LitefsMount, name: str, checker: Client,
-                readers: list[Client] | tuple[Client, ...] = (),
+def assert_same(primary: LitefsMount, replica: LitefsMount, name: str, checker: Checker,
+                readers: list[Conn] | tuple[Conn, ...] = (),
                 timeout: float = BUCKET_TIMEOUT) -> tuple[int, int]:
-    """The primary must be idle. Wait until the replica is at the primary's position, then
-    compare the content seen by fresh connections (and by the long-lived `readers`)."""
-    pos = wait_same_pos(primary, replica, name, timeout)
-    want = checker.check(primary.db(name))["digest"]
-    got = checker.check(replica.db(name), integrity=True)
-    assert got["integrity"] == ["ok"], f"{name} on the replica at {pos}: {got['integrity']}"
-    assert got["digest"] == want, (f"{name} at TXID {pos[0]:x}: replica {got['digest']} != "
-                                   f"primary {want}")
-    for r in readers:
-        seen = r.digest()
-        assert seen == want, (f"{name} at TXID {pos[0]:x}: a long-lived reader on the replica "
-                              f"sees {seen}, the primary {want}\n--- replica log ---\n"
-                              f"{replica.log()[-3000:]}")
-    assert primary.pos(name) == pos, "the primary moved during the comparison"
-    assert read_pos(replica, name) == pos
-    return pos
+    """The primary must be idle. Wait until the replica is at the primary's position, compare
+    what fresh connections (and the long-lived `readers`) see; return that position."""
+    assert_replica_equal(primary, replica, name, checker, readers, timeout)
+    return read_pos(replica, name)
 
 
-def setup_db(w: Client, journal_mode: str, rows: int = 20) -> None:
+def setup_db(w: Conn, journal_mode: str, rows: int = 20) -> None:
     assert w.exec(f"PRAGMA journal_mode={journal_mode}") == [[journal_mode]]
     w.exec("CREATE TABLE t (id INTEGER PRIMARY KEY, k INT, v TEXT)",
            "CREATE INDEX t_k ON t (k)")
     commit_rows(w, rows)
 
 
-def commit_rows(w: Client, n: int, size: int = 200) -> None:
+def commit_rows(w: Conn, n: int, size: int = 200) -> None:
     """`n` transactions: insert one row, update an older one."""
     for _ in range(n):
         w.exec("BEGIN IMMEDIATE",
@@ -329,7 +139,7 @@ def commit_rows(w: Client, n: int, size: int = 200) -> None:
                "COMMIT")
 
 
-def churn(w: Client, round_no: int) -> None:
+def churn(w: Conn, round_no: int) -> None:
     """One round of varied transactions (each a TXID)."""
     commit_rows(w, 5)
     w.exec(f"UPDATE t SET v = hex(randomblob(300)) WHERE id % 3 = {round_no % 3}")
@@ -352,7 +162,7 @@ def test_bucket_follow_mode(cluster: Cluster, s3_bucket: S3Bucket, procs: Procs)
     primary = cluster.primary(replica_url=url)
     dbs = {"wal.db": "wal", "rollback.db": "delete", "other.db": "wal"}
     assert journal_modes(dbs) == ["delete", "wal"]
-    writers = {name: procs.conn(primary.db(name)) for name in dbs}
+    writers = {name: procs.conn(primary.db(name), BUSY_MS) for name in dbs}
     for name, mode in dbs.items():
         setup_db(writers[name], mode)
     wait_uploaded(s3_bucket, primary, list(dbs))
@@ -382,10 +192,10 @@ def test_bucket_follow_mode(cluster: Cluster, s3_bucket: S3Bucket, procs: Procs)
 
     # Writes are refused at once; the mount and the following carry on.
     for name in dbs:
-        r = procs.conn(replica.db(name))
+        r = procs.conn(replica.db(name), BUSY_MS)
         for stmt in ("INSERT INTO t (k, v) VALUES (1, 'nope')", "CREATE TABLE nope (x)",
                      "DELETE FROM t"):
-            reply = r.request({"sql": [stmt]})
+            reply = r.request({"op": "exec", "sql": [stmt]})
             assert READONLY in reply.get("error", ""), f"{name}: {stmt!r} gave {reply}"
         assert r.exec("PRAGMA quick_check") == [["ok"]]
         commit_rows(writers[name], 2)
@@ -402,7 +212,7 @@ def test_long_lived_reader_sees_new_states(cluster: Cluster, s3_bucket: S3Bucket
     url = bucket_url(s3_bucket)
     primary = cluster.primary(replica_url=url)
     dbs = {"wal.db": "wal", "rollback.db": "delete"}
-    writers = {name: procs.conn(primary.db(name)) for name in dbs}
+    writers = {name: procs.conn(primary.db(name), BUSY_MS) for name in dbs}
     for name, mode in dbs.items():
         setup_db(writers[name], mode, rows=3)
     wait_uploaded(s3_bucket, primary, list(dbs))
@@ -411,7 +221,7 @@ def test_long_lived_reader_sees_new_states(cluster: Cluster, s3_bucket: S3Bucket
     for name in dbs:
         wait_same_pos(primary, replica, name, BUCKET_TIMEOUT)
     # One reader per database, each in its own process, open for the whole test.
-    readers = {name: procs.conn(replica.db(name)) for name in dbs}
+    readers = {name: procs.conn(replica.db(name), BUSY_MS) for name in dbs}
     seen: dict[str, list[str]] = {name: [] for name in dbs}
     for round_no in range(4):
         for name in dbs:
@@ -436,7 +246,7 @@ def test_failover_to_bucket_and_back(cluster: Cluster, s3_bucket: S3Bucket, proc
     url = bucket_url(s3_bucket)
     primary = cluster.primary(replica_url=url)
     dbs = {"wal.db": "wal", "rollback.db": "delete"}
-    writers = {name: procs.conn(primary.db(name)) for name in dbs}
+    writers = {name: procs.conn(primary.db(name), BUSY_MS) for name in dbs}
     for name, mode in dbs.items():
         setup_db(writers[name], mode, rows=5)
     proxy = TcpProxy(cluster.port).start()
@@ -446,7 +256,7 @@ def test_failover_to_bucket_and_back(cluster: Cluster, s3_bucket: S3Bucket, proc
     readers = {}
     for name in dbs:
         assert_same(primary, replica, name, checker)
-        readers[name] = procs.conn(replica.db(name))
+        readers[name] = procs.conn(replica.db(name), BUSY_MS)
     st = wait_source(replica, "primary", 10)
     assert (replica.mount_dir / ".primary").read_text() == proxy.endpoint + "\n"
     # Status is written every second: wait until it shows the initial sync.
@@ -525,7 +335,7 @@ def test_fresh_replica_catches_up_from_compacted_bucket(cluster: Cluster, s3_buc
     url = bucket_url(s3_bucket)
     primary = cluster.primary(extra={"replica": {"url": url, **COMPACTING}})
     dbs = {"wal.db": "wal", "rollback.db": "delete"}
-    writers = {name: procs.conn(primary.db(name)) for name in dbs}
+    writers = {name: procs.conn(primary.db(name), BUSY_MS) for name in dbs}
     for name, mode in dbs.items():
         setup_db(writers[name], mode, rows=5)
 
@@ -556,7 +366,7 @@ def test_fresh_replica_catches_up_from_compacted_bucket(cluster: Cluster, s3_buc
     for name in dbs:
         assert_same(primary, replica, name, checker)
     assert "restoring from" in replica.log(), replica.log()[-3000:]
-    readers = {name: procs.conn(replica.db(name)) for name in dbs}
+    readers = {name: procs.conn(replica.db(name), BUSY_MS) for name in dbs}
     for round_no in range(2):  # and then follows it, while compaction goes on
         for name in dbs:
             churn(writers[name], round_no)
@@ -609,14 +419,14 @@ def test_follower_bridges_a_level_0_gap_with_a_compacted_file(
     primary = cluster.primary(extra={"replica": {"url": url, "l1-interval": "1s",
                                                  "retention": "2s"}})
     dbs = {"wal.db": "wal", "rollback.db": "delete"}
-    writers = {name: procs.conn(primary.db(name)) for name in dbs}
+    writers = {name: procs.conn(primary.db(name), BUSY_MS) for name in dbs}
     for name, mode in dbs.items():
         setup_db(writers[name], mode, rows=5)
     wait_uploaded(s3_bucket, primary, list(dbs))
     replica = cluster.replica(primary_url=None, replica_url=url)
     checker = procs.checker()
     behind = {name: assert_same(primary, replica, name, checker)[0] for name in dbs}
-    readers = {name: procs.conn(replica.db(name)) for name in dbs}
+    readers = {name: procs.conn(replica.db(name), BUSY_MS) for name in dbs}
     for name in dbs:  # the next L1 file starts after the replica's TXID (no TXID-1 file)
         def compacted_up_to(name: str = name) -> bool:
             return any(o.level == 1 and o.hi >= behind[name]
@@ -681,7 +491,7 @@ def test_restarted_bucket_follower_resumes_without_snapshot(
     url = bucket_url(s3_bucket)
     primary = cluster.primary(replica_url=url)
     dbs = {"wal.db": "wal", "rollback.db": "delete"}
-    writers = {name: procs.conn(primary.db(name)) for name in dbs}
+    writers = {name: procs.conn(primary.db(name), BUSY_MS) for name in dbs}
     checker = procs.checker()
     with precondition("set-up"):
         for name, mode in dbs.items():
@@ -713,7 +523,7 @@ def test_follower_misses_level_0_files_removed_behind_it(
     primary = cluster.primary(extra={"replica": {
         "url": url, "l1-interval": "1s", "snapshot-interval": "3s", "retention": "3s"}})
     name = "app.db"
-    w = procs.conn(primary.db(name))
+    w = procs.conn(primary.db(name), BUSY_MS)
     checker = procs.checker()
     with precondition("set-up"):
         setup_db(w, "wal", rows=5)

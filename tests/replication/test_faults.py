@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.mount.harness import force_unmount, is_mounted
+from tests.mount.harness import LitefsMount, force_unmount, is_mounted
 from tests.replication.conftest import Bucket, Rig
 from tests.replication.helpers import (
     Obj,
+    SqlProc,
     chain_problem,
     describe,
     file_hash,
@@ -41,6 +42,7 @@ from tests.replication.helpers import (
     wait_until,
     write_config,
 )
+from tests.replication.proxy import TcpProxy
 
 PREFIX = "backups/app.db"
 STALL_LIMIT = 0.5  # seconds: no commit may take longer while the endpoint is down
@@ -48,6 +50,21 @@ STALL_LIMIT = 0.5  # seconds: no commit may take longer while the endpoint is do
 
 def _moto_port(bucket: Bucket) -> int:
     return int(bucket.endpoint.rsplit(":", 1)[1])
+
+
+def _mount_behind_proxy(bucket: Bucket, rig: Rig, *,
+                        delay: float = 0.0) -> tuple[TcpProxy, LitefsMount, SqlProc]:
+    """A started mount whose replica endpoint is a TCP proxy in front of the S3 server, and a
+    SQL client process on its app.db."""
+    proxy = rig.proxy(_moto_port(bucket), delay=delay)
+    m = rig.mount(write_config(rig.tmp / "litefs.yml", bucket.url(endpoint=proxy.endpoint)))
+    m.start()
+    return proxy, m, rig.sql(m.db("app.db"))
+
+
+def _bucket_txid(bucket: Bucket) -> int:
+    """The highest TXID of the level-0 objects in the bucket."""
+    return max_txid(list_ltx(bucket.endpoint, bucket.name, PREFIX))
 
 
 def _l0_chain_problem(objs: list[Obj]) -> str | None:
@@ -86,12 +103,9 @@ def _restores_equal(rig: Rig, bucket: Bucket, litestream: Path, txid: int, want:
 ])
 def test_endpoint_down_during_writes(bucket: Bucket, rig: Rig, litestream: Path,
                                      down_for: float, interval: float) -> None:
-    proxy = rig.proxy(_moto_port(bucket))
-    m = rig.mount(write_config(rig.tmp / "litefs.yml", bucket.url(endpoint=proxy.endpoint)))
-    m.start()
-    client = rig.sql(m.db("app.db"))
+    proxy, _mount, client = _mount_behind_proxy(bucket, rig)
     client.txns(2)
-    wait_until(lambda: max_txid(list_ltx(bucket.endpoint, bucket.name, PREFIX)) >= 2, 5,
+    wait_until(lambda: _bucket_txid(bucket) >= 2, 5,
                what="the first transactions in the bucket")
 
     client.send({"op": "loop", "seconds": down_for + 4.0, "interval": interval, "size": 200,
@@ -100,7 +114,7 @@ def test_endpoint_down_during_writes(bucket: Bucket, rig: Rig, litestream: Path,
     proxy.down()
     down_at = time.monotonic()
     time.sleep(down_for)
-    reached_while_down = max_txid(list_ltx(bucket.endpoint, bucket.name, PREFIX))
+    reached_while_down = _bucket_txid(bucket)
     proxy.up()
     up_at = time.monotonic()
     loop = client.reply(timeout=30)
@@ -116,7 +130,7 @@ def test_endpoint_down_during_writes(bucket: Bucket, rig: Rig, litestream: Path,
 
     # After a long outage the next retry can be one maximum backoff away (30 s, jittered to
     # at most 45 s).
-    wait_until(lambda: max_txid(list_ltx(bucket.endpoint, bucket.name, PREFIX)) >= last,
+    wait_until(lambda: _bucket_txid(bucket) >= last,
                20 if down_for < 30 else 70,
                what="every TXID in the bucket after the endpoint came back")
     caught_up = time.monotonic() - up_at
@@ -141,22 +155,19 @@ def test_upload_stored_but_unacknowledged_is_not_uploaded_twice(bucket: Bucket, 
     reset, retries refused). After the outage the uploader must notice the object arrived and
     continue after it, not upload its TXIDs again in a larger, overlapping object (which the
     150 s outage above produced before this was fixed)."""
-    proxy = rig.proxy(_moto_port(bucket))
-    m = rig.mount(write_config(rig.tmp / "litefs.yml", bucket.url(endpoint=proxy.endpoint)))
-    m.start()
-    client = rig.sql(m.db("app.db"))
+    proxy, m, client = _mount_behind_proxy(bucket, rig)
     client.txns(3)
-    wait_until(lambda: max_txid(list_ltx(bucket.endpoint, bucket.name, PREFIX)) >= 4, 5,
+    wait_until(lambda: _bucket_txid(bucket) >= 4, 5,
                what="the first transactions in the bucket")
     proxy.lose_response_once(b".ltx HTTP/1.1")  # the next object upload (a PUT)
     client.txns(1)
     wait_until(lambda: proxy.lost_responses == 1, 10, what="an upload whose answer was lost")
-    stored = max_txid(list_ltx(bucket.endpoint, bucket.name, PREFIX))
+    stored = _bucket_txid(bucket)
     assert stored >= 5, "the server should have stored the upload whose answer was lost"
     client.txns(20)  # committed while the endpoint is down
     proxy.up()
     last = client.request({"op": "hash"})
-    wait_until(lambda: max_txid(list_ltx(bucket.endpoint, bucket.name, PREFIX)) >= last["txid"],
+    wait_until(lambda: _bucket_txid(bucket) >= last["txid"],
                70, what="every TXID in the bucket after the endpoint came back")
     objs = list_ltx(bucket.endpoint, bucket.name, PREFIX)
     assert _l0_chain_problem(objs) is None, _l0_chain_problem(objs)
@@ -171,10 +182,8 @@ def test_upload_stored_but_unacknowledged_is_not_uploaded_twice(bucket: Bucket, 
 @pytest.mark.time_limit(75)
 def test_sigkill_during_uploads_then_remount(bucket: Bucket, rig: Rig,
                                             litestream: Path) -> None:
-    proxy = rig.proxy(_moto_port(bucket), delay=0.04)  # a PUT takes a while: one in flight
-    m = rig.mount(write_config(rig.tmp / "litefs.yml", bucket.url(endpoint=proxy.endpoint)))
-    m.start()
-    client = rig.sql(m.db("app.db"))
+    # A PUT takes a while: one is in flight most of the time.
+    proxy, m, client = _mount_behind_proxy(bucket, rig, delay=0.04)
     client.txns(2)
     client.send({"op": "loop", "seconds": 6.0, "interval": 0.0, "size": 500})
     time.sleep(2.5)
@@ -202,7 +211,7 @@ def test_sigkill_during_uploads_then_remount(bucket: Bucket, rig: Rig,
     # first transactions, then the loop's).
     assert now["txid"] >= last_ack
     assert count >= 2 + len(acknowledged)
-    wait_until(lambda: max_txid(list_ltx(bucket.endpoint, bucket.name, PREFIX)) >= now["txid"],
+    wait_until(lambda: _bucket_txid(bucket) >= now["txid"],
                20, what="the bucket catching up after the remount")
     objs = list_ltx(bucket.endpoint, bucket.name, PREFIX)
     assert _l0_chain_problem(objs) is None, f"{_l0_chain_problem(objs)}: [{describe(objs)}]"
@@ -210,7 +219,7 @@ def test_sigkill_during_uploads_then_remount(bucket: Bucket, rig: Rig,
     _restores_equal(rig, bucket, litestream, now["txid"], now["hash"], "after-kill")
     # Writes go on after the remount, and reach the bucket too.
     [[txid, *_]] = client.txns(1)
-    wait_until(lambda: max_txid(list_ltx(bucket.endpoint, bucket.name, PREFIX)) >= txid, 5,
+    wait_until(lambda: _bucket_txid(bucket) >= txid, 5,
                what="a commit after the remount")
     print(f"{len(acknowledged)} commits acknowledged before SIGKILL; bucket was at "
           f"{max_txid(before_kill):x}, local at {last_ack:x}; after remount [{describe(objs)}]")
@@ -225,7 +234,7 @@ def small_bucket(bucket: Bucket, rig: Rig) -> list[Obj]:
     m = rig.mount(write_config(rig.tmp / "litefs.yml", bucket.url()))
     m.start()
     client = rig.sql(m.db("app.db"))  # CREATE TABLE: TXID 1
-    wait_until(lambda: max_txid(list_ltx(bucket.endpoint, bucket.name, PREFIX)) >= 1, 5,
+    wait_until(lambda: _bucket_txid(bucket) >= 1, 5,
                what="TXID 1 in the bucket")
     for _ in range(5):
         [[txid, *_]] = client.txns(1, size=3000)
@@ -239,7 +248,7 @@ def small_bucket(bucket: Bucket, rig: Rig) -> list[Obj]:
 
 
 def _reached(bucket: Bucket, txid: int) -> bool:
-    return max_txid(list_ltx(bucket.endpoint, bucket.name, PREFIX)) >= txid
+    return _bucket_txid(bucket) >= txid
 
 
 def _refuses(rig: Rig, bucket: Bucket, key: str, out: Path, *extra: str) -> str:
