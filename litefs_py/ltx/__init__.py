@@ -17,11 +17,12 @@ from .decoder import (
     Decoder,
     PageIndexEntry,
     compiled_codec,
+    decode_bytes,
     decode_page_frame,
     read_page_index,
 )
 from .detect import detect_version, open_decoder
-from .encoder import Encoder
+from .encoder import Encoder, encode_bytes
 from .errors import (
     ChecksumMismatchError,
     CompactionError,
@@ -39,6 +40,7 @@ from .header import (
     FLAG_V3_NO_CHECKSUM,
     HEADER_SIZE,
     TRAILER_SIZE,
+    DecodedFile,
     Header,
     Trailer,
     Version,
@@ -55,6 +57,7 @@ __all__ = [
     "TRAILER_SIZE",
     "ChecksumMismatchError",
     "CompactionError",
+    "DecodedFile",
     "Decoder",
     "DecoderV1",
     "Encoder",
@@ -77,8 +80,10 @@ __all__ = [
     "compiled_codec",
     "crc64",
     "database_checksum",
+    "decode_bytes",
     "decode_page_frame",
     "detect_version",
+    "encode_bytes",
     "encode_snapshot",
     "format_filename",
     "format_txid",

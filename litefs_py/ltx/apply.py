@@ -32,6 +32,9 @@ def apply_ltx(db: BinaryIO, ltx: BinaryIO, *, name: str = "<ltx>") -> Trailer:
     return apply_pages(db, Decoder(ltx, name=name))
 
 
+_SNAPSHOT_BATCH = 64  # pages per read and per Encoder.encode_pages call
+
+
 def encode_snapshot(
     db: BinaryIO,
     out: BinaryIO,
@@ -59,12 +62,17 @@ def encode_snapshot(
                     timestamp=timestamp, flags=FLAG_V3_NO_CHECKSUM if no_checksum else 0)
     enc = Encoder(out, header, page_encoding=page_encoding, track_checksum=True, name=name)
     lock = lock_pgno(page_size)
-    for pgno in range(1, page_count + 1):
-        data = db.read(page_size)
-        if len(data) != page_size:
-            raise ValueError(f"database ends inside page {pgno}")
-        if pgno != lock:
-            enc.encode_page(pgno, data)
+    # Pages go to the encoder in batches (its page loop runs in C), read into one reused
+    # buffer: fresh memory for every read costs page faults, and slices would be copies.
+    buf = bytearray(_SNAPSHOT_BATCH * page_size)
+    view = memoryview(buf)
+    for first in range(1, page_count + 1, _SNAPSHOT_BATCH):
+        count = min(_SNAPSHOT_BATCH, page_count + 1 - first)
+        got = db.readinto(view[:count * page_size])  # type: ignore[attr-defined]
+        if got != count * page_size:
+            raise ValueError(f"database ends inside page {first + (got or 0) // page_size}")
+        enc.encode_pages([(pgno, view[i * page_size:(i + 1) * page_size])
+                          for i, pgno in enumerate(range(first, first + count)) if pgno != lock])
     db_checksum = enc.pages_checksum
     trailer = enc.finish(0 if no_checksum else db_checksum)
     return header, trailer, db_checksum

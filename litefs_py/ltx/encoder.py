@@ -7,14 +7,22 @@ Writes the header at once, each page frame as it is given, and the page index an
 
 from __future__ import annotations
 
+import io
 import struct
+from collections.abc import Iterable
 from typing import BinaryIO
 
 from .checksum import CHECKSUM_FLAG, crc64, lock_pgno
+from .compiled import frames as _frames
 from .errors import LTXError, PageFrameError
 from .header import HEADER_SIZE, Header, Trailer, Version
 from .page_encoding import PageEncoding, compress_block, compress_frame
 from .varint import encode_index
+
+# The compiled page loop and one-call encoder (None without them; the pure code gives the
+# same bytes).
+_compiled_frames = _frames.encode_frames if _frames is not None else None
+_compiled_file = _frames.encode_file if _frames is not None else None
 
 _FRAME_HEADER = struct.Struct(">IH")
 _FRAME_HEADER_SIZED = struct.Struct(">IHI")
@@ -95,6 +103,24 @@ class Encoder:
         if self._track:
             self._page_checksums ^= crc64(data, crc64(hdr[:4]))
 
+    def encode_pages(self, pages: list[tuple[int, bytes | memoryview]]) -> None:
+        """Encode several pages, in order: the same bytes and errors as `encode_page` for
+        each, with the per-page work in C when the compiled module is there."""
+        if self._finished:
+            raise LTXError("encoder already finished", name=self.name)
+        done = 0
+        if _compiled_frames is not None and pages:
+            frames, done, self._last_pgno, self._crc, self._page_checksums = _compiled_frames(
+                pages, self._offset, self._page_size, self._commit, self._snapshot,
+                self._last_pgno, self._crc, self._legacy, self._track, self._page_checksums,
+                self._index)
+            if frames:
+                self._write(frames)
+            self._offset += len(frames)
+            self.page_count += done
+        for pgno, data in pages[done:]:  # the pure loop, or the page the C loop refused
+            self.encode_page(pgno, data)
+
     def _check_pgno(self, pgno: int) -> None:
         last = self._last_pgno
         if last < pgno <= self._commit and pgno != self._lock_pgno and not self._snapshot:
@@ -151,3 +177,41 @@ class Encoder:
         self._write(trailer.encode())
         self._finished = True
         return trailer
+
+
+def encode_bytes(
+    header: Header,
+    pages: Iterable[tuple[int, bytes | memoryview]],
+    post_apply_checksum: int | None = None,
+    *,
+    page_encoding: PageEncoding = PageEncoding.LZ4_BLOCK,
+    track_checksum: bool = False,
+    name: str = "<ltx>",
+) -> bytes:
+    """Encode a whole LTX v3 file in memory, in one call.
+
+    Same bytes, rules and errors as an `Encoder` given these pages and then `finish`
+    (`post_apply_checksum` and `track_checksum` mean the same), but far cheaper per file,
+    which is what matters for the many one-transaction files. With the compiled module the
+    usual case runs in C; anything it refuses is encoded again by the `Encoder`, which raises
+    the precise error.
+    """
+    page_list = pages if type(pages) is list else list(pages)
+    if _compiled_file is not None:
+        post = post_apply_checksum
+        if post is None and header.no_checksum:
+            post = 0
+        track = track_checksum and header.is_snapshot
+        if post is not None or track:
+            # Checks the header rules too; refuses (None) whatever breaks one.
+            done = _compiled_file(header, page_list, post,
+                                  page_encoding is PageEncoding.LZ4_FRAME, track)
+            if done is not None:
+                return done  # type: ignore[no-any-return]
+    out = io.BytesIO()
+    enc = Encoder(out, header, page_encoding=page_encoding, track_checksum=track_checksum,
+                  name=name)
+    for pgno, data in page_list:
+        enc.encode_page(pgno, data)
+    enc.finish(post_apply_checksum)
+    return out.getvalue()

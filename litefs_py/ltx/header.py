@@ -164,3 +164,11 @@ class Trailer(NamedTuple):
             raise fail("file checksum required", 8)
         if not self.file_checksum & CHECKSUM_FLAG:
             raise fail(f"file checksum {self.file_checksum:016x} lacks the 1<<63 flag", 8)
+
+
+class DecodedFile(NamedTuple):
+    """A whole LTX v3 file, decoded and checked (decoder.decode_bytes)."""
+
+    header: Header
+    pages: list[tuple[int, bytes]]
+    trailer: Trailer

@@ -47,6 +47,8 @@ def codec_path(request: pytest.FixtureRequest) -> Iterator[str]:
         return
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(decoder, "_compiled_frames", None)
+        mp.setattr(encoder, "_compiled_frames", None)
+        mp.setattr(encoder, "_compiled_file", None)
         mp.setattr(decoder, "encode_index", varint.encode_index_py)
         mp.setattr(encoder, "encode_index", varint.encode_index_py)
         mp.setattr(page_encoding, "_xxh32", None)

@@ -13,7 +13,7 @@ import json
 import sqlite3
 import struct
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +26,12 @@ from litefs_py.ltx import (
     DecoderV1,
     Encoder,
     Header,
+    LTXError,
     PageEncoding,
     Trailer,
     crc64,
+    decode_bytes,
+    encode_bytes,
     page_encoding,
     read_page_index,
 )
@@ -257,19 +260,45 @@ def ref_encode_v1(header: bytes, pages: Sequence[tuple[int, bytes]], post_apply:
 def encode_v3(header: Header, pages: Iterable[tuple[int, bytes]], *,
               encoding: PageEncoding = PageEncoding.LZ4_BLOCK, post: int | None = None,
               name: str = "<ltx>") -> tuple[bytes, Trailer]:
+    """Encode with the streaming Encoder; the one-call `encode_bytes` must give the same
+    bytes (or the same error), so every test that encodes also checks it."""
+    pages = list(pages)
     buf = io.BytesIO()
-    enc = Encoder(buf, header, page_encoding=encoding, track_checksum=True, name=name)
-    for pgno, data in pages:
-        enc.encode_page(pgno, data)
-    trailer = enc.finish(post)
+    try:
+        enc = Encoder(buf, header, page_encoding=encoding, track_checksum=True, name=name)
+        for pgno, data in pages:
+            enc.encode_page(pgno, data)
+        trailer = enc.finish(post)
+    except LTXError as exc:
+        _same_error(exc, lambda: encode_bytes(header, pages, post, page_encoding=encoding,
+                                              track_checksum=True, name=name))
+        raise
+    assert encode_bytes(header, pages, post, page_encoding=encoding, track_checksum=True,
+                        name=name) == buf.getvalue()
     return buf.getvalue(), trailer
 
 
 def decode_v3(data: bytes, name: str = "<ltx>") -> tuple[Header, list[tuple[int, bytes]], Trailer]:
-    dec = Decoder(io.BytesIO(data), name=name)
-    pages = list(dec.pages())
+    """Decode with the streaming Decoder; the one-call `decode_bytes` must give the same
+    result (or the same error), so every test that decodes also checks it."""
+    try:
+        dec = Decoder(io.BytesIO(data), name=name)
+        pages = list(dec.pages())
+    except LTXError as exc:
+        _same_error(exc, lambda: decode_bytes(data, name=name))
+        raise
     assert dec.trailer is not None
+    assert tuple(decode_bytes(data, name=name)) == (dec.header, pages, dec.trailer)
     return dec.header, pages, dec.trailer
+
+
+def _same_error(exc: LTXError, call: Callable[[], object]) -> None:
+    try:
+        call()
+    except LTXError as other:
+        assert (type(other), str(other), other.offset) == (type(exc), str(exc), exc.offset)
+    else:
+        raise AssertionError(f"the one-call API accepted what the streaming one refused: {exc}")
 
 
 def decode_v1(data: bytes, name: str = "<ltx>") -> tuple[Header, list[tuple[int, bytes]], Trailer]:
