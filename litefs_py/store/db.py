@@ -30,7 +30,14 @@ from enum import Enum
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from ..ltx import EMPTY_DATABASE_CHECKSUM, FLAG_V3_NO_CHECKSUM, Encoder, Header, compact
+from ..ltx import (
+    EMPTY_DATABASE_CHECKSUM,
+    FLAG_V3_NO_CHECKSUM,
+    Encoder,
+    Header,
+    compact,
+    encode_bytes,
+)
 from .ltx_log import LtxLog
 from .page_table import PageTable, TableUndo
 from .paths import DBPaths
@@ -420,12 +427,8 @@ class DB:
             wal_offset=wal[0], wal_size=wal[1], wal_salt1=wal[2], wal_salt2=wal[3],
         )
         try:
-            buf = io.BytesIO()
-            enc = Encoder(buf, header, name=f"{self.name} TXID {txid}")
-            for pgno, data in changed:
-                enc.encode_page(pgno, data)
-            enc.finish(table.checksum)
-            path = self.ltx.write(txid, txid, buf.getvalue())
+            data = encode_bytes(header, changed, table.checksum, name=f"{self.name} TXID {txid}")
+            path = self.ltx.write(txid, txid, data)
         except BaseException:
             table.undo(undo)
             raise

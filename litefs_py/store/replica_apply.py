@@ -18,7 +18,6 @@ must stay free to answer).
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from collections.abc import Callable
@@ -26,7 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..ltx import EMPTY_DATABASE_CHECKSUM, FLAG_V3_NO_CHECKSUM, Decoder, Header, format_filename
+from ..ltx import (
+    EMPTY_DATABASE_CHECKSUM,
+    FLAG_V3_NO_CHECKSUM,
+    Decoder,
+    Header,
+    decode_bytes,
+    format_filename,
+)
 from .db import DB, FileKind
 from .page_table import PageTable, TableUndo
 
@@ -127,7 +133,7 @@ def apply_batch(db: DB, files: list[tuple[bytes, int | None]], fence: Fence | No
             # A deletion applies at any position: whatever the replica had is gone.
             if db.deleted and db.txid >= header.max_txid:
                 return Applied(header.min_txid, header.max_txid, 0, False, skipped=True)
-            Decoder(io.BytesIO(files[0][0]), name=f"{db.name} deletion").verify()
+            decode_bytes(files[0][0], name=f"{db.name} deletion")  # checks the whole file
             return _apply_deletion(db, header, files[0][0], fence, cache, fence_timeout)
 
     txid, checksum, deleted = db.txid, db.checksum, db.deleted
@@ -145,11 +151,10 @@ def apply_batch(db: DB, files: list[tuple[bytes, int | None]], fence: Fence | No
             relation = position_relation(db.name, txid, checksum, header)
             if relation == "have":
                 continue
-            decoder = Decoder(io.BytesIO(data), name=f"{db.name} TXIDs "
-                              f"{header.min_txid:016x}-{header.max_txid:016x}")
-            pages = dict(decoder.pages())  # the decoder checks the file checksum at the end
-            trailer = decoder.trailer
-            assert trailer is not None
+            decoded = decode_bytes(data, name=f"{db.name} TXIDs "
+                                   f"{header.min_txid:016x}-{header.max_txid:016x}")
+            pages = dict(decoded.pages)  # checked whole, file checksum included
+            trailer = decoded.trailer
             ps = header.page_size
             is_snapshot = relation == "snapshot"
             if is_snapshot or table is None or table.page_size != ps:
