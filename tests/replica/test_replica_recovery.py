@@ -179,10 +179,26 @@ def crash(m: LitefsMount, wait: float) -> bool:
         m.proc.wait(wait)
         return True
     except subprocess.TimeoutExpired:
+        STUCK_STACKS.append(_kernel_stacks(m.proc.pid))
         if conn is not None:
             abort_fuse_connection(conn)
         m.proc.wait(10)
         return False
+
+
+# Kernel stacks of every SIGKILLed node that did not exit (for the assertion messages).
+STUCK_STACKS: list[str] = []
+
+
+def _kernel_stacks(pid: int) -> str:
+    """Where each thread of a process that cannot exit waits in the kernel (root only)."""
+    out = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        try:
+            out.append(f"thread {task.name}:\n{(task / 'stack').read_text()}")
+        except OSError as exc:
+            out.append(f"thread {task.name}: {exc}")
+    return "\n".join(out)
 
 
 @pytest.fixture
@@ -334,7 +350,7 @@ def test_killed_replica_exits(cluster: Cluster) -> None:
     wait_same_pos(primary, replica, DB)
     exited = crash(replica, wait=8)
     assert exited, ("the SIGKILLed replica did not exit within 8 s (stuck in FUSE "
-                    "request_wait_answer from fuse_flush at do_exit)")
+                    f"request_wait_answer from fuse_flush at do_exit?):\n{STUCK_STACKS[-1:]}")
     replica.start()
     wait_same_pos(primary, replica, DB)
 
@@ -354,7 +370,8 @@ def test_replica_killed_while_applying_is_consistent(cluster: Cluster) -> None:
             before = writer.commits
             wait_for(writer.committed(before + 5), 20, "the writer to commit")
             time.sleep(rnd.uniform(0.05, 0.4))
-            assert crash(replica, wait=8), "the SIGKILLed replica did not exit by itself"
+            assert crash(replica, wait=8), ("the SIGKILLed replica did not exit by itself; "
+                                            f"kernel stacks:\n{STUCK_STACKS[-1:]}")
             time.sleep(rnd.uniform(0.0, 0.2))
             replica.start()
             # It serves consistent data right away, while it catches up.
