@@ -8,6 +8,7 @@ which must never crash the interpreter.
 
 from __future__ import annotations
 
+import array
 import io
 import random
 import struct
@@ -29,6 +30,7 @@ from litefs_py.ltx import (
     LTXError,
     PageEncoding,
     Trailer,
+    compiled,
     crc64,
     decode_bytes,
     decoder,
@@ -439,3 +441,51 @@ def test_decode_bytes_hands_what_it_refuses_to_the_streaming_decoder() -> None:
             decode_bytes(*bad)  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         decode_bytes(data, nam="x")  # type: ignore[call-arg]
+
+
+def _error_of(fn: Callable[[], object]) -> tuple[str, str]:
+    try:
+        fn()
+    except Exception as exc:  # the type is what is compared
+        return type(exc).__name__, str(exc)
+    return "ok", ""
+
+
+def test_encoders_refuse_like_the_encoder_found_in_review() -> None:
+    """Found in review: encode_bytes raised OverflowError for a post-apply checksum that does
+    not fit before looking at the pages, and the C loop measured pages in bytes where the
+    Encoder uses len() (array('I') of 4 KiB has len 1024)."""
+    header = Header(page_size=PS, commit=40, min_txid=5, max_txid=5, flags=2)
+    good = bytes(PS)
+    cases: list[tuple[list[tuple[int, object]], object]] = [
+        ([(2, good), (1, good)], -1),  # the page error comes first, as in the Encoder
+        ([(1, good)], 2**64),
+        ([(1, array.array("I", bytes(PS)))], 0),
+        ([(1, memoryview(bytes(PS)).cast("Q"))], 0),
+    ]
+    for pages, post in cases:
+        def streaming(pages: list[tuple[int, object]] = pages, post: object = post) -> None:
+            enc = Encoder(io.BytesIO(), header)
+            for pgno, data in pages:
+                enc.encode_page(pgno, data)  # type: ignore[arg-type]
+            enc.finish(post)  # type: ignore[arg-type]
+
+        def batched(pages: list[tuple[int, object]] = pages, post: object = post) -> None:
+            enc = Encoder(io.BytesIO(), header)
+            enc.encode_pages(tuple(pages))  # type: ignore[arg-type]
+            enc.finish(post)  # type: ignore[arg-type]
+
+        want = _error_of(streaming)
+        assert want[0] != "ok"
+        assert _error_of(lambda p=pages, q=post: encode_bytes(header, p, q)) == want  # type: ignore[misc]
+        assert _error_of(batched) == want
+
+
+def test_the_compiled_module_is_configured_once() -> None:
+    """Later configure() calls change nothing (the functions hold borrowed references to what
+    the first call gave them)."""
+    frames = compiled.frames
+    assert frames is not None
+    assert frames.configure(len, len, len, Header, Trailer, DecodedFile, len) is False
+    data = _raw_ltx({"flags": 2}, [(1, bytes(PS))], 0)
+    assert decode_bytes(data).pages == [(1, bytes(PS))]

@@ -184,6 +184,10 @@ typedef struct {
 } wbuf;
 
 static unsigned char *wb_room(wbuf *b, size_t extra) {
+    if (extra > (size_t)PY_SSIZE_T_MAX / 2 - b->len) {
+        PyErr_NoMemory();
+        return NULL;
+    }
     if (b->len + extra > b->cap) {
         size_t cap = b->cap ? b->cap : 64;
         while (cap < b->len + extra) {
@@ -207,8 +211,7 @@ static unsigned char *wb_room(wbuf *b, size_t extra) {
  * (the lists may then hold extra items; callers cut them back). */
 typedef struct {
     /* memoryview of the bytes object holding data; payloads are slices of it, so a callable
-     * that keeps its argument keeps the data alive. NULL: payloads are plain views of the
-     * memory, for the configured callables only (lz4.block.decompress keeps nothing). */
+     * that keeps its argument keeps the data alive. */
     PyObject *whole;
     const unsigned char *data;
     Py_ssize_t len;
@@ -295,9 +298,7 @@ static int frames_loop(const frame_input *in, Py_ssize_t *pos_io, unsigned long 
         } else {
             Py_ssize_t start = (Py_ssize_t)(block - data);
             PyObject *payload =
-                in->whole != NULL
-                    ? PySequence_GetSlice(in->whole, start, start + (Py_ssize_t)block_size)
-                    : PyMemoryView_FromMemory((char *)block, (Py_ssize_t)block_size, PyBUF_READ);
+                PySequence_GetSlice(in->whole, start, start + (Py_ssize_t)block_size);
             if (payload == NULL) {
                 status = -1;
                 break;
@@ -701,7 +702,8 @@ PyDoc_STRVAR(configure_doc,
 "Set what decode_file, decode_bytes and encode_file use: lz4.block.decompress and compress\n"
 "(callables that must not keep their arguments), fastcrc's crc64, the Header, Trailer and\n"
 "DecodedFile NamedTuple classes, and the Python decoder decode_bytes hands unusual files\n"
-"to, fallback(data, name). compiled.py calls it at import.");
+"to, fallback(data, name). compiled.py calls it at import. Only the first call counts\n"
+"(True); later ones change nothing and return False.");
 
 static PyObject *configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
@@ -713,12 +715,17 @@ static PyObject *configure(PyObject *self, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_TypeError, "result types must be NamedTuple classes");
         return NULL;
     }
+    /* Once only, later calls change nothing (False): the functions use these as borrowed
+     * references while Python code runs. */
+    if (cfg_result != NULL) {
+        Py_RETURN_FALSE;
+    }
     PyObject **slots[7] = {&cfg_decompress, &cfg_compress, &cfg_crc64, &cfg_header,
                            &cfg_trailer, &cfg_result, &cfg_fallback};
     for (int i = 0; i < 7; i++) {
-        Py_XSETREF(*slots[i], Py_NewRef(args[i]));
+        *slots[i] = Py_NewRef(args[i]);
     }
-    Py_RETURN_NONE;
+    Py_RETURN_TRUE;
 }
 
 static int configured(void) {
@@ -762,14 +769,15 @@ static PyObject *decode_file(PyObject *self, PyObject *buf) {
     frame_input in = {
         .data = data, .len = len, .page_size = (long)page_size, .commit = commit,
         .lock = 0x40000000U / page_size + 1, .base = 0, .snapshot = snapshot,
-        .decompress = cfg_decompress, .crc64 = cfg_crc64, .whole = NULL,
+        .decompress = cfg_decompress, .crc64 = cfg_crc64,
     };
     PyObject *pages = NULL, *result = NULL;
     wbuf index = {0};
     in.index = &index;
     in.size_obj = page_size_ints[__builtin_ctz(page_size)]; /* borrowed */
+    in.whole = PyMemoryView_FromObject(buf);
     pages = PyList_New(0);
-    if (pages == NULL) {
+    if (in.whole == NULL || pages == NULL) {
         goto done;
     }
     Py_ssize_t pos = HEADER_SIZE;
@@ -827,6 +835,7 @@ usual_no:
 done:
     PyMem_Free(index.p);
     Py_XDECREF(pages);
+    Py_XDECREF(in.whole);
     return result;
 }
 
@@ -904,8 +913,10 @@ static Py_ssize_t encode_loop(const page_rules *r, PyObject *list, uint64_t base
         }
         const uint32_t pgno = (uint32_t)pgno_ll;
         PyObject *page = PyTuple_GET_ITEM(item, 1);
+        Py_INCREF(page); /* held across the calls below, whatever happens to the list */
         Py_buffer view;
-        if (PyObject_GetBuffer(page, &view, PyBUF_SIMPLE) < 0) {
+        if (PyObject_GetBuffer(page, &view, PyBUF_ND) < 0) {
+            Py_DECREF(page);
             if (!input_error()) {
                 failed = 1;
                 break;
@@ -913,11 +924,12 @@ static Py_ssize_t encode_loop(const page_rules *r, PyObject *list, uint64_t base
             PyErr_Clear();
             break;
         }
-        if (view.len != (Py_ssize_t)page_size) {
+        /* len(page) is what the Encoder checks: byte-sized items only (not array('I')). */
+        if (view.len != (Py_ssize_t)page_size || view.itemsize != 1 || view.ndim > 1) {
             PyBuffer_Release(&view);
+            Py_DECREF(page);
             break;
         }
-        Py_INCREF(page); /* held across the calls below, whatever happens to the list */
         const unsigned char *page_bytes = view.buf;
         PyObject *call_args[2] = {page, Py_False};
         PyObject *block = PyObject_Vectorcall(cfg_compress, call_args, 1, store_size_kwnames);
@@ -1059,8 +1071,11 @@ static PyObject *encode_frames(PyObject *self, PyObject *const *args, Py_ssize_t
     const Py_ssize_t entries_at_entry = PyList_GET_SIZE(entries);
     wbuf out = {0};
     PyObject *result = NULL;
-    /* Room for the usual case at once: pages rarely compress to more than half. */
-    if (wb_room(&out, (size_t)PyList_GET_SIZE(list) * (page_size / 2 + 64) + 64) == NULL) {
+    /* Room for the usual case at once (pages rarely compress to more than half), for up to
+     * 64 pages; more grows as needed. */
+    const Py_ssize_t n_pages = PyList_GET_SIZE(list);
+    if (wb_room(&out, (size_t)(n_pages < 64 ? n_pages : 64) * (page_size / 2 + 64) + 64) ==
+        NULL) {
         return NULL;
     }
     Py_ssize_t n = encode_loop(&rules, list, offset, &out, NULL, entries, &last, &crc,
@@ -1084,8 +1099,8 @@ PyDoc_STRVAR(encode_file_doc,
 "encode_file(header, pages, post, legacy, track) -> bytes | None\n"
 "\n"
 "Encode a whole LTX v3 file in memory: `header` is a Header (a tuple of its 12 fields),\n"
-"`pages` a list of (pgno, page). Returns None for a header that breaks a rule. `post` is the post-apply checksum, or None for the\n"
-"XOR of the page checksums (`track` must then be true). Returns None if a page or the\n"
+"`pages` a list of (pgno, page). `post` is the post-apply checksum, or None for the XOR of\n"
+"the page checksums (`track` must then be true). Returns None if the header, a page or the\n"
 "trailer breaks a rule; the streaming Encoder then raises the precise error.");
 
 static PyObject *encode_file(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -1119,7 +1134,12 @@ static PyObject *encode_file(PyObject *self, PyObject *const *args, Py_ssize_t n
     const int tracked_post = args[2] == Py_None;
     if (!tracked_post) {
         post = PyLong_AsUnsignedLongLong(args[2]);
-        if (post == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+        if (post == (uint64_t)-1 && PyErr_Occurred()) {
+            /* Not a u64: the Encoder says what is wrong, after checking the pages first. */
+            if (!input_error()) return NULL;
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
     }
     const int legacy = PyObject_IsTrue(args[3]);
     if (legacy < 0) return NULL;
@@ -1129,8 +1149,10 @@ static PyObject *encode_file(PyObject *self, PyObject *const *args, Py_ssize_t n
 
     wbuf out = {0}, index = {0};
     PyObject *result = NULL;
-    /* Room for the usual case at once: pages rarely compress to more than half. */
-    unsigned char *w = wb_room(&out, HEADER_SIZE + (size_t)n * (page_size / 2 + 64) + 64);
+    /* Room for the usual case at once (pages rarely compress to more than half), for up to
+     * 64 pages; more grows as needed. */
+    unsigned char *w = wb_room(&out, HEADER_SIZE + (size_t)(n < 64 ? n : 64) *
+                                                       (page_size / 2 + 64) + 64);
     if (w == NULL) goto done;
     memcpy(w, hdr, HEADER_SIZE);
     out.len = HEADER_SIZE;
@@ -1245,6 +1267,9 @@ PyMODINIT_FUNC PyInit__frames(void) {
         }
     }
     legacy_head[6] = (unsigned char)(xxh32(legacy_head + 4, 2) >> 8);
+    if (store_size_kwnames != NULL) { /* initialised before (a second import) */
+        return PyModule_Create(&module);
+    }
     store_size_kwnames = Py_BuildValue("(s)", "store_size");
     if (store_size_kwnames == NULL) {
         return NULL;

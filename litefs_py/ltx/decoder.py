@@ -56,7 +56,7 @@ class PageIndexEntry(NamedTuple):
     size: int  # frame header + size prefix + payload
 
 
-def decode_bytes_streaming(data: bytes, *, name: str = "<ltx>") -> DecodedFile:
+def decode_bytes_streaming(data: bytes, /, *, name: str = "<ltx>") -> DecodedFile:
     """`decode_bytes` done by the streaming decoder: what runs without the compiled module,
     and for every file the compiled code does not accept (so errors are the same)."""
     dec = Decoder(io.BytesIO(data), name=name)
@@ -66,7 +66,7 @@ def decode_bytes_streaming(data: bytes, *, name: str = "<ltx>") -> DecodedFile:
 
 
 class _DecodeBytes(Protocol):
-    def __call__(self, data: bytes, *, name: str = ...) -> DecodedFile: ...
+    def __call__(self, data: bytes, /, *, name: str = ...) -> DecodedFile: ...
 
 
 # Decode and check a whole LTX v3 file held in memory, in one call: the same checks, result

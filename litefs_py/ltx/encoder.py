@@ -103,11 +103,13 @@ class Encoder:
         if self._track:
             self._page_checksums ^= crc64(data, crc64(hdr[:4]))
 
-    def encode_pages(self, pages: list[tuple[int, bytes | memoryview]]) -> None:
+    def encode_pages(self, pages: Iterable[tuple[int, bytes | memoryview]]) -> None:
         """Encode several pages, in order: the same bytes and errors as `encode_page` for
         each, with the per-page work in C when the compiled module is there."""
         if self._finished:
             raise LTXError("encoder already finished", name=self.name)
+        if type(pages) is not list:
+            pages = list(pages)
         done = 0
         if _compiled_frames is not None and pages:
             frames, done, self._last_pgno, self._crc, self._page_checksums = _compiled_frames(
