@@ -13,12 +13,18 @@ whole life) and forwards every connection to the upstream port. Faults:
   but its response never reaches the client: the proxy goes `down()` instead (an upload the
   server stored while the client saw its connection reset, and retries refused).
 
+`requests` keeps the request lines the proxy forwarded (the last 200), with the time each
+was seen and the time its response came back, so a test that waits for a fault can say what
+the client sent instead.
+
 Threads only; `close()` stops everything and joins the threads. Use as a context manager.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import re
 import socket
 import struct
 import threading
@@ -40,6 +46,7 @@ class TcpProxy:
         self._hold: tuple[bytes, float] | None = None
         self._lose: bytes | None = None
         self.lost_responses = 0
+        self.requests: collections.deque[list[object]] = collections.deque(maxlen=200)
 
     def hold_once(self, pattern: bytes, seconds: float) -> None:
         self._hold = (pattern, seconds)
@@ -146,27 +153,45 @@ class TcpProxy:
 
     def _pump(self, src: socket.socket, dst: socket.socket, slow: bool,
               armed: list[bool]) -> None:
+        tail = b""  # the end of the previous chunk: a pattern may straddle two chunks
+        request: list[object] | None = None  # the entry in `requests` of the last request
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                seen = tail + data
+                tail = data[-64:]
                 if slow and self.delay:
                     time.sleep(self.delay)
+                if slow and _REQUEST_LINE.match(data):
+                    self.requests.append([time.monotonic(), data.split(b"\r\n", 1)[0], None])
+                    request = self.requests[-1]
+                elif (not slow and data.startswith(b"HTTP/") and self.requests
+                      and self.requests[-1][2] is None):
+                    self.requests[-1][2] = time.monotonic()
                 hold = self._hold
-                if slow and hold is not None and hold[0] in data:
+                if slow and hold is not None and hold[0] in seen:
                     self._hold = None
                     time.sleep(hold[1])
                 lose = self._lose
-                if slow and lose is not None and lose in data:
+                if slow and lose is not None and lose in seen:
                     self._lose = None
                     armed.append(True)
-                # The final response to that request is never delivered ("100 Continue",
-                # which lets botocore send the body, still is).
-                if not slow and armed and not data.startswith(b"HTTP/1.1 100"):
-                    self.lost_responses += 1
-                    self.down()
-                    break
+                    if request is not None:
+                        request.append("response to be lost")
+                # The final response to that request is never delivered; interim "100
+                # Continue" responses (which let botocore send the body) still are, also when
+                # the final one arrives in the same chunk.
+                if not slow and armed:
+                    interim, final = _split_interim(data)
+                    if interim:
+                        dst.sendall(interim)
+                    if final:
+                        self.lost_responses += 1
+                        self.down()
+                        break
+                    continue
                 dst.sendall(data)
         except OSError:
             pass
@@ -180,3 +205,17 @@ class TcpProxy:
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.close()
+
+
+_REQUEST_LINE = re.compile(rb"(GET|PUT|POST|DELETE|HEAD) /")
+
+
+def _split_interim(data: bytes) -> tuple[bytes, bytes]:
+    """Split a server → client chunk into its leading interim (1xx) responses and the rest."""
+    interim = b""
+    while data.startswith(b"HTTP/1.1 1"):
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            break
+        interim, data = interim + data[:end + 4], data[end + 4:]
+    return interim, data

@@ -163,7 +163,12 @@ def test_upload_stored_but_unacknowledged_is_not_uploaded_twice(bucket: Bucket, 
     # maintainer's compactions and snapshots, which may run at the same time.
     proxy.lose_response_once(f"PUT /{bucket.name}/{PREFIX}/0000/".encode())
     client.txns(1)
-    wait_until(lambda: proxy.lost_responses == 1, 10, what="an upload whose answer was lost")
+    try:
+        wait_until(lambda: proxy.lost_responses == 1, 30, what="an upload whose answer was lost")
+    except AssertionError as exc:  # say what the uploader sent instead
+        raise AssertionError(
+            f"{exc}; the last requests through the proxy (time, request line, answered at): "
+            f"{list(proxy.requests)[-12:]}\n--- mount log ---\n{m.log()[-4000:]}") from None
     stored = _bucket_txid(bucket)
     assert stored >= 5, "the server should have stored the upload whose answer was lost"
     client.txns(20)  # committed while the endpoint is down
