@@ -10,8 +10,9 @@ whole life) and forwards every connection to the upstream port. Faults:
 - `hold_once(pattern, seconds)`: the first client → server chunk containing `pattern` (e.g.
   `b".ltx HTTP/1.1"`: the first request for an object, not a listing) waits that long.
 - `lose_response_once(pattern)`: the first request containing `pattern` reaches the server,
-  but its response never reaches the client: the proxy goes `down()` instead (an upload the
-  server stored while the client saw its connection reset, and retries refused).
+  but its response never reaches the client: the proxy goes `down()` as the request passes
+  (only that connection stays, to carry it) and resets it when the answer comes (an upload
+  the server stored while the client saw its connection reset, and retries refused).
 
 `requests` keeps the request lines the proxy forwarded (the last 200), with the time each
 was seen and the time its response came back, so a test that waits for a fault can say what
@@ -80,14 +81,14 @@ class TcpProxy:
         t.start()
         self._threads.append(t)
 
-    def down(self) -> None:
-        """Refuse new connections and reset the open ones."""
+    def down(self, keep: tuple[socket.socket, ...] = ()) -> None:
+        """Refuse new connections and reset the open ones (except the sockets in `keep`)."""
         s, self._listener = self._listener, None
         if s is not None:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
-        self._reset_all()
+        self._reset_all(keep)
 
     def up(self) -> None:
         if self._listener is None:
@@ -113,9 +114,10 @@ class TcpProxy:
 
     # ---- plumbing ----------------------------------------------------------------------
 
-    def _reset_all(self) -> None:
+    def _reset_all(self, keep: tuple[socket.socket, ...] = ()) -> None:
         with self._lock:
-            conns, self._conns = list(self._conns), set()
+            conns = [c for c in self._conns if c not in keep]
+            self._conns = {c for c in self._conns if c in keep}
         for c in conns:
             with contextlib.suppress(OSError):
                 # RST instead of FIN: what a vanished endpoint looks like to the client.
@@ -180,6 +182,10 @@ class TcpProxy:
                     armed.append(True)
                     if request is not None:
                         request.append("response to be lost")
+                    # From now on the endpoint is gone for everything else too, so that no
+                    # retry (after a client read timeout, on a new or a pooled connection)
+                    # can get an answer while this request waits for its own.
+                    self.down(keep=(src, dst))
                 # The final response to that request is never delivered; interim "100
                 # Continue" responses (which let botocore send the body) still are, also when
                 # the final one arrives in the same chunk.
