@@ -172,6 +172,9 @@ def test_upload_stored_but_unacknowledged_is_not_uploaded_twice(bucket: Bucket, 
     stored = _bucket_txid(bucket)
     assert stored >= 5, "the server should have stored the upload whose answer was lost"
     client.txns(20)  # committed while the endpoint is down
+    # Down until the uploader has given up on that PUT: botocore retries it, and a retry that
+    # reached the endpoint back up would simply be answered (no lost answer left to learn).
+    wait_until(lambda: "failed: " in m.log(), 60, what="the uploader to report the failed upload")
     proxy.up()
     last = client.request({"op": "hash"})
     wait_until(lambda: _bucket_txid(bucket) >= last["txid"],
