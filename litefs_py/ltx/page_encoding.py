@@ -15,10 +15,9 @@ from typing import cast
 import lz4.block
 import lz4.frame
 
-try:  # compiled (setup.py, litefs_py/ltx/_frames.c)
-    from ._frames import xxh32 as _xxh32
-except ImportError:  # pragma: no cover - only without a C compiler at install time
-    _xxh32 = None  # type: ignore[assignment]
+from .compiled import frames as _frames
+
+_xxh32 = _frames.xxh32 if _frames is not None else None  # compiled (optional)
 
 PAGE_FLAG_LZ4_BLOCK = 0x0001
 LZ4_FRAME_MAGIC = b"\x04\x22\x4d\x18"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-try:  # compiled (setup.py, litefs_py/ltx/_frames.c); optional, same bytes as encode_index_py
-    from ._frames import encode_index as _compiled_index
-except ImportError:  # pragma: no cover - only without a C compiler at install time
-    _compiled_index = None  # type: ignore[assignment]
+from .compiled import frames as _frames
+
+# Compiled (optional): the same bytes as encode_index_py.
+_compiled_index = _frames.encode_index if _frames is not None else None
 
 # Page numbers and frame sizes are usually below 2**14: two bytes at most, looked up.
 _SMALL = [bytes([v]) if v < 0x80 else bytes(((v & 0x7F) | 0x80, v >> 7)) for v in range(0x4000)]
