@@ -43,7 +43,7 @@ a contiguous TXID chain whose checksums link, and replaying it must reproduce th
 database byte for byte; the client runs PRAGMA integrity_check (quick_check on big ones).
 
 Ratios are computed per run (side by side) and the median over runs is reported; seconds are
-medians too. `--pin` pins every client and server to CPU 0 (what FUSE-NOTES.md calls "same
+medians too. `--pin` pins every client and server to CPU 0 (what docs/fuse.md calls "same
 vCPU"); unpinned is the default.
 """
 

@@ -1,4 +1,4 @@
-"""Imports point down the layers of DESIGN.md; a module never imports one above it."""
+"""Imports point down the layers of docs/design.md; a module never imports one above it."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     "app": 7,
     "cli": 8, "__main__": 8,
 }
-# Third-party libraries that belong to one layer only (DESIGN.md).
+# Third-party libraries that belong to one layer only (docs/design.md).
 CONFINED = {"boto3": {"storage.s3"}, "botocore": {"storage.s3"},
             "pyfuse3": {"fuse", "app"}}
 PURE = {"ltx", "sqlite"}  # no trio, pyfuse3, boto3
@@ -61,7 +61,7 @@ def layer_of(module: str) -> int:
 def test_every_module_has_a_layer() -> None:
     for module, _ in modules():
         if module:
-            assert module.split(".")[0] in LAYERS, f"{module} is in no layer of DESIGN.md"
+            assert module.split(".")[0] in LAYERS, f"{module} is in no layer of docs/design.md"
 
 
 def test_imports_point_down() -> None:

@@ -314,7 +314,7 @@ class PrimaryOperations(pyfuse3.Operations):
             # requests (readers, the uploader) should not wait behind it.
             await trio.to_thread.run_sync(job)
         else:
-            job()  # a thread hop would cost more than it saves (FUSE-NOTES.md)
+            job()  # a thread hop would cost more than it saves (docs/fuse.md)
 
     @fuse_boundary
     async def release(self, fh: int) -> None:

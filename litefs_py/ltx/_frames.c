@@ -981,7 +981,7 @@ static Py_ssize_t encode_loop(const page_rules *r, PyObject *list, uint64_t base
         }
         out->len += frame_size;
         PyBuffer_Release(&view);
-        /* The file checksum covers frame headers and *uncompressed* pages (FORMATS.md §3). */
+        /* The file checksum covers frame headers and *uncompressed* pages (docs/formats.md §3). */
         uint64_t new_crc, page_crc = 0;
         if (fold_crc(cfg_crc64, page, crc64_iso_update(crc, frame, frame_head), &new_crc) < 0 ||
             (r->track &&

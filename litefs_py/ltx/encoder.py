@@ -1,7 +1,7 @@
 """Streaming LTX v3 encoder.
 
 Writes the header at once, each page frame as it is given, and the page index and trailer on
-`finish()`. The file checksum is computed on the fly, over the decompressed pages as FORMATS.md
+`finish()`. The file checksum is computed on the fly, over the decompressed pages as docs/formats.md
 §3 specifies, so the encoder never holds more than one page.
 """
 

@@ -1,7 +1,7 @@
 """LTX header (100 bytes) and trailer (16 bytes), shared by every LTX version.
 
 The version is not stored in the file (the magic is `LTX1` in all of them), so validation takes
-the version the caller decodes with. Rules follow FORMATS.md §2–§4 and superfly/ltx.
+the version the caller decodes with. Rules follow docs/formats.md §2–§4 and superfly/ltx.
 """
 
 from __future__ import annotations

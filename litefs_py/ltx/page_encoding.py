@@ -1,4 +1,4 @@
-"""The two v3 page payload encodings (FORMATS.md §3).
+"""The two v3 page payload encodings (docs/formats.md §3).
 
 LZ4 block (page flag 0x1, Litestream >= 0.5.16): `csize u32` + one LZ4 block.
 LZ4 frame (page flag 0, Litestream 0.5.0–0.5.15): one complete LZ4 frame, no size prefix, so

@@ -1,7 +1,7 @@
 """Bucket-follow mode: a read replica with no primary follows the replica bucket.
 
 One `BucketFollower` per database runs as a trio task. It polls the bucket (Litestream 0.5's
-layout, FORMATS.md §5) and hands each LTX file, whole, to an `apply` callback, in an order that
+layout, docs/formats.md §5) and hands each LTX file, whole, to an `apply` callback, in an order that
 keeps the replica's database consistent:
 
 1. **Incremental.** List level 0 after the replica's TXID (`ltx_files_after(0, pos)`: S3 lists

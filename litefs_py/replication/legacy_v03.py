@@ -1,4 +1,4 @@
-"""Restore from Litestream 0.3's bucket layout (FORMATS.md §6), for migrating old backups.
+"""Restore from Litestream 0.3's bucket layout (docs/formats.md §6), for migrating old backups.
 
     <path>/generations/<gen: 16 hex>/snapshots/<index %08x>.snapshot.lz4   whole database
     <path>/generations/<gen>/wal/<index %08x>_<offset %08x>.wal.lz4        WAL bytes at offset

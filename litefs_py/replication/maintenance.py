@@ -1,6 +1,6 @@
 """Keep a replica small and fast to restore: level compaction, snapshots and retention.
 
-Litestream 0.5's scheme (FORMATS.md §5): L0 holds one file per upload; every `l1-interval`
+Litestream 0.5's scheme (docs/formats.md §5): L0 holds one file per upload; every `l1-interval`
 the L0 files after the last L1 file are merged into one L1 file, likewise L1 -> L2 and
 L2 -> L3 on their intervals (aligned to wall-clock multiples); every `snapshot-interval` the
 current restore chain is merged into an L9 snapshot `0000000000000001-<max>.ltx`.

@@ -1,6 +1,6 @@
 """Which LTX files rebuild a database at a target: the restore plan.
 
-The plan is Litestream 0.5's (FORMATS.md §5, `litestream.CalcRestorePlan`), so both programs
+The plan is Litestream 0.5's (docs/formats.md §5, `litestream.CalcRestorePlan`), so both programs
 restore the same bucket to the same TXID from the same files:
 
 1. the newest L9 snapshot whose max TXID fits the target (none is fine if the chain starts at

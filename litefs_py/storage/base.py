@@ -1,7 +1,7 @@
 """The interface every replica target implements, and the bucket layout both speak.
 
 One `ReplicaClient` addresses ONE database's replica path (e.g. `s3://bucket/backups/store.db`
-or `/srv/backups/store.db`). Layout (Litestream 0.5, FORMATS.md §5):
+or `/srv/backups/store.db`). Layout (Litestream 0.5, docs/formats.md §5):
 
 - S3-compatible: `<path>/<level %04x>/<min %016x>-<max %016x>.ltx`
 - file:          `<path>/ltx/<level decimal>/<min %016x>-<max %016x>.ltx`

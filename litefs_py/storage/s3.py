@@ -1,6 +1,6 @@
 """A replica in an S3-compatible bucket (AWS, Backblaze B2, Cloudflare R2, MinIO, ...).
 
-The only module that imports boto3. Key layout (Litestream 0.5, FORMATS.md §5):
+The only module that imports boto3. Key layout (Litestream 0.5, docs/formats.md §5):
 `<path>/<level %04x>/<min %016x>-<max %016x>.ltx`, no `ltx/` component.
 
 What the client sends, and why (users were burned by Litestream 0.5 on non-AWS providers):

@@ -1,7 +1,7 @@
 """Detect committed WAL transactions from the writes SQLite makes to the `-wal` file.
 
 pyfuse3 cannot see SQLite's locks, so commits are recognised from the file operations alone
-(FORMATS.md §7):
+(docs/formats.md §7):
 
 - SQLite writes each frame as two writes: the 24-byte header, then the page.
 - A frame whose header has a non-zero `commit` field ends a transaction once its page is

@@ -11,7 +11,7 @@ states we write a Litestream *file* replica by hand with our codec:
 - optionally L1 files made by our `compact`, a later L9 snapshot, or L0 files spanning several
   TXIDs,
 
-all with flags 0x2 and zero pre/post-apply checksums (FORMATS.md §3). Then `litestream restore`
+all with flags 0x2 and zero pre/post-apply checksums (docs/formats.md §3). Then `litestream restore`
 must rebuild each state exactly: exit 0, `PRAGMA integrity_check` ok, same `.dump` as the
 source (and, since restore only writes pages, the same bytes).
 
@@ -463,7 +463,7 @@ def test_restore_l0_files_spanning_several_txids(encoding: PageEncoding,
 def test_restore_rejects_post_apply_checksum_in_last_file(histories: Callable[[int], History],
                                                           restorer: Restorer,
                                                           tmp_path: Path) -> None:
-    """Why replica files carry flags 0x2 (FORMATS.md §3): a file with real checksums is refused
+    """Why replica files carry flags 0x2 (docs/formats.md §3): a file with real checksums is refused
     when it is the last of the plan, and accepted elsewhere in it."""
     history = histories(4096)
     n = history.last_txid

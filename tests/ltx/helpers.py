@@ -1,6 +1,6 @@
 """Independent reference implementations and small utilities for the LTX codec tests.
 
-Everything here is written from /work/shared/docs/FORMATS.md, not from the codec, so tests can
+Everything here is written from docs/formats.md, not from the codec, so tests can
 cross-check the codec against it (a pure-Python CRC-64, a reference LTX v3 writer that can also
 write *invalid* files with valid checksums, and a LiteFS v1 writer, which the codec lacks).
 """
@@ -35,8 +35,8 @@ from litefs_py.ltx import (
     page_encoding,
     read_page_index,
 )
+from tests.vectors_path import VECTORS
 
-VECTORS = Path("/work/shared/vectors")
 LS17 = VECTORS / "ls-0.5.17-4k"
 LS15 = VECTORS / "ls-0.5.15-4k"
 LITEFS_STORE = VECTORS / "litefs/store/open-and-write-snapshot/dbs/sqlite.db"
@@ -47,7 +47,7 @@ FLAG = 1 << 63
 PAGE_SIZES = [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
 
 # ---------------------------------------------------------------------------------------------
-# CRC-64 (Go crc64.ISO), bit by bit from the catalogue parameters in FORMATS.md §1.
+# CRC-64 (Go crc64.ISO), bit by bit from the catalogue parameters in docs/formats.md §1.
 
 _POLY_REFLECTED = 0xD800000000000000
 _MASK64 = (1 << 64) - 1
@@ -75,7 +75,7 @@ def py_crc64(data: bytes, crc: int = 0) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reference LTX v3 writer (FORMATS.md §2–§3). It never validates: tests use it to build files
+# Reference LTX v3 writer (docs/formats.md §2–§3). It never validates: tests use it to build files
 # that break one rule while every checksum is still right.
 
 _HDR = struct.Struct(">4sIIIQQqQqqIIQ20s")
@@ -140,7 +140,7 @@ def block_frame(pgno: int, page: bytes, *, payload: bytes | None = None) -> Fram
 
 
 def one_block_lz4_frame(page: bytes) -> bytes:
-    """The LZ4 frame litefs writes for a legacy page, built by the rules (FORMATS.md §3 and the
+    """The LZ4 frame litefs writes for a legacy page, built by the rules (docs/formats.md §3 and the
     LZ4 frame spec): header for FLG 0x64 / BD 0x40, one block (stored as is when LZ4 does not
     shrink it, as liblz4's frame API does), end mark, XXH32 content checksum. The checksum is
     taken from python-lz4's own frame of the page (it depends only on the content); the block
@@ -200,7 +200,7 @@ def ref_encode_v3(
     file_checksum: int | None = None,
     extra: bytes = b"",
 ) -> tuple[bytes, Layout]:
-    """Write a v3 file exactly as FORMATS.md §3 describes; overrides build invalid files."""
+    """Write a v3 file exactly as docs/formats.md §3 describes; overrides build invalid files."""
     out = bytearray(header)
     ck = [header]
     entries = bytearray()
@@ -241,7 +241,7 @@ def crc_of(parts: Iterable[bytes]) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reference LiteFS LTX v1 writer (FORMATS.md §4).
+# Reference LiteFS LTX v1 writer (docs/formats.md §4).
 
 
 def ref_encode_v1(header: bytes, pages: Sequence[tuple[int, bytes]], post_apply: int, *,

@@ -1,4 +1,4 @@
-"""Checksums (FORMATS.md §1): CRC-64 ISO, page and database checksums, lock page."""
+"""Checksums (docs/formats.md §1): CRC-64 ISO, page and database checksums, lock page."""
 
 from __future__ import annotations
 

@@ -5,10 +5,11 @@ The files are small (3 pages of 512 bytes, plus LiteFS's 12 KiB v1 fixture), so 
 exhaustive over every byte offset with several XOR masks.
 
 One caveat comes from the format, not the codec: the v3 file checksum covers the *decompressed*
-pages (FORMATS.md §3), and LZ4 has redundant encodings (e.g. the match-length nibble of the last
-sequence's token is ignored), so a change inside a compressed payload can decode to exactly the
-same page. Such a change cannot be detected and does no harm; the loops accept it only inside
-payloads and only when the decoded header, pages and trailer are identical to the original.
+pages (docs/formats.md §3), and LZ4 has redundant encodings (e.g. the match-length nibble of
+the last sequence's token is ignored), so a change inside a compressed payload can decode to
+exactly the same page. Such a change cannot be detected and does no harm; the loops accept it
+only inside payloads and only when the decoded header, pages and trailer are identical to
+the original.
 """
 
 from __future__ import annotations

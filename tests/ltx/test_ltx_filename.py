@@ -1,4 +1,4 @@
-"""LTX file names (`%016x-%016x.ltx`, FORMATS.md §2) and TXID parsing."""
+"""LTX file names (`%016x-%016x.ltx`, docs/formats.md §2) and TXID parsing."""
 
 from __future__ import annotations
 

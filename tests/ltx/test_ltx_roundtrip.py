@@ -1,5 +1,5 @@
 """Encode -> decode round trips (hypothesis), random access through the page index, version
-detection, and byte-for-byte agreement with the reference writer built from FORMATS.md."""
+detection, and byte-for-byte agreement with the reference writer built from docs/formats.md."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def test_round_trip(case: Case) -> None:
     # Header bytes and page encoding on the wire.
     assert data[:100] == header_bytes(case.header)
     assert set(frame_flags(data)) <= {int(case.encoding)}
-    # Byte-for-byte what the reference writer produces from FORMATS.md §3.
+    # Byte-for-byte what the reference writer produces from docs/formats.md §3.
     ref, layout = ref_encode_v3(header_bytes(case.header),
                                 [make_frame(p, d, case.encoding) for p, d in case.pages],
                                 trailer.post_apply_checksum)

@@ -1,4 +1,4 @@
-"""Header, trailer, encoder and decoder rules (FORMATS.md §2–§4), table-driven.
+"""Header, trailer, encoder and decoder rules (docs/formats.md §2–§4), table-driven.
 
 Decoder rules are checked with files from the reference writer in helpers.py: each breaks one
 rule while its file checksum is right, so the rule itself must be what rejects it.

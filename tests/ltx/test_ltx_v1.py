@@ -1,4 +1,4 @@
-"""LiteFS LTX v1 decoding (FORMATS.md §4) against an independent v1 writer."""
+"""LiteFS LTX v1 decoding (docs/formats.md §4) against an independent v1 writer."""
 
 from __future__ import annotations
 

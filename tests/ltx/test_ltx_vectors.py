@@ -1,4 +1,4 @@
-"""Files written by the real programs (/work/shared/vectors): Litestream 0.5.17 and 0.5.15
+"""Files written by the real programs (tests/vectors/): Litestream 0.5.17 and 0.5.15
 buckets (LTX v3, both page encodings) and LiteFS's v1 fixture."""
 
 from __future__ import annotations
@@ -45,9 +45,6 @@ from .helpers import (
     load_expected,
     ref_encode_v1,
 )
-
-pytestmark = pytest.mark.skipif(not LS17.is_dir() or not LS15.is_dir() or not V1_VECTOR.exists(),
-                                reason="shared test vectors are not available")
 
 
 @dataclass(frozen=True)
@@ -157,7 +154,7 @@ def _restore(chain: list[VecFile], out: Path) -> None:
 
 
 def _plan(vs: VectorSet, target: int) -> list[VecFile]:
-    """Litestream 0.5's restore plan (FORMATS.md §5)."""
+    """Litestream 0.5's restore plan (docs/formats.md §5)."""
     files = vs.files()
     snaps = [f for f in files if f.level == 9 and f.max_txid <= target]
     chain = [max(snaps, key=lambda f: f.max_txid)]
@@ -366,7 +363,7 @@ def test_v1_apply_onto_the_sibling_database_is_idempotent(tmp_path: Path) -> Non
 
 
 def test_v1_vector_rewritten_by_reference_writer_is_byte_identical() -> None:
-    """Our reading of FORMATS.md §4 (file checksum coverage) reproduces LiteFS's bytes."""
+    """Our reading of docs/formats.md §4 (file checksum coverage) reproduces LiteFS's bytes."""
     data = V1_VECTOR.read_bytes()
     dec = DecoderV1(io.BytesIO(data))
     pages = list(dec.pages())

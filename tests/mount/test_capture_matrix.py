@@ -213,7 +213,7 @@ def test_switch_rollback_wal_rollback(litefs: LitefsMount, tmp_path: Path,
 @pytest.mark.parametrize("page_size", [512, 4096])
 def test_wal_padding_frames(litefs: LitefsMount, tmp_path: Path, page_size: int) -> None:
     """psow=0 + synchronous=FULL: SQLite pads each commit to a sector boundary with copies of
-    the commit frame (FORMATS.md §7). They are not new transactions: one LTX per commit."""
+    the commit frame (docs/formats.md §7). They are not new transactions: one LTX per commit."""
     name = "pad.db"
     steps = [sql(f"PRAGMA page_size={page_size}", "PRAGMA journal_mode=WAL",
                  "PRAGMA synchronous=FULL", "CREATE TABLE t(v)", delta=None)]

@@ -23,10 +23,8 @@ from litefs_py.cli import main
 from litefs_py.ltx import parse_filename
 from litefs_py.storage.file import FileReplicaClient
 from tests.s3_server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, create_bucket, upload_tree
+from tests.vectors_path import VECTORS
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
-if not VECTORS.is_dir():  # CI: shared/ is beside the clone
-    VECTORS = Path("/work/shared/vectors")
 LTX_SETS = ("ls-0.5.17-4k", "ls-0.5.15-4k")
 V03_SET = "ls-0.3.13-4k"
 

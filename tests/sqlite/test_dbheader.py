@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import pickle
 import sqlite3
 import struct
@@ -14,14 +13,13 @@ from litefs_py.sqlite import (
     page_size_from_header,
     parse_database_header,
 )
+from tests.vectors_path import VECTORS as ALL_VECTORS
 
-VECTORS = Path(os.environ.get("LITEFS_VECTORS", "/work/shared/vectors/litefs"))
+VECTORS = ALL_VECTORS / "litefs"
 STORE = VECTORS / "store"
 
-needs_vectors = pytest.mark.skipif(not VECTORS.is_dir(), reason=f"no LiteFS vectors at {VECTORS}")
 
 
-@needs_vectors
 def test_valid_fixture_database() -> None:
     path = STORE / "open-and-write-snapshot/dbs/sqlite.db/database"
     data = path.read_bytes()
@@ -40,7 +38,6 @@ def test_valid_fixture_database() -> None:
     assert page_size_from_header(data) == 4096
 
 
-@needs_vectors
 def test_short_fixture_database() -> None:
     path = STORE / "open-short-database/dbs/test.db/database"
     data = path.read_bytes()
@@ -52,7 +49,6 @@ def test_short_fixture_database() -> None:
     assert str(info.value) == "test.db: offset 0: header length: expected 100 bytes, found 10 bytes"
 
 
-@needs_vectors
 def test_invalid_header_fixture_database() -> None:
     path = STORE / "open-invalid-database-header/dbs/test.db/database"
     data = path.read_bytes()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import random
 import sqlite3
 import struct
@@ -30,11 +29,11 @@ from litefs_py.sqlite import (
     wal_checksum,
 )
 from litefs_py.sqlite.wal import wal_checksum_py
+from tests.vectors_path import VECTORS as ALL_VECTORS
 
-VECTORS = Path(os.environ.get("LITEFS_VECTORS", "/work/shared/vectors/litefs"))
+VECTORS = ALL_VECTORS / "litefs"
 WAL_FIXTURES = VECTORS / "wal-reader"
 
-needs_vectors = pytest.mark.skipif(not VECTORS.is_dir(), reason=f"no LiteFS vectors at {VECTORS}")
 
 
 def fixture(name: str) -> bytes:
@@ -56,7 +55,6 @@ def reference_checksum(data: bytes, s0: int, s1: int, big_endian: bool) -> tuple
 SALTS = (0x4875A40B, 0xA38DE4F5)
 
 
-@needs_vectors
 def test_fixture_ok() -> None:
     b = fixture("ok")
     assert len(b) == 12392
@@ -93,7 +91,6 @@ def test_fixture_ok() -> None:
     assert db_header.sqlite_version_number == 3038005
 
 
-@needs_vectors
 def test_fixture_ok_content(tmp_path: Path) -> None:
     """Applying the fixture's transactions gives `CREATE TABLE t (x)`, then one row, 100."""
     dumps: list[list[str]] = []
@@ -112,7 +109,6 @@ def test_fixture_ok_content(tmp_path: Path) -> None:
     ]
 
 
-@needs_vectors
 def test_fixture_salt_mismatch() -> None:
     b = fixture("salt-mismatch")
     reader = WALReader(b, name="salt-mismatch/wal")
@@ -139,7 +135,6 @@ def test_fixture_salt_mismatch() -> None:
     )
 
 
-@needs_vectors
 def test_fixture_frame_checksum_mismatch() -> None:
     b = fixture("frame-checksum-mismatch")
     ok = fixture("ok")
@@ -162,7 +157,6 @@ def test_fixture_frame_checksum_mismatch() -> None:
     assert "frame index 1" in str(info.value)
 
 
-@needs_vectors
 @pytest.mark.parametrize(
     ("size", "reason"),
     [
@@ -184,14 +178,12 @@ def test_fixture_truncated(size: int, reason: WALStopReason) -> None:
             list(WALReader(fixture("ok")[:size], strict=True).frames())
 
 
-@needs_vectors
 def test_encoder_reproduces_fixture() -> None:
     b = fixture("ok")
     frames = [(f.pgno, f.page, f.header.commit) for f in WALReader(b).frames()]
     assert encode_wal(4096, frames, SALTS) == b
 
 
-@needs_vectors
 def test_sources_bytes_memoryview_file(tmp_path: Path) -> None:
     b = fixture("ok")
     path = tmp_path / "wal"
@@ -254,7 +246,6 @@ def test_header_build_big_endian() -> None:
 # --- checksum ---
 
 
-@needs_vectors
 def test_checksum_known_answer() -> None:
     b = fixture("ok")
     assert wal_checksum(b[:24], 0, 0, False) == (0xE08B785B, 0x8E57DDA3)

@@ -27,7 +27,7 @@ from litefs_py.storage.file import FileReplicaClient
 from tests.storage.helpers import ltx_bytes
 
 TS = 1_767_225_600_123  # 2026-01-01T00:00:00.123Z
-VECTORS = Path("/work/shared/vectors")
+from tests.vectors_path import VECTORS  # noqa: E402
 
 
 def meta(ts_ms: int = TS, checksum: int | None = 0x0123456789ABCDEF) -> dict[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +12,7 @@ from litefs_py.ltx import Header
 from litefs_py.replica_clients import client_for_url
 from litefs_py.storage.s3 import S3ReplicaClient
 from tests.s3_server import S3Bucket, upload_tree
-
-VECTORS = Path("/work/shared/vectors")
+from tests.vectors_path import VECTORS
 
 
 @pytest.mark.parametrize("name", ["ls-0.5.17-4k", "ls-0.5.15-4k"])
