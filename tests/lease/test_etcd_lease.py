@@ -13,6 +13,7 @@ import trio
 from litefs_py.replication.lease import (
     Candidate,
     EtcdLease,
+    LeaseEpochError,
     LeaseGrant,
     LeaseKeeper,
     LeaseLostError,
@@ -265,3 +266,15 @@ async def test_three_member_cluster_keeps_the_lease_through_a_dead_member(etcd_k
         finally:
             await lease.aclose()
             await other.aclose()
+
+
+@pytest.mark.trio
+async def test_an_epoch_below_what_the_node_has_seen_is_refused(leases: Leases) -> None:
+    """A wiped etcd cluster starts its revisions again at 1: a node that has seen a larger
+    epoch refuses the grant (and gives the key back) rather than go backwards."""
+    a, b = leases.new(lock_delay=0.0), leases.new(lock_delay=0.0)
+    with pytest.raises(LeaseEpochError, match=r"was the etcd cluster .* wiped"):
+        await a.acquire(candidate(1, known_epoch=10**9))
+    assert await a.holder() is None
+    grant = await b.acquire(candidate(2))
+    assert grant is not None
