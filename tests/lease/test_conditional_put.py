@@ -114,19 +114,18 @@ def _race(clients: list[S3ReplicaClient], etag: str | None) -> list[int]:
 
 
 def test_racing_writers_one_wins_s3(s3_bucket: S3Bucket) -> None:
-    clients = []
-    for _ in range(8):
-        c = client_for_url(s3_bucket.url("backups"))
-        assert isinstance(c, S3ReplicaClient)
-        clients.append(c)
+    # One client shared by 8 threads (boto3 clients are thread-safe and pool connections:
+    # the requests are concurrent; making 8 clients would only cost seconds).
+    c = client_for_url(s3_bucket.url("backups"))
+    assert isinstance(c, S3ReplicaClient)
+    clients = [c] * 8
     wins = _race(clients, None)
     assert len(wins) == 1, f"create: winners {wins}"
-    assert clients[0].get_object(KEY) == f"w{wins[0]}".encode()
-    wins = _race(clients, clients[0].get_object_tagged(KEY).etag)
+    assert c.get_object(KEY) == f"w{wins[0]}".encode()
+    wins = _race(clients, c.get_object_tagged(KEY).etag)
     assert len(wins) == 1, f"replace: winners {wins}"
-    assert clients[0].get_object(KEY) == f"r{wins[0]}".encode()
-    for c in clients:
-        c.close()
+    assert c.get_object(KEY) == f"r{wins[0]}".encode()
+    c.close()
 
 
 # One writer process: waits for the shared start time, tries its conditional write, prints
@@ -159,9 +158,9 @@ def test_racing_writers_one_wins_file_across_processes(tmp_path: Path) -> None:
         start = time.time() + 1.0  # every process started and waiting by then
         procs = [subprocess.Popen([sys.executable, "-c", _FILE_WRITER, root, KEY, str(i), etag,
                                    str(start)], stdout=subprocess.PIPE, text=True)
-                 for i in range(6)]
+                 for i in range(4)]
         outcomes = [p.communicate(timeout=30)[0].strip() for p in procs]
         wins = [i for i, out in enumerate(outcomes) if out == "won"]
-        assert len(wins) == 1 and outcomes.count("lost") == 5, f"{condition}: {outcomes}"
+        assert len(wins) == 1 and outcomes.count("lost") == 3, f"{condition}: {outcomes}"
         prefix = "w" if condition == "create" else "r"
         assert FileReplicaClient(root).get_object(KEY) == f"{prefix}{wins[0]}".encode()

@@ -165,14 +165,14 @@ async def test_keeper_renews_and_valid_until_stays_ahead(leases: Leases) -> None
     samples = 0
     async with trio.open_nursery() as nursery:
         await nursery.start(keeper.run)
-        end = lease_clock() + 3 * TTL
+        end = lease_clock() + 2 * TTL
         while lease_clock() < end:
             assert keeper.can_commit(), keeper.loss
             assert keeper.valid_until > lease_clock()
             assert await b.acquire(candidate(2)) is None
             samples += 1
             await trio.sleep(0.05)
-        assert keeper.renewals >= 5 and keeper.epoch == grant.epoch
+        assert keeper.renewals >= 4 and keeper.epoch == grant.epoch
         loss = await keeper.release()
         assert loss.reason is LossReason.RELEASED and not keeper.can_commit()
     assert samples > 20
@@ -250,7 +250,7 @@ async def test_three_member_cluster_keeps_the_lease_through_a_dead_member(etcd_k
                 await trio.sleep(ttl / 2)
                 cluster.kill(0)  # the first endpoint: every handle was using it
                 renewals = keeper.renewals
-                end = lease_clock() + 2 * ttl
+                end = lease_clock() + 1.5 * ttl
                 while lease_clock() < end:
                     assert keeper.can_commit(), keeper.loss
                     await trio.sleep(0.1)

@@ -207,7 +207,9 @@ class EtcdLease(Lease):
             request_timeout = min(2.0, max(0.5, self.ttl / 4))
         self.gateway = EtcdGateway(endpoints, request_timeout=request_timeout)
         self.description = f"etcd key {key} at {', '.join(self.gateway.endpoints)}"
-        self.poll_interval = min(1.0, self.ttl / 4)
+        # Candidates look at least twice per lock-delay, so that an absence they time is
+        # one they kept seeing.
+        self.poll_interval = min(1.0, self.ttl / 4, lock_delay / 2 if lock_delay > 0 else 1.0)
         self._grant: LeaseGrant | None = None
         self._lease_id = 0
         self._absent_since: float | None = None

@@ -233,15 +233,12 @@ class LeaseKeeper:
 
 async def campaign(lease: Lease, candidate: Callable[[], Candidate | None], *,
                    interval: float | None = None) -> LeaseGrant:
-    """Try `lease.acquire` until it succeeds. `candidate()` is asked before every attempt
-    (fresh positions); None means "not eligible now" (e.g. not caught up) and skips it.
-    Backend outages are logged and retried; LeaseEpochError and configuration errors are
-    raised. `interval` defaults to the backend's poll interval, at most half the
-    lock-delay (so an etcd candidate sees an absence continuously)."""
+    """Try `lease.acquire` every `interval` (default: the backend's poll interval) until it
+    succeeds. `candidate()` is asked before every attempt (fresh positions); None means "not
+    eligible now" (e.g. not caught up) and skips it. Backend outages are logged and
+    retried; LeaseEpochError and configuration errors are raised."""
     if interval is None:
         interval = lease.poll_interval
-        if lease.lock_delay > 0:
-            interval = min(interval, lease.lock_delay / 2)
     while True:
         me = candidate()
         if me is not None:
