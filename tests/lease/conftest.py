@@ -1,32 +1,15 @@
-"""Fixtures for the lease tests: a real etcd (one member for the package, or a fresh
-cluster per test that breaks it), a key of its own per test, and a hard time limit."""
+"""Fixtures for the lease tests: a real etcd (one member for the package, or a member of
+its own for a test that breaks it) and a key of its own per test. Every wait in these
+tests is bounded (trio.fail_after, request timeouts, subprocess timeouts)."""
 
 from __future__ import annotations
 
-import signal
 import uuid
 from collections.abc import Iterator
-from types import FrameType
 
 import pytest
 
 from tests.lease.etcd_server import EtcdCluster
-
-TIME_LIMIT = 90  # seconds per test
-
-
-@pytest.fixture(autouse=True)
-def time_limit(request: pytest.FixtureRequest) -> Iterator[None]:
-    def expired(_signum: int, _frame: FrameType | None) -> None:
-        raise TimeoutError(f"{request.node.nodeid} ran longer than {TIME_LIMIT}s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(TIME_LIMIT)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="package")

@@ -10,7 +10,14 @@ from typing import Any
 
 import trio
 
-from litefs_py.replication.lease import Candidate, Position, lease_clock, new_node_id
+from litefs_py.replication.lease import (
+    Candidate,
+    Lease,
+    LeaseGrant,
+    Position,
+    lease_clock,
+    new_node_id,
+)
 from litefs_py.storage.s3 import S3ReplicaClient
 from tests.s3_server import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 
@@ -60,3 +67,20 @@ def lease_s3_client(bucket: str, endpoint: str, path: str = "cluster",
     return S3ReplicaClient(bucket, path, endpoint=endpoint, access_key_id=ACCESS_KEY_ID,
                            secret_access_key=SECRET_ACCESS_KEY, connect_timeout=timeout,
                            read_timeout=timeout, max_attempts=2)
+
+
+async def race(leases: list[Lease], cands: list[Candidate]) -> list[LeaseGrant | None]:
+    """Every handle tries `acquire` once, all released at the same instant."""
+    results: list[LeaseGrant | None] = [None] * len(leases)
+    start = trio.Event()
+
+    async def attempt(i: int) -> None:
+        await start.wait()
+        results[i] = await leases[i].acquire(cands[i])
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(leases)):
+            nursery.start_soon(attempt, i)
+        await trio.sleep(0.05)
+        start.set()
+    return results

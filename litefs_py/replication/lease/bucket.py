@@ -146,9 +146,10 @@ class BucketLease(Lease):
                                     if_none_match=True)
         return await self._call(self.client.put_object_if, self.key, data, if_match=etag)
 
-    async def _probe(self) -> None:
-        """Refuse a provider that ignores If-None-Match / If-Match: with one, every node
-        would win every write."""
+    async def check_conditional_writes(self) -> None:
+        """Refuse (LeaseConfigError) a provider that ignores If-None-Match / If-Match: with
+        one, every node would win every write. Done once, before the first acquisition;
+        writes a probe object next to the lease object."""
         if not self._probe_needed:
             return
         key = self.key + PROBE_SUFFIX
@@ -201,7 +202,7 @@ class BucketLease(Lease):
                 return await self.renew()
             except LeaseLostError:
                 pass
-        await self._probe()
+        await self.check_conditional_writes()
         obj = await self._read()
         floor = candidate.known_epoch
         if obj is None:
