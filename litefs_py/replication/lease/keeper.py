@@ -42,6 +42,8 @@ from .base import (
 )
 
 log = logging.getLogger(__name__)
+# How long a stopping keeper tries to give the lease back before leaving it to expire.
+_RELEASE_TIMEOUT = 2.0
 
 
 class LossReason(enum.Enum):
@@ -156,7 +158,7 @@ class LeaseKeeper:
             self._lose(LossReason.STOPPED, "the keeper was stopped")
             assert self._loss is not None
             if self._loss.reason is not LossReason.RELEASED:
-                with trio.move_on_after(max(1.0, self.renew_interval), shield=True), \
+                with trio.move_on_after(_RELEASE_TIMEOUT, shield=True), \
                         contextlib.suppress(LeaseError):
                     await self.lease.release()
         return self._loss
