@@ -24,8 +24,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from ..errors import ExitCode
 from ..ltx.errors import LTXError
 from ..ltx.header import Header
+from .errors import StorageError
 
 SNAPSHOT_LEVEL = 9
 MAX_LEVEL = 9
@@ -112,6 +114,14 @@ class ObjectInfo:
     last_modified: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class TaggedObject:
+    """A raw object with its entity tag, for conditional writes (`put_object_if`)."""
+
+    data: bytes
+    etag: str  # opaque; passed back as is (S3 quotes it)
+
+
 class ReplicaClient(ABC):
     """One database's replica. Implementations raise `storage.errors.StorageError`
     subclasses, never backend exceptions."""
@@ -179,3 +189,26 @@ class ReplicaClient(ABC):
     def check(self) -> None:
         """Probe the target (bucket exists, credentials work, endpoint reachable); raise a
         StorageError naming the problem and the fix."""
+
+    # Conditional writes, for the lease object (replication/lease/bucket.py). A backend
+    # without them keeps these defaults, which refuse.
+    def get_object_tagged(self, key: str) -> TaggedObject:
+        """A whole raw object by relative key, with the ETag a conditional write names.
+        Raises ObjectNotFoundError when it does not exist."""
+        raise StorageError(f"{self.description} does not support conditional writes "
+                           f"(needed by lease.type s3)", ExitCode.CONFIG)
+
+    def put_object_if(self, key: str, data: bytes, *, if_none_match: bool = False,
+                      if_match: str | None = None) -> str:
+        """Write a raw object only if it does not exist yet (`if_none_match=True`, S3's
+        `If-None-Match: *`) or only if its ETag is still `if_match` (`If-Match`); exactly one
+        of the two. Returns the new ETag. Raises PreconditionFailedError when the condition
+        does not hold (nothing was written)."""
+        raise StorageError(f"{self.description} does not support conditional writes "
+                           f"(needed by lease.type s3)", ExitCode.CONFIG)
+
+
+def check_condition(if_none_match: bool, if_match: str | None) -> None:
+    """`put_object_if` takes exactly one condition."""
+    if if_none_match == (if_match is not None):
+        raise ValueError("put_object_if needs exactly one of if_none_match=True or if_match")

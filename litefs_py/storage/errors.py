@@ -43,3 +43,9 @@ class StorageFullError(StorageError):
     """The target (a directory replica's disk) is full."""
 
     retryable = True
+
+
+class PreconditionFailedError(StorageError):
+    """A conditional write lost: the object exists (If-None-Match: *) or no longer has the
+    ETag the writer named (If-Match). Not retryable as is: the writer must read the object
+    again and decide (the lease code does)."""

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -34,6 +36,8 @@ from .base import (
     LtxFileInfo,
     ObjectInfo,
     ReplicaClient,
+    TaggedObject,
+    check_condition,
     info_with_metadata,
     parse_timestamp,
     upload_metadata,
@@ -41,6 +45,7 @@ from .base import (
 from .errors import (
     AccessDeniedError,
     ObjectNotFoundError,
+    PreconditionFailedError,
     StorageError,
     StorageFullError,
     TransientStorageError,
@@ -343,6 +348,49 @@ class FileReplicaClient(ReplicaClient):
         except OSError as exc:
             raise self._error(exc, "reading", path) from None
 
+    def get_object_tagged(self, key: str) -> TaggedObject:
+        path = self._object_path(key)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise self._error(exc, "reading", path) from None
+        return TaggedObject(data=data, etag=_etag(data))
+
+    def put_object_if(self, key: str, data: bytes, *, if_none_match: bool = False,
+                      if_match: str | None = None) -> str:
+        """Check and write under an exclusive flock(2) on the object's directory, so that
+        conditional writers on one host (processes sharing the directory) are serialised;
+        the write itself is the usual temporary file + rename, so plain readers never see a
+        partial object. The ETag is the content's MD5 in quotes, like S3's for a one-part
+        PUT."""
+        check_condition(if_none_match, if_match)
+        path = self._object_path(key)
+        self._ensure_dir(path.parent)
+        try:
+            dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise self._error(exc, "locking the directory of", path) from None
+        try:
+            try:
+                fcntl.flock(dir_fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                raise self._error(exc, "locking the directory of", path) from None
+            try:
+                current: str | None = _etag(path.read_bytes())
+            except FileNotFoundError:
+                current = None
+            except OSError as exc:
+                raise self._error(exc, "reading", path) from None
+            if if_none_match and current is not None:
+                raise PreconditionFailedError(f"{path} exists already (If-None-Match: *)")
+            if if_match is not None and current != if_match:
+                found = "does not exist" if current is None else f"has ETag {current}"
+                raise PreconditionFailedError(f"{path} {found}, not {if_match} (If-Match)")
+            self._atomic_write(path, data)
+        finally:
+            os.close(dir_fd)  # releases the lock
+        return _etag(data)
+
     def check(self) -> None:
         """The directory exists (or can be created) and is writable: a probe file is written
         and removed."""
@@ -366,6 +414,10 @@ def _chunks(f: BinaryIO, path: Path, client: FileReplicaClient) -> Iterator[byte
             if not chunk:
                 return
             yield chunk
+
+
+def _etag(data: bytes) -> str:
+    return '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
 
 
 def _fsync_dir(path: Path) -> None:

@@ -48,6 +48,8 @@ from .base import (
     LtxFileInfo,
     ObjectInfo,
     ReplicaClient,
+    TaggedObject,
+    check_condition,
     info_with_metadata,
     parse_timestamp,
     upload_metadata,
@@ -58,6 +60,7 @@ from .errors import (
     EndpointUnreachableError,
     NoSuchBucketError,
     ObjectNotFoundError,
+    PreconditionFailedError,
     StorageError,
     TransientStorageError,
 )
@@ -84,6 +87,7 @@ _TRANSIENT_CODES = frozenset({
     "BandwidthLimitExceeded", "OperationAborted", "500", "502", "503", "504",
 })
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+_CONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 
 # Hosts that name their region: (pattern, group holding the region).
 _REGION_HOSTS = (
@@ -496,6 +500,52 @@ class S3ReplicaClient(ReplicaClient):
         except _BOTO_ERRORS as exc:
             raise self._error(exc, "reading", full) from None
         return data
+
+    def get_object_tagged(self, key: str) -> TaggedObject:
+        full = self._key(key)
+        try:
+            resp = self.boto_client.get_object(Bucket=self.bucket, Key=full)
+            with contextlib.closing(resp["Body"]) as body:
+                data: bytes = body.read()
+        except _BOTO_ERRORS as exc:
+            raise self._error(exc, "reading", full) from None
+        return TaggedObject(data=data, etag=str(resp["ETag"]))
+
+    def put_object_if(self, key: str, data: bytes, *, if_none_match: bool = False,
+                      if_match: str | None = None) -> str:
+        """One PutObject with `If-None-Match: *` or `If-Match: <etag>`. AWS answers a lost
+        condition with 412 PreconditionFailed, or 409 ConditionalRequestConflict when another
+        conditional write to the key is in flight, and If-Match on a deleted key with 404:
+        all mean "someone else wrote it".
+
+        A provider that ignores these headers would make every write succeed: the lease code
+        probes for that before relying on them (replication/lease/bucket.py)."""
+        check_condition(if_none_match, if_match)
+        full = self._key(key)
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": full, "Body": data,
+                                  "ContentLength": len(data),
+                                  "ContentType": "application/octet-stream"}
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        else:
+            kwargs["IfMatch"] = if_match
+        try:
+            resp = self.boto_client.put_object(**kwargs)
+        except bx.ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            # If-Match on a key that is gone: 404 NoSuchKey, the condition failed all the same.
+            gone = if_match is not None and (code in _NOT_FOUND_CODES or status == 404)
+            if code in _CONDITION_CODES or status in (409, 412) or gone:
+                condition = "If-None-Match: *" if if_none_match else f"If-Match: {if_match}"
+                raise PreconditionFailedError(
+                    f"s3://{self.bucket}/{full} was written by someone else ({condition} "
+                    f"failed: {code or status})") from None
+            raise self._error(exc, "writing", full) from None
+        except _BOTO_ERRORS as exc:
+            raise self._error(exc, "writing", full) from None
+        return str(resp["ETag"])
 
     def check(self) -> None:
         """One ListObjectsV2 with MaxKeys=1: the endpoint answers, the bucket exists and the
