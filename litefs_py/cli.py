@@ -360,22 +360,29 @@ def mount(mount_dir: Path | None, data_dir: Path | None, config_path: Path | Non
     advertise-url, the replica bucket): see docs/replicas.md.
 
     \b
-    With a COMMAND (`litefs mount -- gunicorn app:app`, or `exec:` in the config) litefs
-    starts it once the mount is ready, passes SIGINT/SIGTERM on to it, and when it exits
-    unmounts and exits with its exit code.
+    With a COMMAND (`litefs mount -- gunicorn app:app`) litefs starts it once the mount is
+    ready, passes SIGINT/SIGTERM/SIGHUP on to it, and when it exits unmounts and exits with
+    its exit status (128+N if signal N killed it: SIGTERM gives 143). Without one, the
+    config's `exec:` commands run in order: each but the last to completion (a non-zero exit
+    unmounts and exits with that status), the last supervised like COMMAND; an
+    `if-candidate: true` command runs only on a lease candidate (e.g. migrations).
     """
-    from .app import MountOptions, run_mount
+    from .app import AppCommand, MountOptions, run_mount
     from .config import load_config
 
     cfg = load_config(config_path)
     setup_logging(log_level or cfg.log.level)
+    if command:
+        commands: tuple[AppCommand, ...] = (AppCommand(tuple(command)),)
+    else:
+        commands = tuple(AppCommand(tuple(c.argv), bool(c.if_candidate)) for c in cfg.exec)
     opts = MountOptions(
         mount_dir=mount_dir or Path(cfg.fuse.dir),
         data_dir=data_dir or Path(cfg.data.dir),
         allow_other=cfg.fuse.allow_other if allow_other is None else allow_other,
         debug=debug_fuse or cfg.fuse.debug,
         config=cfg,
-        command=command or (cfg.exec[0].argv if cfg.exec else ()),
+        commands=commands,
     )
     code = run_mount(opts)
     if code:
