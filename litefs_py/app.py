@@ -50,8 +50,10 @@ class AppCommand:
     # migrations, which a read replica cannot (and must not) apply.
     if_candidate: bool = False
 
-    def show(self) -> str:
-        return shlex.join(self.argv)
+    def show(self, limit: int = 120) -> str:
+        """The command as a shell would read it, shortened for log lines."""
+        text = shlex.join(self.argv)
+        return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,19 +322,19 @@ async def _supervise(commands: tuple[AppCommand, ...], candidate: bool,
             returncode = await _run_command(label, cmd, sup)
             if returncode != 0 or sup.stopping:
                 sup.exit_code = exit_status(returncode)
-                why = "a signal arrived" if returncode == 0 else \
-                    f"{cmd.argv[0]} {describe_status(returncode)}"
+                why = f"{cmd.show()} " + ("finished, but a signal arrived" if returncode == 0
+                                          else describe_status(returncode))
                 log.error("%s: %s; not starting the rest of exec (%s); unmounting and "
                           "exiting with %d", label, why,
                           ", ".join(c.show() for c in commands[i + 1:]), sup.exit_code)
                 await stop_mount(sup)
                 return
-            log.info("%s: %s finished", label, cmd.argv[0])
+            log.info("%s: %s finished", label, cmd.show())
             continue
         log.info("%s: starting %s (supervised: litefs exits when it exits)", label, cmd.show())
         returncode = await _run_command(label, cmd, sup)
         sup.exit_code = exit_status(returncode)
-        log.info("%s %s; unmounting", cmd.argv[0], describe_status(returncode))
+        log.info("%s: %s %s; unmounting", label, cmd.show(), describe_status(returncode))
         await stop_mount(sup)
 
 
