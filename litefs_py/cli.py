@@ -430,6 +430,50 @@ def recover(name: str, data_dir: Path | None, config_path: Path | None) -> None:
         store.close()
 
 
+@main.command()
+@click.argument("replica_url", metavar="[REPLICA-URL]", required=False)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Configuration file (default: ./litefs.yml, then /etc/litefs.yml).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Data directory whose free space is checked (config: data.dir).")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON document.")
+def doctor(replica_url: str | None, config_path: Path | None, data_dir: Path | None,
+           as_json: bool) -> None:
+    """Check that this machine and the replica can run litefs; one line per check.
+
+    Checks every replica in the configuration (or the REPLICA-URL given: s3://BUCKET/PATH?
+    endpoint=HOST, file:///DIR): where the credentials were found, which endpoint and scheme
+    are used and why, list, put/get/delete of a probe object (`.litefs-doctor-*`, a name
+    Litestream and litefs ignore, removed again), conditional writes (If-None-Match), the
+    clock against the server's; then /dev/fuse, fusermount3 and the free space in the data
+    directory.
+
+    \b
+    Each line says ok, warn (works, but worth knowing), skip (not tried after an earlier
+    failure) or FAIL, and the fix. Exit status: 0 if nothing FAILed, 1 otherwise.
+    """
+    from .config import Config, load_config
+    from .doctor import run
+
+    cfg: Config | None = None
+    error: QuietError | None = None
+    try:
+        cfg = load_config(config_path)
+    except QuietError as exc:
+        error = exc
+    directory = data_dir or Path(cfg.data.dir if cfg is not None else Config().data.dir)
+    report = run(cfg, error, replica_url, directory)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for check in report.checks:
+            click.echo(check.line())
+        failed = sum(c.status == "FAIL" for c in report.checks)
+        click.echo(f"{len(report.checks)} checks, {failed} failed" if failed else
+                   f"{len(report.checks)} checks, all ok")
+    sys.exit(0 if report.ok else int(ExitCode.FAILED))
+
+
 # --------------------------------------------------------------------------------------------
 # restore
 # --------------------------------------------------------------------------------------------
