@@ -104,6 +104,15 @@ def finish(proc: subprocess.Popen[bytes], tmp: Path) -> str:
     return out.decode()
 
 
+def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Until the command under the mount has created `path` (it is running)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        assert proc.poll() is None, "litefs exited early"
+        time.sleep(0.05)
+
+
 def step(tmp: Path, name: str, code: str = "") -> str:
     """An exec entry: a Python step that records its name in tmp/steps (with the mount's
     database listing, to show the mount serves while it runs), then runs `code`."""
@@ -172,11 +181,7 @@ def test_an_application_killed_by_sigterm_gives_143(tmp_path: Path) -> None:
     app = f"import time; open({str(ready)!r}, 'w').close(); time.sleep(120)"
     proc = run_mount(tmp_path, sys.executable, "-c", app)
     try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert time.monotonic() < deadline, "application never started"
-            assert proc.poll() is None
-            time.sleep(0.05)
+        wait_for(ready, proc)
         proc.send_signal(signal.SIGTERM)
     finally:
         out = finish(proc, tmp_path)
@@ -193,11 +198,7 @@ exec:
   - cmd: {step(tmp_path, "app")}
 """)
     try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert time.monotonic() < deadline, "first command never started"
-            assert proc.poll() is None
-            time.sleep(0.05)
+        wait_for(ready, proc)
         proc.send_signal(signal.SIGTERM)
     finally:
         out = finish(proc, tmp_path)
