@@ -441,12 +441,12 @@ def doctor(replica_url: str | None, config_path: Path | None, data_dir: Path | N
            as_json: bool) -> None:
     """Check that this machine and the replica can run litefs; one line per check.
 
-    Checks every replica in the configuration (or the REPLICA-URL given: s3://BUCKET/PATH?
-    endpoint=HOST, file:///DIR): where the credentials were found, which endpoint and scheme
-    are used and why, list, put/get/delete of a probe object (`.litefs-doctor-*`, a name
-    Litestream and litefs ignore, removed again), conditional writes (If-None-Match), the
-    clock against the server's; then /dev/fuse, fusermount3 and the free space in the data
-    directory.
+    Checks every replica in the configuration, or the REPLICA-URL given
+    (s3://BUCKET/PATH?endpoint=HOST or file:///DIR): where the credentials were found,
+    which endpoint and scheme are used and why, list, put/get/delete of a probe object
+    (`.litefs-doctor-*`, a name Litestream and litefs ignore, removed again), conditional
+    writes (If-None-Match), the clock against the server's; then /dev/fuse, fusermount3 and
+    the free space in the data directory (docs/operations.md).
 
     \b
     Each line says ok, warn (works, but worth knowing), skip (not tried after an earlier
