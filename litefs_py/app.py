@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -41,13 +42,30 @@ STATUS_INTERVAL = 1.0  # seconds between updates of DATA/status.json
 
 
 @dataclass(frozen=True, slots=True)
+class AppCommand:
+    """One command of `exec:` (or the `litefs mount -- APP...` command line)."""
+
+    argv: tuple[str, ...]
+    # Run only on a node that is a lease candidate (LiteFS's `if-candidate`): e.g. schema
+    # migrations, which a read replica cannot (and must not) apply.
+    if_candidate: bool = False
+
+    def show(self, limit: int = 120) -> str:
+        """The command as a shell would read it, shortened for log lines."""
+        text = shlex.join(self.argv)
+        return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+@dataclass(frozen=True, slots=True)
 class MountOptions:
     mount_dir: Path
     data_dir: Path
     allow_other: bool = False
     debug: bool = False
     config: Config = field(default_factory=Config)
-    command: tuple[str, ...] = ()  # supervised application, started once the mount serves
+    # Started in order once the mount serves: every command but the last runs to completion
+    # (a failure stops the start-up), the last is the supervised application.
+    commands: tuple[AppCommand, ...] = ()
 
 
 class Replicator:
@@ -214,17 +232,37 @@ def prepare_mount_dir(path: Path) -> None:
 
 @dataclass
 class Supervision:
-    """The supervised application, if any: signals go to it first, and the mount stays up
+    """The exec commands, if any: signals go to the running one first, and the mount stays up
     until it has exited (its last writes still need the filesystem)."""
 
-    process: trio.Process | None = None
+    process: trio.Process | None = None  # the command running now (a start-up step or the app)
     exit_code: int | None = None
+    # SIGINT/SIGTERM arrived, or the mount is stopping: start no further command.
+    stopping: bool = False
     # Run (while the mount still answers requests) before it stops: e.g. closing files this
     # process holds open through its own mount.
     before_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
+def exit_status(returncode: int) -> int:
+    """A child's status as a shell (and a container runtime) reports it: its exit code, or
+    128+N when signal N killed it (SIGTERM → 143). trio/subprocess give -N for the latter,
+    which as a process exit code would wrap around to 256-N (SIGTERM → 241)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def describe_status(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name} (exit status {exit_status(returncode)})"
+    return f"exited with {returncode}"
+
+
 async def stop_mount(sup: Supervision) -> None:
+    sup.stopping = True
     for hook in sup.before_stop:
         with contextlib.suppress(Exception):
             await hook()
@@ -235,6 +273,8 @@ async def _watch_signals(sup: Supervision) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             name = signal.Signals(signum).name
+            if signum != signal.SIGHUP:
+                sup.stopping = True
             if sup.process is not None and sup.process.returncode is None:
                 log.info("received %s; passing it to the application", name)
                 sup.process.send_signal(signum)
@@ -244,17 +284,58 @@ async def _watch_signals(sup: Supervision) -> None:
             return
 
 
-async def _supervise(command: tuple[str, ...], sup: Supervision) -> None:
-    """Run the application; when it exits, unmount and pass its exit code on."""
-    log.info("starting %s", " ".join(command))
+async def _run_command(label: str, cmd: AppCommand, sup: Supervision) -> int:
+    """Start one command with litefs's environment and output, wait for it; its exit status
+    (126/127 as a shell gives when it cannot be started)."""
     try:
-        sup.process = await trio.lowlevel.open_process(list(command))
-        sup.exit_code = await sup.process.wait()
-        log.info("%s exited with %d; unmounting", command[0], sup.exit_code)
+        sup.process = await trio.lowlevel.open_process(list(cmd.argv))
     except OSError as exc:
-        log.error("cannot start %s: %s", command[0], exc.strerror or exc)
-        sup.exit_code = 127
-    await stop_mount(sup)
+        log.error("%s: cannot start %s: %s", label, cmd.argv[0], exc.strerror or exc)
+        return 126 if isinstance(exc, PermissionError) else 127
+    # If this is cancelled (the mount went away under us), sup.process stays set and
+    # run_mount kills it: the application cannot continue without its filesystem.
+    returncode = await sup.process.wait()
+    sup.process = None
+    return returncode
+
+
+async def _supervise(commands: tuple[AppCommand, ...], candidate: bool,
+                     sup: Supervision) -> None:
+    """Run the exec commands as LiteFS does: in order; `if_candidate` ones only on a lease
+    candidate; every one but the last to completion (a non-zero exit stops the start-up);
+    the last supervised. When the last exits (or the start-up stops), unmount and pass its
+    exit status on. If the last command is skipped, the mount serves until a signal."""
+    last = len(commands) - 1
+    for i, cmd in enumerate(commands):
+        label = f"exec[{i}]" if len(commands) > 1 else "exec"
+        if sup.stopping:
+            return
+        if cmd.if_candidate and not candidate:
+            log.info("%s: skipping %s: this node is not a lease candidate (if-candidate: true)",
+                     label, cmd.show())
+            if i == last:
+                log.info("no application to supervise; serving until SIGTERM or SIGINT")
+            continue
+        if i < last:
+            log.info("%s: running %s (to completion before the next command)", label,
+                     cmd.show())
+            returncode = await _run_command(label, cmd, sup)
+            if returncode != 0 or sup.stopping:
+                sup.exit_code = exit_status(returncode)
+                why = f"{cmd.show()} " + ("finished, but a signal arrived" if returncode == 0
+                                          else describe_status(returncode))
+                log.error("%s: %s; not starting the rest of exec (%s); unmounting and "
+                          "exiting with %d", label, why,
+                          ", ".join(c.show() for c in commands[i + 1:]), sup.exit_code)
+                await stop_mount(sup)
+                return
+            log.info("%s: %s finished", label, cmd.show())
+            continue
+        log.info("%s: starting %s (supervised: litefs exits when it exits)", label, cmd.show())
+        returncode = await _run_command(label, cmd, sup)
+        sup.exit_code = exit_status(returncode)
+        log.info("%s: %s %s; unmounting", label, cmd.show(), describe_status(returncode))
+        await stop_mount(sup)
 
 
 def status_document(store: Store, replicator: Replicator | None,
@@ -388,8 +469,8 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
                 replicator.attach(db)
             ops.store.db_listeners.append(replicator.attach)
         nursery.start_soon(_write_status, ops.store, replicator, node)
-        if opts.command:
-            nursery.start_soon(_supervise, opts.command, sup)
+        if opts.commands:
+            nursery.start_soon(_supervise, opts.commands, config.lease.candidate, sup)
         await pyfuse3.main()
         log.debug("FUSE loop ended; stopping background tasks")
         with trio.CancelScope(shield=True):
@@ -403,9 +484,11 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
 
 def run_mount(opts: MountOptions) -> int:
     """Restore and recover every database, mount, serve until a signal (or until the
-    supervised command exits), unmount, save state. Returns the command's exit code."""
+    supervised command exits), unmount, save state. Returns the exit status to exit with:
+    the supervised command's (128+N if signal N killed it), a failed start-up command's, or
+    0."""
     opts = MountOptions(resolve_mount_dir(opts.mount_dir), opts.data_dir.absolute(),
-                        opts.allow_other, opts.debug, opts.config, opts.command)
+                        opts.allow_other, opts.debug, opts.config, opts.commands)
     opts.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(opts.data_dir)
     store.lock()

@@ -360,22 +360,29 @@ def mount(mount_dir: Path | None, data_dir: Path | None, config_path: Path | Non
     advertise-url, the replica bucket): see docs/replicas.md.
 
     \b
-    With a COMMAND (`litefs mount -- gunicorn app:app`, or `exec:` in the config) litefs
-    starts it once the mount is ready, passes SIGINT/SIGTERM on to it, and when it exits
-    unmounts and exits with its exit code.
+    With a COMMAND (`litefs mount -- gunicorn app:app`) litefs starts it once the mount is
+    ready, passes SIGINT/SIGTERM/SIGHUP on to it, and when it exits unmounts and exits with
+    its exit status (128+N if signal N killed it: SIGTERM gives 143). Without one, the
+    config's `exec:` commands run in order: each but the last to completion (a non-zero exit
+    unmounts and exits with that status), the last supervised like COMMAND; an
+    `if-candidate: true` command runs only on a lease candidate (e.g. migrations).
     """
-    from .app import MountOptions, run_mount
+    from .app import AppCommand, MountOptions, run_mount
     from .config import load_config
 
     cfg = load_config(config_path)
     setup_logging(log_level or cfg.log.level)
+    if command:
+        commands: tuple[AppCommand, ...] = (AppCommand(tuple(command)),)
+    else:
+        commands = tuple(AppCommand(tuple(c.argv), bool(c.if_candidate)) for c in cfg.exec)
     opts = MountOptions(
         mount_dir=mount_dir or Path(cfg.fuse.dir),
         data_dir=data_dir or Path(cfg.data.dir),
         allow_other=cfg.fuse.allow_other if allow_other is None else allow_other,
         debug=debug_fuse or cfg.fuse.debug,
         config=cfg,
-        command=command or (cfg.exec[0].argv if cfg.exec else ()),
+        commands=commands,
     )
     code = run_mount(opts)
     if code:
@@ -421,6 +428,50 @@ def recover(name: str, data_dir: Path | None, config_path: Path | None) -> None:
             click.echo(f"{name}: recorded the current database as TXID {after:016x}")
     finally:
         store.close()
+
+
+@main.command()
+@click.argument("replica_url", metavar="[REPLICA-URL]", required=False)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Configuration file (default: ./litefs.yml, then /etc/litefs.yml).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Data directory whose free space is checked (config: data.dir).")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON document.")
+def doctor(replica_url: str | None, config_path: Path | None, data_dir: Path | None,
+           as_json: bool) -> None:
+    """Check that this machine and the replica can run litefs; one line per check.
+
+    Checks every replica in the configuration, or the REPLICA-URL given
+    (s3://BUCKET/PATH?endpoint=HOST or file:///DIR): where the credentials were found,
+    which endpoint and scheme are used and why, list, put/get/delete of a probe object
+    (`.litefs-doctor-*`, a name Litestream and litefs ignore, removed again), conditional
+    writes (If-None-Match), the clock against the server's; then /dev/fuse, fusermount3 and
+    the free space in the data directory (docs/operations.md).
+
+    \b
+    Each line says ok, warn (works, but worth knowing), skip (not tried after an earlier
+    failure) or FAIL, and the fix. Exit status: 0 if nothing FAILed, 1 otherwise.
+    """
+    from .config import Config, load_config
+    from .doctor import run
+
+    cfg: Config | None = None
+    error: QuietError | None = None
+    try:
+        cfg = load_config(config_path)
+    except QuietError as exc:
+        error = exc
+    directory = data_dir or Path(cfg.data.dir if cfg is not None else Config().data.dir)
+    report = run(cfg, error, replica_url, directory)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for check in report.checks:
+            click.echo(check.line())
+        failed = sum(c.status == "FAIL" for c in report.checks)
+        click.echo(f"{len(report.checks)} checks, {failed} failed" if failed else
+                   f"{len(report.checks)} checks, all ok")
+    sys.exit(0 if report.ok else int(ExitCode.FAILED))
 
 
 # --------------------------------------------------------------------------------------------

@@ -185,6 +185,23 @@ class ReplicaClient(ABC):
     def get_object(self, key: str) -> bytes:
         """A whole raw object by relative key."""
 
+    # Raw writes, for `litefs doctor`'s probe object (a name Litestream ignores). A backend
+    # without them keeps these defaults, which refuse.
+    def put_object(self, key: str, data: bytes, *, if_none_match: bool = False) -> bool:
+        """Write a raw object by relative key; True when written. With `if_none_match`, only
+        if no object has that key (S3's `If-None-Match: *`): False, nothing written, when
+        one has. A server that ignores the condition writes anyway (and True comes back)."""
+        raise StorageError(f"{self.description} cannot write raw objects")
+
+    def delete_object(self, key: str) -> None:
+        """Delete a raw object by relative key; a missing one is not an error."""
+        raise StorageError(f"{self.description} cannot delete raw objects")
+
+    def server_time(self) -> datetime | None:
+        """The storage server's clock (S3: the Date header of a cheap request), or None when
+        the storage has no clock of its own (a directory)."""
+        return None
+
     @abstractmethod
     def check(self) -> None:
         """Probe the target (bucket exists, credentials work, endpoint reachable); raise a

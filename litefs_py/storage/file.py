@@ -403,6 +403,36 @@ class FileReplicaClient(ReplicaClient):
         except OSError as exc:
             raise self._error(exc, "writing", probe) from None
 
+    # ---- raw writes (litefs doctor's probe) ----------------------------------------------
+
+    def put_object(self, key: str, data: bytes, *, if_none_match: bool = False) -> bool:
+        path = self._object_path(key)
+        if not if_none_match:
+            self._atomic_write(path, data)
+            return True
+        # Create-exclusive without a partial object ever visible: a complete temporary file
+        # is hard-linked to the final name, which fails if that name exists.
+        self._ensure_dir(path.parent)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise self._error(exc, "writing", path) from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        return True
+
+    def delete_object(self, key: str) -> None:
+        path = self._object_path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise self._error(exc, "deleting", path) from None
+
 
 def _chunks(f: BinaryIO, path: Path, client: FileReplicaClient) -> Iterator[bytes]:
     with f:

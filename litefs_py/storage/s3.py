@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import email.utils
 import hashlib
 import re
 from collections.abc import Iterator
@@ -555,6 +556,48 @@ class S3ReplicaClient(ReplicaClient):
                                              MaxKeys=1)
         except _BOTO_ERRORS as exc:
             raise self._error(exc, "listing", self._key("")) from None
+
+    # ---- raw writes (litefs doctor's probe) ----------------------------------------------
+
+    def put_object(self, key: str, data: bytes, *, if_none_match: bool = False) -> bool:
+        full = self._key(key)
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": full, "Body": data,
+                                  "ContentLength": len(data),
+                                  "ContentType": "application/octet-stream"}
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        try:
+            self.boto_client.put_object(**kwargs)
+        except bx.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            # 412 PreconditionFailed: the key exists; 409 ConditionalRequestConflict: another
+            # conditional write to it is in flight (AWS). Either way nothing was written.
+            if if_none_match and (code in ("PreconditionFailed", "ConditionalRequestConflict")
+                                  or status in (409, 412)):
+                return False
+            raise self._error(exc, "writing", full) from None
+        except _BOTO_ERRORS as exc:
+            raise self._error(exc, "writing", full) from None
+        return True
+
+    def delete_object(self, key: str) -> None:
+        self._delete_one(self._key(key))
+
+    def server_time(self) -> datetime | None:
+        """The Date header of one ListObjectsV2 (MaxKeys=1); one-second resolution."""
+        try:
+            resp = self.boto_client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(""),
+                                                    MaxKeys=1)
+        except _BOTO_ERRORS as exc:
+            raise self._error(exc, "listing", self._key("")) from None
+        date = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        if not date:
+            return None
+        try:
+            return email.utils.parsedate_to_datetime(str(date))
+        except (TypeError, ValueError):
+            return None
 
 
 _MAX_TXID = (1 << 64) - 1

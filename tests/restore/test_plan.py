@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from litefs_py.cli import rewrite_single_dash
-from litefs_py.replication.progress import Progress
 from litefs_py.replication.restore_plan import (
     ChainGapError,
     NoBackupsError,
@@ -112,19 +111,3 @@ def test_single_dash_rewrite() -> None:
     # A value that looks like a flag stays a value.
     assert rewrite_single_dash(["-o", "-dry-run", "-dry-run"], mapping,
                                frozenset({"-o", "--output"})) == ["-o", "-dry-run", "--dry-run"]
-
-
-def test_progress_line() -> None:
-    import io
-
-    stream = io.StringIO()
-    p = Progress(1000, stream=stream, delay=0.0, interval=0.0, force=True)
-    p.advance(500)
-    p.close()
-    text = stream.getvalue()
-    assert "50.0%" in text and "500 B / 1000 B" in text and "ETA" in text
-    quiet = io.StringIO()  # not a terminal: nothing, ever
-    q = Progress(1000, stream=quiet, delay=0.0, interval=0.0)
-    q.advance(1000)
-    q.close()
-    assert quiet.getvalue() == ""
