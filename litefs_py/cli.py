@@ -710,6 +710,10 @@ def status(data_dir: Path | None, config_path: Path | None, as_json: bool) -> No
             if node.get("last_error"):
                 line += f", last error: {node['last_error']}"
             click.echo(line)
+            for name, follower in node.get("followers", {}).items():
+                if follower.get("last_error"):
+                    click.echo(f"{name}: following the bucket: last error: "
+                               f"{follower['last_error']}{_retry_note(follower)}")
         for name, db in doc.get("databases", {}).items():
             line = f"{name}: TXID {db['txid']}"
             rep = db.get("replica")
@@ -718,8 +722,18 @@ def status(data_dir: Path | None, config_path: Path | None, as_json: bool) -> No
                          f"{rep['lag_seconds']:.2f}s, spool {rep['spool_bytes']} bytes in "
                          f"{rep['spool_files']} files")
                 if rep.get("last_error"):
-                    line += f", last error: {rep['last_error']}"
+                    line += f", last error: {rep['last_error']}{_retry_note(rep)}"
             click.echo(line)
     if age > 10:
         click.echo(f"litefs: status is {age:.0f}s old; the mount is not running", err=True)
         sys.exit(int(ExitCode.FAILED))
+
+
+def _retry_note(doc: dict[str, Any]) -> str:
+    """` (retrying cannot fix this; next attempt in 41 s)` for a status entry whose error
+    needs a fix; the error message itself names the fix."""
+    if not doc.get("needs_fix"):
+        return ""
+    wait = doc.get("next_attempt_in")
+    when = f"; next attempt in {wait:.0f} s" if isinstance(wait, int | float) else ""
+    return f" (retrying cannot fix this{when})"
