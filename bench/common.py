@@ -261,6 +261,18 @@ def fill_orders(con: sqlite3.Connection, target_bytes: int, page_size: int,
             break
 
 
+def py_spy_setup(out: str, notes: list[str]) -> tuple[str, Path] | None:
+    """For --py-spy DIR: the py-spy binary and the (created) output directory, or None with
+    a note saying how to install it."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not os.path.exists(py_spy):
+        notes.append("py-spy not found: `.venv/bin/pip install py-spy` to profile")
+        return None
+    out_dir = Path(out).absolute()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return py_spy, out_dir
+
+
 # ---- reports -------------------------------------------------------------------------------
 
 

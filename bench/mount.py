@@ -80,6 +80,7 @@ from common import (  # bench/common.py (the script's directory)
     machine_line,
     proc_cpu_seconds,
     proc_status,
+    py_spy_setup,
     run_in_workdir,
     start_fuse_server,
     summarize_collapsed,
@@ -553,12 +554,10 @@ class Bench:
 
     # ---- profiling ----
     def profile(self, servers: dict[str, Server], dirs: dict[str, Path]) -> None:
-        out_dir = Path(self.args.py_spy).absolute()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        if not os.path.exists(py_spy):
-            self.notes.append("py-spy not found: `.venv/bin/pip install py-spy` to profile")
+        found = py_spy_setup(self.args.py_spy, self.notes)
+        if found is None:
             return
+        py_spy, out_dir = found
         for target, server in servers.items():
             for fmt, ext in (("raw", "txt"), ("flamegraph", "svg")):
                 out = out_dir / f"{target}-wal_normal.{ext}"

@@ -99,6 +99,7 @@ from common import (  # bench/common.py (the script's directory)
     percentile,
     proc_cpu_seconds,
     proc_status,
+    py_spy_setup,
     run_in_workdir,
     run_json_client,
     start_fuse_server,
@@ -889,12 +890,10 @@ class Bench:
             self.r.problems.append(f"{name}: replica quick_check says {qc}")
 
     def profile(self, primary: Node, replica: Node) -> None:
-        out_dir = Path(self.args.py_spy).absolute()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        if not os.path.exists(py_spy):
-            self.r.notes.append("py-spy not found: `.venv/bin/pip install py-spy` to profile")
+        found = py_spy_setup(self.args.py_spy, self.r.notes)
+        if found is None:
             return
+        py_spy, out_dir = found
         con = connect(primary.db("prof-big.db"), "wal", "normal")
         con.execute("CREATE TABLE big(id INTEGER PRIMARY KEY, v TEXT)")
         con.close()

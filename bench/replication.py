@@ -98,6 +98,7 @@ from common import (  # bench/common.py (the script's directory)
     log_tail,
     machine_line,
     percentile,
+    py_spy_setup,
     run_in_workdir,
     run_json_client,
     start_fuse_server,
@@ -891,12 +892,10 @@ class Bench:
         return secs, len(plan["files"]), total
 
     def profile_restores(self, urls: dict[str, str]) -> None:
-        out_dir = Path(self.args.py_spy).absolute()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        if not os.path.exists(py_spy):
-            self.notes.append("py-spy not found: `.venv/bin/pip install py-spy` to profile")
+        found = py_spy_setup(self.args.py_spy, self.notes)
+        if found is None:
             return
+        py_spy, out_dir = found
         for bucket_tool, url in urls.items():
             for fmt, ext in (("raw", "txt"), ("flamegraph", "svg")):
                 prof = out_dir / f"restore-{bucket_tool}-bucket.{ext}"
