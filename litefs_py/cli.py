@@ -585,7 +585,8 @@ def restore(source: str, output: Path | None, config_path: Path | None, data_dir
         check_point(txid=upto, timestamp=when, generation=generation, wal_index=index)
         replica = _restore_source(source, output, config_path, data_dir, dry_run)
         request = RestoreRequest(
-            replica.client, output=output, data_dir=replica.data_dir, name=source, txid=upto,
+            replica.client, output=output, data_dir=replica.data_dir,
+            name=source if replica.data_dir is not None else "", txid=upto,
             timestamp=when, generation=generation, wal_index=index,
             if_replica_exists=if_replica_exists, if_db_not_exists=if_db_not_exists,
             force=force, integrity=integrity_check, dry_run=dry_run,
