@@ -54,7 +54,6 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import random
 import shutil
 import signal
@@ -70,10 +69,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# bench/common.py (script dir)
-from common import git_describe, log_tail, summarize_collapsed, terminate
+from common import (  # bench/common.py (the script's directory)
+    LITEFS_SRC_HELP,
+    REPO,
+    add_run_options,
+    default_signals,
+    git_describe,
+    lazy_unmount,
+    log_tail,
+    machine_line,
+    proc_cpu_seconds,
+    proc_status,
+    py_spy_setup,
+    run_in_workdir,
+    start_fuse_server,
+    summarize_collapsed,
+    terminate,
+    use_litefs_src,
+)
+from common import log as _log
 
-REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve()
 MiB = 2**20
 Spec = dict[str, Any]  # a client workload, and its JSON result
@@ -222,39 +237,12 @@ def client_main(arg: str) -> int:
 # Parent side: servers, phases, tables.
 # =============================================================================================
 
-def is_mounted(path: Path) -> bool:
-    with open("/proc/self/mounts") as f:
-        return any(len(fields) > 1 and fields[1] == str(path)
-                   for fields in (line.split() for line in f))
-
-
-def lazy_unmount(path: Path) -> None:
-    if is_mounted(path):
-        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, timeout=30)
-
-
 def _preexec(cpu: int | None) -> Callable[[], None]:
     def setup() -> None:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        default_signals()
         if cpu is not None:
             os.sched_setaffinity(0, {cpu})
     return setup
-
-
-def proc_status(pid: int, key: str) -> int:
-    """A kB field of /proc/PID/status (VmHWM, VmRSS), in bytes."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Server:
@@ -281,27 +269,11 @@ class Server:
         self.mount_dir.mkdir(parents=True, exist_ok=True)
         lazy_unmount(self.mount_dir)
         t0 = time.perf_counter()
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=log,
-                                         stdin=subprocess.DEVNULL, cwd=self.cwd,
-                                         env={**os.environ, "PYTHONPATH": str(self.cwd)},
-                                         preexec_fn=_preexec(self.cpu))
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; log "
-                                   f"{self.log_path}:\n{self.log_tail()}")
-            if is_mounted(self.mount_dir):
-                try:
-                    os.listdir(self.mount_dir)
-                except OSError:
-                    pass
-                else:
-                    self.start_seconds = time.perf_counter() - t0
-                    return
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"{self.name} did not mount within {self.start_timeout:.0f} s")
+        self.proc = start_fuse_server(self.name, self.cmd, self.mount_dir, self.log_path,
+                                      cwd=self.cwd, timeout=self.start_timeout,
+                                      env={**os.environ, "PYTHONPATH": str(self.cwd)},
+                                      preexec_fn=_preexec(self.cpu))
+        self.start_seconds = time.perf_counter() - t0
 
     def stop(self) -> int | None:
         proc, self.proc = self.proc, None
@@ -456,10 +428,6 @@ def _fmt_r(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}×"
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # ---- phase A: the three targets side by side ----------------------------------------------------
 
 WRITE_WORKLOADS = {
@@ -586,12 +554,10 @@ class Bench:
 
     # ---- profiling ----
     def profile(self, servers: dict[str, Server], dirs: dict[str, Path]) -> None:
-        out_dir = Path(self.args.py_spy).absolute()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        if not os.path.exists(py_spy):
-            self.notes.append("py-spy not found: `.venv/bin/pip install py-spy` to profile")
+        found = py_spy_setup(self.args.py_spy, self.notes)
+        if found is None:
             return
+        py_spy, out_dir = found
         for target, server in servers.items():
             for fmt, ext in (("raw", "txt"), ("flamegraph", "svg")):
                 out = out_dir / f"{target}-wal_normal.{ext}"
@@ -811,20 +777,14 @@ def main() -> int:
                     help="skip the commit-cost-versus-size and RSS phase")
     ap.add_argument("--skip-snapshot-rss", action="store_true",
                     help="skip mounting litefs over a natively built big database")
-    ap.add_argument("--tmp", metavar="DIR", default=None,
-                    help="where to create the work directory (same filesystem as the data "
-                         "you care about; default: the system temp dir)")
-    ap.add_argument("--keep", action="store_true", help="keep the work directory")
-    ap.add_argument("--litefs-src", metavar="DIR", default=None,
-                    help="run litefs from this source tree (a directory holding litefs_py/, "
-                         "e.g. `git archive HEAD litefs_py | tar -x -C DIR` for a fixed "
-                         "commit); default: this repository")
+    add_run_options(ap, tmp="where to create the work directory (same filesystem as the "
+                            "data you care about; default: the system temp dir)",
+                    litefs_src=f"{LITEFS_SRC_HELP[:-1]}, e.g. `git archive HEAD litefs_py | "
+                               "tar -x -C DIR` for a fixed commit); default: this repository")
     args = ap.parse_args()
     if args.litefs_src:
         global LITEFS_SRC
-        LITEFS_SRC = Path(args.litefs_src).absolute()
-        if not (LITEFS_SRC / "litefs_py").is_dir():
-            ap.error(f"{LITEFS_SRC} holds no litefs_py/")
+        LITEFS_SRC = use_litefs_src(ap, args.litefs_src)
     args.runs = max(1, args.runs if args.runs is not None else (1 if args.quick else 3))
     scale = QUICK if args.quick else FULL
     if os.geteuid() != 0:
@@ -833,20 +793,15 @@ def main() -> int:
     bench = Bench(args, scale, root)
     _log(f"work directory {root}")
     t0 = time.perf_counter()
-    try:
+
+    def run() -> None:
         bench.phase_a()
         if not args.skip_size:
             bench.phase_b()
-    finally:
-        bench.stop_all()
-        for d in root.glob("*mnt"):
-            lazy_unmount(d)
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+
+    run_in_workdir(root, args.keep, run, bench.stop_all, mounts="*mnt")
     print(f"litefs from {LITEFS_SRC}{git_describe(LITEFS_SRC)}")
-    print(f"python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
-          f"{os.cpu_count()} CPUs, kernel {platform.release()}; "
-          f"{time.perf_counter() - t0:.0f} s total")
+    print(machine_line(t0))
     print(f"read database: {bench.read_db_info[0] / MiB:.0f} MiB, "
           f"{bench.read_db_info[1]:,} rows")
     print(bench.report())

@@ -67,14 +67,11 @@ import http.client
 import io
 import itertools
 import json
-import math
 import os
-import platform
 import queue
 import random
 import re
 import shutil
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -89,10 +86,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# bench/common.py (script dir)
-from common import git_describe, log_tail, summarize_collapsed, terminate
+from common import (  # bench/common.py (the script's directory)
+    LITEFS_SRC_HELP,
+    REPO,
+    add_run_options,
+    default_signals,
+    fill_orders,
+    git_describe,
+    insert_paced,
+    lazy_unmount,
+    log_tail,
+    machine_line,
+    percentile,
+    py_spy_setup,
+    run_in_workdir,
+    run_json_client,
+    start_fuse_server,
+    summarize_collapsed,
+    terminate,
+    use_litefs_src,
+)
+from common import log as _log
 
-REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve()
 LITESTREAM = REPO / ".venv" / "bin" / "litestream"
 MiB = 2**20
@@ -125,22 +140,12 @@ QUICK = Scale("quick", 1, 80, 20.0, 200, 10 * MiB, 1, 20)
 LITEFS_SRC = REPO
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # =============================================================================================
 # Client: one workload per process, prints one JSON line.
 # =============================================================================================
 
 def client_main(arg: str) -> int:
-    spec = json.loads(arg)
-    try:
-        out = run_workload(spec)
-    except Exception as exc:  # reported to the parent
-        out = {"error": f"{type(exc).__name__}: {exc}"}
-    print(json.dumps(out), flush=True)
-    return 0
+    return run_json_client(run_workload, arg)
 
 
 def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
@@ -153,22 +158,13 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
     rnd = random.Random(spec.get("seed", 1))
     values = [rnd.randbytes(ROW_CHARS // 2).hex() for _ in range(spec["n"])]
     pos_path = spec.get("pos")
-    rate = spec.get("rate")
-    insert = "INSERT INTO t(v) VALUES (?)"
-    rows: list[tuple[int, float, int]] = []
+
+    def read_txid() -> int:
+        with open(pos_path, "rb") as f:
+            return int(f.read().split(b"/")[0], 16)
+
     t0 = time.monotonic()
-    for i, v in enumerate(values):
-        if rate:
-            delay = t0 + i / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-        cur = con.execute(insert, (v,))
-        t = time.monotonic()
-        txid = 0
-        if pos_path:
-            with open(pos_path, "rb") as f:
-                txid = int(f.read().split(b"/")[0], 16)
-        rows.append((cur.lastrowid or 0, t, txid))
+    rows = insert_paced(con, values, spec.get("rate"), read_txid if pos_path else None)
     seconds = time.monotonic() - t0
     con.close()
     return {"rows": rows, "seconds": seconds}
@@ -504,22 +500,6 @@ def max_row_id(image: bytes) -> int:
 # The two replicators.
 # =============================================================================================
 
-def is_mounted(path: Path) -> bool:
-    with open("/proc/self/mounts") as f:
-        return any(len(fields) > 1 and fields[1] == str(path)
-                   for fields in (line.split() for line in f))
-
-
-def lazy_unmount(path: Path) -> None:
-    if is_mounted(path):
-        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, timeout=30)
-
-
-def _default_signals() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 class Replicator:
     """A `litefs mount` or a `litestream replicate` process for one database and bucket."""
 
@@ -571,20 +551,10 @@ class Replicator:
             cmd = [sys.executable, "-m", "litefs_py", "mount", "--mount-dir",
                    str(self.mount_dir), "--data-dir", str(self.data_dir), "--config", str(cfg)]
             env["PYTHONPATH"] = str(LITEFS_SRC)
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                         cwd=LITEFS_SRC, env=env, preexec_fn=_default_signals)
             log.close()
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"litefs mount exited with {self.proc.returncode}:\n"
-                                       f"{self.log_tail()}")
-                if is_mounted(self.mount_dir):
-                    with contextlib.suppress(OSError):
-                        os.listdir(self.mount_dir)
-                        return
-                time.sleep(0.02)
-            raise RuntimeError("litefs mount did not come up in time:\n" + self.log_tail())
+            self.proc = start_fuse_server("litefs mount", cmd, self.mount_dir, self.log_path,
+                                          cwd=LITEFS_SRC, env=env, timeout=timeout)
+            return
         cfg = self.root / "litestream.yml"
         cfg.write_text(
             f"dbs:\n  - path: {self.db_path}\n    replica:\n      type: s3\n"
@@ -593,7 +563,7 @@ class Replicator:
             f"      force-path-style: true\n      sync-interval: 1s\n")
         self.proc = subprocess.Popen([str(LITESTREAM), "replicate", "-config", str(cfg)],
                                      stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
-                                     preexec_fn=_default_signals)
+                                     preexec_fn=default_signals)
         log.close()
 
     def stop(self) -> None:
@@ -635,13 +605,6 @@ def create_schema(path: Path) -> None:
 # =============================================================================================
 # Phase 1 + 3: lag and requests.
 # =============================================================================================
-
-def percentile(xs: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100)."""
-    s = sorted(xs)
-    k = max(0, min(len(s) - 1, math.ceil(p / 100 * len(s)) - 1))
-    return s[k]
-
 
 @dataclass
 class RunResult:
@@ -929,12 +892,10 @@ class Bench:
         return secs, len(plan["files"]), total
 
     def profile_restores(self, urls: dict[str, str]) -> None:
-        out_dir = Path(self.args.py_spy).absolute()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        if not os.path.exists(py_spy):
-            self.notes.append("py-spy not found: `.venv/bin/pip install py-spy` to profile")
+        found = py_spy_setup(self.args.py_spy, self.notes)
+        if found is None:
             return
+        py_spy, out_dir = found
         for bucket_tool, url in urls.items():
             for fmt, ext in (("raw", "txt"), ("flamegraph", "svg")):
                 prof = out_dir / f"restore-{bucket_tool}-bucket.{ext}"
@@ -1157,43 +1118,19 @@ def check_restored(path: Path, expected_rows: int) -> str:
     return "ok"
 
 
-# --- the restore database (the same generator as bench/codec.py) ------------------------------
-
-WORDS = ("order", "invoice", "customer", "shipment", "pending", "paid", "refund", "warehouse",
-         "berlin", "lisbon", "osaka", "denver", "express", "standard", "priority", "returned",
-         "the", "a", "of", "for", "with", "and", "item", "quantity", "discount", "note")
+# --- the restore database (the same rows as bench/codec.py's) -----------------------------
 
 
 def build_database(path: Path, target_bytes: int) -> None:
     """About `target_bytes` of orders (text, integers, an index) plus the table `t` the
     workloads write; WAL mode at the end, as both replicators need."""
-    rng = random.Random(42)
     con = sqlite3.connect(path, isolation_level=None)
     con.execute(f"PRAGMA page_size={PAGE_SIZE}")
     con.execute("PRAGMA journal_mode=OFF")
     con.execute("PRAGMA synchronous=OFF")
-    con.execute("CREATE TABLE orders(id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, "
-                "status TEXT NOT NULL, created_at INTEGER NOT NULL, amount_cents INTEGER, "
-                "email TEXT, note TEXT)")
-    con.execute("CREATE INDEX orders_customer ON orders(customer_id, created_at)")
-    con.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
-    con.execute("INSERT INTO t(v) VALUES ('seed')")
-    next_id = 1
-    while True:
-        rows = []
-        for _ in range(5000):
-            rows.append((next_id, rng.randrange(1, 50_000),
-                         rng.choice(("pending", "paid", "shipped", "refunded")),
-                         1_700_000_000 + next_id * 7 + rng.randrange(5),
-                         rng.randrange(100, 1_000_000), f"c{rng.randrange(10**8)}@example.com",
-                         " ".join(rng.choice(WORDS) for _ in range(rng.randrange(5, 60)))))
-            next_id += 1
-        con.execute("BEGIN")
-        con.executemany("INSERT INTO orders VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        con.execute("COMMIT")
-        (pages,) = con.execute("PRAGMA page_count").fetchone()
-        if pages * PAGE_SIZE >= target_bytes:
-            break
+    fill_orders(con, target_bytes, PAGE_SIZE,
+                setup=("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+                       "INSERT INTO t(v) VALUES ('seed')"))
     con.execute("PRAGMA journal_mode=WAL")
     con.close()
 
@@ -1215,20 +1152,12 @@ def main() -> int:
     ap.add_argument("--py-spy", metavar="DIR",
                     help="after the timed restores, profile one litefs restore of each bucket "
                          "with py-spy (flame graph, collapsed stacks and a summary in DIR)")
-    ap.add_argument("--dump", metavar="FILE",
-                    help="write every commit time and object first-seen time as JSON")
-    ap.add_argument("--tmp", metavar="DIR", default=None,
-                    help="where to create the work directory (default: the system temp dir)")
-    ap.add_argument("--keep", action="store_true", help="keep the work directory")
-    ap.add_argument("--litefs-src", metavar="DIR", default=None,
-                    help="run litefs from this source tree (a directory holding litefs_py/); "
-                         "default: this repository")
+    add_run_options(ap, dump="write every commit time and object first-seen time as JSON",
+                    litefs_src=f"{LITEFS_SRC_HELP}; default: this repository")
     args = ap.parse_args()
     if args.litefs_src:
         global LITEFS_SRC
-        LITEFS_SRC = Path(args.litefs_src).absolute()
-        if not (LITEFS_SRC / "litefs_py").is_dir():
-            ap.error(f"{LITEFS_SRC} holds no litefs_py/")
+        LITEFS_SRC = use_litefs_src(ap, args.litefs_src)
         sys.path.insert(0, str(LITEFS_SRC))  # the poller decodes with the same codec
     if not LITESTREAM.exists():
         ap.error(f"{LITESTREAM} not found")
@@ -1240,11 +1169,7 @@ def main() -> int:
     _log(f"work directory {root}")
     t0 = time.perf_counter()
 
-    def on_term(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
+    def run() -> None:
         bench.moto.start()
         _log(f"moto_server at {bench.moto.endpoint}")
         if not args.skip_lag:
@@ -1255,21 +1180,18 @@ def main() -> int:
             t1 = time.perf_counter()
             bench.phase_restore()
             _log(f"restore phase: {time.perf_counter() - t1:.0f} s")
-    finally:
+
+    def stop() -> None:
         bench.stop_all()
-        for d in root.glob("*/mnt"):
-            lazy_unmount(d)
-        bench.moto.stop()
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+        bench.moto.stop()  # after the mounts: they talk to it until they stop
+
+    run_in_workdir(root, args.keep, run, stop)
     if args.dump:
         Path(args.dump).write_text(json.dumps(bench.dump))
     ls_version = subprocess.run([str(LITESTREAM), "version"], capture_output=True, text=True,
                                 env=tool_env()).stdout.strip()
     print(f"litefs from {LITEFS_SRC}{git_describe(LITEFS_SRC)}; Litestream {ls_version}")
-    print(f"python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
-          f"{os.cpu_count()} CPUs, kernel {platform.release()}; "
-          f"{time.perf_counter() - t0:.0f} s total")
+    print(machine_line(t0))
     print(bench.report())
     return 1 if bench.problems else 0
 

@@ -356,7 +356,7 @@ def status_document(store: Store, replicator: Replicator | None,
                 "spool_files": st.spool_files,
                 "uploads": st.uploads,
                 "put_requests": st.put_requests,
-                "last_error": st.last_error,
+                **st.retry.to_json(),  # last_error, whether it needs a fix, errors by kind
             }
         dbs[name] = entry
     doc: dict[str, object] = {"pid": os.getpid(), "updated": time.time(), "databases": dbs}
@@ -369,6 +369,7 @@ def status_document(store: Store, replicator: Replicator | None,
             "applied_pages": stats.applied_pages,
             "snapshots": stats.snapshots, "reconnects": stats.reconnects,
             "last_error": stats.last_error,
+            "followers": {name: f.status.to_json() for name, f in sorted(node.followers.items())},
         }
     return doc
 

@@ -6,13 +6,15 @@ Every command turns user mistakes and bad inputs into one line on stderr and an 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -30,6 +32,9 @@ from .ltx import (
     parse_filename,
 )
 from .ltx.header import HEADER_SIZE, Header
+
+if TYPE_CHECKING:
+    from .storage.base import ReplicaClient
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -621,153 +626,99 @@ def restore(source: str, output: Path | None, config_path: Path | None, data_dir
     single-dash flags (-o, -config, -txid, -timestamp, -if-replica-exists,
     -if-db-not-exists, -dry-run) work too.
     """
+    with _restore_errors(as_json):
+        from .replication.progress import NullProgress, Progress
+        from .replication.restore import RestoreRequest, check_point
+        from .replication.restore import restore as run_restore
+
+        when, upto = _parse_when(timestamp), _parse_hex(txid, "--txid")
+        index = _parse_hex(wal_index, "--index")
+        check_point(txid=upto, timestamp=when, generation=generation, wal_index=index)
+        replica = _restore_source(source, output, config_path, data_dir, dry_run)
+        request = RestoreRequest(
+            replica.client, output=output, data_dir=replica.data_dir,
+            name=source if replica.data_dir is not None else "", txid=upto,
+            timestamp=when, generation=generation, wal_index=index,
+            if_replica_exists=if_replica_exists, if_db_not_exists=if_db_not_exists,
+            force=force, integrity=integrity_check, dry_run=dry_run,
+            progress=NullProgress() if dry_run else Progress(0, stream=sys.stderr))
+        with _data_dir_lock(None if dry_run else request.data_dir):
+            outcome = run_restore(request)
+        _restore_report(as_json, outcome.to_json(), outcome.summary())
+
+
+@contextlib.contextmanager
+def _restore_errors(as_json: bool) -> Iterator[None]:
+    """A failed restore: one stderr line and its exit code; with --json also an error
+    document on stdout."""
     try:
-        _restore(source, output, config_path, data_dir, if_replica_exists, if_db_not_exists,
-                 timestamp, txid, generation, wal_index, dry_run, as_json, integrity_check,
-                 force)
-    except QuietError as exc:
-        if as_json:
-            click.echo(json.dumps({"status": "error", "error": exc.message,
-                                   "exit_code": int(exc.code)}, indent=2))
-        click.echo(f"litefs: {exc.message}", err=True)
-        sys.exit(int(exc.code))
-    except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        message = f"{where}{exc.strerror or exc}"
+        yield
+    except (QuietError, OSError) as exc:
+        if isinstance(exc, QuietError):
+            message, code = exc.message, exc.code
+        else:
+            where = f"{exc.filename}: " if exc.filename else ""
+            message, code = f"{where}{exc.strerror or exc}", ExitCode.IO
         if as_json:
             click.echo(json.dumps({"status": "error", "error": message,
-                                   "exit_code": int(ExitCode.IO)}, indent=2))
+                                   "exit_code": int(code)}, indent=2))
         click.echo(f"litefs: {message}", err=True)
-        sys.exit(int(ExitCode.IO))
+        sys.exit(int(code))
 
 
-def _restore(source: str, output: Path | None, config_path: Path | None,
-             data_dir: Path | None, if_replica_exists: bool, if_db_not_exists: bool,
-             timestamp_text: str | None, txid_text: str | None, generation: str | None,
-             wal_index_text: str | None, dry_run: bool, as_json: bool,
-             integrity_check: bool, force: bool) -> None:
-    from .replica_clients import client_for, client_for_url
-    from .replication.legacy_v03 import has_generations, plan_legacy
-    from .replication.progress import Progress
-    from .replication.restore import (
-        STATUS_DB_EXISTS,
-        STATUS_NO_REPLICA,
-        RestoreResult,
-        restore_database,
-        restore_to_data_dir,
-    )
-    from .replication.restore_plan import (
-        NoBackupsError,
-        RestoreTarget,
-        plan_restore,
-        read_plan_headers,
-    )
-    from .storage.base import ReplicaClient
-
-    when = _parse_when(timestamp_text)
-    txid = _parse_hex(txid_text, "--txid")
-    wal_index = _parse_hex(wal_index_text, "--index")
-    if txid is not None and when is not None:
-        raise QuietError("give --txid or --timestamp, not both", ExitCode.USAGE)
-    if generation is not None and txid is not None:
-        raise QuietError("--generation applies to Litestream 0.3 backups, which have no TXIDs; "
-                         "use --index or --timestamp with it", ExitCode.USAGE)
-    if wal_index is not None and generation is None:
-        raise QuietError("--index needs --generation (as in Litestream 0.3)", ExitCode.USAGE)
-
-    is_url = "/" in source or "://" in source
+@dataclass(frozen=True)
+class _RestoreSource:
     client: ReplicaClient
-    store_dir: Path | None = None
-    if is_url:
+    data_dir: Path | None  # DB-NAME without -o: restore into this data directory
+
+
+def _restore_source(source: str, output: Path | None, config_path: Path | None,
+                    data_dir: Path | None, dry_run: bool) -> _RestoreSource:
+    """SOURCE is a replica URL (needs -o OUT, except for a dry run) or a database name from
+    the configuration (without -o: restored into the data directory)."""
+    from .replica_clients import client_for, client_for_url
+
+    if "/" in source or "://" in source:
         if output is None and not dry_run:
             raise QuietError(f"restoring from a replica URL needs -o OUT (the database file to "
                              f"write), e.g. litefs restore -o /data/app.db {source}",
                              ExitCode.USAGE)
-        client = client_for_url(source)
-    else:
-        from .config import load_config
+        return _RestoreSource(client_for_url(source), None)
+    from .config import load_config
 
-        cfg = load_config(config_path)
-        replica = cfg.replica_for(source)
-        if replica is None:
-            where = f" in {cfg.source}" if cfg.source is not None else \
-                " (no configuration file found: ./litefs.yml, /etc/litefs.yml)"
-            names = ", ".join(db.name for db in cfg.dbs)
-            known = f"; it lists {names}" if names else ""
-            raise QuietError(
-                f"database {source!r} has no replica{where}{known}: add a `replica:` (for "
-                "every database) or a `dbs:` entry with one, or give a replica URL with -o OUT",
-                ExitCode.NOT_FOUND)
-        client = client_for(replica)
-        if output is None:
-            store_dir = data_dir or Path(cfg.data.dir)
+    cfg = load_config(config_path)
+    replica = cfg.replica_for(source)
+    if replica is None:
+        where = f" in {cfg.source}" if cfg.source is not None else \
+            " (no configuration file found: ./litefs.yml, /etc/litefs.yml)"
+        names = ", ".join(db.name for db in cfg.dbs)
+        known = f"; it lists {names}" if names else ""
+        raise QuietError(
+            f"database {source!r} has no replica{where}{known}: add a `replica:` (for "
+            "every database) or a `dbs:` entry with one, or give a replica URL with -o OUT",
+            ExitCode.NOT_FOUND)
+    store_dir = (data_dir or Path(cfg.data.dir)) if output is None else None
+    return _RestoreSource(client_for(replica), store_dir)
 
-    target_out = output if output is not None else (
-        store_dir / "dbs" / source / "database" if store_dir is not None else None)
 
-    if dry_run:
-        if if_db_not_exists and target_out is not None and target_out.exists():
-            _restore_report(as_json, {"status": STATUS_DB_EXISTS, "output": str(target_out)},
-                            f"{target_out} already exists; a restore would do nothing "
-                            "(--if-db-not-exists)")
-            return
-        legacy = generation is not None
-        doc: dict[str, Any]
-        if not legacy:
-            try:
-                plan = read_plan_headers(client, plan_restore(
-                    client, RestoreTarget(txid=txid, timestamp=when)))
-            except NoBackupsError:
-                if not has_generations(client):
-                    if if_replica_exists:
-                        _restore_report(as_json, {"status": STATUS_NO_REPLICA,
-                                                  "replica": client.description},
-                                        f"no backups found at {client.description}; a restore "
-                                        "would do nothing (--if-replica-exists)")
-                        return
-                    raise
-                legacy = True
-            else:
-                doc, lines = {"status": "plan", **plan.to_json()}, plan.lines()
-        if legacy:
-            if txid is not None:
-                raise QuietError(f"the backups at {client.description} are Litestream 0.3 "
-                                 "generations, which have no TXIDs: use --timestamp, or "
-                                 "--generation/--index", ExitCode.USAGE)
-            lplan = plan_legacy(client, timestamp=when, generation=generation,
-                                wal_index=wal_index)
-            doc, lines = {"status": "plan", **lplan.to_json()}, lplan.lines()
-        if target_out is not None:
-            doc["output"] = str(target_out)
-        _restore_report(as_json, doc, "\n".join(lines))
+@contextlib.contextmanager
+def _data_dir_lock(data_dir: Path | None) -> Iterator[None]:
+    """Hold the data directory (as a mount does) while a restore writes into it."""
+    if data_dir is None:
+        yield
         return
+    from .store.store import Store
 
-    progress = Progress(0, stream=sys.stderr)
-    result: RestoreResult
-    if store_dir is not None:
-        from .store.store import Store
-
-        store = Store(store_dir)
-        try:
-            store.lock()
-        except QuietError as exc:
-            raise QuietError(f"{exc.message}. A running mount serves its own databases; to get "
-                             f"a copy, restore to a file with -o OUT", exc.code) from None
-        try:
-            result = restore_to_data_dir(
-                client, store_dir, source, txid=txid, timestamp=when,
-                if_replica_exists=if_replica_exists, if_db_not_exists=if_db_not_exists,
-                force=force, integrity=integrity_check, progress=progress,
-                generation=generation, wal_index=wal_index)
-        finally:
-            store.close()
-    else:
-        assert output is not None
-        result = restore_database(
-            client, output, txid=txid, timestamp=when, if_replica_exists=if_replica_exists,
-            if_db_not_exists=if_db_not_exists, force=force, integrity=integrity_check,
-            progress=progress, generation=generation, wal_index=wal_index)
-    _restore_report(as_json, result.to_json(), result.summary())
+    store = Store(data_dir)
+    try:
+        store.lock()
+    except QuietError as exc:
+        raise QuietError(f"{exc.message}. A running mount serves its own databases; to get "
+                         f"a copy, restore to a file with -o OUT", exc.code) from None
+    try:
+        yield
+    finally:
+        store.close()
 
 
 def _restore_report(as_json: bool, doc: dict[str, Any], text: str) -> None:
@@ -811,6 +762,10 @@ def status(data_dir: Path | None, config_path: Path | None, as_json: bool) -> No
             if node.get("last_error"):
                 line += f", last error: {node['last_error']}"
             click.echo(line)
+            for name, follower in node.get("followers", {}).items():
+                if follower.get("last_error"):
+                    click.echo(f"{name}: following the bucket: last error: "
+                               f"{follower['last_error']}{_retry_note(follower)}")
         for name, db in doc.get("databases", {}).items():
             line = f"{name}: TXID {db['txid']}"
             rep = db.get("replica")
@@ -819,8 +774,18 @@ def status(data_dir: Path | None, config_path: Path | None, as_json: bool) -> No
                          f"{rep['lag_seconds']:.2f}s, spool {rep['spool_bytes']} bytes in "
                          f"{rep['spool_files']} files")
                 if rep.get("last_error"):
-                    line += f", last error: {rep['last_error']}"
+                    line += f", last error: {rep['last_error']}{_retry_note(rep)}"
             click.echo(line)
     if age > 10:
         click.echo(f"litefs: status is {age:.0f}s old; the mount is not running", err=True)
         sys.exit(int(ExitCode.FAILED))
+
+
+def _retry_note(doc: dict[str, Any]) -> str:
+    """` (retrying cannot fix this; next attempt in 41 s)` for a status entry whose error
+    needs a fix; the error message itself names the fix."""
+    if not doc.get("needs_fix"):
+        return ""
+    wait = doc.get("next_attempt_in")
+    when = f"; next attempt in {wait:.0f} s" if isinstance(wait, int | float) else ""
+    return f" (retrying cannot fix this{when})"

@@ -19,6 +19,7 @@ import trio
 
 from ..ltx import Header, LTXError
 from ..storage.base import ReplicaClient
+from ..storage.retry import RetryPolicy, RetryState
 from ..store.apply_fence import FenceTimeout
 from ..store.db import DB, FileKind
 from ..store.replica_apply import (
@@ -37,6 +38,9 @@ log = logging.getLogger("litefs.replica")
 
 FOLLOW_BUCKET_AFTER = 10.0  # seconds without the primary before following the bucket
 MAX_BACKOFF = 5.0
+# Reconnecting to the primary: from 0.1 s up to MAX_BACKOFF; a rejected secret every
+# MAX_BACKOFF (the primary may be restarted with the right one).
+STREAM_RETRY = RetryPolicy(initial=0.1, cap=MAX_BACKOFF, slow=(MAX_BACKOFF, MAX_BACKOFF))
 BUCKET_RESCAN = 30.0  # seconds between looks for new databases in the bucket
 
 
@@ -66,6 +70,7 @@ class ReplicaNode:
         self.bucket_dbs = bucket_dbs
         self.follow_after = follow_after
         self.stats = ReplicaStats()
+        self.followers: dict[str, BucketFollower] = {}  # databases followed in the bucket
         self._locks: dict[str, trio.Lock] = {}
         self._needs_snapshot: set[str] = set()
         self._following: trio.CancelScope | None = None
@@ -163,20 +168,21 @@ class ReplicaNode:
 
     async def _follow_primary(self, nursery: trio.Nursery) -> None:
         assert self.primary_url is not None
-        backoff = 0.1
+        retry = RetryState(STREAM_RETRY)
         down_since: float | None = None
         last_reason = None
         while True:
             stream = PrimaryStream(self.primary_url, self.secret, self.positions,
                                    self._on_frame)
             self._healthy = False
+            kind = "stream"
             try:
                 await self._connect(stream)
                 reason = (self._connection.failure
                           or f"{self.primary_url} closed the stream")
             except AuthError as exc:
                 reason = str(exc)
-                backoff = MAX_BACKOFF
+                kind = "auth"  # a wrong secret: waiting does not fix it
             except StreamError as exc:
                 reason = str(exc)
             except OSError as exc:  # e.g. readers held their locks too long: retry
@@ -186,7 +192,8 @@ class ReplicaNode:
                 reason = f"internal error: {exc!r}"
             if self._healthy:  # it worked for a while: retry at once
                 down_since = None
-                backoff = 0.1
+                retry.succeeded()
+            failure = retry.failed_with(reason, kind, retryable=kind != "auth")
             self.state.source = "none" if self._following is None else "bucket"
             self.stats.reconnects += 1
             self.stats.last_error = reason
@@ -201,8 +208,7 @@ class ReplicaNode:
                 log.warning("the primary has been unreachable for %.0f s; following the "
                             "bucket until it is back", now - down_since)
                 nursery.start_soon(self._follow_bucket_while_down)
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF)
+            await trio.sleep(failure.delay)
 
     async def _connect(self, stream: PrimaryStream) -> None:
         """One connection with its appliers; an error of the stream or of an applier is
@@ -252,6 +258,7 @@ class ReplicaNode:
                         name, client, _bound_apply(self, name),
                         _bound_position(self, name),
                         resnapshot_on=(PositionMismatchError,))
+                    self.followers[name] = follower
                     nursery.start_soon(_keep_running, follower, name=f"follow bucket {name}")
                 await trio.sleep(BUCKET_RESCAN)
 

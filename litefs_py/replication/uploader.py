@@ -7,9 +7,11 @@ One `Uploader` per database runs as a trio task:
   replica's high-water mark into one L0 object (an upload may span several TXIDs, as in
   Litestream 0.5), and PUTs it. While a PUT is in flight new commits accumulate, so batches
   grow with load; the window bounds the PUT rate at steady load for little lag.
-- Failures back off exponentially with jitter and are retried forever; the local log is the
-  spool, so nothing is lost while the endpoint is down. Errors that retrying cannot fix (bad
-  credentials, no such bucket) are logged once per state change, loudly, and still retried.
+- Failures are retried forever under storage/retry.py's policy; the local log is the spool,
+  so nothing is lost while the endpoint is down. Retryable ones back off exponentially with
+  jitter up to 30 s; ones that need a fix (bad credentials, no such bucket, permission denied)
+  are logged at once with the fix and retried every 30-60 s until it is made. Each distinct
+  error is logged once; `status` counts successful uploads and failures per kind.
 - Local LTX files are deleted only after they are in the replica and older than
   `data.retention`. If unuploaded files exceed `data.spool-limit` bytes, they are merged into
   one local file (pages written many times are kept once), and a warning says so.
@@ -24,7 +26,6 @@ import contextlib
 import io
 import logging
 import os
-import random
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -37,12 +38,11 @@ from ..ltx import TRAILER_SIZE, LTXError, Trailer, compact
 from ..storage import aio
 from ..storage.base import META_CHECKSUM, META_TIMESTAMP, ReplicaClient, format_timestamp
 from ..storage.errors import StorageError
+from ..storage.retry import RetryPolicy, RetryState
 from ..store.db import DB
 
 log = logging.getLogger("litefs.replication")
 
-MIN_BACKOFF = 0.25
-MAX_BACKOFF = 30.0
 
 
 @dataclass
@@ -53,11 +53,15 @@ class UploaderStatus:
     local_txid: int = 0
     spool_bytes: int = 0
     spool_files: int = 0
-    uploads: int = 0
+    uploads: int = 0  # L0 uploads that succeeded
     put_requests: int = 0
-    last_error: str | None = None
     oldest_unuploaded_at: float | None = None  # monotonic time of the oldest pending commit
     commit_times: dict[int, float] = field(default_factory=dict)  # txid -> monotonic commit time
+    retry: RetryState = field(default_factory=RetryState)  # failures, counted per kind
+
+    @property
+    def last_error(self) -> str | None:
+        return self.retry.last_error
 
     @property
     def lag_seconds(self) -> float:
@@ -74,14 +78,15 @@ class Uploader:
     def __init__(self, db: DB, client: ReplicaClient, *, sync_interval: float = 1.0,
                  batch_window: float = 0.05, retention: float = 600.0,
                  spool_limit: int = 1 << 30,
-                 on_upload: Callable[[int, int], None] | None = None) -> None:
+                 on_upload: Callable[[int, int], None] | None = None,
+                 retry: RetryPolicy | None = None) -> None:
         self.db = db
         self.client = client
         self.sync_interval = sync_interval
         self.batch_window = batch_window
         self.retention = retention
         self.spool_limit = spool_limit
-        self.status = UploaderStatus()
+        self.status = UploaderStatus(retry=RetryState(retry or RetryPolicy()))
         self._wake = trio.Event()
         self._uploaded_at: dict[Path, float] = {}  # local file -> when it reached the replica
         self._on_upload = on_upload
@@ -103,7 +108,6 @@ class Uploader:
         self._wake.set()
 
     async def run(self) -> None:
-        backoff = MIN_BACKOFF
         ready = False
         while True:
             try:
@@ -113,27 +117,32 @@ class Uploader:
                 await self._upload_pending()
                 self._apply_retention()
                 await self._check_spool()
-                backoff = MIN_BACKOFF
-                if self.status.last_error is not None:
-                    log.info("%s: uploads to %s work again", self.db.name,
-                             self.client.description)
-                    self.status.last_error = None
             except (StorageError, OSError, LTXError) as exc:
                 # OSError/LTXError: a local file problem; retried like a storage failure so
                 # the uploader never dies (the log says what is wrong).
                 await self._check_spool()  # the spool grows exactly while this fails
-                if str(exc) != self.status.last_error:
-                    log.error("%s: upload to %s failed: %s (will retry; commits continue and "
-                              "are kept locally)", self.db.name, self.client.description, exc)
-                self.status.last_error = str(exc)
-                await trio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(MAX_BACKOFF, backoff * 2)
+                await trio.sleep(self._failed(exc))
                 continue
+            if self.status.retry.succeeded() is not None:
+                log.info("%s: uploads to %s work again", self.db.name, self.client.description)
             with trio.move_on_after(self.sync_interval):
                 await self._wake.wait()
             self._wake = trio.Event()
             if self.batch_window > 0:
                 await trio.sleep(self.batch_window)  # let a burst share one PUT
+
+    def _failed(self, exc: Exception) -> float:
+        """Count the failure, log it once, and return the seconds to wait."""
+        retry = self.status.retry
+        failure = retry.failed(exc)
+        if failure.new and failure.retryable:
+            log.error("%s: upload to %s failed: %s (will retry; commits continue and are kept "
+                      "locally)", self.db.name, self.client.description, exc)
+        elif failure.new:
+            log.error("%s: upload to %s failed: %s. Retrying cannot fix this: it is tried "
+                      "again %s until it is fixed; commits continue and are kept locally",
+                      self.db.name, self.client.description, exc, retry.slow_pace())
+        return failure.delay
 
     async def _sync_position(self) -> None:
         """Learn the replica's high-water mark, and check it belongs to this database."""

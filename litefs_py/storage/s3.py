@@ -59,6 +59,7 @@ from .endpoint import normalize_endpoint
 from .errors import (
     AccessDeniedError,
     EndpointUnreachableError,
+    InvalidCredentialsError,
     NoSuchBucketError,
     ObjectNotFoundError,
     PreconditionFailedError,
@@ -249,7 +250,7 @@ class S3ReplicaClient(ReplicaClient):
                     f"{ep} refused the request because this machine's clock is off by more "
                     f"than 15 minutes ({detail}): fix the system time (NTP)")
             if code in _CREDENTIAL_CODES:
-                return AccessDeniedError(
+                return InvalidCredentialsError(
                     f"credentials rejected by {ep} ({detail}; {self._credentials_hint}): check "
                     f"LITEFS_ACCESS_KEY_ID/LITEFS_SECRET_ACCESS_KEY (or the replica's "
                     f"access-key-id/secret-access-key)")
@@ -271,7 +272,7 @@ class S3ReplicaClient(ReplicaClient):
                 return StorageError(f"{ep} does not support {doing} ({detail})")
             return StorageError(f"{doing} {what} at {ep} failed ({detail})")
         if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
-            return AccessDeniedError(
+            return InvalidCredentialsError(
                 f"no credentials for {ep}: set LITEFS_ACCESS_KEY_ID and "
                 f"LITEFS_SECRET_ACCESS_KEY (or the replica's access-key-id/secret-access-key)")
         if isinstance(exc, bx.SSLError):
