@@ -13,7 +13,10 @@ them in a worker thread (`storage/aio.py`).
 Object metadata (user metadata, without the `x-amz-meta-` prefix):
 - `litestream-timestamp`: the LTX header timestamp, RFC 3339 UTC with milliseconds;
 - `litefs-post-apply-checksum`: our rolling checksum after the file, 16 hex digits (replica
-  files carry no checksums in the LTX itself: flags 0x2).
+  files carry no checksums in the LTX itself: flags 0x2);
+- `litefs-writer`: which uploader wrote the file (`<host>/<random>`), for messages when two
+  writers meet in one path (replication/uploader.py);
+- `litefs-encryption`: `age` when the object is age-encrypted (storage/age.py).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ SNAPSHOT_LEVEL = 9
 MAX_LEVEL = 9
 META_TIMESTAMP = "litestream-timestamp"
 META_CHECKSUM = "litefs-post-apply-checksum"
+META_WRITER = "litefs-writer"
+META_ENCRYPTION = "litefs-encryption"
 
 
 def format_timestamp(ms: int) -> str:
@@ -66,6 +71,10 @@ class LtxFileInfo:
     key: str  # the backend's key or path, for messages
     post_apply_checksum: int | None = None  # from our metadata, when present
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
+    # The backend's entity tag, when the listing or the write gave one (S3: the ETag, an MD5
+    # for simple uploads); None for a directory. Tells a writer whether an object it wrote
+    # was replaced by someone else.
+    etag: str | None = field(default=None, compare=False)
 
 
 def parse_checksum(text: str | None) -> int | None:
@@ -229,3 +238,69 @@ def check_condition(if_none_match: bool, if_match: str | None) -> None:
     """`put_object_if` takes exactly one condition."""
     if if_none_match == (if_match is not None):
         raise ValueError("put_object_if needs exactly one of if_none_match=True or if_match")
+
+
+class DelegatingReplicaClient(ReplicaClient):
+    """A client that passes every call to `inner`: the base of clients that change one
+    aspect of another (age encryption, a restore drill's rate-limited reads) and leave the
+    rest as it is."""
+
+    def __init__(self, inner: ReplicaClient) -> None:
+        self.inner = inner
+        self.description = inner.description
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+    def ltx_files(self, level: int, *, with_metadata: bool = False) -> list[LtxFileInfo]:
+        return self.inner.ltx_files(level, with_metadata=with_metadata)
+
+    def ltx_files_after(self, level: int, txid: int) -> list[LtxFileInfo]:
+        return self.inner.ltx_files_after(level, txid)
+
+    def ltx_metadata(self, info: LtxFileInfo) -> LtxFileInfo:
+        return self.inner.ltx_metadata(info)
+
+    def levels(self) -> list[int]:
+        return self.inner.levels()
+
+    def read_ltx(self, info: LtxFileInfo, start: int = 0, end: int | None = None) -> bytes:
+        return self.inner.read_ltx(info, start, end)
+
+    def open_ltx(self, info: LtxFileInfo) -> Iterator[bytes]:
+        return self.inner.open_ltx(info)
+
+    def write_ltx(self, level: int, min_txid: int, max_txid: int, data: bytes,
+                  metadata: dict[str, str]) -> LtxFileInfo:
+        return self.inner.write_ltx(level, min_txid, max_txid, data, metadata)
+
+    def delete_ltx(self, infos: list[LtxFileInfo]) -> None:
+        self.inner.delete_ltx(infos)
+
+    def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        return self.inner.list_objects(prefix)
+
+    def get_object(self, key: str) -> bytes:
+        return self.inner.get_object(key)
+
+    def put_object(self, key: str, data: bytes, *, if_none_match: bool = False) -> bool:
+        return self.inner.put_object(key, data, if_none_match=if_none_match)
+
+    def delete_object(self, key: str) -> None:
+        self.inner.delete_object(key)
+
+    def server_time(self) -> datetime | None:
+        return self.inner.server_time()
+
+    def check(self) -> None:
+        self.inner.check()
+
+    def get_object_tagged(self, key: str) -> TaggedObject:
+        return self.inner.get_object_tagged(key)
+
+    def put_object_if(self, key: str, data: bytes, *, if_none_match: bool = False,
+                      if_match: str | None = None) -> str:
+        return self.inner.put_object_if(key, data, if_none_match=if_none_match,
+                                        if_match=if_match)

@@ -34,6 +34,14 @@ class TransientStorageError(StorageError):
     kind = "transient"
 
 
+class ClockSkewError(StorageError):
+    """The server refuses requests signed with this machine's time (S3 allows 15 minutes)
+    even after the client corrected it from the server's time."""
+
+    retryable = True
+    kind = "clock_skew"
+
+
 class NoSuchBucketError(StorageError):
     kind = "no_bucket"
 

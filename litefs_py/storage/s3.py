@@ -18,6 +18,11 @@ What the client sends, and why (users were burned by Litestream 0.5 on non-AWS p
   `us-east-1`.
 - Few attempts (botocore "standard" retries) and timeouts of a few seconds: the uploader has its
   own back-off, and an unreachable endpoint must fail fast with a clear message.
+- A clock more than 15 minutes off: S3 refuses every request (403 RequestTimeTooSkewed). The
+  client learns the offset from the answer (its `ServerTime`, else its `Date` header), signs
+  from then on with this machine's clock plus that offset, and sends the request again at once
+  (botocore itself does not correct the clock); a warning says the clock is wrong. Only the
+  signing time changes: LTX timestamps still come from this machine's clock.
 
 Listing never does one HEAD per object unless asked (`with_metadata=True` or `ltx_metadata`):
 the timestamp is the LastModified time until then.
@@ -29,16 +34,19 @@ import base64
 import contextlib
 import email.utils
 import hashlib
+import logging
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
+import botocore.auth
 import botocore.config
 import botocore.exceptions as bx
+import botocore.handlers
 import urllib3.exceptions
 
 from ..errors import ExitCode
@@ -58,6 +66,7 @@ from .base import (
 from .endpoint import normalize_endpoint
 from .errors import (
     AccessDeniedError,
+    ClockSkewError,
     EndpointUnreachableError,
     InvalidCredentialsError,
     NoSuchBucketError,
@@ -66,6 +75,8 @@ from .errors import (
     StorageError,
     TransientStorageError,
 )
+
+log = logging.getLogger("litefs.storage")
 
 DEFAULT_REGION = "us-east-1"
 CONNECT_TIMEOUT = 5.0  # seconds
@@ -136,6 +147,59 @@ def _content_md5_instead_of_crc(request: Any, **_kwargs: Any) -> None:
     if "Content-MD5" not in request.headers:
         digest = hashlib.md5(body, usedforsecurity=False).digest()
         request.headers["Content-MD5"] = base64.b64encode(digest).decode("ascii")
+
+
+# ---- clock correction -------------------------------------------------------------------------
+
+_CLOCK_SIGNER = "litefs-s3v4"  # S3's SigV4 signer, signing with a corrected clock
+_CLOCK_OFFSET = "litefs_clock_offset"  # request context key: seconds to add to this clock
+_MIN_CORRECTION = 60.0  # seconds: a smaller change of the offset is not worth a retry
+
+
+class _ClockCorrectedS3SigV4Auth(botocore.auth.S3SigV4Auth):  # type: ignore[misc]
+    """botocore's S3 SigV4 signer, signing with this machine's time plus the request
+    context's `litefs_clock_offset` (which the client puts there once the server has said
+    the clock is off). Only the timestamp differs; the rest is botocore's own signing."""
+
+    def _modify_request_before_signing(self, request: Any) -> None:
+        offset = request.context.get(_CLOCK_OFFSET)
+        if offset:
+            now = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=offset)
+            request.context["timestamp"] = now.strftime(botocore.auth.SIGV4_TIMESTAMP)
+        super()._modify_request_before_signing(request)
+
+
+# A new name beside botocore's own signers; nothing else changes in botocore's table.
+botocore.auth.AUTH_TYPE_MAPS.setdefault(_CLOCK_SIGNER, _ClockCorrectedS3SigV4Auth)
+
+
+def _server_offset(parsed: dict[str, Any], headers: Any) -> float | None:
+    """Seconds the server's clock is ahead of this machine's, from a RequestTimeTooSkewed
+    answer: its `ServerTime` (AWS), else its `Date` header (one-second resolution)."""
+    server: datetime | None = None
+    text = str(parsed.get("Error", {}).get("ServerTime") or "")
+    if text:
+        with contextlib.suppress(ValueError):
+            server = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if server is None:
+        date = (headers.get("Date") or headers.get("date")) if headers is not None else None
+        if date:
+            with contextlib.suppress(TypeError, ValueError):
+                server = email.utils.parsedate_to_datetime(str(date))
+    if server is None:
+        return None
+    if server.tzinfo is None:
+        server = server.replace(tzinfo=UTC)
+    return (server - datetime.now(UTC)).total_seconds()
+
+
+def describe_offset(seconds: float) -> str:
+    """`16 min 3 s behind` / `2 h 0 min ahead of`: this machine against the server."""
+    n = round(abs(seconds))
+    h, rest = divmod(n, 3600)
+    m, sec = divmod(rest, 60)
+    text = f"{h} h {m} min" if h else f"{m} min {sec} s" if m else f"{sec} s"
+    return f"{text} {'behind' if seconds > 0 else 'ahead of'}"
 
 
 def _mask(key_id: str) -> str:
@@ -210,7 +274,55 @@ class S3ReplicaClient(ReplicaClient):
                                ExitCode.CONFIG) from None
         self.boto_client.meta.events.register("before-sign.s3.DeleteObjects",
                                               _content_md5_instead_of_crc)
+        # Seconds the server's clock is ahead of ours, once a request was refused for it.
+        self.clock_offset = 0.0
+        events = self.boto_client.meta.events
+        events.register_first("choose-signer.s3", self._choose_signer)
+        events.register("before-sign.s3", self._sign_with_offset)
+        events.register("needs-retry.s3", self._learn_clock)
         self.endpoint_url: str = str(self.boto_client.meta.endpoint_url)
+
+    # ---- clock correction ----------------------------------------------------------------
+
+    def _choose_signer(self, signature_version: Any = None, context: Any = None,
+                       signing_name: Any = None, **_kwargs: Any) -> str | None:
+        """Once the clock needs correcting, S3's SigV4 becomes the clock-corrected signer;
+        until then (and for anything else) botocore chooses as usual."""
+        if not self.clock_offset:
+            return None
+        chosen = botocore.handlers.set_operation_specific_signer(
+            context=context if context is not None else {}, signing_name=signing_name)
+        if (chosen or signature_version) == "s3v4":
+            return _CLOCK_SIGNER
+        return None
+
+    def _sign_with_offset(self, request: Any, **_kwargs: Any) -> None:
+        if self.clock_offset:
+            request.context[_CLOCK_OFFSET] = self.clock_offset
+
+    def _learn_clock(self, response: Any = None, **_kwargs: Any) -> float | None:
+        """needs-retry hook: a RequestTimeTooSkewed answer gives the server's time; sign with
+        it and send the request again at once (0: no wait). None: not ours to decide."""
+        if response is None:
+            return None
+        http_response, parsed = response
+        if parsed.get("Error", {}).get("Code") != "RequestTimeTooSkewed":
+            return None
+        offset = _server_offset(parsed, getattr(http_response, "headers", None))
+        if offset is None or abs(offset - self.clock_offset) < _MIN_CORRECTION:
+            return None  # nothing new to learn: the request fails (see _error)
+        self.clock_offset = offset
+        if abs(offset) < _MIN_CORRECTION:
+            self.clock_offset = 0.0
+            log.warning("%s: this machine's clock agrees with the server's again; signing "
+                        "requests with it", self.endpoint_url)
+            return 0.0
+        log.warning("%s: this machine's clock is %s the server's (S3 refuses requests more "
+                    "than 15 minutes off); signing requests with the server's time from now "
+                    "on. Fix the system clock (NTP): LTX timestamps, which --timestamp "
+                    "restores use, still come from it", self.endpoint_url,
+                    describe_offset(offset))
+        return 0.0
 
     def close(self) -> None:
         """Close the pooled connections (the client must not be used afterwards)."""
@@ -246,9 +358,14 @@ class S3ReplicaClient(ReplicaClient):
                 return ObjectNotFoundError(f"{what} does not exist at {ep} (deleted by "
                                            f"retention or compaction?)")
             if code == "RequestTimeTooSkewed":
-                return TransientStorageError(
-                    f"{ep} refused the request because this machine's clock is off by more "
-                    f"than 15 minutes ({detail}): fix the system time (NTP)")
+                offset = _server_offset(exc.response, exc.response.get(
+                    "ResponseMetadata", {}).get("HTTPHeaders", {}))
+                measured = f"this machine's clock is {describe_offset(offset)} the server's" \
+                    if offset is not None else "this machine's clock is off by more than " \
+                    "15 minutes"
+                return ClockSkewError(
+                    f"{ep} refused the request because {measured} and correcting it from "
+                    f"the server's time did not help ({detail}): fix the system time (NTP)")
             if code in _CREDENTIAL_CODES:
                 return InvalidCredentialsError(
                     f"credentials rejected by {ep} ({detail}; {self._credentials_hint}): check "
@@ -356,7 +473,7 @@ class S3ReplicaClient(ReplicaClient):
                 last_modified: datetime = obj["LastModified"]
                 infos.append(LtxFileInfo(level=level, min_txid=lo, max_txid=hi,
                                          size=int(obj["Size"]), timestamp=last_modified,
-                                         key=key))
+                                         key=key, etag=_etag(obj.get("ETag"))))
         infos.sort(key=lambda i: (i.min_txid, i.max_txid))
         return infos
 
@@ -377,7 +494,8 @@ class S3ReplicaClient(ReplicaClient):
         metadata = {str(k): str(v) for k, v in resp.get("Metadata", {}).items()}
         base = LtxFileInfo(level=info.level, min_txid=info.min_txid, max_txid=info.max_txid,
                            size=int(resp.get("ContentLength", info.size)),
-                           timestamp=last_modified, key=key)
+                           timestamp=last_modified, key=key,
+                           etag=_etag(resp.get("ETag")) or info.etag)
         return info_with_metadata(base, metadata)
 
     def read_ltx(self, info: LtxFileInfo, start: int = 0, end: int | None = None) -> bytes:
@@ -401,26 +519,41 @@ class S3ReplicaClient(ReplicaClient):
             raise self._error(exc, "reading", key) from None
         except _BOTO_ERRORS as exc:
             raise self._error(exc, "reading", key) from None
+        if start == 0 and end is None:
+            self._check_length(key, len(data), info.size)
         return data
+
+    def _check_length(self, key: str, got: int, listed: int) -> None:
+        """A whole object must have the size the listing gave: a server (or something in
+        between) that announces a shorter Content-Length than it has, or cuts the body, is
+        a broken transfer to retry, not a damaged object."""
+        if listed > 0 and got != listed:
+            raise TransientStorageError(
+                f"reading s3://{self.bucket}/{key} from {self.endpoint_url} gave {got} bytes "
+                f"but the object is {listed} bytes (as listed): damaged in transit, or "
+                "replaced since the listing; will retry")
 
     def open_ltx(self, info: LtxFileInfo) -> Iterator[bytes]:
         key = self.ltx_key(info.level, info.min_txid, info.max_txid)
-        return self._stream(key)
+        return self._stream(key, info.size)
 
-    def _stream(self, key: str) -> Iterator[bytes]:
+    def _stream(self, key: str, listed: int = 0) -> Iterator[bytes]:
         try:
             resp = self.boto_client.get_object(Bucket=self.bucket, Key=key)
         except _BOTO_ERRORS as exc:
             raise self._error(exc, "reading", key) from None
+        got = 0
         with contextlib.closing(resp["Body"]) as body:
             chunks = body.iter_chunks(CHUNK_SIZE)
             while True:
                 try:
                     chunk: bytes = next(chunks)
                 except StopIteration:
+                    self._check_length(key, got, listed)
                     return
                 except _BOTO_ERRORS as exc:
                     raise self._error(exc, "reading", key) from None
+                got += len(chunk)
                 yield chunk
 
     def write_ltx(self, level: int, min_txid: int, max_txid: int, data: bytes,
@@ -430,7 +563,7 @@ class S3ReplicaClient(ReplicaClient):
         key = self.ltx_key(level, min_txid, max_txid)
         meta = upload_metadata(data, metadata)
         try:
-            self.boto_client.put_object(
+            resp = self.boto_client.put_object(
                 Bucket=self.bucket, Key=key, Body=data, ContentLength=len(data),
                 ContentType="application/octet-stream", Metadata=meta)
         except _BOTO_ERRORS as exc:
@@ -440,7 +573,7 @@ class S3ReplicaClient(ReplicaClient):
             with contextlib.suppress(ValueError):
                 timestamp = parse_timestamp(meta[META_TIMESTAMP])
         info = LtxFileInfo(level=level, min_txid=min_txid, max_txid=max_txid, size=len(data),
-                           timestamp=timestamp, key=key)
+                           timestamp=timestamp, key=key, etag=_etag(resp.get("ETag")))
         return info_with_metadata(info, meta)
 
     def delete_ltx(self, infos: list[LtxFileInfo]) -> None:
@@ -599,6 +732,12 @@ class S3ReplicaClient(ReplicaClient):
             return email.utils.parsedate_to_datetime(str(date))
         except (TypeError, ValueError):
             return None
+
+
+def _etag(value: object) -> str | None:
+    """An ETag as listings and PUT answers give it, without its quotes (some providers
+    quote it in one and not the other)."""
+    return str(value).strip('"') if value else None
 
 
 _MAX_TXID = (1 << 64) - 1
