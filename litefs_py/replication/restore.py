@@ -37,11 +37,11 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from ..errors import ExitCode, QuietError
 from ..ltx import (
@@ -51,8 +51,10 @@ from ..ltx import (
     encode_snapshot,
     format_filename,
 )
+from ..storage.age import AGE_MAGIC, DamagedCiphertextError, missing_identity_error
 from ..storage.base import LtxFileInfo, ReplicaClient
-from ..storage.errors import ObjectNotFoundError
+from ..storage.errors import ObjectNotFoundError, StorageError, TransientStorageError
+from ..storage.retry import RetryPolicy
 from ..store.page_table import PageTable
 from .legacy_v03 import LegacyPlan, apply_legacy_plan, has_generations, plan_legacy
 from .progress import NullProgress
@@ -69,10 +71,13 @@ from .restore_output import (
 )
 from .restore_output import fsync_dir as _fsync_dir
 from .restore_plan import (
+    ChainGapError,
     CorruptObjectError,
+    DamagedBackupError,
     MixedPageSizeError,
     NoBackupsError,
     RestorePlan,
+    RestorePlanError,
     RestoreTarget,
     describe_file,
     metadata_loader,
@@ -92,6 +97,7 @@ __all__ = [
     "RestoreRequest",
     "RestoreResult",
     "apply_plan",
+    "build_verified",
     "check_point",
     "integrity_check",
     "make_plan",
@@ -104,11 +110,48 @@ log = logging.getLogger("litefs.restore")
 
 AnyPlan = RestorePlan | LegacyPlan
 STATUS_PLAN = "plan"
+T = TypeVar("T")
+
+# A restore is one command that must either finish or say why not: a transfer that breaks off
+# (5xx, SlowDown, a reset, a cut body) is tried again a few times with back-off before the
+# error reaches the user; a broken-off object is resumed from where it broke off.
+READ_ATTEMPTS = 5
+READ_RETRY = RetryPolicy(initial=0.5, cap=8.0, slow=(30.0, 60.0))
+VANISHED_RETRIES = 3  # plans from a fresh listing when planned objects disappear (compaction)
 
 
 class DatabaseDeletedError(QuietError):
     def __init__(self, message: str) -> None:
         super().__init__(message, ExitCode.NOT_FOUND)
+
+
+class MissingObjectError(ObjectNotFoundError):
+    """An object of the plan answers "not found" (404) although the listing had it."""
+
+    def __init__(self, info: LtxFileInfo, message: str) -> None:
+        super().__init__(message)
+        self.info = info
+
+
+def _transient(exc: StorageError) -> bool:
+    """Waiting can fix it: not a missing object (the caller plans again for those)."""
+    return exc.retryable and not isinstance(exc, ObjectNotFoundError)
+
+
+def retrying(fn: Callable[[], T], what: str) -> T:
+    """`fn()`, tried up to READ_ATTEMPTS times in all with back-off while it fails with a
+    storage error that waiting can fix."""
+    attempt = 1
+    while True:
+        try:
+            return fn()
+        except StorageError as exc:
+            if not _transient(exc) or attempt >= READ_ATTEMPTS:
+                raise
+            delay = READ_RETRY.delay(attempt)
+            log.warning("%s failed (%s); trying again in %.1f s", what, exc, delay)
+            time.sleep(delay)
+            attempt += 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,6 +310,7 @@ class _ChunkReader:
         self._pos = 0
         self._progress = progress
         self.total = 0
+        self.head = b""  # the first bytes: what the object is when it is not LTX
 
     def read(self, n: int = -1) -> bytes:
         if n < 0:
@@ -289,6 +333,8 @@ class _ChunkReader:
         return out
 
     def _count(self, chunk: bytes) -> None:
+        if len(self.head) < len(AGE_MAGIC):
+            self.head += chunk[:len(AGE_MAGIC) - len(self.head)]
         self.total += len(chunk)
         self._progress.advance(len(chunk))
 
@@ -296,6 +342,44 @@ class _ChunkReader:
         close = getattr(self._chunks, "close", None)
         if close is not None:
             close()
+
+
+def _object_chunks(client: ReplicaClient, info: LtxFileInfo) -> Generator[bytes, None, None]:
+    """The bytes of one object, streamed; a transfer that breaks off is resumed from where it
+    broke off (a ranged GET of the rest), up to READ_ATTEMPTS failures in all."""
+    got = 0
+    failures = 0
+
+    def rest() -> Generator[bytes, None, None]:
+        if got == 0:
+            yield from client.open_ltx(info)
+            return
+        data = client.read_ltx(info, got)
+        if info.size > 0 and got + len(data) != info.size:
+            raise TransientStorageError(
+                f"reading {info.key} from byte {got} gave {len(data)} bytes, not the "
+                f"{info.size - got} left of its {info.size}")
+        yield data
+
+    stream = rest()
+    while True:
+        try:
+            chunk = next(stream)
+        except StopIteration:
+            return
+        except StorageError as exc:
+            failures += 1
+            if not _transient(exc) or failures >= READ_ATTEMPTS:
+                raise
+            delay = READ_RETRY.delay(failures)
+            log.warning("reading %s broke off after %d of %d bytes (%s); resuming in %.1f s",
+                        info.key, got, info.size, exc, delay)
+            stream.close()
+            time.sleep(delay)
+            stream = rest()
+            continue
+        got += len(chunk)
+        yield chunk
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,11 +398,13 @@ class _ApplyState:
     verified: int = 0
     bytes_read: int = 0
     keys: list[str] = field(default_factory=list)
+    # Damaged objects (key -> problem) the restore went around: other objects cover them.
+    avoided: dict[str, str] = field(default_factory=dict)
 
 
 def _apply_file(client: ReplicaClient, info: LtxFileInfo, f: BinaryIO, state: _ApplyState,
                 progress: NullProgress, where: str) -> Header:
-    reader = _ChunkReader(iter(client.open_ltx(info)), progress)
+    reader = _ChunkReader(_object_chunks(client, info), progress)
     try:
         try:
             dec = Decoder(reader, name=info.key)  # type: ignore[arg-type]
@@ -355,7 +441,11 @@ def _apply_file(client: ReplicaClient, info: LtxFileInfo, f: BinaryIO, state: _A
                 seek((pgno - 1) * ps)
                 write(data)
                 setck(pgno, data)
+        except DamagedCiphertextError as exc:
+            raise CorruptObjectError(info.key, exc.problem, info.min_txid) from None
         except LTXError as exc:
+            if reader.head.startswith(AGE_MAGIC):
+                raise missing_identity_error(info.key, where) from None
             problem = exc.message if exc.offset is None else \
                 f"{exc.message} (at byte {exc.offset})"
             raise CorruptObjectError(info.key, problem, info.min_txid) from None
@@ -397,10 +487,14 @@ def apply_plan(client: ReplicaClient, plan: RestorePlan, f: BinaryIO, *,
     progress = progress or NullProgress()
     resolve = metadata_loader(client)
     state = _ApplyState()
-    for info in plan.files:
-        # The checksum metadata may need a HEAD (S3 listings carry no metadata).
-        info = resolve(info)
-        _apply_file(client, info, f, state, progress, plan.replica)
+    for listed in plan.files:
+        try:
+            # The checksum metadata may need a HEAD (S3 listings carry no metadata).
+            info = retrying(lambda i=listed: resolve(i),  # type: ignore[misc]
+                            f"reading the metadata of {listed.key}")
+            _apply_file(client, info, f, state, progress, plan.replica)
+        except ObjectNotFoundError as exc:
+            raise MissingObjectError(listed, str(exc)) from None
     if state.commit == 0:
         last = plan.files[-1]
         raise DatabaseDeletedError(
@@ -480,29 +574,108 @@ def _restore_file(request: RestoreRequest, plan: AnyPlan | None) -> RestoreResul
     return result
 
 
+def build_verified(client: ReplicaClient, target: RestoreTarget, f: BinaryIO, *,
+                   plan: RestorePlan | None = None, replan: bool = True,
+                   progress: NullProgress | None = None) -> _ApplyState:
+    """Rebuild the database at `target` into the empty file `f`, every object verified, in
+    spite of what a live or a hostile bucket does:
+
+    - a planned object that answers 404 (compacted away while we read): plan again from a
+      fresh listing (VANISHED_RETRIES times);
+    - an object that fails verification is read once more (it may have been damaged in
+      transit); one that fails again, or answers 404 again while still listed, is damaged:
+      plan again without it, going around it when other objects cover its TXIDs (the result's
+      `avoided` names it, and a warning is logged);
+    - when nothing covers it: DamagedBackupError names it and the newest TXID a restore can
+      still reach (for --txid).
+
+    `plan`: start from this plan; with `replan=False` (the plan a user was shown) the plan is
+    never changed, and a damaged object raises DamagedBackupError. Transfers that break off
+    are retried inside (retrying, _object_chunks). `f` is rewritten from the start on every
+    attempt."""
+    where = client.description
+    suspect: set[str] = set()  # failed once: read again before calling them damaged
+    damaged: dict[str, str] = {}  # key -> problem
+    first_damaged = 0  # the lowest min TXID of a damaged object
+    vanished = 0
+    while True:
+        if plan is None:
+            try:
+                plan = retrying(lambda: plan_restore(client, target, exclude=damaged),
+                                f"listing {where}")
+            except RestorePlanError as exc:
+                if not damaged:
+                    raise
+                restorable = exc.after if isinstance(exc, ChainGapError) and exc.after else None
+                raise DamagedBackupError(where, damaged, restorable, first_damaged) from None
+        f.seek(0)
+        f.truncate(0)
+        try:
+            state = apply_plan(client, plan, f, progress=progress)
+        except DamagedBackupError:
+            raise
+        except CorruptObjectError as exc:
+            if exc.key not in suspect:
+                suspect.add(exc.key)
+                log.warning("%s; reading it again in case it was damaged in transit",
+                            exc.message)
+                continue
+            key, problem, lo = exc.key, exc.problem, exc.from_txid
+        except MissingObjectError as exc:
+            key, lo = exc.info.key, exc.info.min_txid
+            if key not in suspect:
+                # Compaction or retention removed it after the listing (a live replica):
+                # a fresh listing no longer has it. If it still does, it is damaged.
+                suspect.add(key)
+                vanished += 1
+                if not replan or vanished > VANISHED_RETRIES:
+                    raise
+                log.info("%s disappeared from %s after it was listed (compaction?); "
+                         "planning again", key, where)
+                plan = None
+                continue
+            problem = "missing: it is listed, but reading it answers 404 Not Found"
+        else:
+            if damaged:
+                state.avoided = dict(damaged)
+                log.warning("damaged object(s) in %s: %s; restored around them from other "
+                            "objects that cover the same TXIDs", where,
+                            "; ".join(f"{k}: {p}" for k, p in damaged.items()))
+            return state
+        damaged[key] = problem
+        first_damaged = min(first_damaged or lo, lo)
+        if not replan:
+            raise DamagedBackupError(where, damaged, _restorable_without(client, target,
+                                                                         damaged),
+                                     first_damaged)
+        log.warning("object %s of %s is damaged (%s); planning without it", key, where,
+                    problem)
+        plan = None
+
+
+def _restorable_without(client: ReplicaClient, target: RestoreTarget,
+                        damaged: dict[str, str]) -> int | None:
+    """The newest TXID up to `target` that a plan without the `damaged` objects reaches."""
+    try:
+        return retrying(lambda: plan_restore(client, target, exclude=damaged),
+                        f"listing {client.description}").txid
+    except ChainGapError as exc:
+        return exc.after or None
+    except (RestorePlanError, StorageError):
+        return None
+
+
 def _install_ltx(request: RestoreRequest, out: Path, plan: RestorePlan, result: RestoreResult,
                  *, replan: bool) -> None:
     client, where = request.client, request.client.description
 
     def build(tmp: Path) -> _ApplyState:
-        nonlocal plan
-        attempt = 1
-        while True:
-            try:
-                with open(tmp, "w+b") as f:
-                    state = apply_plan(client, plan, f, progress=request.progress)
-                    f.flush()
-                    os.fsync(f.fileno())
-                return state
-            except ObjectNotFoundError:
-                # A file of the plan was compacted away while we read (the replica is live):
-                # plan again from the current listing.
-                if not replan or attempt == 3:
-                    raise
-                attempt += 1
-                log.info("a planned object disappeared from %s (compaction); planning again",
-                         where)
-                plan = plan_restore(client, request.target)
+        with open(tmp, "w+b") as f:
+            state = build_verified(client, request.target, f, plan=plan, replan=replan,
+                                   progress=request.progress)
+            f.flush()
+            os.fsync(f.fileno())
+        return state
 
     state = build_and_install(
         out, result, build, total_size=plan.total_size, progress=request.progress,
@@ -518,6 +691,7 @@ def _install_ltx(request: RestoreRequest, out: Path, plan: RestorePlan, result: 
     result.files = state.keys
     result.bytes_read = state.bytes_read
     result.checksums_verified = state.verified
+    result.avoided = state.avoided
 
 
 def _install_legacy(request: RestoreRequest, out: Path, plan: LegacyPlan,

@@ -73,6 +73,8 @@ class RestoreResult:
     files: list[str] = field(default_factory=list)  # object keys applied, in order
     bytes_read: int = 0
     checksums_verified: int = 0  # post-apply checksums that matched
+    # Damaged objects (key -> problem) the restore went around: other objects covered them.
+    avoided: dict[str, str] = field(default_factory=dict)
     integrity: str | None = None  # "ok" when --integrity-check ran
     removed: list[str] = field(default_factory=list)  # stale side files removed
     seconds: float = 0.0
@@ -97,9 +99,12 @@ class RestoreResult:
         checks = f", {self.checksums_verified} checksum(s) verified" \
             if self.checksums_verified else ""
         integ = ", integrity ok" if self.integrity == "ok" else ""
+        avoided = (f"; went around {len(self.avoided)} damaged object(s): "
+                   + ", ".join(self.avoided)) if self.avoided else ""
         return (f"restored {self.output} from {self.replica} at {where}{when}: "
                 f"{self.page_count} pages of {self.page_size} bytes from {len(self.files)} "
-                f"object(s), {self.bytes_read} bytes in {self.seconds:.1f}s{checks}{integ}")
+                f"object(s), {self.bytes_read} bytes in {self.seconds:.1f}s{checks}{integ}"
+                f"{avoided}")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,6 +120,7 @@ class RestoreResult:
             "files": self.files,
             "bytes_read": self.bytes_read,
             "checksums_verified": self.checksums_verified,
+            "avoided": self.avoided,
             "integrity": self.integrity,
             "removed": self.removed,
             "seconds": round(self.seconds, 3),

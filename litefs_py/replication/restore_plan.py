@@ -29,17 +29,18 @@ that loads it lazily is asked only for the files the planner actually considers.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from ..errors import ExitCode, QuietError
-from ..ltx import HEADER_SIZE, Header, LTXError
+from ..ltx import HEADER_SIZE, Header, LTXError, parse_filename
 from ..storage.base import SNAPSHOT_LEVEL, LtxFileInfo, ReplicaClient
 
 __all__ = [
     "ChainGapError",
     "CorruptObjectError",
+    "DamagedBackupError",
     "MixedPageSizeError",
     "NoBackupsError",
     "NoSnapshotError",
@@ -126,6 +127,40 @@ class CorruptObjectError(RestorePlanError):
         super().__init__(
             f"object {key} is corrupt: {problem}; the backup is damaged from TXID "
             f"{from_txid:016x}; {fix}", ExitCode.FAILED)
+
+
+class DamagedBackupError(CorruptObjectError):
+    """Objects of the backups are corrupt or missing (`damaged`: key -> problem, confirmed by
+    reading them twice) and no other object covers their TXIDs up to the target.
+    `restorable` is the newest TXID a restore can still reach without them (None: none)."""
+
+    def __init__(self, where: str, damaged: dict[str, str], restorable: int | None,
+                 from_txid: int) -> None:
+        self.damaged = dict(damaged)
+        self.restorable = restorable
+        key, problem = next(iter(damaged.items()))
+        named = "; ".join(f"object {k} is {'corrupt: ' if not p.startswith('missing') else ''}"
+                          f"{p}" for k, p in damaged.items())
+        spans = []
+        for k in damaged:
+            try:
+                lo, hi = parse_filename(k.rsplit("/", 1)[-1])
+            except LTXError:
+                continue
+            spans.append(f"{lo:016x}" if lo == hi else f"{lo:016x}..{hi:016x}")
+        holds = f"TXIDs {', '.join(spans)}" if spans else "the TXIDs it holds"
+        if restorable is not None:
+            fix = (f"no other object in {where} covers {holds}, so the newest state that can "
+                   f"be restored is TXID {restorable:016x}: run the restore again with --txid "
+                   f"{restorable:x} (every object up to it is verified), or restore from "
+                   "another copy of the backups")
+        else:
+            fix = (f"no other object in {where} covers {holds} and no earlier state can be "
+                   "rebuilt without it; restore from another copy of the backups")
+        QuietError.__init__(self, f"{named}. {fix[0].upper()}{fix[1:]}", ExitCode.FAILED)
+        self.key = key
+        self.problem = problem
+        self.from_txid = from_txid
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,10 +312,13 @@ def _better(curr: LtxFileInfo, nxt: LtxFileInfo) -> bool:
     return nxt.timestamp < curr.timestamp
 
 
-def plan_restore(client: ReplicaClient, target: RestoreTarget | None = None) -> RestorePlan:
-    """List the replica and compute the plan; raises a RestorePlanError subclass."""
+def plan_restore(client: ReplicaClient, target: RestoreTarget | None = None, *,
+                 exclude: Collection[str] = ()) -> RestorePlan:
+    """List the replica and compute the plan, leaving out the objects whose keys are in
+    `exclude` (found damaged); raises a RestorePlanError subclass."""
     target = target or RestoreTarget()
-    by_level = {level: client.ltx_files(level) for level in client.levels()}
+    by_level = {level: [i for i in client.ltx_files(level) if i.key not in exclude]
+                for level in client.levels()}
     return plan_from_files(client.description, by_level, target,
                            resolve=metadata_loader(client))
 

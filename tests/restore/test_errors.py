@@ -5,6 +5,7 @@ server; objects are damaged on disk or in the bucket, nothing is mocked."""
 from __future__ import annotations
 
 import io
+import json
 import sqlite3
 from pathlib import Path
 
@@ -87,10 +88,7 @@ def test_no_snapshot(replica_17: FileReplicaClient, tmp_path: Path) -> None:
         restore_database(replica_17, out)
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "empty"])
-def test_corrupt_object_refused(replica_17: FileReplicaClient, tmp_path: Path,
-                                damage: str) -> None:
-    victim = _path(replica_17, 1, 2, 9)
+def _damage(victim: Path, damage: str) -> None:
     data = bytearray(victim.read_bytes())
     if damage == "flip":
         data[len(data) // 2] ^= 0x40
@@ -99,11 +97,23 @@ def test_corrupt_object_refused(replica_17: FileReplicaClient, tmp_path: Path,
     else:
         data = data[:0]
     victim.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty"])
+def test_corrupt_object_refused(replica_17: FileReplicaClient, tmp_path: Path,
+                                damage: str) -> None:
+    """L1 2-9 damaged and its level-0 files gone: nothing else holds TXIDs 2..9. The refusal
+    names the object and the newest state that can be restored, with the flag for it."""
+    victim = _path(replica_17, 1, 2, 9)
+    _damage(victim, damage)
+    for txid in range(2, 10):
+        _path(replica_17, 0, txid, txid).unlink()
     out = tmp_path / "sub" / "out.db"
     res = run_cli("-o", str(out), str(replica_17.root))
     assert res.exit_code == 1, res.output
     assert f"object {victim} is corrupt: " in res.output
-    assert "the backup is damaged from TXID 0000000000000002" in res.output
+    assert "covers TXIDs 0000000000000002..0000000000000009" in res.output
+    assert "the newest state that can be restored is TXID 0000000000000001" in res.output
     assert "--txid 1" in res.output
     _untouched(out, None)
     # An existing database survives a failed --force restore byte for byte.
@@ -111,9 +121,26 @@ def test_corrupt_object_refused(replica_17: FileReplicaClient, tmp_path: Path,
     res = run_cli("-o", str(out), "--force", str(replica_17.root))
     assert res.exit_code == 1
     _untouched(out, b"keep me")
-    # Earlier states do not need the damaged file.
-    res = run_cli("-o", str(tmp_path / "early.db"), "-txid", "6", str(replica_17.root))
+    # The flag the message offers works.
+    res = run_cli("-o", str(tmp_path / "early.db"), "-txid", "1", str(replica_17.root))
     assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty"])
+def test_corrupt_object_covered_by_others_is_restored_around(
+        replica_17: FileReplicaClient, tmp_path: Path, damage: str) -> None:
+    """L1 2-9 damaged while the level-0 files it merged are still there: the latest state
+    is restored from them, every object verified, and the result names what it avoided."""
+    victim = _path(replica_17, 1, 2, 9)
+    _damage(victim, damage)
+    out = tmp_path / "out.db"
+    res = run_cli("--json", "-o", str(out), str(replica_17.root))
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert list(doc["avoided"]) == [str(victim)], doc
+    assert doc["txid"] == "000000000000000c"
+    assert dump_sha256(out) == EXP["dump_sha256"]
+    assert not Path(f"{out}.tmp").exists()
 
 
 def test_txid_too_high(replica_17: FileReplicaClient, tmp_path: Path) -> None:
@@ -237,13 +264,22 @@ def test_s3_gap_and_corruption(bucket_17: S3Bucket, tmp_path: Path) -> None:
     body = bytearray(s3.get_object(Bucket=bucket_17.name, Key=key)["Body"].read())
     body[5000] ^= 0xFF
     s3.put_object(Bucket=bucket_17.name, Key=key, Body=bytes(body))
+    # The level-0 files 2..9 still cover the damaged L1 file: restored around it.
+    client = client_for_url(bucket_17.url("app.db"), env=CLI_ENV)
+    result = restore_database(client, out, txid=9)
+    assert list(result.avoided) == [key]
+    assert dump_sha256(out) == EXP["txid_checks"][4]["dump_sha256"]
+    out.unlink()
+    # Without level-0 TXID 7 nothing covers it: refused, and the newest state offered.
+    s3.delete_object(Bucket=bucket_17.name, Key="app.db/0000/0000000000000007-0000000000000007.ltx")
     res = run_cli("-o", str(out), "--txid", "a", bucket_17.url("app.db"))
     assert res.exit_code == 1
     assert f"object {key} is corrupt" in res.output
+    assert "the newest state that can be restored is TXID 0000000000000006" in res.output
+    assert "--txid 6" in res.output
     _untouched(out, None)
-    client = client_for_url(bucket_17.url("app.db"), env=CLI_ENV)
-    restore_database(client, out, txid=8)
-    assert dump_sha256(out) == EXP["txid_checks"][3]["dump_sha256"]
+    restore_database(client, out, txid=6)
+    assert dump_sha256(out) == EXP["txid_checks"][1]["dump_sha256"]
 
 
 def test_missing_parent_directories(replica_17: FileReplicaClient, tmp_path: Path) -> None:
