@@ -18,6 +18,7 @@ import io
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -59,9 +60,14 @@ class Schedule:
 
 
 class ReplicaMaintainer:
-    def __init__(self, name: str, client: ReplicaClient, schedule: Schedule) -> None:
+    def __init__(self, name: str, client: ReplicaClient, schedule: Schedule, *,
+                 hold: Callable[[], str | None] | None = None) -> None:
         self.name = name
         self.client = client
+        # Says why not to touch the replica now (e.g. another writer's objects are in it:
+        # compacting or deleting them would mix the two histories), or None.
+        self.hold = hold
+        self._held: str | None = None
         self.intervals = {1: schedule.l1_interval, 2: schedule.l2_interval,
                           3: schedule.l3_interval}
         self.snapshot_interval = schedule.snapshot_interval
@@ -79,6 +85,17 @@ class ReplicaMaintainer:
             wake = min(*due.values(), snapshot_due)
             await trio.sleep(max(0.0, wake - time.time()))
             now = time.time()
+            held = self.hold() if self.hold is not None else None
+            if held is not None:
+                if held != self._held:
+                    log.warning("%s: no compaction, snapshot or retention at %s while %s",
+                                self.name, self.client.description, held)
+                self._held = held
+                for level in due:
+                    due[level] = max(due[level], now + 1.0)
+                snapshot_due = max(snapshot_due, now + 1.0)
+                continue
+            self._held = None
             try:
                 for level in sorted(due):
                     if due[level] <= now:

@@ -15,6 +15,16 @@ One `Uploader` per database runs as a trio task:
 - Local LTX files are deleted only after they are in the replica and older than
   `data.retention`. If unuploaded files exceed `data.spool-limit` bytes, they are merged into
   one local file (pages written many times are kept once), and a warning says so.
+- One writer per replica path. Before its first upload the uploader checks that the replica's
+  newest TXID carries the database checksum this database had at that TXID (object metadata
+  against the local log): another history there (another cluster, a recreated database) is
+  refused. While it runs, at most every `writer_check_interval` seconds (10 s; the environment
+  variable LITEFS_WRITER_CHECK_INTERVAL overrides it) and before an upload, it lists level 0
+  from the position of the check before last: every object there must be one it wrote, with
+  the ETag (or size) it wrote. An object of another writer (another litefs-py, a Litestream
+  replicating the same path) stops the uploads — never interleaved with another history —
+  until the other writer's objects are gone; the error names them and their `litefs-writer`.
+  Every object it writes carries `litefs-writer: <host>/<random>`.
 
 Blocking work (reading and merging local files, boto3 calls) runs in worker threads; the
 bookkeeping that touches the store runs in the trio thread.
@@ -22,10 +32,13 @@ bookkeeping that touches the store runs in the trio thread.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import logging
 import os
+import secrets
+import socket
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -36,13 +49,30 @@ import trio
 
 from ..ltx import TRAILER_SIZE, LTXError, Trailer, compact
 from ..storage import aio
-from ..storage.base import META_CHECKSUM, META_TIMESTAMP, ReplicaClient, format_timestamp
+from ..storage.base import (
+    META_CHECKSUM,
+    META_TIMESTAMP,
+    META_WRITER,
+    LtxFileInfo,
+    ReplicaClient,
+    format_timestamp,
+)
 from ..storage.errors import StorageError
 from ..storage.retry import RetryPolicy, RetryState
 from ..store.db import DB
+from .local_checksum import local_checksum_at
 
 log = logging.getLogger("litefs.replication")
 
+WRITER_CHECK_INTERVAL = 10.0  # seconds between checks for another writer while uploading
+WRITER_CHECK_ENV = "LITEFS_WRITER_CHECK_INTERVAL"
+
+
+def _writer_check_interval() -> float:
+    try:
+        return float(os.environ.get(WRITER_CHECK_ENV) or WRITER_CHECK_INTERVAL)
+    except ValueError:
+        return WRITER_CHECK_INTERVAL
 
 
 @dataclass
@@ -73,13 +103,43 @@ class UploaderStatus:
 class RemoteAheadError(StorageError):
     """The replica holds TXIDs this database never had: not ours to overwrite."""
 
+    kind = "foreign_writer"
+
+
+class ForeignWriterError(StorageError):
+    """Another writer's objects are in the replica path, or its newest TXID holds another
+    history: uploading would interleave two histories. Needs someone to stop one writer."""
+
+    kind = "foreign_writer"
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """An L0 object this uploader wrote: how to recognise it in a listing."""
+
+    etag: str | None
+    size: int
+
+    def matches(self, info: LtxFileInfo) -> bool:
+        if self.etag and info.etag:
+            return self.etag == info.etag
+        return self.size == info.size
+
+
+def _writer_of(info: LtxFileInfo) -> str:
+    writer = info.metadata.get(META_WRITER)
+    if writer:
+        return f"written by {writer}"
+    return "written without litefs-writer metadata: Litestream, or another tool"
+
 
 class Uploader:
     def __init__(self, db: DB, client: ReplicaClient, *, sync_interval: float = 1.0,
                  batch_window: float = 0.05, retention: float = 600.0,
                  spool_limit: int = 1 << 30,
                  on_upload: Callable[[int, int], None] | None = None,
-                 retry: RetryPolicy | None = None) -> None:
+                 retry: RetryPolicy | None = None,
+                 writer_check_interval: float | None = None) -> None:
         self.db = db
         self.client = client
         self.sync_interval = sync_interval
@@ -94,6 +154,14 @@ class Uploader:
         # (min, max) of an L0 upload whose request failed: it may still have reached the
         # replica (a connection cut after the server stored it), see _learn_unacked_upload.
         self._unacked: tuple[int, int] | None = None
+        # Who we are in the objects' metadata, and what we wrote (see _check_writers).
+        self.writer_id = f"{socket.gethostname()}/{secrets.token_hex(4)}"
+        self.writer_check_interval = (_writer_check_interval() if writer_check_interval is None
+                                      else writer_check_interval)
+        self._written: dict[tuple[int, int], _Written] = {}
+        self._check_floors: collections.deque[int] = collections.deque(maxlen=2)
+        self._last_writer_check = 0.0
+        self.foreign_writer: str | None = None  # set while another writer blocks uploads
         db.commit_listeners.append(self._on_commit)
 
     def wake(self) -> None:
@@ -162,13 +230,85 @@ class Uploader:
             # The replica lacks transactions we no longer have one by one (wiped bucket, or
             # local files already deleted): start it again from a snapshot.
             await self._upload_snapshot()
+            self._start_writer_checks(self.status.remote_txid)
             return
+        await self._check_same_history(infos, remote)
         self.status.remote_txid = remote
+        self._start_writer_checks(remote)
         # Files a previous run uploaded: retention counts from now.
         now = time.monotonic()
         for _lo, hi, p in self.db.ltx.paths():
             if hi <= remote:
                 self._uploaded_at.setdefault(p, now)
+
+    async def _check_same_history(self, infos: list[LtxFileInfo], remote: int) -> None:
+        """The replica's newest TXID must hold the database this one had at that TXID: its
+        object's `litefs-post-apply-checksum` against the local log. Another history there
+        (another cluster writing the same path, a recreated database) is refused. Objects
+        without the checksum (Litestream's) or a TXID the local log no longer has cannot be
+        compared: accepted, as before."""
+        ending = [i for i in infos if i.max_txid == remote]
+        if not ending:
+            return
+        ours = await local_checksum_at(self.db, remote)
+        if ours is None:
+            return
+        newest = min(ending, key=lambda i: i.level)  # level 0 first: the upload itself
+        newest = await aio.run(self.client.ltx_metadata, newest)
+        theirs = newest.post_apply_checksum
+        if theirs is None or theirs == ours.checksum:
+            return
+        self.foreign_writer = newest.key
+        raise ForeignWriterError(
+            f"the replica at {self.client.description} holds another history: at TXID "
+            f"{remote:016x} its object {newest.key} ({_writer_of(newest)}) records database "
+            f"checksum {theirs:016x}, but {self.db.name} had {ours.checksum:016x} there "
+            f"({ours.source}). Another litefs or Litestream writes to the same path, or this "
+            "database was created anew. Nothing will be uploaded: stop the other writer and "
+            "point one of them at another replica path, or restore this database from the "
+            "replica (`litefs restore --force`) to continue its history")
+
+    def _start_writer_checks(self, position: int) -> None:
+        self._check_floors.clear()
+        self._check_floors.append(position)
+        self._last_writer_check = time.monotonic()
+
+    async def _check_writers(self) -> None:
+        """List level 0 after the position of the check before last: every object there
+        must be one this uploader wrote, with the ETag (or size) it wrote. Raises
+        ForeignWriterError naming the others (one HEAD for who wrote the first)."""
+        floor = self._check_floors[0] if self._check_floors else self.status.remote_txid
+        listed = await aio.run(self.client.ltx_files_after, 0, floor)
+        foreign = [i for i in listed
+                   if not (w := self._written.get((i.min_txid, i.max_txid))) or not w.matches(i)]
+        if foreign:
+            first = foreign[0]
+            with contextlib.suppress(StorageError):
+                first = await aio.run(self.client.ltx_metadata, first)
+            names = ", ".join(i.key for i in foreign[:5]) + (
+                f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            self.foreign_writer = first.key
+            raise ForeignWriterError(
+                f"another writer is uploading to {self.client.description}: level-0 "
+                f"object(s) {names} after TXID {floor:016x} were not written by this mount "
+                f"({self.writer_id}); {first.key} was {_writer_of(first)}. Uploads of "
+                f"{self.db.name} stop here so the two histories never interleave; commits "
+                "continue and are kept locally. Stop the other writer (two primaries, or a "
+                "Litestream replicating the same path), then delete its objects or point one "
+                "of them at another replica path; uploads resume once only this mount's "
+                "objects are there")
+        if self.foreign_writer is not None:
+            log.info("%s: only this mount's objects are in %s again; uploads resume",
+                     self.db.name, self.client.description)
+            self.foreign_writer = None
+        self._last_writer_check = time.monotonic()
+        self._check_floors.append(self.status.remote_txid)
+        oldest = self._check_floors[0]
+        self._written = {k: w for k, w in self._written.items() if k[0] > oldest}
+
+    def _wrote(self, info: LtxFileInfo) -> None:
+        if info.level == 0:
+            self._written[(info.min_txid, info.max_txid)] = _Written(info.etag, info.size)
 
     async def _upload_snapshot(self) -> None:
         db = self.db
@@ -176,9 +316,10 @@ class Uploader:
                     "uploading a snapshot at TXID %016x", db.name, self.client.description,
                     db.txid)
         data, txid, post, ts = db.snapshot_bytes()
-        meta = {META_TIMESTAMP: format_timestamp(ts), META_CHECKSUM: f"{post:016x}"}
+        meta = {META_TIMESTAMP: format_timestamp(ts), META_CHECKSUM: f"{post:016x}",
+                META_WRITER: self.writer_id}
         await aio.run(self.client.write_ltx, 9, 1, txid, data, meta)
-        await aio.run(self.client.write_ltx, 0, 1, txid, data, meta)
+        self._wrote(await aio.run(self.client.write_ltx, 0, 1, txid, data, meta))
         self.status.put_requests += 2
         self.status.remote_txid = txid
 
@@ -192,10 +333,13 @@ class Uploader:
         """
         assert self._unacked is not None
         lo, _hi = self._unacked
-        landed = [i.max_txid for i in await aio.run(self.client.ltx_files_after, 0, lo - 1)
+        landed = [i for i in await aio.run(self.client.ltx_files_after, 0, lo - 1)
                   if i.min_txid == lo]
         self._unacked = None
-        top = max(landed, default=0)
+        top = max((i.max_txid for i in landed), default=0)
+        for info in landed:
+            if info.max_txid == top:
+                self._wrote(info)
         if self.status.remote_txid < top <= self.db.txid:
             log.info("%s: TXIDs %016x-%016x reached %s although the request failed; "
                      "continuing after them", self.db.name, lo, top, self.client.description)
@@ -227,14 +371,17 @@ class Uploader:
         if pending[0][0] != remote + 1:
             raise StorageError(f"{db.name}: local LTX log starts at TXID {pending[0][0]:016x} "
                                f"but the replica ends at {remote:016x}")
+        if (self.foreign_writer is not None or time.monotonic() - self._last_writer_check
+                >= self.writer_check_interval):
+            await self._check_writers()
         data, lo, hi, post, ts = await trio.to_thread.run_sync(_merge_files,
                                                                [p for _, _, p in pending])
-        meta = {META_TIMESTAMP: format_timestamp(ts)}
+        meta = {META_TIMESTAMP: format_timestamp(ts), META_WRITER: self.writer_id}
         if post:
             meta[META_CHECKSUM] = f"{post:016x}"
         self._unacked = (lo, hi)
         self.status.put_requests += 1
-        await aio.run(self.client.write_ltx, 0, lo, hi, data, meta)
+        self._wrote(await aio.run(self.client.write_ltx, 0, lo, hi, data, meta))
         self._unacked = None
         self.status.uploads += 1
         self._acknowledged(hi)
