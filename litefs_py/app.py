@@ -24,6 +24,7 @@ from .config import Config
 from .errors import ExitCode, QuietError
 from .fuse.ops import PrimaryOperations
 from .fuse.replica_ops import ReplicaKernelCache, ReplicaOperations
+from .replication.drill import RestoreDrill
 from .replication.maintenance import ReplicaMaintainer, Schedule
 from .replication.replica_node import ReplicaNode
 from .replication.stream_server import StreamServer
@@ -69,12 +70,16 @@ class MountOptions:
 
 
 class Replicator:
-    """Starts one uploader per database that has a replica target."""
+    """Starts one uploader per database that has a replica target (and its maintainer, and
+    its restore drill when `validation-interval` is set)."""
 
-    def __init__(self, config: Config, nursery: trio.Nursery) -> None:
+    def __init__(self, config: Config, nursery: trio.Nursery,
+                 data_dir: Path | None = None) -> None:
         self.config = config
         self.nursery = nursery
+        self.data_dir = data_dir if data_dir is not None else Path(config.data.dir)
         self.uploaders: dict[str, Uploader] = {}
+        self.drills: dict[str, RestoreDrill] = {}
         self.local_only: set[str] = set()
 
     def attach(self, db: DB) -> None:
@@ -98,9 +103,19 @@ class Replicator:
         self.nursery.start_soon(up.run, name=f"uploader {db.name}")
         schedule = Schedule(replica.l1_interval, replica.l2_interval, replica.l3_interval,
                             replica.snapshot_interval, replica.retention)
-        maintainer = ReplicaMaintainer(db.name, client, schedule)
+        maintainer = ReplicaMaintainer(
+            db.name, client, schedule,
+            hold=lambda: None if up.foreign_writer is None else
+            f"another writer's objects ({up.foreign_writer}) are in it")
         self.nursery.start_soon(maintainer.run, name=f"replica maintenance {db.name}")
-        log.info("%s: replicating to %s", db.name, client.description)
+        if replica.validation_interval > 0:
+            drill = RestoreDrill(db, client, self.data_dir / "drill",
+                                 replica.validation_interval)
+            self.drills[db.name] = drill
+            self.nursery.start_soon(drill.run, name=f"restore drill {db.name}")
+        log.info("%s: replicating to %s%s", db.name, client.description,
+                 f" (restore drill every {replica.validation_interval:g} s)"
+                 if replica.validation_interval > 0 else "")
 
 
     async def drain(self) -> None:
@@ -348,7 +363,7 @@ def status_document(store: Store, replicator: Replicator | None,
         up = replicator.uploaders.get(name) if replicator is not None else None
         if up is not None:
             st = up.status
-            entry["replica"] = {
+            replica_doc: dict[str, object] = {
                 "url": up.client.description,
                 "txid": f"{st.remote_txid:016x}",
                 "lag_seconds": round(st.lag_seconds, 3),
@@ -356,8 +371,14 @@ def status_document(store: Store, replicator: Replicator | None,
                 "spool_files": st.spool_files,
                 "uploads": st.uploads,
                 "put_requests": st.put_requests,
+                "writer": up.writer_id,
+                "foreign_writer": up.foreign_writer,
                 **st.retry.to_json(),  # last_error, whether it needs a fix, errors by kind
             }
+            drill = replicator.drills.get(name) if replicator is not None else None
+            if drill is not None:
+                replica_doc["validation"] = drill.status.to_json()
+            entry["replica"] = replica_doc
         dbs[name] = entry
     doc: dict[str, object] = {"pid": os.getpid(), "updated": time.time(), "databases": dbs}
     if node is not None:
@@ -439,7 +460,7 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
     config = opts.config
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, sup)
-        replicator = Replicator(config, nursery)
+        replicator = Replicator(config, nursery, ops.store.data_dir)
         node: ReplicaNode | None = None
         stream_server: StreamServer | None = None
         if isinstance(ops, ReplicaOperations):

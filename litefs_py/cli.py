@@ -543,7 +543,8 @@ Exit codes:
       or truncated object, a checksum mismatch, mixed page sizes, a failed
       --integrity-check; or OUT exists (use --force or --if-db-not-exists)
   2   usage error (bad flag, TXID or timestamp; URL without -o)
-  3   configuration error (config file, replica URL, credentials)
+  3   configuration error (config file, replica URL, credentials, a missing or wrong
+      age identity for an encrypted replica)
   4   not found: no backups at the replica path, --txid after the latest TXID,
       --timestamp before the first backup, database name not in the configuration
   5   I/O or network error (endpoint unreachable, access denied, disk full)
@@ -605,10 +606,16 @@ def _parse_hex(value: str | None, what: str) -> int | None:
               help="Run PRAGMA integrity_check before installing the database.")
 @click.option("--force", is_flag=True,
               help="Replace an existing database (and its -wal/-shm/-journal files).")
+@click.option("--age-identity", "age_identities", multiple=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="An age identity file (AGE-SECRET-KEY-1... lines, as age-keygen writes) "
+                   "to decrypt an encrypted replica; repeatable. Replaces "
+                   "replica.age.identities.")
 def restore(source: str, output: Path | None, config_path: Path | None, data_dir: Path | None,
             if_replica_exists: bool, if_db_not_exists: bool, timestamp: str | None,
             txid: str | None, generation: str | None, wal_index: str | None, dry_run: bool,
-            as_json: bool, integrity_check: bool, force: bool) -> None:
+            as_json: bool, integrity_check: bool, force: bool,
+            age_identities: tuple[Path, ...]) -> None:
     """Rebuild a database from its replica (Litestream 0.5 layout, or 0.3 generations).
 
     SOURCE is a database name from the configuration (e.g. store.db) or a replica URL
@@ -635,8 +642,9 @@ def restore(source: str, output: Path | None, config_path: Path | None, data_dir
         index = _parse_hex(wal_index, "--index")
         check_point(txid=upto, timestamp=when, generation=generation, wal_index=index)
         replica = _restore_source(source, output, config_path, data_dir, dry_run)
+        client = _with_identities(replica.client, age_identities)
         request = RestoreRequest(
-            replica.client, output=output, data_dir=replica.data_dir,
+            client, output=output, data_dir=replica.data_dir,
             name=source if replica.data_dir is not None else "", txid=upto,
             timestamp=when, generation=generation, wal_index=index,
             if_replica_exists=if_replica_exists, if_db_not_exists=if_db_not_exists,
@@ -699,6 +707,25 @@ def _restore_source(source: str, output: Path | None, config_path: Path | None,
             ExitCode.NOT_FOUND)
     store_dir = (data_dir or Path(cfg.data.dir)) if output is None else None
     return _RestoreSource(client_for(replica), store_dir)
+
+
+def _with_identities(client: ReplicaClient, files: tuple[Path, ...]) -> ReplicaClient:
+    """`client` decrypting with the age identities in `files` (replacing any from the
+    configuration; its recipients stay)."""
+    if not files:
+        return client
+    from .storage.age import AgeKeys, AgeReplicaClient, AgeSettingsError
+
+    recipients: tuple[str, ...] = ()
+    if isinstance(client, AgeReplicaClient):
+        recipients = client.keys.recipients
+        client = client.inner
+    keys = AgeKeys(recipients=recipients,
+                   identities=tuple(str(f.expanduser().absolute()) for f in files))
+    try:
+        return AgeReplicaClient(client, keys)
+    except AgeSettingsError as exc:
+        raise QuietError(f"--age-identity: {exc.detail}", ExitCode.CONFIG) from None
 
 
 @contextlib.contextmanager
@@ -776,9 +803,28 @@ def status(data_dir: Path | None, config_path: Path | None, as_json: bool) -> No
                 if rep.get("last_error"):
                     line += f", last error: {rep['last_error']}{_retry_note(rep)}"
             click.echo(line)
+            drill = (rep or {}).get("validation")
+            if drill:
+                click.echo(f"{name}: {_drill_line(drill)}")
     if age > 10:
         click.echo(f"litefs: status is {age:.0f}s old; the mount is not running", err=True)
         sys.exit(int(ExitCode.FAILED))
+
+
+def _drill_line(drill: dict[str, Any]) -> str:
+    """`restore drill every 3600s: verified TXID ... at ..., 0 failures` (status text)."""
+    text = f"restore drill every {drill['validation_interval']:g}s: "
+    if drill.get("last_verified_txid"):
+        text += (f"verified TXID {drill['last_verified_txid']} at {drill['last_verified_at']} "
+                 f"(against {' and '.join(drill['verified_against'])})")
+    else:
+        text += "nothing verified yet"
+    text += f", {drill['failures']} failure(s) in {drill['runs']} run(s)"
+    if drill.get("mismatches"):
+        text += f", {drill['mismatches']} checksum mismatch(es)"
+    if drill.get("last_failure"):
+        text += f"; last failure at {drill['last_failure_at']}: {drill['last_failure']}"
+    return text
 
 
 def _retry_note(doc: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 import yaml
 
 from .errors import ExitCode, QuietError
+from .storage.age import AgeKeys, AgeSettingsError, parse_age_settings
 from .storage.endpoint import normalize_endpoint
 
 __all__ = [
@@ -139,6 +140,10 @@ class ReplicaConfig:
     l1_interval: float = 30.0
     l2_interval: float = 300.0
     l3_interval: float = 3600.0
+    # Restore drill every this many seconds (0: off) and age encryption: see
+    # replication/drill.py and storage/age.py (keys validation-interval and age).
+    validation_interval: float = 0.0
+    age: AgeKeys | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -439,6 +444,8 @@ _REPLICA_KEYS = (
     "l1-interval",
     "l2-interval",
     "l3-interval",
+    "validation-interval",
+    "age",
 )
 _S3_ONLY_KEYS = (
     "bucket",
@@ -875,6 +882,12 @@ class _Loader:
                                               f"{_join(prefix, missing)} is not; set both or "
                                               "neither")
 
+    def age_keys(self, value: object, key: str) -> AgeKeys | None:
+        try:
+            return parse_age_settings(value)
+        except AgeSettingsError as exc:
+            self.fail(_join(key, exc.key) if exc.key else key, exc.detail)
+
     def replica(self, value: object, key: str, top_key_id: str | None = None,
                 top_secret: str | None = None) -> ReplicaConfig:
         m = dict(self.mapping(
@@ -908,6 +921,8 @@ class _Loader:
             "l1_interval": self.duration(m, "l1-interval", key, 30.0, positive=True),
             "l2_interval": self.duration(m, "l2-interval", key, 300.0, positive=True),
             "l3_interval": self.duration(m, "l3-interval", key, 3600.0, positive=True),
+            "validation_interval": self.duration(m, "validation-interval", key, 0.0),
+            "age": self.age_keys(m.get("age"), _join(key, "age")),
         }
         if rtype == "file":
             for k in _S3_ONLY_KEYS:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .config import ReplicaConfig, parse_replica_url, resolve_credentials
 from .errors import ExitCode
+from .storage.age import AgeReplicaClient
 from .storage.base import ReplicaClient
 from .storage.errors import StorageError
 from .storage.file import FileReplicaClient
@@ -27,9 +28,17 @@ def _credentials_source(replica: ReplicaConfig, env: Mapping[str, str]) -> str:
 
 
 def client_for(replica: ReplicaConfig, env: Mapping[str, str] = os.environ) -> ReplicaClient:
-    """The client of one database's replica (`replica` already has the database's path).
-    Credentials: `resolve_credentials` (config, LITEFS_*, LITESTREAM_*, then AWS's chain).
-    Nothing is contacted here: call `check()` to probe."""
+    """The client of one database's replica (`replica` already has the database's path),
+    encrypting and decrypting with age when `replica.age` is set. Credentials:
+    `resolve_credentials` (config, LITEFS_*, LITESTREAM_*, then AWS's chain). Nothing is
+    contacted here: call `check()` to probe."""
+    client = _plain_client_for(replica, env)
+    if replica.age is not None:
+        return AgeReplicaClient(client, replica.age)
+    return client
+
+
+def _plain_client_for(replica: ReplicaConfig, env: Mapping[str, str]) -> ReplicaClient:
     if replica.type == "file":
         return FileReplicaClient(Path(replica.path))
     if replica.bucket is None:
