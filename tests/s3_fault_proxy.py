@@ -144,10 +144,14 @@ class S3FaultProxy:
     def close(self) -> None:
         self._closed = True
         with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
+        with contextlib.suppress(OSError):
             self._listener.close()
         with self._lock:
             conns = list(self._conns)
         for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)  # wakes the thread reading from it
             _reset(c)
         for t in self._threads:
             t.join(timeout=5)
@@ -246,14 +250,15 @@ class S3FaultProxy:
         finally:
             if upstream is not None:
                 upstream.close()
-            with self._lock:
-                self._conns.discard(client)
             if graceful:
                 with contextlib.suppress(OSError):
                     client.shutdown(socket.SHUT_WR)
-                    client.settimeout(5)
-                    while client.recv(65536):
-                        pass  # until the client closes its side
+                    client.settimeout(1)
+                    while not self._closed and client.recv(65536):
+                        pass  # until the client closes its side (close() resets it)
+            with self._lock:
+                self._conns.discard(client)
+            if graceful:
                 with contextlib.suppress(OSError):
                     client.close()
             else:

@@ -287,9 +287,10 @@ def make_plan(request: RestoreRequest) -> AnyPlan:
 
 
 def _plan_unless_empty(request: RestoreRequest) -> AnyPlan | None:
-    """`make_plan`, or None for an empty replica with --if-replica-exists."""
+    """`make_plan` (listings that break off are tried again), or None for an empty replica
+    with --if-replica-exists."""
     try:
-        return make_plan(request)
+        return retrying(lambda: make_plan(request), f"listing {request.client.description}")
     except NoBackupsError:
         if request.if_replica_exists:
             return None
