@@ -18,10 +18,13 @@ One `Uploader` per database runs as a trio task:
 - One writer per replica path. Before its first upload the uploader checks that the replica's
   newest TXID carries the database checksum this database had at that TXID (object metadata
   against the local log): another history there (another cluster, a recreated database) is
-  refused. While it runs, at most every `writer_check_interval` seconds (10 s; the environment
-  variable LITEFS_WRITER_CHECK_INTERVAL overrides it) and before an upload, it lists level 0
-  from the position of the check before last: every object there must be one it wrote, with
-  the ETag (or size) it wrote. An object of another writer (another litefs-py, a Litestream
+  refused. Before its first upload, and then at most every `writer_check_interval` seconds
+  (10 s; the environment variable LITEFS_WRITER_CHECK_INTERVAL overrides it) before an
+  upload, it lists level 0 from the position of the check before last: every object there
+  must be one it wrote, with the ETag (or size) it wrote. (Without conditional writes this
+  detects rather than prevents: two writers that upload within one interval of each other
+  can each put one object in before both stop. A lease — `lease.type` — is what keeps a
+  second primary from writing at all.) An object of another writer (another litefs-py, a Litestream
   replicating the same path) stops the uploads — never interleaved with another history —
   until the other writer's objects are gone; the error names them and their `litefs-writer`.
   Every object it writes carries `litefs-writer: <host>/<random>`.
@@ -36,6 +39,7 @@ import collections
 import contextlib
 import io
 import logging
+import math
 import os
 import secrets
 import socket
@@ -269,9 +273,11 @@ class Uploader:
             "replica (`litefs restore --force`) to continue its history")
 
     def _start_writer_checks(self, position: int) -> None:
+        """From `position` (the replica's, as just listed) on, every level-0 object must be
+        ours. The first upload checks first: another writer may have written since."""
         self._check_floors.clear()
         self._check_floors.append(position)
-        self._last_writer_check = time.monotonic()
+        self._last_writer_check = -math.inf
 
     async def _check_writers(self) -> None:
         """List level 0 after the position of the check before last: every object there
