@@ -14,7 +14,8 @@ the LTX bytes — every page of the database — do not. Encrypted objects carry
 - Objects that are plain LTX (written before encryption was turned on) are read as they are,
   so a replica can move to encryption without a new snapshot; the next snapshot is encrypted.
 - The real `litestream restore` (0.5) cannot read an encrypted bucket: it fails on the first
-  object ("invalid LTX header"); it does not produce a database (tests/replication).
+  object ("unmarshal header: invalid LTX file", exit 1) and writes no database
+  (tests/replication/test_age.py).
 
 The library is pyrage (Python bindings of the Rust `age` crate, prebuilt wheels): encryption
 is the kind of code not to write by hand, and the `age` command-line tool would mean a process
