@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import gc
 import json
 import logging
@@ -109,8 +110,8 @@ class Replicator:
             f"another writer's objects ({up.foreign_writer}) are in it")
         self.nursery.start_soon(maintainer.run, name=f"replica maintenance {db.name}")
         if replica.validation_interval > 0:
-            drill = RestoreDrill(db, client, self.data_dir / "drill",
-                                 replica.validation_interval)
+            drill = RestoreDrill(db, client, functools.partial(client_for, replica),
+                                 self.data_dir / "drill", replica.validation_interval)
             self.drills[db.name] = drill
             self.nursery.start_soon(drill.run, name=f"restore drill {db.name}")
         log.info("%s: replicating to %s%s", db.name, client.description,

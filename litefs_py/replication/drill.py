@@ -19,26 +19,31 @@ hour, in the background, and checks the result:
    with the restore's own message (which names the object and the newest restorable TXID).
    A damaged object the restore could go around still counts as a failure.
 
-The cost is bounded: the drill runs in its own thread at the lowest CPU priority (nice 19)
-and reads from the bucket at most READ_RATE bytes per second, so CPU and I/O per second are
-bounded whatever the database size (a larger database takes longer). Runs never overlap: the
-next one starts `interval` seconds after the previous one ended. bench/drill.py measures the
-effect on commits (docs/reliability.md has the figures).
+The cost is bounded: the rebuild runs in a child process (`python -m
+litefs_py.replication.drill_process`, the client's settings passed on its stdin, the result as one
+JSON line on its stdout) at the lowest CPU priority (nice 19), reading from the bucket at most
+READ_RATE bytes per second, so CPU and I/O per second are bounded whatever the database size
+(a larger database takes longer). A process rather than a thread because of the GIL: in a
+thread of the mount the rebuild's Python work took the interpreter from the FUSE handlers, and
+bench/drill.py measured commits at 0.64-0.85 of the rate without the drill; nice cannot help a
+thread that holds the GIL. Runs never overlap: the next one starts `interval` seconds after the
+previous one ended; stopping the mount kills a running one. docs/reliability.md has the
+figures.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
+import json
 import logging
 import os
-import threading
+import pickle
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
 
@@ -58,8 +63,8 @@ log = logging.getLogger("litefs.replication")
 
 READ_RATE = 16 << 20  # bytes per second the drill reads from the bucket, at most
 PIECE = 256 << 10  # bytes between two looks at the clock
-NICE = 19  # the drill thread's CPU priority (the lowest)
-T = TypeVar("T")
+NICE = 19  # the drill process's CPU priority (the lowest)
+ClientFactory = Callable[[], ReplicaClient]  # picklable: it is sent to the drill process
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -109,29 +114,21 @@ class DrillStatus:
         }
 
 
-class DrillStopped(Exception):
-    """The drill was cancelled (the mount is stopping) while its thread was reading."""
-
-
 class _PacedClient(DelegatingReplicaClient):
-    """`inner`, reading LTX objects at most `rate` bytes per second (a token bucket), and
-    stopping at the next piece once `stop` is set."""
+    """`inner`, reading LTX objects at most `rate` bytes per second (a token bucket)."""
 
-    def __init__(self, inner: ReplicaClient, rate: float, stop: threading.Event) -> None:
+    def __init__(self, inner: ReplicaClient, rate: float) -> None:
         super().__init__(inner)
         self.rate = rate
-        self.stop = stop
         self.bytes_read = 0
         self._next = time.monotonic()
 
     def _pace(self, n: int) -> None:
-        if self.stop.is_set():
-            raise DrillStopped
         self.bytes_read += n
         now = time.monotonic()
         self._next = max(self._next, now) + n / self.rate
-        if self._next > now and self.stop.wait(self._next - now):
-            raise DrillStopped
+        if self._next > now:
+            time.sleep(self._next - now)
 
     def open_ltx(self, info: LtxFileInfo) -> Iterator[bytes]:
         for chunk in self.inner.open_ltx(info):
@@ -156,39 +153,27 @@ class _Rebuilt:
     bytes_read: int
 
 
-def _in_low_priority_thread(fn: Callable[[], T]) -> T:
-    """`fn()` in a thread of its own at nice NICE (Linux: per thread), so its CPU priority
-    never leaks into trio's cached worker threads; waits for it."""
-    box: dict[str, Any] = {}
+@dataclass(frozen=True)
+class _Job:
+    """What the drill process gets on its stdin (pickled: the factory holds the replica's
+    settings, secrets included, which must not travel on a command line)."""
 
-    def target() -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
-        try:
-            box["value"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="restore drill", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    value: T = box["value"]
-    return value
+    client_factory: ClientFactory
+    path: Path
+    read_rate: float
 
 
 class RestoreDrill:
-    def __init__(self, db: DB, client: ReplicaClient, work_dir: Path, interval: float, *,
-                 read_rate: float = READ_RATE) -> None:
+    def __init__(self, db: DB, client: ReplicaClient, client_factory: ClientFactory,
+                 work_dir: Path, interval: float, *, read_rate: float = READ_RATE) -> None:
         if interval <= 0:
             raise ValueError(f"validation interval must be positive, not {interval}")
         self.db = db
-        self.client = client
+        self.client = client  # for messages; the drill process makes its own
+        self.client_factory = client_factory
         self.work_dir = work_dir
         self.read_rate = read_rate
         self.status = DrillStatus(interval=interval)
-        self._limiter = trio.CapacityLimiter(1)
 
     @property
     def path(self) -> Path:
@@ -201,33 +186,30 @@ class RestoreDrill:
             await self.run_once()
 
     async def run_once(self) -> None:
-        """One drill: rebuild, compare, record (never raises but Cancelled)."""
-        name, where = self.db.name, self.client.description
-        stop = threading.Event()
+        """One drill: rebuild in the drill process, compare, record (never raises but
+        Cancelled)."""
+        where = self.client.description
         started = time.monotonic()
-        self.status.running = True
-        self.status.last_run_at = datetime.now(UTC)
+        st = self.status
+        st.running = True
+        st.last_run_at = datetime.now(UTC)
         try:
-            rebuilt = await trio.to_thread.run_sync(
-                functools.partial(_in_low_priority_thread,
-                                  functools.partial(self._rebuild, stop)),
-                abandon_on_cancel=True, limiter=self._limiter)
-        except trio.Cancelled:
-            stop.set()  # the thread stops at its next piece and removes its file
-            raise
-        except (NoBackupsError, DatabaseDeletedError):
-            return  # nothing uploaded yet, or the database was deleted: nothing to check
-        except (StorageError, QuietError, LTXError, OSError) as exc:
-            message = exc.message if isinstance(exc, QuietError) else str(exc)
-            kind = ("damaged" if isinstance(exc, CorruptObjectError | LTXError) else
-                    error_kind(exc) if isinstance(exc, StorageError | OSError) else "restore")
-            self._failed(kind, f"restoring from {where} failed: {message}")
-            return
+            result = await self._rebuild()
         finally:
-            self.status.running = False
-            self.status.runs += 1
-            self.status.last_run_seconds = time.monotonic() - started
-        self.status.last_bytes_read = rebuilt.bytes_read
+            st.running = False
+            st.runs += 1
+            st.last_run_seconds = time.monotonic() - started
+        status = result.get("status")
+        if status == "skip":
+            return  # nothing uploaded yet, or the database was deleted: nothing to check
+        if status != "ok":
+            self._failed(str(result.get("kind") or "restore"),
+                         f"restoring from {where} failed: {result.get('message')}")
+            return
+        rebuilt = _Rebuilt(txid=int(result["txid"]), checksum=int(result["checksum"]),
+                           keys=tuple(result["keys"]), verified=int(result["verified"]),
+                           avoided=dict(result["avoided"]), bytes_read=int(result["bytes_read"]))
+        st.last_bytes_read = rebuilt.bytes_read
         if rebuilt.avoided:
             self._failed("damaged", "the restore from {} had to go around damaged object(s): "
                          "{}".format(where, "; ".join(f"{k}: {p}"
@@ -237,7 +219,7 @@ class RestoreDrill:
         local = await local_checksum_at(self.db, rebuilt.txid)
         if local is not None:
             if local.checksum != rebuilt.checksum:
-                self.status.mismatches += 1
+                st.mismatches += 1
                 self._failed(
                     "mismatch",
                     f"the database rebuilt from {where} at TXID {rebuilt.txid:016x} has "
@@ -252,14 +234,39 @@ class RestoreDrill:
                          "nothing to be checked against: its objects record no checksum and "
                          "the local log no longer holds that TXID")
             return
-        st = self.status
         st.last_verified_txid = rebuilt.txid
         st.last_verified_at = datetime.now(UTC)
         st.last_verified_checksum = rebuilt.checksum
         st.verified_against = tuple(against)
         log.info("%s: restore drill verified TXID %016x from %s (checksum %016x, against %s; "
-                 "%d bytes in %.1f s)", name, rebuilt.txid, where, rebuilt.checksum,
+                 "%d bytes in %.1f s)", self.db.name, rebuilt.txid, where, rebuilt.checksum,
                  " and ".join(against), rebuilt.bytes_read, st.last_run_seconds or 0.0)
+
+    async def _rebuild(self) -> dict[str, Any]:
+        """Run the drill process; its JSON result. Cancelled (the mount stops): the process
+        is killed and its file removed."""
+        job = pickle.dumps(_Job(self.client_factory, self.path, self.read_rate))
+        try:
+            proc = await trio.run_process(
+                [sys.executable, "-m", "litefs_py.replication.drill_process"], stdin=job,
+                capture_stdout=True, check=False, deliver_cancel=_kill)
+        except OSError as exc:
+            return {"status": "failed", "kind": "local_io",
+                    "message": f"cannot start the drill process: {exc}"}
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._remove_file)
+        lines = proc.stdout.decode(errors="replace").strip().splitlines()
+        try:
+            doc: dict[str, Any] = json.loads(lines[-1])
+        except (IndexError, ValueError):
+            return {"status": "failed", "kind": "drill_process",
+                    "message": f"the drill process exited with {proc.returncode} without a "
+                               "result (see the log above)"}
+        return doc
+
+    def _remove_file(self) -> None:
+        self.path.unlink(missing_ok=True)
 
     def _failed(self, kind: str, message: str) -> None:
         st = self.status
@@ -269,17 +276,49 @@ class RestoreDrill:
         st.last_failure_at = datetime.now(UTC)
         log.error("%s: restore drill failed: %s", self.db.name, message)
 
-    def _rebuild(self, stop: threading.Event) -> _Rebuilt:
-        """In the drill thread: the newest state into the temporary file, paced."""
-        client = _PacedClient(self.client, self.read_rate, stop)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        path = self.path
-        try:
-            with open(path, "w+b") as f:
-                state = build_verified(client, RestoreTarget(), f)
-        finally:
-            path.unlink(missing_ok=True)
-        assert state.rolling is not None
-        return _Rebuilt(txid=state.txid, checksum=state.rolling.checksum,
-                        keys=tuple(state.keys), verified=state.verified,
-                        avoided=dict(state.avoided), bytes_read=client.bytes_read)
+
+async def _kill(proc: trio.Process) -> None:
+    proc.kill()
+
+
+# ---- the drill process ---------------------------------------------------------------------
+
+
+def _rebuild(job: _Job) -> dict[str, Any]:
+    """The newest state into the job's file, paced; the result document."""
+    client = _PacedClient(job.client_factory(), job.read_rate)
+    job.path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(job.path, "w+b") as f:
+            state = build_verified(client, RestoreTarget(), f)
+    finally:
+        job.path.unlink(missing_ok=True)
+    assert state.rolling is not None
+    return {"status": "ok", "txid": state.txid, "checksum": state.rolling.checksum,
+            "keys": list(state.keys), "verified": state.verified, "avoided": state.avoided,
+            "bytes_read": client.bytes_read}
+
+
+def _outcome(job: _Job) -> dict[str, Any]:
+    try:
+        return _rebuild(job)
+    except (NoBackupsError, DatabaseDeletedError) as exc:
+        return {"status": "skip", "message": exc.message}
+    except (StorageError, QuietError, LTXError, OSError) as exc:
+        message = exc.message if isinstance(exc, QuietError) else str(exc)
+        kind = ("damaged" if isinstance(exc, CorruptObjectError | LTXError) else
+                error_kind(exc) if isinstance(exc, StorageError | OSError) else "restore")
+        return {"status": "failed", "kind": kind, "message": message}
+
+
+def child_main() -> int:
+    """`python -m litefs_py.replication.drill_process`: one rebuild; the job pickled on stdin (from
+    the mount, never from a user), the result as one JSON line on stdout; its warnings (a
+    transfer tried again) go to stderr, which is the mount's log."""
+    os.nice(NICE)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: restore drill: "
+                               "%(message)s")
+    job = pickle.loads(sys.stdin.buffer.read())  # our own parent's bytes
+    print(json.dumps(_outcome(job)), flush=True)
+    return 0
