@@ -144,6 +144,20 @@ def run_json_client(fn: Callable[[dict[str, Any]], dict[str, Any]], arg: str) ->
     return 0
 
 
+def run_client_process(script: Path, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run `script _client SPEC` (its `run_json_client`) and return its JSON answer; a
+    failed client or an `error` in its answer is a RuntimeError naming what it said."""
+    out = subprocess.run([sys.executable, str(script), "_client", json.dumps(spec)],
+                         capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"client failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    if "error" in result:
+        raise RuntimeError(f"client on {spec.get('path')}: {result['error']}")
+    return result
+
+
 def insert_paced(con: sqlite3.Connection, values: list[str], rate: float | None,
                  read_txid: Callable[[], int] | None) -> list[tuple[int, float, int]]:
     """One INSERT transaction per value into `t(v)`, at `rate` per second if given; returns

@@ -31,7 +31,6 @@ import os
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +46,7 @@ from common import (
     machine_line,
     percentile,
     proc_cpu_seconds,
+    run_client_process,
     run_in_workdir,
     run_json_client,
     start_fuse_server,
@@ -89,16 +89,7 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_client(path: Path, seconds: float) -> dict[str, Any]:
-    spec = json.dumps({"path": str(path), "seconds": seconds})
-    out = subprocess.run([sys.executable, str(HERE), "_client", spec], capture_output=True,
-                         text=True, timeout=seconds + 120, cwd=REPO)
-    lines = out.stdout.strip().splitlines()
-    if out.returncode != 0 or not lines:
-        raise RuntimeError(f"client failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(lines[-1])
-    if "error" in result:
-        raise RuntimeError(f"client: {result['error']}")
-    return result
+    return run_client_process(HERE, {"path": str(path), "seconds": seconds}, seconds + 120)
 
 
 # ---- one round ------------------------------------------------------------------------------

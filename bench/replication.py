@@ -99,6 +99,7 @@ from common import (  # bench/common.py (the script's directory)
     machine_line,
     percentile,
     py_spy_setup,
+    run_client_process,
     run_in_workdir,
     run_json_client,
     start_fuse_server,
@@ -170,20 +171,8 @@ def run_workload(spec: dict[str, Any]) -> dict[str, Any]:
     return {"rows": rows, "seconds": seconds}
 
 
-def make_client_cmd(spec: dict[str, Any]) -> list[str]:
-    return [sys.executable, str(HERE), "_client", json.dumps(spec)]
-
-
 def run_client(spec: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
-    out = subprocess.run(make_client_cmd(spec), capture_output=True, text=True,
-                         timeout=timeout, cwd=REPO)
-    lines = out.stdout.strip().splitlines()
-    if out.returncode != 0 or not lines:
-        raise RuntimeError(f"client failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(lines[-1])
-    if "error" in result:
-        raise RuntimeError(f"client on {spec['path']}: {result['error']}")
-    return result
+    return run_client_process(HERE, spec, timeout)
 
 
 # =============================================================================================

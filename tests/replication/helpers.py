@@ -145,6 +145,25 @@ def put_requests(moto_log: Path, bucket: str, key_prefix: str) -> int:
         return sum(1 for line in f if needle in line)
 
 
+# ---- a mount's status document ------------------------------------------------------------
+
+
+def replica_status(data_dir: Path, name: str = "app.db") -> dict[str, Any]:
+    """The `replica` entry of database `name` in DATA/status.json ({} until there is one)."""
+    try:
+        doc = json.loads((data_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    rep: dict[str, Any] = doc.get("databases", {}).get(name, {}).get("replica") or {}
+    return rep
+
+
+def drill_status(data_dir: Path, name: str = "app.db") -> dict[str, Any]:
+    """The restore drill's entry (`replica.validation`) of database `name`, or {}."""
+    drill: dict[str, Any] = replica_status(data_dir, name).get("validation") or {}
+    return drill
+
+
 # ---- URLs ------------------------------------------------------------------------------------
 
 

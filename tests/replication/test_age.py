@@ -13,7 +13,6 @@ made in the test with pyrage.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from tests.replica.harness import Cluster, wait_same_pos
 from tests.replication.conftest import Bucket, Rig
 from tests.replication.helpers import (
     SqlProc,
+    drill_status,
     file_hash,
     get_object,
     integrity,
@@ -56,13 +56,7 @@ def _age(recipient: str | None, identity: str | None) -> str:
 
 
 def _drill(m: LitefsMount) -> dict[str, Any]:
-    try:
-        doc = json.loads((m.data_dir / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    d: dict[str, Any] = ((doc.get("databases", {}).get("app.db", {}).get("replica") or {})
-                         .get("validation") or {})
-    return d
+    return drill_status(m.data_dir)
 
 
 def _no_output(out: Path) -> None:

@@ -24,6 +24,7 @@ from litefs_py.storage.base import META_CHECKSUM
 from tests.mount.harness import LitefsMount
 from tests.replication.conftest import Bucket, Rig
 from tests.replication.helpers import (
+    drill_status,
     get_object,
     list_ltx,
     litefs_cli,
@@ -37,13 +38,7 @@ PREFIX = "backups/app.db"
 
 
 def _drill(m: LitefsMount) -> dict[str, Any]:
-    try:
-        doc = json.loads((m.data_dir / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    rep = doc.get("databases", {}).get("app.db", {}).get("replica") or {}
-    drill: dict[str, Any] = rep.get("validation") or {}
-    return drill
+    return drill_status(m.data_dir)
 
 
 def _verified(m: LitefsMount, txid: int, after_runs: int = 0) -> bool:

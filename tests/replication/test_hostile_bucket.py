@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import sqlite3
 import threading
 import time
@@ -44,6 +43,7 @@ from tests.replication.helpers import (
     list_ltx,
     litefs_restore,
     max_txid,
+    replica_status,
     restored_txid,
     s3,
     wait_until,
@@ -71,17 +71,8 @@ def _bucket_txid(bucket: Bucket) -> int:
     return max_txid(_objs(bucket))
 
 
-def _status(m: LitefsMount) -> dict[str, Any]:
-    try:
-        doc: dict[str, Any] = json.loads((m.data_dir / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return doc
-
-
-def _replica_status(m: LitefsMount, name: str = "app.db") -> dict[str, Any]:
-    rep: dict[str, Any] = _status(m).get("databases", {}).get(name, {}).get("replica") or {}
-    return rep
+def _replica_status(m: LitefsMount) -> dict[str, Any]:
+    return replica_status(m.data_dir)
 
 
 def _restore_equals(rig: Rig, bucket: Bucket, txid: int, want: str, tag: str) -> None:
