@@ -114,6 +114,11 @@ class Replicator:
                                  self.data_dir / "drill", replica.validation_interval)
             self.drills[db.name] = drill
             self.nursery.start_soon(drill.run, name=f"restore drill {db.name}")
+        if replica.age is not None and not replica.age.identities:
+            log.warning("%s: replica.age has recipients but no identities: objects are "
+                        "encrypted, but compaction, snapshots%s cannot read them back; add "
+                        "the secret key to replica.age.identities", db.name,
+                        " and the restore drill" if replica.validation_interval > 0 else "")
         log.info("%s: replicating to %s%s", db.name, client.description,
                  f" (restore drill every {replica.validation_interval:g} s)"
                  if replica.validation_interval > 0 else "")
