@@ -79,6 +79,7 @@ from .restore_plan import (
     RestorePlan,
     RestorePlanError,
     RestoreTarget,
+    TxidNotFoundError,
     describe_file,
     metadata_loader,
     plan_restore,
@@ -598,17 +599,25 @@ def build_verified(client: ReplicaClient, target: RestoreTarget, f: BinaryIO, *,
     suspect: set[str] = set()  # failed once: read again before calling them damaged
     damaged: dict[str, str] = {}  # key -> problem
     first_damaged = 0  # the lowest min TXID of a damaged object
+    goal: int | None = None  # the TXID the first plan reached: going around must reach it too
     vanished = 0
     while True:
         if plan is None:
+            # Without the damaged objects the newest TXID may be lower, and "the latest"
+            # or a time would quietly mean less: once something is damaged, the plan must
+            # still reach the TXID the first plan reached.
+            aim = RestoreTarget(txid=goal) if damaged and goal is not None else target
             try:
-                plan = retrying(lambda: plan_restore(client, target, exclude=damaged),
-                                f"listing {where}")
-            except RestorePlanError as exc:
+                plan = retrying(lambda a=aim: plan_restore(  # type: ignore[misc]
+                    client, a, exclude=damaged), f"listing {where}")
+            except RestorePlanError:
                 if not damaged:
                     raise
-                restorable = exc.after if isinstance(exc, ChainGapError) and exc.after else None
-                raise DamagedBackupError(where, damaged, restorable, first_damaged) from None
+                raise DamagedBackupError(where, damaged,
+                                         _restorable_without(client, aim, damaged),
+                                         first_damaged) from None
+        if goal is None:
+            goal = plan.txid
         f.seek(0)
         f.truncate(0)
         try:
@@ -656,14 +665,19 @@ def build_verified(client: ReplicaClient, target: RestoreTarget, f: BinaryIO, *,
 
 def _restorable_without(client: ReplicaClient, target: RestoreTarget,
                         damaged: dict[str, str]) -> int | None:
-    """The newest TXID up to `target` that a plan without the `damaged` objects reaches."""
-    try:
-        return retrying(lambda: plan_restore(client, target, exclude=damaged),
-                        f"listing {client.description}").txid
-    except ChainGapError as exc:
-        return exc.after or None
-    except (RestorePlanError, StorageError):
-        return None
+    """The newest TXID up to `target` that a plan without the `damaged` objects reaches
+    (None: none at all)."""
+    for _ in range(3):
+        try:
+            return retrying(lambda t=target: plan_restore(  # type: ignore[misc]
+                client, t, exclude=damaged), f"listing {client.description}").txid
+        except TxidNotFoundError as exc:
+            target = RestoreTarget(txid=exc.latest)  # the damaged objects held the newest
+        except ChainGapError as exc:
+            return exc.after or None
+        except (RestorePlanError, StorageError):
+            return None
+    return None
 
 
 def _install_ltx(request: RestoreRequest, out: Path, plan: RestorePlan, result: RestoreResult,

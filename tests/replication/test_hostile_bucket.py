@@ -214,7 +214,9 @@ def _write_history(bucket: Bucket, n: int, snapshot_at: int, tmp: Path) -> None:
 def test_more_than_a_thousand_objects_are_all_seen(bucket: Bucket, rig: Rig,
                                                    proxy: S3FaultProxy) -> None:
     n = 1100
-    _write_history(bucket, n, snapshot_at=1000, tmp=rig.tmp)
+    # The snapshot near the end keeps the cold start short (11 objects to read); the
+    # listing of level 0 still holds all 1,100.
+    _write_history(bucket, n, snapshot_at=1090, tmp=rig.tmp)
     url = bucket.url(endpoint=proxy.endpoint)
     client = client_for_url(f"s3://{bucket.name}/{PREFIX}?endpoint={proxy.endpoint}")
     l0_lists = r"list-type=2.*prefix=backups%2Fapp.db%2F0000"
@@ -224,7 +226,7 @@ def test_more_than_a_thousand_objects_are_all_seen(bucket: Bucket, rig: Rig,
     assert [i.min_txid for i in after] == list(range(51, n + 1))
     plan = plan_restore(client)
     assert plan.txid == n and plan.latest_txid == n
-    assert [(i.level, i.min_txid) for i in plan.files[:2]] == [(9, 1), (0, 1001)]
+    assert [(i.level, i.min_txid) for i in plan.files[:2]] == [(9, 1), (0, 1091)]
 
     # A cold start restores all of it, and its uploader continues after TXID n.
     m = rig.mount(write_config(rig.tmp / "litefs.yml", url))

@@ -143,6 +143,22 @@ def test_corrupt_object_covered_by_others_is_restored_around(
     assert not Path(f"{out}.tmp").exists()
 
 
+def test_a_damaged_newest_object_is_never_dropped_silently(replica_17: FileReplicaClient,
+                                                          tmp_path: Path) -> None:
+    """Without the damaged objects the newest TXID would be b: a restore of "the latest"
+    must not quietly give b; it refuses and names b as what can be restored."""
+    _damage(_path(replica_17, 0, 0xC, 0xC), "truncate")
+    _damage(_path(replica_17, 1, 0xA, 0xC), "flip")
+    out = tmp_path / "out.db"
+    res = run_cli("-o", str(out), str(replica_17.root))
+    assert res.exit_code == 1, res.output
+    assert "the newest state that can be restored is TXID 000000000000000b" in res.output
+    assert "--txid b" in res.output
+    _untouched(out, None)
+    res = run_cli("-o", str(out), "--txid", "b", str(replica_17.root))
+    assert res.exit_code == 0, res.output
+
+
 def test_txid_too_high(replica_17: FileReplicaClient, tmp_path: Path) -> None:
     out = tmp_path / "out.db"
     with pytest.raises(TxidNotFoundError) as info:
