@@ -36,10 +36,12 @@ RUN /opt/litefs/bin/pip wheel --no-cache-dir --wheel-dir /wheels . \
  && test "$(/opt/litefs/bin/litefs version | grep -c ': compiled')" = 2
 
 FROM ${BASE}
+# Runtime libraries only: FUSE 3 (fusermount3, libfuse3) and the sqlite3 shell for operators.
+# CA certificates for HTTPS to the bucket come with the base image.
 RUN set -eux; \
     apt-get update; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        fuse3 libfuse3-3 sqlite3 ca-certificates; \
+        fuse3 libfuse3-3 sqlite3; \
     rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/litefs /opt/litefs
 COPY mount/entrypoint.sh /usr/local/bin/litefs-entrypoint
