@@ -150,4 +150,76 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stam
     .venv/bin/python -m pip install -q -e '.[dev]'
     touch "$stamp"
 fi
+
+# ---- CPython's own sqlite3 tests, for tests/mount/test_cpython_sqlite3.py -------------------------
+# pyenv and python.org builds ship them (test.test_sqlite3). Debian's python3 does not, not even
+# in libpython3.X-testsuite; the tests of the exact interpreter version are in the upstream
+# tarball of Debian's source package, fetched with apt (deb-src entries made from this
+# machine's apt sources) and unpacked into .venv/cpython-tests, where the test's runner finds
+# them (as .venv/cpython-tests/test/test_sqlite3).
+fetch_cpython_sqlite3_tests() {
+    local dest=.venv/cpython-tests/test version tmp list
+    [ -f "$dest/test_sqlite3/__init__.py" ] && return 0
+    version=$(.venv/bin/python -c 'import platform; print(platform.python_version())')
+    tmp=$(mktemp -d)
+    list="$tmp/sources.list"
+    # deb-src lines for the release suites this machine uses (not -security/-updates, whose
+    # source pools mirrors often lack; the upstream tarball is the same).
+    .venv/bin/python - "$list" <<'PYSRC'
+import glob, re, sys
+out = []
+def add(uri, suite, comps):
+    if not re.search(r"-(security|updates|backports|proposed)$", suite) and "/" not in suite:
+        out.append(f"deb-src {uri} {suite} {' '.join(comps)}")
+for f in glob.glob("/etc/apt/sources.list.d/*.sources"):
+    for stanza in re.split(r"\n\s*\n", open(f).read()):
+        fields = {}
+        for line in stanza.splitlines():
+            if ":" in line and not line.lstrip().startswith("#"):
+                k, v = line.split(":", 1)
+                fields[k.strip().lower()] = v.split()
+        if "deb" in fields.get("types", []):
+            for uri in fields.get("uris", []):
+                for suite in fields.get("suites", []):
+                    add(uri, suite, fields.get("components", ["main"]))
+for f in ["/etc/apt/sources.list", *glob.glob("/etc/apt/sources.list.d/*.list")]:
+    try:
+        lines = open(f).read().splitlines()
+    except OSError:
+        continue
+    for line in lines:
+        parts = re.sub(r"\[[^]]*\]", "", line).split()
+        if len(parts) >= 4 and parts[0] == "deb":
+            add(parts[1], parts[2], parts[3:])
+open(sys.argv[1], "w").write("\n".join(dict.fromkeys(out)) + "\n")
+PYSRC
+    local apt_opts=(-o "Dir::Etc::SourceList=$list" -o Dir::Etc::SourceParts=/dev/null
+                    -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache")
+    mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$tmp/src"
+    say "fetching CPython $version's sqlite3 tests (Debian's python3 does not ship them)"
+    if apt-get "${apt_opts[@]}" update -qq >/dev/null 2>&1; then
+        (cd "$tmp/src" && apt-get "${apt_opts[@]}" source --download-only -qq "python$pyver" \
+            >/dev/null 2>&1) || true
+    fi
+    local tarball
+    tarball=$(ls "$tmp"/src/python"$pyver"_*.orig.tar.* 2>/dev/null | head -n 1 || true)
+    if [ -n "$tarball" ] && tar -C "$tmp" -xf "$tarball" --wildcards "*/Lib/test/test_sqlite3/*" \
+            && [ -f "$(echo "$tmp"/*/Lib/test/test_sqlite3/__init__.py)" ]; then
+        local top; top=$(dirname "$(echo "$tmp"/*/Lib/test/test_sqlite3/__init__.py)")
+        case $tarball in
+            *"_$version."orig*) ;;
+            *) say "warning: the tests come from $(basename "$tarball"), the interpreter is $version" ;;
+        esac
+        mkdir -p "$dest"
+        rm -rf "$dest/test_sqlite3"
+        cp -r "$top" "$dest/test_sqlite3"
+    else
+        say "warning: could not fetch CPython's sqlite3 tests (apt-get source python$pyver); tests/mount/test_cpython_sqlite3.py will fail under CI"
+    fi
+    rm -rf "$tmp"
+}
+if [ $tests = 1 ] && [ $system_python = 1 ] && command -v apt-get >/dev/null \
+        && ! .venv/bin/python -c 'import test.test_sqlite3' 2>/dev/null; then
+    fetch_cpython_sqlite3_tests
+fi
 .venv/bin/litefs version >&2

@@ -40,8 +40,9 @@ def cpython_suite_hint() -> str:
     """How to get CPython's `test` package for the interpreter running the tests."""
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     if sys.base_prefix == "/usr":
-        return (f"apt-get install libpython{version}-testsuite (Debian/Ubuntu; {SETUP_HINT}), "
-                "then run the tests again")
+        return (f"`bash scripts/setup.sh --test` installs libpython{version}-testsuite and "
+                "fetches CPython's sqlite3 tests, which Debian leaves out of it, into "
+                ".venv/cpython-tests (apt-get source, so deb-src must be reachable)")
     return (f"{sys.base_prefix} is a Python built without its `test` package; install a full "
             "build (pyenv builds include it), or make .venv from the distribution's python3 "
             f"(rm -rf .venv; PYTHON=/usr/bin/python3 bash scripts/setup.sh --test)")

@@ -45,11 +45,15 @@ from tests.needs import cpython_suite_hint, missing
 
 
 def _has_suite() -> bool:
-    """Found, not imported: the suite runs only in the subprocesses. find_spec raises when
-    the `test` package itself is absent (Debian's python3 without libpython3.X-testsuite has
-    only part of it)."""
+    """Found, not imported: the suite runs only in the subprocesses. Either the interpreter's
+    own `test.test_sqlite3`, or the copy `scripts/setup.sh --test` fetched into the venv for
+    Debian's python3, which ships `test.support` (libpython3.X-testsuite) but not the sqlite3
+    tests; the runner then adds that directory to the `test` package."""
     try:
-        return importlib.util.find_spec("test.test_sqlite3") is not None
+        if importlib.util.find_spec("test.test_sqlite3") is not None:
+            return True
+        return importlib.util.find_spec("test.support") is not None and (
+            Path(sys.prefix) / "cpython-tests/test/test_sqlite3/__init__.py").is_file()
     except ImportError:
         return False
 
