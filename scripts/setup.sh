@@ -69,8 +69,9 @@ fi
 if [ $tests = 1 ]; then
     # ip (network-namespace tests), git (the fresh-root test clones the repository), etcd
     # (lease tests), podman + runc (the image test; runc named so apt does not pick crun),
-    # debootstrap (the fresh-root and image tests build a Debian root with it)
-    want+=(iproute2 git etcd-server podman runc debootstrap)
+    # debootstrap and Debian's archive keys (the fresh-root and image tests build a Debian
+    # root, also on Ubuntu), xz-utils (unpacking CPython's sources, below)
+    want+=(iproute2 git etcd-server podman runc debootstrap debian-archive-keyring xz-utils)
     [ $system_python = 1 ] && [ "$has_testsuite" = 0 ] && want+=("libpython$pyver-testsuite")
 fi
 
