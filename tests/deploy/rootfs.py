@@ -34,6 +34,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.needs import SETUP_HINT, missing
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("LITEFS_ROOTFS_CACHE", "/var/tmp/litefs-py-rootfs"))
 SUITE = "bookworm"
@@ -71,11 +73,19 @@ class RunResult:
     seconds: float
 
 
-def tools_missing() -> list[str]:
-    """Host commands the harness needs that are not installed, as Debian package names."""
+def require_host(*, extra_tools: dict[str, str] | None = None) -> None:
+    """End the test (skip, or fail under CI=true; tests/needs.py) unless this host can build
+    and use the root: root, the commands (tool -> Debian package), /dev/fuse."""
+    if os.geteuid() != 0:
+        missing("root (debootstrap, mounts and chroot need it)", "run the tests as root")
     need = {"debootstrap": "debootstrap", "unshare": "util-linux", "chroot": "coreutils",
-            "git": "git", "mount": "mount"}
-    return sorted({pkg for tool, pkg in need.items() if shutil.which(tool) is None})
+            "git": "git", "mount": "mount", **(extra_tools or {})}
+    lacking = sorted({pkg for tool, pkg in need.items() if shutil.which(tool) is None})
+    if lacking:
+        missing(f"commands from {', '.join(lacking)}",
+                f"apt-get install {' '.join(lacking)} ({SETUP_HINT})")
+    if not Path("/dev/fuse").exists():
+        missing("/dev/fuse", "load the fuse module (modprobe fuse) or run on a host with FUSE")
 
 
 def host_mirror() -> str:

@@ -14,7 +14,6 @@ in the failure message.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import time
@@ -23,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from tests.deploy import rootfs
-from tests.needs import SETUP_HINT, missing
 
 README = rootfs.REPO / "README.md"
 TIMEOUT = 1500  # seconds for the command; a cold run with downloads takes ~6 minutes
@@ -55,14 +53,7 @@ def test_readme_names_the_commands() -> None:
 
 @pytest.mark.slow
 def test_readme_demo_on_a_fresh_debian_root(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        missing("root (debootstrap, mount and chroot need it)", "run the tests as root")
-    lacking = rootfs.tools_missing()
-    if lacking:
-        missing(f"the fresh-root harness's tools ({', '.join(lacking)})",
-                f"apt-get install {' '.join(lacking)} ({SETUP_HINT})")
-    if not Path("/dev/fuse").exists():
-        missing("/dev/fuse", "load the fuse module (modprobe fuse) or run on a host with FUSE")
+    rootfs.require_host()
     demo = readme_commands()[0]
     log = tmp_path / "fresh-root.log"
     t0 = time.monotonic()

@@ -31,7 +31,6 @@ from pathlib import Path
 import pytest
 
 from tests.deploy import rootfs
-from tests.needs import SETUP_HINT, missing
 
 PODMAN_HOME = rootfs.CACHE / "podman"
 IMAGE = "localhost/litefs-py-test/litefs:test"
@@ -91,17 +90,7 @@ class Podman:
 
 @pytest.fixture(scope="module")
 def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
-    if os.geteuid() != 0:
-        missing("root (the image test runs podman as root)", "run the tests as root")
-    for tool in ("podman", "runc"):
-        if shutil.which(tool) is None:
-            missing(f"`{tool}`", f"apt-get install podman runc ({SETUP_HINT})")
-    lacking = rootfs.tools_missing()
-    if lacking:
-        missing(f"the rootfs tools ({', '.join(lacking)})",
-                f"apt-get install {' '.join(lacking)} ({SETUP_HINT})")
-    if not Path("/dev/fuse").exists():
-        missing("/dev/fuse", "load the fuse module (modprobe fuse)")
+    rootfs.require_host(extra_tools={"podman": "podman", "runc": "runc", "tar": "tar"})
     conf = tmp_path_factory.mktemp("podman") / "containers.conf"
     conf.write_text(CONTAINERS_CONF)
     PODMAN_HOME.mkdir(parents=True, exist_ok=True)
@@ -136,6 +125,8 @@ def image(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     print(f"image: base image {t1 - t0:.0f} s (debootstrap {base.seconds:.0f} s), "
           f"podman build {time.monotonic() - t1:.0f} s")
     yield IMAGE
+    # Earlier builds' images, now untagged, would pile up in the cache run after run.
+    podman("image", "prune", "-f", check=False)
 
 
 @pytest.fixture
