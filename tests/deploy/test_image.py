@@ -12,6 +12,8 @@ and pip settings baked in. Checked:
   replica on a volume; `podman stop` (SIGTERM) ends the app, and the container exits 143;
 - a new container with an empty data directory restores the database from that replica before
   the app starts, and the app's own exit status (7) is the container's.
+- docs/deploy.md's `COPY --from=... /opt/litefs /opt/litefs` recipe: an app image on the same
+  base, with only Debian's fuse3 added, mounts and passes its app's exit status on.
 
 podman needs runc and a containers.conf (written by the test: runc, cgroupfs, file events,
 bounded ulimits); its storage is kept under the rootfs cache directory so later runs reuse the
@@ -119,6 +121,7 @@ def image(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         shutil.rmtree(root)
     t1 = time.monotonic()
     podman("build", "--pull=never", "--network", "host", "--build-arg", f"BASE={tag}",
+           "--label", f"base={tag}",
            # pip in the build reaches PyPI through this network's TLS interception
            *(["-v", f"{HOST_CA}:{HOST_CA}:ro"] if Path(HOST_CA).is_file() else []),
            "-t", IMAGE, "-f", str(rootfs.REPO / "Dockerfile"), str(rootfs.REPO), timeout=1200)
@@ -201,3 +204,47 @@ def test_mount_app_sigterm_and_cold_start_restore(podman: Podman, image: str, tm
                   check=False, timeout=180)
     assert "app: found 100 ok" in proc.stdout, proc.stdout + proc.stderr[-4000:]
     assert proc.returncode == 7, f"the app's exit status is not passed on:\n{proc.stderr[-4000:]}"
+
+
+APP_IMAGE_FILE = """\
+ARG BASE
+ARG LITEFS
+FROM ${LITEFS} AS litefs
+
+FROM ${BASE}
+RUN apt-get update \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends fuse3 \\
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=litefs /opt/litefs /opt/litefs
+COPY --from=litefs /usr/local/bin/litefs-entrypoint /usr/local/bin/litefs-entrypoint
+ENV PATH=/opt/litefs/bin:$PATH
+ENTRYPOINT ["litefs-entrypoint"]
+"""
+
+
+def test_copy_from_into_an_app_image(podman: Podman, image: str, tmp_path: Path,
+                                     container_names: list[str]) -> None:
+    """docs/deploy.md's recipe: an app image on the same base takes /opt/litefs as it is."""
+    context = tmp_path / "app-image"
+    context.mkdir()
+    (context / "Containerfile").write_text(APP_IMAGE_FILE)
+    base_tag = podman("image", "inspect", "--format", "{{.Labels.base}}", image).stdout.strip()
+    app = "localhost/litefs-py-test/app:test"
+    podman("build", "--pull=never", "--network", "host", "--build-arg", f"BASE={base_tag}",
+           "--build-arg", f"LITEFS={image}", "-t", app, str(context), timeout=600)
+    out = podman("run", "--rm", "--network", "none", "--entrypoint", "litefs", app,
+                 "version").stdout
+    assert out.count(": compiled") == 2, out
+    (tmp_path / "litefs.yml").write_text(CONFIG)
+    data = tmp_path / "data"
+    data.mkdir()
+    name = f"litefs-py-test-{uuid.uuid4().hex[:8]}"
+    container_names.append(name)
+    proc = podman("run", "--name", name, "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN",
+                  "--network", "none", "-v", f"{tmp_path / 'litefs.yml'}:/etc/litefs.yml:ro",
+                  "-v", f"{data}:/data", app, "python3", "-c",
+                  "import sqlite3; db = sqlite3.connect('/litefs/app.db'); "
+                  "db.execute('CREATE TABLE t(x)'); db.commit(); raise SystemExit(5)",
+                  check=False, timeout=180)
+    assert proc.returncode == 5, proc.stdout + proc.stderr[-4000:]
+    assert (data / "litefs/dbs/app.db/ltx").is_dir(), proc.stderr[-4000:]
