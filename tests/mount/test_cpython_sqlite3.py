@@ -1,8 +1,11 @@
 """CPython's own `test.test_sqlite3` suite passes with its temporary files on the mount.
 
 The suite comes with the interpreter (`Lib/test/test_sqlite3`, part of CPython's `test`
-package, which the pyenv build includes). `cpython_sqlite3_runner.py` runs it in a subprocess
-and reports per-test results as JSON. It runs twice, with the same interpreter:
+package): a pyenv or python.org build includes it; Debian's and Ubuntu's python3 have it in
+`libpython3.X-testsuite` (under /usr/lib/python3.X/test, on the venv's path since the venv's
+base is /usr), which `bash scripts/setup.sh --test` installs when the venv runs that python.
+`cpython_sqlite3_runner.py` runs it in a subprocess and reports per-test results as JSON.
+It runs twice, with the same interpreter:
 
 - baseline: working directory and `tempfile.tempdir` in a plain temporary directory;
 - mount: working directory and `tempfile.tempdir` on the litefs mount, so the suite's
@@ -38,10 +41,29 @@ from litefs_py.ltx import (
     parse_filename,
 )
 from tests.mount.harness import LitefsMount
+from tests.needs import cpython_suite_hint, missing
 
-# Found, not imported: the suite runs only in the subprocesses.
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("test.test_sqlite3") is None,
-                                reason="this interpreter has no `test` package")
+
+def _has_suite() -> bool:
+    """Found, not imported: the suite runs only in the subprocesses. Either the interpreter's
+    own `test.test_sqlite3`, or the copy `scripts/setup.sh --test` fetched into the venv for
+    Debian's python3, which ships `test.support` (libpython3.X-testsuite) but not the sqlite3
+    tests; the runner then adds that directory to the `test` package."""
+    try:
+        if importlib.util.find_spec("test.test_sqlite3") is not None:
+            return True
+        return importlib.util.find_spec("test.support") is not None and (
+            Path(sys.prefix) / "cpython-tests/test/test_sqlite3/__init__.py").is_file()
+    except ImportError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _cpython_test_package() -> None:
+    if not _has_suite():
+        missing(f"CPython's test.test_sqlite3 for {sys.executable} ({sys.base_prefix})",
+                cpython_suite_hint())
+
 
 RUNNER = Path(__file__).with_name("cpython_sqlite3_runner.py")
 LITEFS = Path(sys.executable).with_name("litefs")

@@ -617,6 +617,7 @@ def test_random_kills(mode: str, litefs_factory: type[LitefsMount], tmp_path: Pa
     end_with_known_bugs(hist)
 
 
+@pytest.mark.opt_in
 @pytest.mark.skipif(not SOAK, reason="opt-in soak: set LITEFS_SOAK=1 (500 cycles)")
 def test_soak_random_kills(litefs_factory: type[LitefsMount], tmp_path: Path) -> None:
     m, hist = new_mount(litefs_factory, tmp_path)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.mount.harness import LitefsMount
+from tests.needs import SETUP_HINT, missing
 from tests.replica.harness import (
     exits_on_sigterm,
     free_port,
@@ -33,7 +34,8 @@ SECRET = "netns-secret"
 def net() -> Iterator[VethPair]:
     why = netns_unavailable()
     if why is not None:
-        pytest.skip(f"cannot create network namespaces here: {why}")
+        missing(f"network namespaces ({why})",
+                f"run as root with iproute2 installed ({SETUP_HINT})")
     pair = VethPair.create()
     try:
         yield pair
