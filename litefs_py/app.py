@@ -535,7 +535,4 @@ def run_mount(opts: MountOptions) -> int:
         log.info("unmounted %s", opts.mount_dir)
     if sup.process is not None and sup.process.returncode is None:
         sup.process.kill()  # the mount is going away: the application cannot continue
-    code = sup.exit_code or 0
-    # A negative code is the signal that ended the app; exit like a shell would (128+N, e.g.
-    # 143 for SIGTERM), not with -N, which the exit call would turn into 256-N.
-    return 128 - code if code < 0 else code
+    return sup.exit_code or 0  # already 128+N for an app killed by signal N (exit_status)
