@@ -210,9 +210,7 @@ exit-on-error: false
 exec: "myapp -addr ':8081'"
 log: {level: DEBUG, format: json}
 http: {addr: "127.0.0.1:9999", secret: s3cret}
-lease: {type: static, candidate: false, advertise-url: "http://n1:20202", hostname: n1}
-proxy: {addr: ":8080", target: "localhost:8081", db: store.db, max-lag: 2s,
-        passthrough: ["*.css"]}
+lease: {type: static, candidate: false, advertise-url: "http://n1:20202"}
 """)
     assert cfg.fuse.dir == "/mnt/db" and cfg.fuse.allow_other and cfg.fuse.debug
     assert cfg.data == DataConfig(dir="/data", retention=3600.0, spool_limit=64 * 1024**2)
@@ -222,11 +220,41 @@ proxy: {addr: ":8080", target: "localhost:8081", db: store.db, max-lag: 2s,
     assert (cfg.http.addr, cfg.http.secret) == ("127.0.0.1:9999", "s3cret")
     assert "s3cret" not in repr(cfg)
     assert cfg.lease.candidate is False
-    assert cfg.lease.advertise_url == "http://n1:20202" and cfg.lease.hostname == "n1"
+    assert cfg.lease.advertise_url == "http://n1:20202" and cfg.lease.hostname is None
+    assert cfg.proxy is None
+
+
+PROXY = """proxy: {addr: ":8080", target: "localhost:8081", db: store.db, max-lag: 2s,
+        passthrough: ["*.css"]}
+"""
+
+
+@pytest.mark.parametrize(("text", "key", "instead"), [
+    (PROXY, "proxy", "built-in HTTP proxy is coming"),
+    ("lease: {hostname: n1}\n", "lease.hostname 'n1'", "lease.advertise-url"),
+    ("lease: {type: etcd}\n", "lease.type 'etcd'", "type: static"),
+    ("lease: {type: consul}\n", "lease.type 'consul'", "etcd and s3 leases are coming"),
+])
+def test_not_supported_yet_is_refused_with_what_to_do(
+    tmp_path: Path, text: str, key: str, instead: str
+) -> None:
+    msg = load_error(tmp_path, text)
+    assert msg.startswith(f"not supported yet: {key} in {tmp_path / 'litefs.yml'} — ")
+    assert instead in msg
+
+
+def test_refused_keys_are_parsed_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused section is still checked (mistakes are named, not hidden by the refusal), and
+    deleting its NOT_SUPPORTED_YET entry is all it takes to accept it."""
+    assert "missing proxy.target" in load_error(tmp_path, "proxy: {addr: ':8080'}\n")
+    monkeypatch.delitem(config_mod.NOT_SUPPORTED_YET, "proxy")
+    monkeypatch.delitem(config_mod.NOT_SUPPORTED_YET, "lease.hostname")
+    cfg = load(tmp_path, PROXY + "lease: {hostname: n1}\n")
     assert cfg.proxy is not None
     assert (cfg.proxy.addr, cfg.proxy.target, cfg.proxy.db, cfg.proxy.max_lag) == (
         ":8080", "localhost:8081", "store.db", 2.0)
     assert cfg.proxy.passthrough == ("*.css",)
+    assert cfg.lease.hostname == "n1"
 
 
 def test_config_is_frozen(tmp_path: Path) -> None:
