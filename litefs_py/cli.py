@@ -773,3 +773,54 @@ def status(data_dir: Path | None, config_path: Path | None, as_json: bool) -> No
     if age > 10:
         click.echo(f"litefs: status is {age:.0f}s old; the mount is not running", err=True)
         sys.exit(int(ExitCode.FAILED))
+
+
+@main.group("config")
+def config_group() -> None:
+    """Configuration files: turn a Litestream configuration into litefs.yml."""
+
+
+@config_group.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the litefs.yml here instead of to stdout (never over an existing "
+                   "file unless --force).")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--no-check", is_flag=True,
+              help="Do not load the result with this environment's variables (they may be "
+                   "set only where litefs runs).")
+@quiet_errors
+def convert(file: Path, output: Path | None, force: bool, no_check: bool) -> None:
+    """Print the litefs.yml that does what the Litestream configuration FILE does, with
+    comments on what changed. `litefs mount --config FILE` reads FILE the same way without
+    converting it.
+
+    Each `dbs[].path` stays the path the app opens: its directory becomes the mount
+    (fuse.dir), its file name a `dbs[].name`. Keys with no litefs counterpart are dropped
+    with a comment saying why; keys litefs-py cannot honour (Azure/SFTP/NATS replicas,
+    encryption, validation, directory replication) are refused, naming what to do instead.
+    Exits 3 if FILE is not a Litestream configuration or would not load.
+    """
+    from .config import config_from_tree
+    from .config.litestream import convert_tree, is_litestream, to_yaml
+    from .config.schema import read_yaml
+
+    raw = read_yaml(file)
+    if not (isinstance(raw, dict) and is_litestream(raw)):
+        raise QuietError(f"{file} is not a Litestream configuration (no dbs[].path with a "
+                         "replica, no addr/logging/levels/snapshot); a litefs.yml needs no "
+                         "converting", ExitCode.CONFIG)
+    converted = convert_tree(raw, file)
+    if not no_check:
+        config_from_tree(converted.tree, file, notes=converted.notes, keymap=converted.keymap)
+    text = to_yaml(converted, file)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    if output.exists() and not force:
+        raise QuietError(f"{output} exists; choose another path or pass --force to replace it",
+                         ExitCode.USAGE)
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(output)
+    click.echo(f"wrote {output} ({len(converted.notes)} notes on what changed)", err=True)

@@ -618,7 +618,14 @@ def load_config(path: str | Path | None, *, env: Mapping[str, str] = os.environ)
         if path is None:
             return Config()
     source = Path(path)
-    return config_from_tree(s.read_yaml(source), source, env=env)
+    raw = s.read_yaml(source)
+    from .litestream import convert_tree, is_litestream
+
+    if isinstance(raw, dict) and is_litestream(raw):
+        converted = convert_tree(raw, source)
+        return config_from_tree(converted.tree, source, env=env, notes=converted.notes,
+                                keymap=converted.keymap)
+    return config_from_tree(raw, source, env=env)
 
 
 def config_from_tree(raw: object, source: Path, *, env: Mapping[str, str] = os.environ,
