@@ -41,18 +41,27 @@ def quiet_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except QuietError as exc:
-            click.echo(f"litefs: {exc.message}", err=True)
-            sys.exit(int(exc.code))
-        except FileNotFoundError as exc:
-            click.echo(f"litefs: {exc.filename}: no such file or directory", err=True)
-            sys.exit(int(ExitCode.NOT_FOUND))
-        except OSError as exc:
-            where = f"{exc.filename}: " if exc.filename else ""
-            click.echo(f"litefs: {where}{exc.strerror or exc}", err=True)
-            sys.exit(int(ExitCode.IO))
+        except (QuietError, OSError) as exc:
+            message, code = error_line(exc)
+            if _json_logs:  # every line on stderr stays one JSON object
+                import logging
+
+                logging.getLogger("litefs").error("%s", message)
+            else:
+                click.echo(f"litefs: {message}", err=True)
+            sys.exit(int(code))
 
     return wrapper  # type: ignore[return-value]
+
+
+def error_line(exc: QuietError | OSError) -> tuple[str, ExitCode]:
+    """The one line and the exit code of a user-facing error."""
+    if isinstance(exc, QuietError):
+        return exc.message, exc.code
+    if isinstance(exc, FileNotFoundError):
+        return f"{exc.filename}: no such file or directory", ExitCode.NOT_FOUND
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}", ExitCode.IO
 
 
 def format_ms(ms: int) -> str:
@@ -320,14 +329,29 @@ def list_(directory: Path, as_json: bool) -> None:
         click.echo(f"{len(lv['files'])} files, chain {state}\n")
 
 
-def setup_logging(level: str = "info") -> None:
-    import logging
+_json_logs = False  # set by setup_logging(fmt="json"): errors are logged, not echoed
 
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+
+def setup_logging(level: str = "info", fmt: str = "text") -> None:
+    """Log to stderr at `level`: as text, or (`fmt="json"`, config log.format) one JSON object
+    per line, {"time": RFC 3339 UTC with ms, "level", "logger", "message"} plus "exception"
+    with a traceback, for log collectors."""
+    import logging  # here: commands that never log do not pay for the import
+
+    class JsonFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            doc = {"time": format_ms(int(record.created * 1000)), "level": record.levelname,
+                   "logger": record.name, "message": record.getMessage()}
+            if record.exc_info:
+                doc["exception"] = self.formatException(record.exc_info)
+            return json.dumps(doc, ensure_ascii=False)
+
+    global _json_logs
+    _json_logs = fmt == "json"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if _json_logs else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
 
 @main.command()
@@ -364,11 +388,15 @@ def mount(mount_dir: Path | None, data_dir: Path | None, config_path: Path | Non
     starts it once the mount is ready, passes SIGINT/SIGTERM on to it, and when it exits
     unmounts and exits with its exit code.
     """
+    import logging
+
     from .app import MountOptions, run_mount
     from .config import load_config
 
     cfg = load_config(config_path)
-    setup_logging(log_level or cfg.log.level)
+    setup_logging(log_level or cfg.log.level, cfg.log.format)
+    for note in cfg.notes:  # a Litestream file: what litefs does differently
+        logging.getLogger("litefs").info("%s: %s", cfg.source, note)
     opts = MountOptions(
         mount_dir=mount_dir or Path(cfg.fuse.dir),
         data_dir=data_dir or Path(cfg.data.dir),
@@ -377,9 +405,33 @@ def mount(mount_dir: Path | None, data_dir: Path | None, config_path: Path | Non
         config=cfg,
         command=command or (cfg.exec[0].argv if cfg.exec else ()),
     )
-    code = run_mount(opts)
+    try:
+        code = run_mount(opts)
+    except (QuietError, OSError) as exc:
+        if cfg.exit_on_error:
+            raise
+        _stay_up(exc)
     if code:
         sys.exit(code)
+
+
+def _stay_up(exc: QuietError | OSError) -> None:
+    """exit-on-error: false (LiteFS's meaning): after a start-up failure, log it and keep the
+    process (and the container) up so the machine can be inspected, instead of exiting into
+    a restart loop. SIGTERM or SIGINT then exits with the failure's code."""
+    import logging
+    import signal
+
+    message, code = error_line(exc)
+    log = logging.getLogger("litefs")
+    log.error("%s", message)
+    log.error("exit-on-error is false: staying up so this machine can be inspected; stop "
+              "with SIGTERM or SIGINT")
+    stop = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    signum = signal.sigwait(stop)
+    log.info("received %s; exiting", signal.Signals(signum).name)
+    sys.exit(int(code))
 
 
 @main.command()
@@ -402,8 +454,8 @@ def recover(name: str, data_dir: Path | None, config_path: Path | None) -> None:
     from .store.recovery import recover as recover_db
     from .store.store import Store
 
-    setup_logging("info")
     cfg = load_config(config_path)
+    setup_logging("info", cfg.log.format)
     store = Store(data_dir or Path(cfg.data.dir))
     store.lock()
     try:
