@@ -34,14 +34,16 @@ def write(tmp_path: Path, text: str, name: str = "litefs.yml") -> Path:
     return path
 
 
-def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Config:
-    return load_config(write(tmp_path, text), env=env or {})
+def load(tmp_path: Path, text: str, env: dict[str, str] | None = None,
+         name: str = "litefs.yml") -> Config:
+    return load_config(write(tmp_path, text, name), env=env or {})
 
 
-def load_error(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> str:
+def load_error(tmp_path: Path, text: str, env: dict[str, str] | None = None,
+               name: str = "litefs.yml") -> str:
     """Load `text`, expect a config error, check its shape and return the message."""
     with pytest.raises(QuietError) as info:
-        load(tmp_path, text, env)
+        load(tmp_path, text, env, name)
     return check_error(info.value)
 
 

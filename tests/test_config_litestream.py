@@ -18,7 +18,8 @@ import yaml
 from litefs_py.config import Config, ReplicaConfig, load_config
 from litefs_py.config.litestream import convert_tree, is_litestream
 from litefs_py.config.schema import read_yaml
-from litefs_py.errors import ExitCode, QuietError
+from litefs_py.errors import ExitCode
+from tests import test_config as config_tests
 
 S3_URL = """
 access-key-id: AKIAxxxxxxxxxxxxxxxx
@@ -139,21 +140,17 @@ EXAMPLES = {"s3-url": S3_URL, "s3-fields": S3_FIELDS, "b2": B2, "file": FILE,
 
 
 def write(tmp_path: Path, text: str, name: str = "litestream.yml") -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
+    return config_tests.write(tmp_path, text, name)
 
 
 def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Config:
-    return load_config(write(tmp_path, text), env=env or {})
+    return config_tests.load(tmp_path, text, env, "litestream.yml")
 
 
 def load_error(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> str:
-    with pytest.raises(QuietError) as info:
-        load(tmp_path, text, env)
-    assert info.value.code == ExitCode.CONFIG
-    assert "\n" not in info.value.message
-    return info.value.message.replace(str(tmp_path / "litestream.yml"), "FILE")
+    """The message with the file's path written FILE."""
+    msg = config_tests.load_error(tmp_path, text, env, "litestream.yml")
+    return msg.replace(str(tmp_path / "litestream.yml"), "FILE")
 
 
 def test_s3_url_form(tmp_path: Path) -> None:

@@ -2,8 +2,8 @@
 
 The schema is the attrs classes below, written once: a field is a key, its type what the key
 holds, its default the key's default, `Annotated[T, parse]` the function that reads a value
-that needs one. config/schema.py walks a YAML document through them with cattrs and words the
-errors; a Litestream configuration file is read through config/litestream.py.
+that needs one. config/schema.py walks a YAML document through them and words the errors; a
+Litestream configuration file is read through config/litestream.py.
 
 Every problem with a configuration file or a replica URL raises
 `QuietError(message, ExitCode.CONFIG)` with a one-line message that names the key, the value
@@ -118,7 +118,7 @@ class ExecCommand:
 def _commands(value: object) -> tuple[ExecCommand, ...]:
     """`exec:`: one command (a string or a list of arguments) or a list of {cmd, if-candidate}."""
     if isinstance(value, list) and value and not isinstance(value[0], str):
-        commands: tuple[ExecCommand, ...] = SCHEMA.nested(value, tuple[ExecCommand, ...])
+        commands: tuple[ExecCommand, ...] = SCHEMA.read(value, tuple[ExecCommand, ...])
         return commands
     if not isinstance(value, str | list):
         raise s.WrongType(value, "a command string, a list of arguments or a list of "
@@ -328,7 +328,7 @@ def _one_replica(m: dict[str, Any]) -> dict[str, Any]:
         raise s.Problem(f"has {len(multi)} entries; litefs-py supports at most {_MAX_REPLICAS} "
                         "replica per database for now", at=("replicas",))
     if multi:
-        m["replica"] = SCHEMA.nested(multi[0], ReplicaConfig, ("replicas", 0))
+        m["replica"] = SCHEMA.read(multi[0], ReplicaConfig, ("replicas", 0))
     return m
 
 
@@ -357,7 +357,7 @@ class DBConfig:
 def _dbs(value: object) -> tuple[DBConfig, ...]:
     if not isinstance(value, list):
         raise s.WrongType(value, "a list of {name: ..., replica: ...}")
-    dbs: tuple[DBConfig, ...] = SCHEMA.nested(value, tuple[DBConfig, ...])
+    dbs: tuple[DBConfig, ...] = SCHEMA.read(value, tuple[DBConfig, ...])
     for i, db in enumerate(dbs):
         first = next(j for j, other in enumerate(dbs) if other.name == db.name)
         if first != i:
@@ -619,13 +619,25 @@ def load_config(path: str | Path | None, *, env: Mapping[str, str] = os.environ)
             return Config()
     source = Path(path)
     raw = s.read_yaml(source)
-    from .litestream import convert_tree, is_litestream
+    if _maybe_litestream(raw):
+        from .litestream import convert_tree, is_litestream
 
-    if isinstance(raw, dict) and is_litestream(raw):
+        if not is_litestream(raw):
+            return config_from_tree(raw, source, env=env)
         converted = convert_tree(raw, source)
         return config_from_tree(converted.tree, source, env=env, notes=converted.notes,
                                 keymap=converted.keymap)
     return config_from_tree(raw, source, env=env)
+
+
+def _maybe_litestream(raw: object) -> bool:
+    """A quick look before importing litestream.py: keys litefs.yml does not have at the top,
+    or databases named by path."""
+    if not isinstance(raw, dict):
+        return False
+    dbs = raw.get("dbs")
+    return bool(raw.keys() - s.file_keys(Config)) or (isinstance(dbs, list) and any(
+        isinstance(db, dict) and {"path", "dir"} & db.keys() for db in dbs))
 
 
 def config_from_tree(raw: object, source: Path, *, env: Mapping[str, str] = os.environ,

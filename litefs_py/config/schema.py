@@ -1,6 +1,5 @@
-"""The machinery under litefs.yml's schema: a YAML document → frozen attrs objects through
-cattrs, with the one-line errors users see. It knows no litefs key: config/__init__.py
-declares them.
+"""The machinery under litefs.yml's schema: a YAML document → frozen attrs objects, with the
+one-line errors users see. It knows no litefs key: config/__init__.py declares them.
 
 A *section* is an attrs class. Its fields are its keys (the field name in kebab-case, or
 `metadata["key"]`; `""` for a field no file sets), a field's default is the key's default and
@@ -10,28 +9,34 @@ A *section* is an attrs class. Its fields are its keys (the field name in kebab-
 (keys that are not fields: key → the key it is listed after), `_from_file(mapping)` (rules
 between its keys, before its fields are read) and `_checked(self)` (rules after).
 
-Problems raise `Problem` (and its kinds) with the path below the value being read; cattrs
-records the path above it; `Schema.structure` turns the first problem into
-`QuietError(message, ExitCode.CONFIG)`: "KEY in FILE: what is wrong; the fix".
+Problems raise `Problem` (and its kinds) with the path below the section being read; the
+schema adds the path above as the problem leaves each value, and `Schema.structure` turns it
+into `QuietError(message, ExitCode.CONFIG)`: "KEY in FILE: what is wrong; the fix".
 """
 
 from __future__ import annotations
 
 import difflib
-import functools
 import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast, get_args, get_origin
+from types import UnionType
+from typing import (
+    Annotated,
+    Any,
+    Literal,
+    NoReturn,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 import attrs
 import yaml
 
 from ..errors import ExitCode, QuietError
-
-if TYPE_CHECKING:
-    import cattrs
 
 
 def error(message: str) -> QuietError:
@@ -78,11 +83,13 @@ Detail = str | Callable[[str], str]  # a message, or one made from its section's
 
 
 class Problem(Exception):
-    """A problem with one value; `at` is the path below the value being read."""
+    """A problem with one value: `at` is its path below the section being read, `above` the
+    path of that section (filled in by the schema as the problem leaves each value)."""
 
     def __init__(self, detail: Detail, at: tuple[Step, ...] = ()) -> None:
         super().__init__(detail)
         self.detail, self.at = detail, at
+        self.above: tuple[Step, ...] = ()
 
     def describe(self, here: str, key: str) -> str:
         """`here`: the path of the section that raised it; `key`: the full key path."""
@@ -113,14 +120,6 @@ class NotYet(Problem):
     def __init__(self, instead: str, value: object = None, at: tuple[Step, ...] = ()) -> None:
         super().__init__(instead, at)
         self.value = value
-
-
-class Nested(Exception):
-    """A problem in a value a hook structured itself, `at` below the hook's section."""
-
-    def __init__(self, at: tuple[Step, ...], inner: BaseException) -> None:
-        super().__init__(at, inner)
-        self.at, self.inner = at, inner
 
 
 def read_at(at: tuple[Step, ...], parse: Callable[[Any], Any], value: object) -> Any:
@@ -349,94 +348,90 @@ def parser_of(t: Any) -> Callable[[object], object] | None:
 
 
 class Schema:
-    """The sections of one kind of file and the cattrs converter that reads them. `root` is
-    the top-level section: an empty file is its defaults."""
+    """The sections of one kind of file; `root` is the top-level one (an empty file is its
+    defaults). `read` walks a YAML document through them."""
 
     def __init__(self, root: type, sections: Sequence[type]) -> None:
         self.root, self.sections = root, tuple(sections)
+        self._fields: dict[type, list[tuple[str, str, Any]]] = {}
 
-    @functools.cached_property
-    def converter(self) -> cattrs.Converter:
-        # Imported on first use: cattrs costs start-up time that commands without a
-        # configuration file (`litefs restore URL`, `litefs ltx ...`) need not pay.
-        import cattrs
+    def fields(self, cls: type) -> list[tuple[str, str, Any]]:
+        """(attribute name, file key, type) of each field a file sets."""
+        if cls not in self._fields:
+            hints = get_type_hints(cls, include_extras=True)
+            self._fields[cls] = [(f.name, file_key(f), hints[f.name])
+                                 for f in attrs.fields(cls) if file_key(f)]
+        return self._fields[cls]
 
-        converter = cattrs.Converter(detailed_validation=True)
-        converter.register_structure_hook(str, lambda v, _t: text(v))
-        converter.register_structure_hook_func(lambda t: t == (str | None),
-                                               lambda v, _t: opt_text(v))
-        converter.register_structure_hook(bool, lambda v, _t: flag(v))
-        converter.register_structure_hook_func(
-            lambda t: parser_of(t) is not None,
-            lambda v, t: cast(Callable[[object], object], parser_of(t))(v))
-        converter.register_structure_hook_factory(lambda t: t in self.sections,
-                                                  self._section_hook)
-        return converter
-
-    def _section_hook(self, cls: type) -> Callable[[Any, Any], Any]:
-        """A mapping with only the section's keys (null is the same as absent), its own
-        rules, its required keys, then its fields through cattrs."""
-        from cattrs.gen import make_dict_structure_fn, override
-
-        overrides = {f.name: override(rename=file_key(f)) if file_key(f) else override(omit=True)
-                     for f in attrs.fields(cls)}
-        read_fields: Callable[[Any, Any], Any] = make_dict_structure_fn(
-            cls, self.converter, **overrides)  # type: ignore[arg-type]
-        allowed = file_keys(cls)
-        required = [f for f in attrs.fields(cls) if f.default is attrs.NOTHING]
-
-        def hook(value: Any, _type: Any) -> Any:
-            if isinstance(value, cls):  # already read by a hook (e.g. replicas[0])
+    def read(self, value: object, t: Any, at: tuple[Step, ...] = ()) -> Any:
+        """`value` (not null) as a `t`: a section, `tuple[T, ...]`, `T | None`, `str`,
+        `str | None`, `bool`, a Literal, or `Annotated[T, parse]`. A Problem raised on the way
+        gets `at` in front of the path of its section."""
+        try:
+            parse = parser_of(t)
+            if parse is not None:
+                return parse(value)
+            if t in self.sections:
+                return self._section(value, t)
+            if get_origin(t) is tuple:
+                assert isinstance(value, list), "parsers hand over lists"
+                return tuple(self.read(v, get_args(t)[0], (i,)) for i, v in enumerate(value))
+            readers: dict[Any, Callable[[object], object]] = {str: text, str | None: opt_text,
+                                                              bool: flag}
+            if t in readers:
+                return readers[t](value)
+            if get_origin(t) in (UnionType, Union):  # `Section | None`: null never gets here
+                return self.read(value, next(a for a in get_args(t) if a is not type(None)))
+            if get_origin(t) is Literal:
+                assert value in get_args(t), "sections choose their Literal values"
                 return value
-            if value is None and cls is self.root:
-                value = {}  # an empty file
-            if not isinstance(value, dict):
-                hint = getattr(cls, "_HINT", "")
-                raise WrongType(value, getattr(cls, "_EXPECTED", "a mapping"),
-                                hint(value) if callable(hint) else hint)
-            for k in value:
-                if not isinstance(k, str):
-                    raise Problem(f"keys must be strings, got {show_value(k)} ({kind(k)})",
-                                  at=(str(k),))
-                if k not in allowed:
-                    raise UnknownKey(k, allowed)
-            m = {k: v for k, v in value.items() if v is not None}
-            if hasattr(cls, "_from_file"):
-                m = cls._from_file(m)
-            for f in required:
-                if file_key(f) not in m:
-                    raise Problem(f.metadata.get("missing", f"missing {file_key(f)}"))
-            obj = read_fields(m, cls)
-            return obj._checked() if hasattr(obj, "_checked") else obj
+            raise TypeError(f"the schema has no reader for {t}")
+        except Problem as exc:
+            exc.above = at + exc.above
+            raise
 
-        return hook
+    def _section(self, value: object, cls: type) -> Any:
+        """A mapping with only the section's keys (null is the same as absent), its own
+        rules, its required keys, then its fields."""
+        if isinstance(value, cls):  # already read by a rule (e.g. replicas[0])
+            return value
+        if value is None and cls is self.root:
+            value = {}  # an empty file
+        if not isinstance(value, dict):
+            hint = getattr(cls, "_HINT", "")
+            raise WrongType(value, getattr(cls, "_EXPECTED", "a mapping"),
+                            hint(value) if callable(hint) else hint)
+        allowed = file_keys(cls)
+        for k in value:
+            if not isinstance(k, str):
+                raise Problem(f"keys must be strings, got {show_value(k)} ({kind(k)})",
+                              at=(str(k),))
+            if k not in allowed:
+                raise UnknownKey(k, allowed)
+        m = {k: v for k, v in value.items() if v is not None}
+        if hasattr(cls, "_from_file"):
+            m = cls._from_file(m)
+        for f in attrs.fields(cls):
+            if f.default is attrs.NOTHING and file_key(f) not in m:
+                raise Problem(f.metadata.get("missing", f"missing {file_key(f)}"))
+        obj = cls(**{name: self.read(m[key], t, (key,))
+                     for name, key, t in self.fields(cls) if key in m})
+        return obj._checked() if hasattr(obj, "_checked") else obj
 
     def structure(self, raw: object, t: Any, context: str,
                   keymap: Mapping[str, str] | None = None) -> Any:
         """`raw` as a `t`, or QuietError(CONFIG) naming the key (`keymap` renames the keys of
         a converted document back to the ones its author wrote)."""
         try:
-            return self.converter.structure(raw, t)
-        except Exception as exc:
+            return self.read(raw, t)
+        except Problem as exc:
             raise error(self._message(exc, context, keymap or {})) from None
-
-    def nested(self, value: object, t: Any, at: tuple[Step, ...] = ()) -> Any:
-        """Structure a value from inside a hook; problems keep their path."""
-        try:
-            return self.converter.structure(value, t)
-        except Exception as exc:
-            if at:
-                raise Nested(at, exc) from None
-            raise
 
     def keys(self, cls: type | None = None, prefix: str = "") -> list[str]:
         """Every key, as paths (`replica.sync-interval`, `dbs[].name`, `exec[].cmd`)."""
-        from typing import get_type_hints
-
         cls = cls or self.root
         out: list[str] = []
-        hints = get_type_hints(cls, include_extras=True)
-        types = {file_key(f): hints[f.name] for f in attrs.fields(cls)}
+        types = {key: t for _name, key, t in self.fields(cls)}
         for key in file_keys(cls):
             path = join(prefix, key)
             out.append(path)
@@ -446,42 +441,16 @@ class Schema:
                 out.extend(self.keys(section, path + ("[]" if get_origin(t) is tuple else "")))
         return out
 
-    def _locate(self, exc: BaseException, path: tuple[Step, ...]
-                ) -> tuple[BaseException, tuple[Step, ...]]:
-        """The first problem in a cattrs error tree, and the path of its section."""
-        from cattrs.errors import (
-            AttributeValidationNote,
-            ClassValidationError,
-            IterableValidationError,
-            IterableValidationNote,
-        )
-
-        if isinstance(exc, Nested):
-            return self._locate(exc.inner, path + exc.at)
-        if isinstance(exc, ClassValidationError | IterableValidationError):
-            sub = exc.exceptions[0]
-            for note in getattr(sub, "__notes__", ()):
-                if isinstance(note, AttributeValidationNote):
-                    path += (file_key(attrs.fields_dict(exc.cl)[note.name]),)
-                elif isinstance(note, IterableValidationNote):
-                    path += (note.index,)
-            return self._locate(sub, path)
-        return exc, path
-
-    def _message(self, exc: BaseException, context: str, keymap: Mapping[str, str]) -> str:
-        problem, here_steps = self._locate(exc, ())
-        at = problem.at if isinstance(problem, Problem) else ()
-        here, key = (remap(path_of(steps), keymap) for steps in (here_steps, here_steps + at))
+    def _message(self, problem: Problem, context: str, keymap: Mapping[str, str]) -> str:
+        here, key = (remap(path_of(steps), keymap)
+                     for steps in (problem.above, problem.above + problem.at))
         where = f" in {context}" if context else ""
         if isinstance(problem, UnknownKey):
             return unknown_key_message(here, str(problem.at[-1]), problem.allowed, where)
         if isinstance(problem, NotYet):
             value = f" {show_value(problem.value)}" if problem.value is not None else ""
             return f"not supported yet: {key}{value}{where} — {problem.describe(here, key)}"
-        if isinstance(problem, Problem):
-            detail = problem.describe(here, key)
-        else:  # a bug in a hook: still one line that names the key
-            detail = f"invalid value ({type(problem).__name__}: {problem})"
+        detail = problem.describe(here, key)
         if not key:
             return f"{context}: {detail}" if context else detail
         return f"{key}{where}: {detail}"
