@@ -361,7 +361,8 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
               help="Where litefs keeps databases and LTX files (config: data.dir; default "
                    "/var/lib/litefs).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Configuration file (default: ./litefs.yml, then /etc/litefs.yml).")
+              help="Configuration file: litefs.yml, or a Litestream file as it is (default: "
+                   "./litefs.yml, then /etc/litefs.yml).")
 @click.option("--allow-other", is_flag=True, default=None,
               help="Let other users access the mount (config: fuse.allow-other).")
 @click.option("--debug-fuse", is_flag=True, help="Log every FUSE request (very verbose).")

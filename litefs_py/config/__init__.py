@@ -619,7 +619,7 @@ def load_config(path: str | Path | None, *, env: Mapping[str, str] = os.environ)
             return Config()
     source = Path(path)
     raw = s.read_yaml(source)
-    if _maybe_litestream(raw):
+    if isinstance(raw, dict) and _maybe_litestream(raw):
         from .litestream import convert_tree, is_litestream
 
         if not is_litestream(raw):
@@ -630,11 +630,9 @@ def load_config(path: str | Path | None, *, env: Mapping[str, str] = os.environ)
     return config_from_tree(raw, source, env=env)
 
 
-def _maybe_litestream(raw: object) -> bool:
+def _maybe_litestream(raw: dict[Any, Any]) -> bool:
     """A quick look before importing litestream.py: keys litefs.yml does not have at the top,
     or databases named by path."""
-    if not isinstance(raw, dict):
-        return False
     dbs = raw.get("dbs")
     return bool(raw.keys() - s.file_keys(Config)) or (isinstance(dbs, list) and any(
         isinstance(db, dict) and {"path", "dir"} & db.keys() for db in dbs))

@@ -340,6 +340,9 @@ def file_keys(cls: type) -> list[str]:
     return keys
 
 
+_READERS: dict[Any, Callable[[object], object]] = {str: text, str | None: opt_text, bool: flag}
+
+
 def parser_of(t: Any) -> Callable[[object], object] | None:
     """The parse function named in `Annotated[T, parse]`, if `t` is one."""
     if get_origin(t) is not Annotated:
@@ -376,10 +379,8 @@ class Schema:
             if get_origin(t) is tuple:
                 assert isinstance(value, list), "parsers hand over lists"
                 return tuple(self.read(v, get_args(t)[0], (i,)) for i, v in enumerate(value))
-            readers: dict[Any, Callable[[object], object]] = {str: text, str | None: opt_text,
-                                                              bool: flag}
-            if t in readers:
-                return readers[t](value)
+            if t in _READERS:
+                return _READERS[t](value)
             if get_origin(t) in (UnionType, Union):  # `Section | None`: null never gets here
                 return self.read(value, next(a for a in get_args(t) if a is not type(None)))
             if get_origin(t) is Literal:
