@@ -184,6 +184,10 @@ def test_file_replica_is_the_default_type(tmp_path: Path) -> None:
     assert cfg.fuse.dir == "/var/lib/myapp"
     assert cfg.replica_for("data.db") == ReplicaConfig(type="file",
                                                        path="/backup/litestream/data")
+    # as in Litestream, a top-level bucket does not make it an s3 replica
+    cfg = load(tmp_path, "bucket: b\nregion: r\n" + FILE)
+    assert cfg.replica_for("data.db") == ReplicaConfig(type="file",
+                                                       path="/backup/litestream/data")
 
 
 def test_legacy_replicas_list(tmp_path: Path) -> None:

@@ -245,9 +245,12 @@ class _Converter:
         m = self.keys(raw, key, _DB, "a mapping {path: ..., replica: ...}")
         defaults = defaults | self.snapshot(m.get("snapshot"), f"{key}.snapshot")
         path = m.get("path")
-        if not isinstance(path, str) or not path:
+        if not path:
             self.fail(key, "missing path (the database file the app opens, e.g. "
                            "/var/lib/app/store.db)")
+        if not isinstance(path, str):
+            self.fail(f"{key}.path", f"expected a string, got {s.show_value(path)} "
+                                     f"({s.kind(path)})")
         directory, _, name = path.rpartition("/")
         if not path.startswith(("/", "$")) or directory.count("{") > directory.count("}"):
             self.fail(f"{key}.path", f"{s.show_value(path)} must be an absolute path whose "
@@ -275,8 +278,8 @@ class _Converter:
         """One replica, with the top-level settings it does not set itself."""
         m = self.keys(raw, key, _REPLICA)
         from_url = url_location(str(m["url"])) if "url" in m else {}
-        if not {"url", "type", "bucket"} & (m.keys() | defaults.keys()):
-            m["type"] = "file"  # Litestream's default
+        if not {"url", "type", "bucket"} & m.keys():
+            m["type"] = "file"  # Litestream's default, even with a top-level bucket
         is_s3 = from_url.get("type", m.get("type", "s3")) == "s3"
         for k, (value, theirs) in defaults.items():
             if k not in m and k not in from_url and (is_s3 or k not in _S3_ONLY):
