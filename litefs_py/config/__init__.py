@@ -1,7 +1,7 @@
 """`litefs.yml`: its schema, loading, validation and the frozen configuration objects.
 
-The schema is the attrs classes below, written once: a field is a key, its type what the key
-holds, its default the key's default, `Annotated[T, parse]` the function that reads a value
+The schema is the frozen dataclasses below, written once: a field is a key, its type what the
+key holds, its default the key's default, `Annotated[T, parse]` the function that reads a value
 that needs one. config/schema.py walks a YAML document through them and words the errors; a
 Litestream configuration file is read through config/litestream.py.
 
@@ -17,11 +17,10 @@ import os
 import posixpath
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple, NoReturn
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
-
-import attrs
 
 from ..errors import QuietError
 from ..storage.endpoint import normalize_endpoint
@@ -88,14 +87,14 @@ def _key(key: str | None = None, *, missing: str | None = None) -> dict[str, str
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen
+@dataclass(frozen=True)
 class FuseConfig:
     dir: str = "/litefs"
     allow_other: bool = False
     debug: bool = False
 
 
-@attrs.frozen
+@dataclass(frozen=True)
 class DataConfig:
     dir: str = "/var/lib/litefs"
     # seconds local LTX files are kept after upload (0: as soon as they are uploaded)
@@ -103,14 +102,14 @@ class DataConfig:
     spool_limit: Annotated[int, s.size] = GiB  # bytes of not-yet-uploaded LTX kept locally
 
 
-@attrs.frozen
+@dataclass(frozen=True)
 class ExecCommand:
     """One command to run: `argv` is never passed through a shell."""
 
     _EXPECTED: ClassVar[str] = "a mapping {cmd: ..., if-candidate: ...}"
     _HINT: ClassVar[str] = " (don't mix argument strings and {cmd: ...} entries)"
 
-    argv: Annotated[tuple[str, ...], s.argv] = attrs.field(
+    argv: Annotated[tuple[str, ...], s.argv] = field(
         metadata=_key("cmd", missing="missing cmd (the command to run)"))
     if_candidate: bool = False  # run only on a node that can be primary (app.py)
 
@@ -126,17 +125,17 @@ def _commands(value: object) -> tuple[ExecCommand, ...]:
     return (ExecCommand(s.argv(value)),) if value != [] else ()
 
 
-@attrs.frozen
+@dataclass(frozen=True)
 class LogConfig:
     level: Annotated[LogLevel, s.choice("debug", "info", "warn", "error",
                                         aliases={"warning": "warn"})] = "info"
     format: Annotated[LogFormat, s.choice("text", "json")] = "text"
 
 
-@attrs.frozen
+@dataclass(frozen=True)
 class HttpConfig:
     addr: Annotated[str, s.address] = ":20202"
-    secret: str | None = attrs.field(default=None, repr=False)
+    secret: str | None = field(default=None, repr=False)
 
 
 def _http_url(value: object) -> str | None:
@@ -152,7 +151,7 @@ def _http_url(value: object) -> str | None:
     return url.rstrip("/")
 
 
-@attrs.frozen
+@dataclass(frozen=True)
 class LeaseConfig:
     type: Annotated[Literal["static"], s.choice("static", coming=dict.fromkeys(
         ("etcd", "s3", "consul"), NOT_SUPPORTED_YET["lease.type"]))] = "static"
@@ -167,13 +166,13 @@ def _patterns(value: object) -> tuple[str, ...]:
     return tuple(s.read_at((i,), s.text, item) for i, item in enumerate(value))
 
 
-@attrs.frozen
+@dataclass(frozen=True)
 class ProxyConfig:
     """LiteFS's HTTP proxy (`proxy:`): parsed, then refused for now (NOT_SUPPORTED_YET)."""
 
-    addr: Annotated[str, s.address] = attrs.field(metadata=_key(missing="missing proxy.addr"))
-    target: str = attrs.field(metadata=_key(missing="missing proxy.target"))
-    db: str = attrs.field(metadata=_key(missing="missing proxy.db"))
+    addr: Annotated[str, s.address] = field(metadata=_key(missing="missing proxy.addr"))
+    target: str = field(metadata=_key(missing="missing proxy.target"))
+    db: str = field(metadata=_key(missing="missing proxy.db"))
     max_lag: Annotated[float, s.duration] = 10.0
     passthrough: Annotated[tuple[str, ...], _patterns] = ()
 
@@ -191,7 +190,7 @@ def _replica_hint(value: object) -> str:
         if isinstance(value, str) else ""
 
 
-@attrs.frozen(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class ReplicaConfig:
     """Where one database (or, as the default `replica`, every database) is backed up.
 
@@ -209,10 +208,9 @@ class ReplicaConfig:
     path: str = ""
     endpoint: str | None = None
     region: str | None = None
-    force_path_style: bool = attrs.field(default=attrs.Factory(
-        lambda self: _default_force_path_style(self.endpoint), takes_self=True))
+    force_path_style: bool = False  # the loader's default: _default_force_path_style
     access_key_id: str | None = None
-    secret_access_key: str | None = attrs.field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
     sync_interval: Annotated[float, s.duration] = 1.0
     # After a commit wakes the uploader, wait this long for more commits to share the PUT:
     # trades a little lag for far fewer requests (cost) at steady load.
@@ -242,8 +240,8 @@ class ReplicaConfig:
     def with_db(self, db_name: str) -> ReplicaConfig:
         """This replica with `db_name` appended to its path (the default-replica rule)."""
         if self.type == "file":
-            return attrs.evolve(self, path=posixpath.join(self.path, db_name))
-        return attrs.evolve(self, path=f"{self.path}/{db_name}" if self.path else db_name)
+            return replace(self, path=posixpath.join(self.path, db_name))
+        return replace(self, path=f"{self.path}/{db_name}" if self.path else db_name)
 
     @classmethod
     def _from_file(cls, m: dict[str, Any]) -> dict[str, Any]:
@@ -281,6 +279,7 @@ class ReplicaConfig:
         if endpoint is not None:
             at = ("url",) if "endpoint" in from_url else ("endpoint",)
             m["endpoint"] = s.read_at(at, _normalize_endpoint, endpoint)
+        m.setdefault("force-path-style", _default_force_path_style(m.get("endpoint")))
         _check_pair(m)
         path = (s.read_at(("path",), s.opt_text, m.pop("path", "")) or "").strip("/")
         return m | {"path": path} if path else m  # "" (the bucket root) is the default
@@ -340,12 +339,12 @@ def _db_name(value: object) -> str:
     return name
 
 
-@attrs.frozen
+@dataclass(frozen=True)
 class DBConfig:
     _EXPECTED: ClassVar[str] = "a mapping {name: ..., replica: ...}"
     _FILE_ONLY: ClassVar[dict[str, str | None]] = {"replicas": "replica"}
 
-    name: Annotated[str, _db_name] = attrs.field(metadata=_key(
+    name: Annotated[str, _db_name] = field(metadata=_key(
         missing="missing name (the database file name under fuse.dir, e.g. store.db)"))
     replica: ReplicaConfig | None = None  # None: the default replica with the name appended
 
@@ -366,29 +365,29 @@ def _dbs(value: object) -> tuple[DBConfig, ...]:
     return dbs
 
 
-@attrs.frozen
+@dataclass(frozen=True)
 class Config:
     _EXPECTED: ClassVar[str] = "a mapping of keys (fuse:, data:, replica:, ...) at the top level"
     _FILE_ONLY: ClassVar[dict[str, str | None]] = {"replicas": "replica"}
 
-    fuse: FuseConfig = attrs.Factory(FuseConfig)
-    data: DataConfig = attrs.Factory(DataConfig)
+    fuse: FuseConfig = field(default_factory=FuseConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     exit_on_error: bool = True
     exec: Annotated[tuple[ExecCommand, ...], _commands] = ()
-    log: LogConfig = attrs.Factory(LogConfig)
-    http: HttpConfig = attrs.Factory(HttpConfig)
-    lease: LeaseConfig = attrs.Factory(LeaseConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    lease: LeaseConfig = field(default_factory=LeaseConfig)
     proxy: ProxyConfig | None = None  # NOT_SUPPORTED_YET
     replica: ReplicaConfig | None = None  # the default target for every database
     dbs: Annotated[tuple[DBConfig, ...], _dbs] = ()
     # Top-level credentials (Litestream's place for them); already copied into every s3
     # replica above that has none of its own.
     access_key_id: str | None = None
-    secret_access_key: str | None = attrs.field(default=None, repr=False)
-    source: Path | None = attrs.field(default=None, metadata=_key(""))  # None: the defaults
+    secret_access_key: str | None = field(default=None, repr=False)
+    source: Path | None = field(default=None, metadata=_key(""))  # None: the defaults
     # What changed while reading a Litestream file: logged at start; `litefs config convert`
     # writes them as comments.
-    notes: tuple[str, ...] = attrs.field(default=(), metadata=_key(""))
+    notes: tuple[str, ...] = field(default=(), metadata=_key(""))
 
     def db(self, db_name: str) -> DBConfig | None:
         return next((db for db in self.dbs if db.name == db_name), None)
@@ -426,16 +425,16 @@ class Config:
         if self.access_key_id is None:
             return self
         # Litestream's rule: the top-level keys serve every s3 replica without its own.
-        return attrs.evolve(
+        return replace(
             self,
             replica=self._with_keys(self.replica),
-            dbs=tuple(attrs.evolve(d, replica=self._with_keys(d.replica)) for d in self.dbs),
+            dbs=tuple(replace(d, replica=self._with_keys(d.replica)) for d in self.dbs),
         )
 
     def _with_keys(self, replica: ReplicaConfig | None) -> ReplicaConfig | None:
         if replica is None or replica.type != "s3" or replica.access_key_id is not None:
             return replica
-        return attrs.evolve(replica, access_key_id=self.access_key_id,
+        return replace(replica, access_key_id=self.access_key_id,
                             secret_access_key=self.secret_access_key)
 
 
@@ -645,4 +644,4 @@ def config_from_tree(raw: object, source: Path, *, env: Mapping[str, str] = os.e
     keys the author of a converted document wrote, for error messages."""
     expanded = s.expand_tree(raw, env, f" in {source}", keymap)
     cfg: Config = SCHEMA.structure(expanded, Config, str(source), keymap)
-    return attrs.evolve(cfg, source=source, notes=notes)
+    return replace(cfg, source=source, notes=notes)

@@ -1,7 +1,7 @@
-"""The machinery under litefs.yml's schema: a YAML document → frozen attrs objects, with the
+"""The machinery under litefs.yml's schema: a YAML document → frozen dataclasses, with the
 one-line errors users see. It knows no litefs key: config/__init__.py declares them.
 
-A *section* is an attrs class. Its fields are its keys (the field name in kebab-case, or
+A *section* is a dataclass. Its fields are its keys (the field name in kebab-case, or
 `metadata["key"]`; `""` for a field no file sets), a field's default is the key's default and
 `Annotated[T, parse]` names the function that reads the value (plain `str`, `str | None` and
 `bool` fields use `text`, `opt_text` and `flag`). A section class may also have
@@ -16,6 +16,7 @@ into `QuietError(message, ExitCode.CONFIG)`: "KEY in FILE: what is wrong; the fi
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import shlex
@@ -33,7 +34,6 @@ from typing import (
     get_type_hints,
 )
 
-import attrs
 import yaml
 
 from ..errors import ExitCode, QuietError
@@ -327,14 +327,14 @@ def argv(value: object) -> tuple[str, ...]:
 # --------------------------------------------------------------------------------------------
 
 
-def file_key(f: attrs.Attribute[Any]) -> str:
+def file_key(f: dataclasses.Field[Any]) -> str:
     key: str = f.metadata.get("key", f.name.replace("_", "-"))
     return key
 
 
 def file_keys(cls: type) -> list[str]:
     """The keys a section accepts, in the order error messages list them."""
-    keys = [file_key(f) for f in attrs.fields(cls) if file_key(f)]
+    keys = [file_key(f) for f in dataclasses.fields(cls) if file_key(f)]
     for extra, after in getattr(cls, "_FILE_ONLY", {}).items():
         keys.insert(keys.index(after) + 1 if after else 0, extra)
     return keys
@@ -363,7 +363,7 @@ class Schema:
         if cls not in self._fields:
             hints = get_type_hints(cls, include_extras=True)
             self._fields[cls] = [(f.name, file_key(f), hints[f.name])
-                                 for f in attrs.fields(cls) if file_key(f)]
+                                 for f in dataclasses.fields(cls) if file_key(f)]
         return self._fields[cls]
 
     def read(self, value: object, t: Any, at: tuple[Step, ...] = ()) -> Any:
@@ -412,8 +412,9 @@ class Schema:
         m = {k: v for k, v in value.items() if v is not None}
         if hasattr(cls, "_from_file"):
             m = cls._from_file(m)
-        for f in attrs.fields(cls):
-            if f.default is attrs.NOTHING and file_key(f) not in m:
+        for f in dataclasses.fields(cls):
+            required = f.default is f.default_factory is dataclasses.MISSING
+            if required and file_key(f) not in m:
                 raise Problem(f.metadata.get("missing", f"missing {file_key(f)}"))
         obj = cls(**{name: self.read(m[key], t, (key,))
                      for name, key, t in self.fields(cls) if key in m})
