@@ -875,5 +875,6 @@ def convert(file: Path, output: Path | None, force: bool, no_check: bool) -> Non
                          ExitCode.USAGE)
     tmp = output.with_name(f".{output.name}.tmp")
     tmp.write_text(text)
+    tmp.chmod(file.stat().st_mode & 0o666)  # it may hold the same keys: no more readable
     tmp.replace(output)
     click.echo(f"wrote {output} ({len(converted.notes)} notes on what changed)", err=True)

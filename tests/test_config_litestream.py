@@ -368,8 +368,10 @@ def test_convert_writes_a_litefs_yml_that_loads_the_same(
 
 def test_convert_output_file(tmp_path: Path) -> None:
     src = write(tmp_path, FILE)
+    src.chmod(0o600)
     out = tmp_path / "litefs.yml"
     assert run_convert(src, "-o", out).returncode == 0
+    assert out.stat().st_mode & 0o777 == 0o600
     assert load_config(out, env={}).replica_for("data.db") == ReplicaConfig(
         type="file", path="/backup/litestream/data")
     again = run_convert(src, "-o", out)
