@@ -503,13 +503,14 @@ _URL_HINT = "expected s3://bucket/path?endpoint=..., file:///absolute/dir or /ab
 _URL_PARAMS = ("endpoint", "region", "forcePathStyle", "force-path-style")
 # Virtual-host URLs of S3-compatible providers, read as Litestream reads them: bucket plus the
 # provider's endpoint (otherwise s3://b.s3.us-west-002.backblazeb2.com/db names an AWS bucket).
-_PROVIDER_HOSTS = tuple((re.compile(pattern), path_style) for pattern, path_style in (
+# (Strings: re compiles them on first use, not at every start.)
+_PROVIDER_HOSTS = (
     (r"(?P<bucket>.+)\.(?P<endpoint>s3\.[^.]+\.backblazeb2\.com)", True),
     (r"(?P<bucket>.+)\.(?P<endpoint>s3\.[^.]+\.scw\.cloud)", False),
     (r"(?P<bucket>.+)\.(?P<endpoint>[^.]+\.digitaloceanspaces\.com)", False),
     (r"(?P<bucket>.+)\.(?P<endpoint>[^.]+\.linodeobjects\.com)", False),
     (r"(?P<bucket>.+)\.(?P<endpoint>s3\.filebase\.com)", True),
-))
+)
 
 
 def _parse_url(url: str, at: tuple[s.Step, ...] = ()) -> dict[str, object]:
@@ -549,7 +550,7 @@ def _parse_url(url: str, at: tuple[s.Step, ...] = ()) -> dict[str, object]:
         fail(f"replica URL {shown} has no bucket; expected s3://bucket/path")
     out: dict[str, object] = {"type": "s3", "bucket": parts.netloc}
     for pattern, path_style in _PROVIDER_HOSTS:
-        if pm := pattern.fullmatch(parts.netloc.lower()):
+        if pm := re.fullmatch(pattern, parts.netloc.lower()):
             out |= {"bucket": parts.netloc[: pm.end("bucket")], "endpoint": pm["endpoint"]}
             out |= {"force-path-style": True} if path_style else {}
             break
