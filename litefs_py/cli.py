@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -416,7 +416,7 @@ def mount(mount_dir: Path | None, data_dir: Path | None, config_path: Path | Non
         sys.exit(code)
 
 
-def _stay_up(exc: QuietError | OSError) -> None:
+def _stay_up(exc: QuietError | OSError) -> NoReturn:
     """exit-on-error: false (LiteFS's meaning): after a start-up failure, log it and keep the
     process (and the container) up so the machine can be inspected, instead of exiting into
     a restart loop. SIGTERM or SIGINT then exits with the failure's code."""
