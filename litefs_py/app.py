@@ -300,7 +300,7 @@ async def _run_command(label: str, cmd: AppCommand, sup: Supervision) -> int:
 
 
 async def _supervise(commands: tuple[AppCommand, ...], candidate: bool,
-                     sup: Supervision) -> None:
+                     sup: Supervision, exit_on_error: bool = True) -> None:
     """Run the exec commands as LiteFS does: in order; `if_candidate` ones only on a lease
     candidate; every one but the last to completion (a non-zero exit stops the start-up);
     the last supervised. When the last exits (or the start-up stops), unmount and pass its
@@ -324,9 +324,16 @@ async def _supervise(commands: tuple[AppCommand, ...], candidate: bool,
                 sup.exit_code = exit_status(returncode)
                 why = f"{cmd.show()} " + ("finished, but a signal arrived" if returncode == 0
                                           else describe_status(returncode))
+                rest = ", ".join(c.show() for c in commands[i + 1:])
+                if not exit_on_error and not sup.stopping:
+                    # LiteFS's exit-on-error: false: keep the mount (and the container) up
+                    # so the failed step can be inspected and run again by hand.
+                    log.error("%s: %s; not starting the rest of exec (%s); exit-on-error is "
+                              "false: the mount stays up for inspection, SIGTERM or SIGINT "
+                              "unmounts and exits with %d", label, why, rest, sup.exit_code)
+                    return
                 log.error("%s: %s; not starting the rest of exec (%s); unmounting and "
-                          "exiting with %d", label, why,
-                          ", ".join(c.show() for c in commands[i + 1:]), sup.exit_code)
+                          "exiting with %d", label, why, rest, sup.exit_code)
                 await stop_mount(sup)
                 return
             log.info("%s: %s finished", label, cmd.show())
@@ -471,7 +478,8 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
             ops.store.db_listeners.append(replicator.attach)
         nursery.start_soon(_write_status, ops.store, replicator, node)
         if opts.commands:
-            nursery.start_soon(_supervise, opts.commands, config.lease.candidate, sup)
+            nursery.start_soon(_supervise, opts.commands, config.lease.candidate, sup,
+                               config.exit_on_error)
         await pyfuse3.main()
         log.debug("FUSE loop ended; stopping background tasks")
         with trio.CancelScope(shield=True):

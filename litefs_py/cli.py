@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -46,18 +46,27 @@ def quiet_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except QuietError as exc:
-            click.echo(f"litefs: {exc.message}", err=True)
-            sys.exit(int(exc.code))
-        except FileNotFoundError as exc:
-            click.echo(f"litefs: {exc.filename}: no such file or directory", err=True)
-            sys.exit(int(ExitCode.NOT_FOUND))
-        except OSError as exc:
-            where = f"{exc.filename}: " if exc.filename else ""
-            click.echo(f"litefs: {where}{exc.strerror or exc}", err=True)
-            sys.exit(int(ExitCode.IO))
+        except (QuietError, OSError) as exc:
+            message, code = error_line(exc)
+            if _json_logs:  # every line on stderr stays one JSON object
+                import logging
+
+                logging.getLogger("litefs").error("%s", message)
+            else:
+                click.echo(f"litefs: {message}", err=True)
+            sys.exit(int(code))
 
     return wrapper  # type: ignore[return-value]
+
+
+def error_line(exc: QuietError | OSError) -> tuple[str, ExitCode]:
+    """The one line and the exit code of a user-facing error."""
+    if isinstance(exc, QuietError):
+        return exc.message, exc.code
+    if isinstance(exc, FileNotFoundError):
+        return f"{exc.filename}: no such file or directory", ExitCode.NOT_FOUND
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}", ExitCode.IO
 
 
 def format_ms(ms: int) -> str:
@@ -325,14 +334,29 @@ def list_(directory: Path, as_json: bool) -> None:
         click.echo(f"{len(lv['files'])} files, chain {state}\n")
 
 
-def setup_logging(level: str = "info") -> None:
-    import logging
+_json_logs = False  # set by setup_logging(fmt="json"): errors are logged, not echoed
 
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+
+def setup_logging(level: str = "info", fmt: str = "text") -> None:
+    """Log to stderr at `level`: as text, or (`fmt="json"`, config log.format) one JSON object
+    per line, {"time": RFC 3339 UTC with ms, "level", "logger", "message"} plus "exception"
+    with a traceback, for log collectors."""
+    import logging  # here: commands that never log do not pay for the import
+
+    class JsonFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            doc = {"time": format_ms(int(record.created * 1000)), "level": record.levelname,
+                   "logger": record.name, "message": record.getMessage()}
+            if record.exc_info:
+                doc["exception"] = self.formatException(record.exc_info)
+            return json.dumps(doc, ensure_ascii=False)
+
+    global _json_logs
+    _json_logs = fmt == "json"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if _json_logs else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
 
 @main.command()
@@ -342,7 +366,8 @@ def setup_logging(level: str = "info") -> None:
               help="Where litefs keeps databases and LTX files (config: data.dir; default "
                    "/var/lib/litefs).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Configuration file (default: ./litefs.yml, then /etc/litefs.yml).")
+              help="Configuration file: litefs.yml, or a Litestream file as it is (default: "
+                   "./litefs.yml, then /etc/litefs.yml).")
 @click.option("--allow-other", is_flag=True, default=None,
               help="Let other users access the mount (config: fuse.allow-other).")
 @click.option("--debug-fuse", is_flag=True, help="Log every FUSE request (very verbose).")
@@ -372,11 +397,15 @@ def mount(mount_dir: Path | None, data_dir: Path | None, config_path: Path | Non
     unmounts and exits with that status), the last supervised like COMMAND; an
     `if-candidate: true` command runs only on a lease candidate (e.g. migrations).
     """
+    import logging
+
     from .app import AppCommand, MountOptions, run_mount
     from .config import load_config
 
     cfg = load_config(config_path)
-    setup_logging(log_level or cfg.log.level)
+    setup_logging(log_level or cfg.log.level, cfg.log.format)
+    for note in cfg.notes:  # a Litestream file: what litefs does differently
+        logging.getLogger("litefs").info("%s: %s", cfg.source, note)
     if command:
         commands: tuple[AppCommand, ...] = (AppCommand(tuple(command)),)
     else:
@@ -389,9 +418,33 @@ def mount(mount_dir: Path | None, data_dir: Path | None, config_path: Path | Non
         config=cfg,
         commands=commands,
     )
-    code = run_mount(opts)
+    try:
+        code = run_mount(opts)
+    except (QuietError, OSError) as exc:
+        if cfg.exit_on_error:
+            raise
+        _stay_up(exc)
     if code:
         sys.exit(code)
+
+
+def _stay_up(exc: QuietError | OSError) -> NoReturn:
+    """exit-on-error: false (LiteFS's meaning): after a start-up failure, log it and keep the
+    process (and the container) up so the machine can be inspected, instead of exiting into
+    a restart loop. SIGTERM or SIGINT then exits with the failure's code."""
+    import logging
+    import signal
+
+    message, code = error_line(exc)
+    log = logging.getLogger("litefs")
+    log.error("%s", message)
+    log.error("exit-on-error is false: staying up so this machine can be inspected; stop "
+              "with SIGTERM or SIGINT")
+    stop = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    signum = signal.sigwait(stop)
+    log.info("received %s; exiting", signal.Signals(signum).name)
+    sys.exit(int(code))
 
 
 @main.command()
@@ -414,8 +467,8 @@ def recover(name: str, data_dir: Path | None, config_path: Path | None) -> None:
     from .store.recovery import recover as recover_db
     from .store.store import Store
 
-    setup_logging("info")
     cfg = load_config(config_path)
+    setup_logging("info", cfg.log.format)
     store = Store(data_dir or Path(cfg.data.dir))
     store.lock()
     try:
@@ -789,3 +842,55 @@ def _retry_note(doc: dict[str, Any]) -> str:
     wait = doc.get("next_attempt_in")
     when = f"; next attempt in {wait:.0f} s" if isinstance(wait, int | float) else ""
     return f" (retrying cannot fix this{when})"
+
+
+@main.group("config")
+def config_group() -> None:
+    """Configuration files: turn a Litestream configuration into litefs.yml."""
+
+
+@config_group.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the litefs.yml here instead of to stdout (never over an existing "
+                   "file unless --force).")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--no-check", is_flag=True,
+              help="Do not load the result with this environment's variables (they may be "
+                   "set only where litefs runs).")
+@quiet_errors
+def convert(file: Path, output: Path | None, force: bool, no_check: bool) -> None:
+    """Print the litefs.yml that does what the Litestream configuration FILE does, with
+    comments on what changed. `litefs mount --config FILE` reads FILE the same way without
+    converting it.
+
+    Each `dbs[].path` stays the path the app opens: its directory becomes the mount
+    (fuse.dir), its file name a `dbs[].name`. Keys with no litefs counterpart are dropped
+    with a comment saying why; keys litefs-py cannot honour (Azure/SFTP/NATS replicas,
+    encryption, validation, directory replication) are refused, naming what to do instead.
+    Exits 3 if FILE is not a Litestream configuration or would not load.
+    """
+    from .config import config_from_tree
+    from .config.litestream import convert_tree, is_litestream, to_yaml
+    from .config.schema import read_yaml
+
+    raw = read_yaml(file)
+    if not (isinstance(raw, dict) and is_litestream(raw)):
+        raise QuietError(f"{file} is not a Litestream configuration (no dbs[].path with a "
+                         "replica, no addr/logging/levels/snapshot); a litefs.yml needs no "
+                         "converting", ExitCode.CONFIG)
+    converted = convert_tree(raw, file)
+    if not no_check:
+        config_from_tree(converted.tree, file, notes=converted.notes, keymap=converted.keymap)
+    text = to_yaml(converted, file)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    if output.exists() and not force:
+        raise QuietError(f"{output} exists; choose another path or pass --force to replace it",
+                         ExitCode.USAGE)
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(text)
+    tmp.chmod(file.stat().st_mode & 0o666)  # it may hold the same keys: no more readable
+    tmp.replace(output)
+    click.echo(f"wrote {output} ({len(converted.notes)} notes on what changed)", err=True)

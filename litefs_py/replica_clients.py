@@ -9,32 +9,22 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from .config import ReplicaConfig, parse_replica_url, resolve_credentials
+from .config import ReplicaConfig, find_credentials, parse_replica_url
 from .errors import ExitCode
 from .storage.base import ReplicaClient
 from .storage.errors import StorageError
 from .storage.file import FileReplicaClient
 
 
-def _credentials_source(replica: ReplicaConfig, env: Mapping[str, str]) -> str:
-    """Where resolve_credentials found the keys, for error messages (same order)."""
-    if replica.access_key_id is not None:
-        return "the configuration file (access-key-id)"
-    for var in ("LITEFS_ACCESS_KEY_ID", "LITESTREAM_ACCESS_KEY_ID"):
-        if env.get(var):
-            return var
-    return "the AWS default chain (AWS_ACCESS_KEY_ID, ~/.aws, instance role)"
-
-
 def client_for(replica: ReplicaConfig, env: Mapping[str, str] = os.environ) -> ReplicaClient:
     """The client of one database's replica (`replica` already has the database's path).
-    Credentials: `resolve_credentials` (config, LITEFS_*, LITESTREAM_*, then AWS's chain).
+    Credentials: `find_credentials` (config, LITEFS_*, LITESTREAM_*, then AWS's chain).
     Nothing is contacted here: call `check()` to probe."""
     if replica.type == "file":
         return FileReplicaClient(Path(replica.path))
     if replica.bucket is None:
         raise StorageError("an s3 replica needs a bucket", ExitCode.CONFIG)
-    key_id, secret = resolve_credentials(replica, env)
+    credentials = find_credentials(replica, env)
     from .storage.s3 import S3ReplicaClient  # boto3 takes a while to import: only when needed
 
     return S3ReplicaClient(
@@ -43,9 +33,9 @@ def client_for(replica: ReplicaConfig, env: Mapping[str, str] = os.environ) -> R
         endpoint=replica.endpoint,
         region=replica.region,
         force_path_style=replica.force_path_style,
-        access_key_id=key_id,
-        secret_access_key=secret,
-        credentials_source=_credentials_source(replica, env),
+        access_key_id=credentials.access_key_id,
+        secret_access_key=credentials.secret_access_key,
+        credentials_source=credentials.source,
     )
 
 
