@@ -73,6 +73,8 @@ from typing import Any
 # bench/common.py (script dir)
 from common import git_describe, log_tail, summarize_collapsed, terminate
 
+from litefs_py.mountinfo import is_mounted
+
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve()
 MiB = 2**20
@@ -221,12 +223,6 @@ def client_main(arg: str) -> int:
 # =============================================================================================
 # Parent side: servers, phases, tables.
 # =============================================================================================
-
-def is_mounted(path: Path) -> bool:
-    with open("/proc/self/mounts") as f:
-        return any(len(fields) > 1 and fields[1] == str(path)
-                   for fields in (line.split() for line in f))
-
 
 def lazy_unmount(path: Path) -> None:
     if is_mounted(path):

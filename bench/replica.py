@@ -91,6 +91,8 @@ from typing import Any
 
 from common import git_describe, summarize_collapsed, terminate  # bench/common.py (script dir)
 
+from litefs_py.mountinfo import is_mounted
+
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve()
 MiB = 2**20
@@ -389,12 +391,6 @@ class Background:
 # =============================================================================================
 # The litefs nodes.
 # =============================================================================================
-
-def is_mounted(path: Path) -> bool:
-    with open("/proc/self/mounts") as f:
-        return any(len(fields) > 1 and fields[1] == str(path)
-                   for fields in (line.split() for line in f))
-
 
 def lazy_unmount(path: Path) -> None:
     if is_mounted(path):

@@ -8,7 +8,6 @@ import gc
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import time
@@ -23,6 +22,7 @@ from .config import Config
 from .errors import ExitCode, QuietError
 from .fuse.ops import PrimaryOperations
 from .fuse.replica_ops import ReplicaKernelCache, ReplicaOperations
+from .mountinfo import is_mounted
 from .replication.maintenance import ReplicaMaintainer, Schedule
 from .replication.replica_node import ReplicaNode
 from .replication.stream_server import StreamServer
@@ -156,26 +156,6 @@ def restore_missing_databases(config: Config, data_dir: Path) -> None:
         client = client_for(replica)
         result = restore_to_data_dir(client, data_dir, name, if_replica_exists=True)
         log.info("%s: %s", name, result.summary())
-
-
-def _unescape_mount_path(field: str) -> str:
-    # /proc/self/mounts escapes space, tab, newline and backslash as octal (\040 ...).
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def is_mounted(path: Path) -> bool:
-    """Whether `path` is a mount point, read from /proc/self/mounts.
-
-    `path` must already be absolute and resolved: this never stats it, because a stat of a
-    FUSE mount whose server is this process (or a dead one) waits forever.
-    """
-    target = str(path)
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 1 and _unescape_mount_path(fields[1]) == target:
-                return True
-    return False
 
 
 def resolve_mount_dir(path: Path) -> Path:
