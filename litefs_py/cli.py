@@ -398,7 +398,6 @@ def recover(name: str, data_dir: Path | None, config_path: Path | None) -> None:
     replays to exactly this database again. Run it while the data directory is not mounted.
     """
     from .config import load_config
-    from .store.db import DB
     from .store.recovery import recover as recover_db
     from .store.store import Store
 
@@ -407,15 +406,14 @@ def recover(name: str, data_dir: Path | None, config_path: Path | None) -> None:
     store = Store(data_dir or Path(cfg.data.dir))
     store.lock()
     try:
-        root = store.dbs_dir / name
-        if not root.is_dir():
+        db = store.load(name)
+        if db is None:
             raise QuietError(f"no database {name!r} in {store.dbs_dir}", ExitCode.NOT_FOUND)
-        db = DB(name, root)
         before = db.ltx.last()
         recover_db(db, accept_current=True)
         after = db.txid
         db.close()
-        if before is not None and after == before[1].max_txid:
+        if before is not None and after == before.header.max_txid:
             click.echo(f"{name}: matches its LTX log at TXID {after:016x}; nothing to do")
         else:
             click.echo(f"{name}: recorded the current database as TXID {after:016x}")
@@ -651,8 +649,10 @@ def _restore(source: str, output: Path | None, config_path: Path | None,
         if output is None:
             store_dir = data_dir or Path(cfg.data.dir)
 
+    from .store.paths import DataDirPaths
+
     target_out = output if output is not None else (
-        store_dir / "dbs" / source / "database" if store_dir is not None else None)
+        DataDirPaths(store_dir).database(source) if store_dir is not None else None)
 
     if dry_run:
         if if_db_not_exists and target_out is not None and target_out.exists():
@@ -704,7 +704,7 @@ def _restore(source: str, output: Path | None, config_path: Path | None,
                              f"a copy, restore to a file with -o OUT", exc.code) from None
         try:
             result = restore_to_data_dir(
-                client, store_dir, source, txid=txid, timestamp=when,
+                client, store, source, txid=txid, timestamp=when,
                 if_replica_exists=if_replica_exists, if_db_not_exists=if_db_not_exists,
                 force=force, integrity=integrity_check, progress=progress,
                 generation=generation, wal_index=wal_index)
@@ -739,9 +739,10 @@ def status(data_dir: Path | None, config_path: Path | None, as_json: bool) -> No
     import time
 
     from .config import load_config
+    from .store.paths import DataDirPaths
 
     cfg = load_config(config_path)
-    path = (data_dir or Path(cfg.data.dir)) / "status.json"
+    path = DataDirPaths(data_dir or Path(cfg.data.dir)).status
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
