@@ -135,7 +135,13 @@ class StreamServer:
         self.port = int(port)
         log.info("replication API on http://%s (protocol %d)", bind, PROTOCOL_VERSION)
         task_status.started(bind)
-        await serve(self.app, cfg)  # type: ignore[arg-type]
+        try:
+            await serve(self.app, cfg)  # type: ignore[arg-type]
+        except* OSError as group:
+            # Another process took the port between the check above and hypercorn's bind.
+            log.warning("cannot listen on %s for replicas: %s; replicas cannot connect until "
+                        "http.addr is changed", bind, group.exceptions[0])
+            self.port = None
 
     def abort_connections(self) -> int:
         """At shutdown: shut down every accepted connection's socket. hypercorn sends in a
