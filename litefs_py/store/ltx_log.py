@@ -52,6 +52,15 @@ _SYNCFS_THRESHOLD = 16
 _syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
 
 
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a directory's entries durable (new, renamed or deleted files in it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @dataclass(frozen=True, slots=True)
 class RecordInfo:
     """A record's range with its decoded header and trailer (the pages not read)."""
@@ -339,11 +348,7 @@ class LtxLog:
                 finally:
                     os.close(fd)
             if dir_dirty:
-                dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+                fsync_dir(directory)
 
         return work
 

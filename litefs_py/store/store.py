@@ -22,7 +22,7 @@ from ..errors import ExitCode, QuietError
 from ..ltx import encode_snapshot
 from ..types import FileKind, TxRange
 from .db import DB
-from .ltx_log import LtxLog
+from .ltx_log import LtxLog, fsync_dir
 from .paths import DataDirPaths, DBPaths
 
 log = logging.getLogger("litefs.store")
@@ -43,14 +43,6 @@ class RestoredDatabase:
     page_count: int
     checksum: int | None = None
     timestamp: datetime | None = None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Store:
@@ -255,7 +247,7 @@ class Store:
             if old.exists() and not root.exists():
                 os.replace(old, root)  # put the database that was there back
             raise
-        _fsync_dir(self.dbs_dir)
+        fsync_dir(self.dbs_dir)
         shutil.rmtree(old, ignore_errors=True)
         self.discard_restore(name)
         return checksum
@@ -282,5 +274,5 @@ class Store:
                              "was built with: the disk returned different data; nothing was "
                              "installed", ExitCode.IO)
         seed.sync()
-        _fsync_dir(staging.root)
+        fsync_dir(staging.root)
         return checksum

@@ -27,6 +27,7 @@ import pyfuse3
 import trio
 
 from litefs_py.fuse.ops import ROOT, PrimaryOperations
+from tests.store.sqlite_vfs import SingleConnectionFile
 
 _names = itertools.count()
 F = TypeVar("F", bound=Callable[..., Any])
@@ -71,7 +72,7 @@ def _fuse_errors(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class OpsFile:  # method names are SQLite's (apsw)
+class OpsFile(SingleConnectionFile):
     def __init__(self, vfs: OpsVFS, fh: int, inode: int) -> None:
         self.vfs, self.fh, self.inode = vfs, fh, inode
 
@@ -97,24 +98,6 @@ class OpsFile:  # method names are SQLite's (apsw)
     @_fuse_errors
     def xFileSize(self) -> int:
         return call(self.vfs.ops.getattr, self.inode, self.vfs.ctx).st_size  # type: ignore[no-any-return]
-
-    def xLock(self, level: int) -> None:
-        pass
-
-    def xUnlock(self, level: int) -> None:
-        pass
-
-    def xCheckReservedLock(self) -> bool:
-        return False
-
-    def xFileControl(self, op: int, ptr: int) -> bool:
-        return False
-
-    def xSectorSize(self) -> int:
-        return 4096
-
-    def xDeviceCharacteristics(self) -> int:
-        return 0
 
     def xClose(self) -> None:
         call(self.vfs.ops.release, self.fh)

@@ -54,7 +54,30 @@ class Hooks:
     before_truncate: list[Callable[[DB, FileKind, int], None]] = field(default_factory=list)
 
 
-class _TempFile:  # method names are SQLite's (apsw)
+class SingleConnectionFile:  # method names are SQLite's (apsw)
+    """What a file needs beyond its data when one connection uses it: no locks to take, no
+    file controls, 4 KiB sectors, no special device properties."""
+
+    def xLock(self, level: int) -> None:
+        pass
+
+    def xUnlock(self, level: int) -> None:
+        pass
+
+    def xCheckReservedLock(self) -> bool:
+        return False
+
+    def xFileControl(self, op: int, ptr: int) -> bool:
+        return False
+
+    def xSectorSize(self) -> int:
+        return 4096
+
+    def xDeviceCharacteristics(self) -> int:
+        return 0
+
+
+class _TempFile(SingleConnectionFile):
     """SQLite's nameless temporary files (statement journals, temp tables): in memory."""
 
     def __init__(self) -> None:
@@ -78,29 +101,11 @@ class _TempFile:  # method names are SQLite's (apsw)
     def xFileSize(self) -> int:
         return len(self.data)
 
-    def xLock(self, level: int) -> None:
-        pass
-
-    def xUnlock(self, level: int) -> None:
-        pass
-
-    def xCheckReservedLock(self) -> bool:
-        return False
-
-    def xFileControl(self, op: int, ptr: int) -> bool:
-        return False
-
-    def xSectorSize(self) -> int:
-        return 4096
-
-    def xDeviceCharacteristics(self) -> int:
-        return 0
-
     def xClose(self) -> None:
         pass
 
 
-class _StoreFile(_TempFile):
+class _StoreFile(SingleConnectionFile):
     def __init__(self, vfs: StoreVFS, db: DB, kind: FileKind) -> None:
         self.vfs, self.db, self.kind = vfs, db, kind
         db.opened(kind)
@@ -144,7 +149,7 @@ class StoreVFS(apsw.VFS):  # type: ignore[misc]
     def _split(self, name: str) -> tuple[str, FileKind]:
         return parse_name(name.lstrip("/"))
 
-    def xOpen(self, name: object, flags: list[int]) -> _TempFile:
+    def xOpen(self, name: object, flags: list[int]) -> SingleConnectionFile:
         if name is None:
             return _TempFile()
         path = name if isinstance(name, str) else name.filename()  # type: ignore[attr-defined]

@@ -27,6 +27,18 @@ def image(store: Store, dest: Path) -> Path:
     return dest
 
 
+def image_before_journal_delete(vfs: StoreVFS, store: Store, dest: Path) -> list[Path]:
+    """Arrange for an image of the data directory at the next journal deletion, before it
+    reaches the store: database pages written, journal hot, the record not yet written."""
+    images: list[Path] = []
+
+    def crash(d: DB, kind: FileKind) -> None:
+        if kind is FileKind.JOURNAL and not images:
+            images.append(image(store, dest))
+    vfs.hooks.before_delete.append(crash)
+    return images
+
+
 def reopen(data: Path, name: str = "app.db") -> DB:
     return DB(name, data / "dbs" / name)
 
@@ -74,12 +86,7 @@ def test_torn_newest_record_is_dropped(vfs: StoreVFS, store: Store, tmp_path: Pa
     con = _populated(vfs)
     db = store.dbs["app.db"]
     before, content = db.pos, db.path(FileKind.DATABASE).read_bytes()
-    images = []
-
-    def crash(d: DB, kind: FileKind) -> None:
-        if kind is FileKind.JOURNAL and not images:
-            images.append(image(store, tmp_path / "img"))
-    vfs.hooks.before_delete.append(crash)
+    images = image_before_journal_delete(vfs, store, tmp_path / "img")
     execute(con, "INSERT INTO t(v) VALUES ('torn')")
     last = db.ltx.last_range()
     assert images and last == (before.txid + 1, before.txid + 1)
@@ -98,13 +105,7 @@ def test_hot_journal_of_an_unrecorded_transaction_is_rolled_back(
     con = _populated(vfs)
     db = store.dbs["app.db"]
     pos, content = db.pos, db.path(FileKind.DATABASE).read_bytes()
-    images = []
-
-    def crash(d: DB, kind: FileKind) -> None:
-        if kind is FileKind.JOURNAL and not images:
-            # Database pages written, journal hot, the record not yet written.
-            images.append(image(store, tmp_path / "img"))
-    vfs.hooks.before_delete.append(crash)
+    images = image_before_journal_delete(vfs, store, tmp_path / "img")
     execute(con, "UPDATE t SET v = randomblob(3000)")
     assert images and db.txid == pos.txid + 1
     db2 = reopen(images[0])
