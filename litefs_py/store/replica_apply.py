@@ -32,12 +32,11 @@ from ..ltx import (
     decode_bytes,
 )
 from ..types import FileKind, Pos, TxRange
-from .db import DB
+from .db import DB, WAL_MODE
 from .page_table import PageTable, TableUndo
 
 log = logging.getLogger("litefs.replica")
 
-WAL_MODE = b"\x02\x02"  # database header bytes 18-19 of a WAL-mode database
 FENCE_TIMEOUT = 30.0  # seconds rollback-mode readers may hold their locks before giving up
 # WAL-mode readers waiting on the fence spin inside SQLite (walTryBeginRead) without their
 # busy handler and fail with SQLITE_PROTOCOL after about 10 s: give up well before that.
