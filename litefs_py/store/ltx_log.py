@@ -82,7 +82,6 @@ class MergedRecords:
 class LtxLog:
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self._dir = directory
         self._dir_str = str(directory)
         # The directory listing, kept in memory: listing thousands of files per upload cost
         # more than the upload. Every change goes through this class.
@@ -229,11 +228,6 @@ class LtxLog:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(r))
 
-    def clear(self) -> None:
-        """Delete every record (a replica dropping a copy it cannot repair)."""
-        for r in list(self._files):
-            self.take_back(r)
-
     # ---- local retention -----------------------------------------------------------------
 
     def trim(self, retention: float, *, upto: int | None = None) -> int:
@@ -358,8 +352,3 @@ class LtxLog:
 
     def close(self) -> None:
         self.sync()
-
-    @property
-    def directory(self) -> Path:
-        """Where the records live (only for messages naming it)."""
-        return self._dir
