@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import ExitCode, QuietError
 from ..ltx import (
@@ -47,7 +47,6 @@ from ..ltx import (
 from ..storage.base import LtxFileInfo, ReplicaClient
 from ..storage.errors import ObjectNotFoundError
 from ..store.page_table import PageTable
-from ..store.store import RestoredDatabase, Store
 from .progress import NullProgress
 from .restore_plan import (
     CorruptObjectError,
@@ -70,6 +69,9 @@ __all__ = [
     "restore_database",
     "restore_to_data_dir",
 ]
+
+if TYPE_CHECKING:
+    from ..store.store import Store
 
 log = logging.getLogger("litefs.restore")
 
@@ -538,6 +540,8 @@ def restore_to_data_dir(
     "Exists" means the database file exists in the store; with `force` the whole database
     directory (database, WAL, journal, LTX log) is replaced.
     """
+    from ..store.store import RestoredDatabase  # `litefs restore -o` does not load the store
+
     database = store.database_path(name)
     if store.has_database(name):
         if if_db_not_exists:

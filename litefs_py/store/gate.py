@@ -12,24 +12,33 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import trio
+if TYPE_CHECKING:
+    import trio
+
+# trio is imported when a gate is first held (always inside the mount's trio run): the store
+# is also used by short CLI commands (`litefs restore`, `litefs recover`), whose start-up
+# time importing trio would double.
 
 
 class WriteGate:
     def __init__(self) -> None:
         self.held = False
         self._holders = 0  # two snapshots of one database may hold it at once
-        self._opened = trio.Event()
+        self._opened: trio.Event | None = None
 
     async def wait(self) -> None:
         """Return once the gate is not held."""
         while self.held:
+            assert self._opened is not None
             await self._opened.wait()
 
     @contextmanager
     def hold(self) -> Iterator[None]:
         if not self._holders:
+            import trio
+
             self._opened = trio.Event()
         self._holders += 1
         self.held = True
@@ -39,4 +48,5 @@ class WriteGate:
             self._holders -= 1
             if not self._holders:
                 self.held = False
+                assert self._opened is not None
                 self._opened.set()
