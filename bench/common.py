@@ -11,7 +11,6 @@ import math
 import os
 import platform
 import random
-import re
 import shutil
 import signal
 import socket
@@ -25,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from litefs_py.mountinfo import is_mounted  # the one copy (re-exported to the scripts)
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -34,20 +35,6 @@ def log(msg: str) -> None:
 
 
 # ---- mounts and processes ------------------------------------------------------------------
-
-
-def _unescape(field: str) -> str:
-    # /proc/self/mounts escapes space, tab, newline and backslash as octal (\040 ...).
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def is_mounted(path: Path | str) -> bool:
-    """From /proc/self/mounts: never stat() a FUSE mountpoint (a dead or own server would
-    make it wait forever)."""
-    target = str(path)
-    with open("/proc/self/mounts") as f:
-        return any(len(fields) > 1 and _unescape(fields[1]) == target
-                   for fields in (line.split() for line in f))
 
 
 def lazy_unmount(path: Path) -> None:

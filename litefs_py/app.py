@@ -8,7 +8,6 @@ import gc
 import json
 import logging
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -24,6 +23,7 @@ from .config import Config
 from .errors import ExitCode, QuietError
 from .fuse.ops import PrimaryOperations
 from .fuse.replica_ops import ReplicaKernelCache, ReplicaOperations
+from .mountinfo import is_mounted
 from .replication.maintenance import ReplicaMaintainer, Schedule
 from .replication.replica_node import ReplicaNode
 from .replication.stream_server import StreamServer
@@ -119,21 +119,10 @@ class Replicator:
 
 
 async def trim_local_log(db: DB, retention: float) -> None:
-    """For a database without a replica: delete local LTX files older than `retention`,
-    always keeping the newest (recovery starts from it)."""
+    """For a database without a replica (and on read replicas): local retention, by age."""
     while True:
         await trio.sleep(max(1.0, min(retention / 4, 60.0)))
-        cutoff = time.time() - retention
-        newest = db.ltx.last_path()
-        for _lo, _hi, path in list(db.ltx.paths()):
-            if path == newest:
-                break
-            try:
-                if path.stat().st_mtime >= cutoff:
-                    break  # in TXID order, so the rest are newer
-            except FileNotFoundError:
-                continue
-            db.ltx.delete(path)
+        db.ltx.trim(retention)
 
 
 def replica_database_names(config: Config) -> list[str]:
@@ -159,41 +148,20 @@ def replica_database_names(config: Config) -> list[str]:
     return sorted(names)
 
 
-def restore_missing_databases(config: Config, data_dir: Path) -> None:
+def restore_missing_databases(config: Config, store: Store) -> None:
     """Cold start: bring back from the replica every database that is not here yet, before
     the mount is exposed. A replica with nothing in it means starting empty."""
     from .replica_clients import client_for
     from .replication.restore import restore_to_data_dir
 
     for name in replica_database_names(config):
-        root = data_dir / "dbs" / name
-        if (root / "database").exists() or any((root / "ltx").glob("*.ltx")):
+        if store.has_local_data(name):
             continue
         replica = config.replica_for(name)
         assert replica is not None
         client = client_for(replica)
-        result = restore_to_data_dir(client, data_dir, name, if_replica_exists=True)
+        result = restore_to_data_dir(client, store, name, if_replica_exists=True)
         log.info("%s: %s", name, result.summary())
-
-
-def _unescape_mount_path(field: str) -> str:
-    # /proc/self/mounts escapes space, tab, newline and backslash as octal (\040 ...).
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def is_mounted(path: Path) -> bool:
-    """Whether `path` is a mount point, read from /proc/self/mounts.
-
-    `path` must already be absolute and resolved: this never stats it, because a stat of a
-    FUSE mount whose server is this process (or a dead one) waits forever.
-    """
-    target = str(path)
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 1 and _unescape_mount_path(fields[1]) == target:
-                return True
-    return False
 
 
 def resolve_mount_dir(path: Path) -> Path:
@@ -384,17 +352,10 @@ def status_document(store: Store, replicator: Replicator | None,
 async def _write_status(store: Store, replicator: Replicator,
                         node: ReplicaNode | None = None) -> None:
     """Keep DATA/status.json current (atomically replaced) for `litefs status`."""
-    path = store.data_dir / "status.json"
-    tmp = store.data_dir / "status.json.tmp"
     while True:
         doc = json.dumps(status_document(store, replicator, node), indent=2)
-        await trio.to_thread.run_sync(_replace_file, tmp, path, doc)
+        await trio.to_thread.run_sync(store.save_status, doc)
         await trio.sleep(STATUS_INTERVAL)
-
-
-def _replace_file(tmp: Path, path: Path, text: str) -> None:
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def http_secret(config: Config) -> str | None:
@@ -467,7 +428,7 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
 
             for db in list(ops.store.dbs.values()):
                 trim(db)
-            ops.store.db_listeners.append(trim)
+            ops.store.add_db_listener(trim)
         else:
             server = StreamServer(ops.store, secret=http_secret(config),
                                   advertise_url=config.lease.advertise_url)
@@ -475,7 +436,7 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
             stream_server = server
             for db in list(ops.store.dbs.values()):
                 replicator.attach(db)
-            ops.store.db_listeners.append(replicator.attach)
+            ops.store.add_db_listener(replicator.attach)
         nursery.start_soon(_write_status, ops.store, replicator, node)
         if opts.commands:
             nursery.start_soon(_supervise, opts.commands, config.lease.candidate, sup,
@@ -507,7 +468,7 @@ def run_mount(opts: MountOptions) -> int:
             log.info("read replica of %s", opts.config.lease.advertise_url
                      or "the replica bucket (no lease.advertise-url)")
         else:
-            restore_missing_databases(opts.config, opts.data_dir)
+            restore_missing_databases(opts.config, store)
         store.open(replica=replica)
     except BaseException:
         store.close()

@@ -35,6 +35,7 @@ from .ltx.header import HEADER_SIZE, Header
 
 if TYPE_CHECKING:
     from .storage.base import ReplicaClient
+    from .store.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -463,7 +464,6 @@ def recover(name: str, data_dir: Path | None, config_path: Path | None) -> None:
     replays to exactly this database again. Run it while the data directory is not mounted.
     """
     from .config import load_config
-    from .store.db import DB
     from .store.recovery import recover as recover_db
     from .store.store import Store
 
@@ -472,15 +472,14 @@ def recover(name: str, data_dir: Path | None, config_path: Path | None) -> None:
     store = Store(data_dir or Path(cfg.data.dir))
     store.lock()
     try:
-        root = store.dbs_dir / name
-        if not root.is_dir():
+        db = store.load(name)
+        if db is None:
             raise QuietError(f"no database {name!r} in {store.dbs_dir}", ExitCode.NOT_FOUND)
-        db = DB(name, root)
         before = db.ltx.last()
         recover_db(db, accept_current=True)
         after = db.txid
         db.close()
-        if before is not None and after == before[1].max_txid:
+        if before is not None and after == before.header.max_txid:
             click.echo(f"{name}: matches its LTX log at TXID {after:016x}; nothing to do")
         else:
             click.echo(f"{name}: recorded the current database as TXID {after:016x}")
@@ -695,8 +694,8 @@ def restore(source: str, output: Path | None, config_path: Path | None, data_dir
             if_replica_exists=if_replica_exists, if_db_not_exists=if_db_not_exists,
             force=force, integrity=integrity_check, dry_run=dry_run,
             progress=NullProgress() if dry_run else Progress(0, stream=sys.stderr))
-        with _data_dir_lock(None if dry_run else request.data_dir):
-            outcome = run_restore(request)
+        with _data_dir_lock(None if dry_run else request.data_dir) as store:
+            outcome = run_restore(request, store=store)
         _restore_report(as_json, outcome.to_json(), outcome.summary())
 
 
@@ -755,10 +754,11 @@ def _restore_source(source: str, output: Path | None, config_path: Path | None,
 
 
 @contextlib.contextmanager
-def _data_dir_lock(data_dir: Path | None) -> Iterator[None]:
-    """Hold the data directory (as a mount does) while a restore writes into it."""
+def _data_dir_lock(data_dir: Path | None) -> Iterator[Store | None]:
+    """Hold the data directory (as a mount does) while a restore writes into it; yields its
+    Store (None without a data directory)."""
     if data_dir is None:
-        yield
+        yield None
         return
     from .store.store import Store
 
@@ -769,7 +769,7 @@ def _data_dir_lock(data_dir: Path | None) -> Iterator[None]:
         raise QuietError(f"{exc.message}. A running mount serves its own databases; to get "
                          f"a copy, restore to a file with -o OUT", exc.code) from None
     try:
-        yield
+        yield store
     finally:
         store.close()
 
@@ -794,9 +794,10 @@ def status(data_dir: Path | None, config_path: Path | None, as_json: bool) -> No
     import time
 
     from .config import load_config
+    from .store.paths import DataDirPaths
 
     cfg = load_config(config_path)
-    path = (data_dir or Path(cfg.data.dir)) / "status.json"
+    path = DataDirPaths(data_dir or Path(cfg.data.dir)).status
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:

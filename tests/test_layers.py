@@ -11,7 +11,7 @@ PACKAGE = Path(litefs_py.__file__).parent
 
 # Lower number = lower layer. A module may import its own layer or any lower one.
 LAYERS: dict[str, int] = {
-    "errors": 0, "types": 0,
+    "errors": 0, "types": 0, "mountinfo": 0,
     "ltx": 1, "sqlite": 1,
     "store": 2,
     "storage": 3,

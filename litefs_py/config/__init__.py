@@ -244,7 +244,7 @@ class ReplicaConfig:
         return replace(self, path=f"{self.path}/{db_name}" if self.path else db_name)
 
     @classmethod
-    def _from_file(cls, m: dict[str, Any]) -> dict[str, Any]:
+    def from_file_keys(cls, m: dict[str, Any]) -> dict[str, Any]:
         """The URL form and the expanded form → the fields, with the rules between keys."""
         from_url: dict[str, object] = {}
         if "url" in m:
@@ -349,7 +349,7 @@ class DBConfig:
     replica: ReplicaConfig | None = None  # None: the default replica with the name appended
 
     @classmethod
-    def _from_file(cls, m: dict[str, Any]) -> dict[str, Any]:
+    def from_file_keys(cls, m: dict[str, Any]) -> dict[str, Any]:
         return _one_replica(m)
 
 
@@ -401,11 +401,11 @@ class Config:
         return self.replica.with_db(db_name) if self.replica is not None else None
 
     @classmethod
-    def _from_file(cls, m: dict[str, Any]) -> dict[str, Any]:
+    def from_file_keys(cls, m: dict[str, Any]) -> dict[str, Any]:
         _check_pair(m)
         return _one_replica(m)
 
-    def _checked(self) -> Config:
+    def checked(self) -> Config:
         """The rules between sections, once every section has been read."""
         has_bucket = self.replica is not None or any(d.replica for d in self.dbs)
         if not self.lease.candidate and self.lease.advertise_url is None and not has_bucket:

@@ -6,8 +6,8 @@ A *section* is a dataclass. Its fields are its keys (the field name in kebab-cas
 `Annotated[T, parse]` names the function that reads the value (plain `str`, `str | None` and
 `bool` fields use `text`, `opt_text` and `flag`). A section class may also have
 `_EXPECTED` (what an error says it should be), `_HINT` (added to that error), `_FILE_ONLY`
-(keys that are not fields: key → the key it is listed after), `_from_file(mapping)` (rules
-between its keys, before its fields are read) and `_checked(self)` (rules after).
+(keys that are not fields: key → the key it is listed after), `from_file_keys(mapping)` (rules
+between its keys, before its fields are read) and `checked(self)` (rules after).
 
 Problems raise `Problem` (and its kinds) with the path below the section being read; the
 schema adds the path above as the problem leaves each value, and `Schema.structure` turns it
@@ -410,15 +410,15 @@ class Schema:
             if k not in allowed:
                 raise UnknownKey(k, allowed)
         m = {k: v for k, v in value.items() if v is not None}
-        if hasattr(cls, "_from_file"):
-            m = cls._from_file(m)
+        if hasattr(cls, "from_file_keys"):
+            m = cls.from_file_keys(m)
         for f in dataclasses.fields(cls):
             required = f.default is f.default_factory is dataclasses.MISSING
             if required and file_key(f) not in m:
                 raise Problem(f.metadata.get("missing", f"missing {file_key(f)}"))
         obj = cls(**{name: self.read(m[key], t, (key,))
                      for name, key, t in self.fields(cls) if key in m})
-        return obj._checked() if hasattr(obj, "_checked") else obj
+        return obj.checked() if hasattr(obj, "checked") else obj
 
     def structure(self, raw: object, t: Any, context: str,
                   keymap: Mapping[str, str] | None = None) -> Any:

@@ -32,24 +32,20 @@ WAL mode and creates its -wal/-shm files as usual.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import ExitCode, QuietError
 from ..ltx import (
     Decoder,
     Header,
     LTXError,
-    encode_snapshot,
-    format_filename,
 )
 from ..storage.base import LtxFileInfo, ReplicaClient
 from ..storage.errors import ObjectNotFoundError
@@ -67,7 +63,6 @@ from .restore_output import (
     check_output,
     integrity_check,
 )
-from .restore_output import fsync_dir as _fsync_dir
 from .restore_plan import (
     CorruptObjectError,
     MixedPageSizeError,
@@ -99,6 +94,9 @@ __all__ = [
     "restore_database",
     "restore_to_data_dir",
 ]
+
+if TYPE_CHECKING:
+    from ..store.store import Store
 
 log = logging.getLogger("litefs.restore")
 
@@ -184,7 +182,9 @@ class RestoreRequest:
     def destination(self) -> Path | None:
         """The database file the restore writes (None: a dry run without a target)."""
         if self.data_dir is not None:
-            return self.data_dir / "dbs" / self.name / "database"
+            from ..store.paths import DataDirPaths
+
+            return DataDirPaths(self.data_dir).database(self.name)
         return self.output
 
 
@@ -415,11 +415,14 @@ def apply_plan(client: ReplicaClient, plan: RestorePlan, f: BinaryIO, *,
 # --------------------------------------------------------------------------------------------
 
 
-def restore(request: RestoreRequest, plan: AnyPlan | None = None
-            ) -> RestoreResult | DryRunResult:
+def restore(request: RestoreRequest, plan: AnyPlan | None = None, *,
+            store: Store | None = None) -> RestoreResult | DryRunResult:
     """Run `request`: a dry run returns the plan, a restore installs the database.
 
-    `plan` skips planning (e.g. after a dry run was shown). The result's status says whether
+    `plan` skips planning (e.g. after a dry run was shown). A restore into a data directory
+    installs through `store`, the Store of `request.data_dir`, whose lock the caller holds
+    (the CLI takes it, a mount holds it); without one, a Store of that directory is used
+    unlocked. The result's status says whether
     anything was restored: `if_db_not_exists` and an existing target → "skipped: database
     exists"; `if_replica_exists` and an empty replica → "skipped: no backups". Raises
     QuietError subclasses (OutputExistsError, restore_plan errors, CorruptObjectError,
@@ -428,8 +431,12 @@ def restore(request: RestoreRequest, plan: AnyPlan | None = None
     if request.dry_run:
         return _dry_run(request)
     if request.data_dir is not None:
+        if store is None:
+            from ..store.store import Store
+
+            store = Store(request.data_dir)
         return restore_to_data_dir(
-            request.client, request.data_dir, request.name, txid=request.txid,
+            request.client, store, request.name, txid=request.txid,
             timestamp=request.timestamp, plan=plan, if_replica_exists=request.if_replica_exists,
             if_db_not_exists=request.if_db_not_exists, force=request.force,
             integrity=request.integrity, progress=request.progress,
@@ -540,7 +547,7 @@ def _install_legacy(request: RestoreRequest, out: Path, plan: LegacyPlan,
 
 def restore_to_data_dir(
     client: ReplicaClient,
-    data_dir: str | os.PathLike[str],
+    store: Store,
     name: str,
     *,
     txid: int | None = None,
@@ -554,79 +561,35 @@ def restore_to_data_dir(
     generation: str | None = None,
     wal_index: int | None = None,
 ) -> RestoreResult:
-    """Restore database `name` where `litefs mount` keeps it: `DATA/dbs/<name>/database`.
-
-    The local LTX log gets one snapshot file `0000000000000001-<TXID>.ltx` holding the
-    restored database and its rolling checksum, so the mount starts at the replica's TXID and
-    its uploader continues the replica's numbering instead of starting a new history. (A
-    Litestream 0.3 restore, which has no TXIDs, starts at TXID 1.)
+    """Restore database `name` where `litefs mount` keeps it, with its position
+    (`Store.install_restored`), so the mount continues the replica's TXIDs.
 
     The caller must hold the data directory (the mount holds its lock; the CLI takes it).
-    "Exists" means `DATA/dbs/<name>/database` exists; with `force` the whole database
-    directory (database, WAL, journal, LTX log) is replaced. The swap is two renames; a crash
-    between them leaves the old directory in `DATA/restore-tmp/` and no database, which the
-    next restore replaces.
+    "Exists" means the database file exists in the store; with `force` the whole database
+    directory (database, WAL, journal, LTX log) is replaced.
     """
-    data_dir = Path(data_dir)
-    root = data_dir / "dbs" / name
-    database = root / "database"
-    if database.exists():
+    from ..store.store import RestoredDatabase  # `litefs restore -o` does not load the store
+
+    database = store.database_path(name)
+    if store.has_database(name):
         if if_db_not_exists:
             return RestoreResult(STATUS_DB_EXISTS, database, client.description)
         if not force:
             raise OutputExistsError(
-                f"database {name} already exists in the data directory {data_dir} "
+                f"database {name} already exists in the data directory {store.data_dir} "
                 f"({database}); nothing was changed. Use --force to replace it and its local "
                 "LTX log, or --if-db-not-exists to keep it and exit 0")
-    staging_root = data_dir / "restore-tmp"
-    staging = staging_root / name
-    old = staging_root / f"{name}.old"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
+    staged = store.stage_restore(name)
     try:
         result = restore_database(
-            client, staging / "database", txid=txid, timestamp=timestamp, plan=plan,
+            client, staged, txid=txid, timestamp=timestamp, plan=plan,
             if_replica_exists=if_replica_exists, integrity=integrity, progress=progress,
             generation=generation, wal_index=wal_index)
-        if not result.restored:
-            shutil.rmtree(staging, ignore_errors=True)
-            result.output = database
-            return result
-        _seed_ltx_log(staging, result)
-        (data_dir / "dbs").mkdir(parents=True, exist_ok=True)
-        if root.exists():
-            os.replace(root, old)
-        os.replace(staging, root)
-        _fsync_dir(data_dir / "dbs")
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    with contextlib.suppress(OSError):
-        staging_root.rmdir()
+        if result.restored:
+            result.checksum = store.install_restored(name, staged, RestoredDatabase(
+                result.txid or 0, result.page_size, result.page_count, result.checksum,
+                result.timestamp))
+    finally:
+        store.discard_restore(name)
     result.output = database
     return result
-
-
-def _seed_ltx_log(root: Path, result: RestoreResult) -> None:
-    """Write `ltx/0000000000000001-<TXID>.ltx`: a snapshot of the restored database with
-    its checksums (the local log's format), so recovery resumes at the restored position."""
-    txid = result.txid or 1
-    ltx_dir = root / "ltx"
-    ltx_dir.mkdir(parents=True, exist_ok=True)
-    path = ltx_dir / format_filename(1, txid)
-    ts = int(result.timestamp.timestamp() * 1000) if result.timestamp else \
-        int(time.time() * 1000)
-    with open(root / "database", "rb") as db, open(path, "wb") as out:
-        _, _, ck = encode_snapshot(db, out, page_size=result.page_size, txid=txid,
-                                   timestamp=ts, page_count=result.page_count,
-                                   name=str(path))
-        out.flush()
-        os.fsync(out.fileno())
-    if result.checksum is not None and ck != result.checksum:
-        raise QuietError(f"the restored database {root / 'database'} reads back with checksum "
-                         f"{ck:016x}, not the {result.checksum:016x} it was built with: the "
-                         "disk returned different data; nothing was installed", ExitCode.IO)
-    result.checksum = ck
-    _fsync_dir(ltx_dir)
-    _fsync_dir(root)

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
+from ..types import Pos
 from .stream_protocol import (
     CONTENT_TYPE,
     PROTOCOL_VERSION,
@@ -39,7 +40,7 @@ class AuthError(StreamError):
 
 class PrimaryStream:
     def __init__(self, url: str, secret: str | None,
-                 positions: Callable[[], dict[str, tuple[int, int]]],
+                 positions: Callable[[], dict[str, Pos]],
                  on_frame: Callable[[Frame], Awaitable[None]]) -> None:
         self.url = url.rstrip("/")
         self.secret = secret

@@ -19,6 +19,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from ..types import Pos
+
 PROTOCOL_VERSION = 1
 STREAM_PATH = "/litefs/v1/stream"
 INFO_PATH = "/litefs/v1/info"
@@ -84,22 +86,22 @@ class FrameReader:
         return len(self._buf)
 
 
-def format_positions(positions: dict[str, tuple[int, int]]) -> dict[str, dict[str, str]]:
+def format_positions(positions: dict[str, Pos]) -> dict[str, dict[str, str]]:
     return {name: {"txid": f"{txid:016x}", "checksum": f"{checksum:016x}"}
             for name, (txid, checksum) in positions.items()}
 
 
-def parse_positions(value: object) -> dict[str, tuple[int, int]]:
-    """The `dbs` object of a request or hello: name -> (TXID, checksum)."""
+def parse_positions(value: object) -> dict[str, Pos]:
+    """The `dbs` object of a request or hello: name -> position."""
     if not isinstance(value, dict):
         raise ProtocolError("'dbs' must be an object of database positions")
-    out: dict[str, tuple[int, int]] = {}
+    out: dict[str, Pos] = {}
     for name, pos in value.items():
         if not isinstance(pos, dict):
             raise ProtocolError(f"position of {name!r} must be an object")
         try:
-            out[str(name)] = (int(str(pos.get("txid", "0")), 16),
-                              int(str(pos.get("checksum", "0")), 16))
+            out[str(name)] = Pos(int(str(pos.get("txid", "0")), 16),
+                                 int(str(pos.get("checksum", "0")), 16))
         except ValueError:
             raise ProtocolError(f"position of {name!r} is not hexadecimal") from None
     return out

@@ -20,14 +20,15 @@ import os
 import socket as pysocket
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import trio
 
 from ..ltx import TRAILER_SIZE, Header, Trailer
 from ..store.db import DB
+from ..store.snapshot import take_snapshot
 from ..store.store import Store
+from ..types import ZERO_POS, Pos
 from .stream_protocol import (
     CONTENT_TYPE,
     INFO_PATH,
@@ -43,7 +44,6 @@ from .stream_protocol import (
 log = logging.getLogger("litefs.http")
 
 HEARTBEAT_INTERVAL = 1.0
-SNAPSHOT_TRIES = 3  # snapshots read in a worker thread before one is taken inline
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -93,13 +93,13 @@ class StreamServer:
         self.port: int | None = None
         for db in store.dbs.values():
             self._watch(db)
-        store.db_listeners.append(self._watch)
+        store.add_db_listener(self._watch)
 
     def _watch(self, db: DB) -> None:
-        db.commit_listeners.append(self.feed.notify)
+        db.add_commit_listener(self.feed.notify)
         self.feed.notify()
 
-    def positions(self) -> dict[str, tuple[int, int]]:
+    def positions(self) -> dict[str, Pos]:
         return {name: db.pos for name, db in self.store.dbs.items() if db.txid}
 
     # ---- serving -------------------------------------------------------------------------
@@ -135,7 +135,13 @@ class StreamServer:
         self.port = int(port)
         log.info("replication API on http://%s (protocol %d)", bind, PROTOCOL_VERSION)
         task_status.started(bind)
-        await serve(self.app, cfg)  # type: ignore[arg-type]
+        try:
+            await serve(self.app, cfg)  # type: ignore[arg-type]
+        except* OSError as group:
+            # Another process took the port between the check above and hypercorn's bind.
+            log.warning("cannot listen on %s for replicas: %s; replicas cannot connect until "
+                        "http.addr is changed", bind, group.exceptions[0])
+            self.port = None
 
     def abort_connections(self) -> int:
         """At shutdown: shut down every accepted connection's socket. hypercorn sends in a
@@ -259,7 +265,7 @@ class Subscription:
     """One replica's stream: brings each database from the replica's position to the
     primary's, then follows commits."""
 
-    def __init__(self, server: StreamServer, positions: dict[str, tuple[int, int]],
+    def __init__(self, server: StreamServer, positions: dict[str, Pos],
                  send: Send, who: str) -> None:
         self.server = server
         self.sent = dict(positions)
@@ -288,57 +294,52 @@ class Subscription:
                                  "dbs": format_positions(server.positions())})
 
     async def catch_up(self, name: str, db: DB) -> None:
-        rtxid, rchecksum = self.sent.get(name, (0, 0))
+        rtxid, rchecksum = self.sent.get(name, ZERO_POS)
         if db.txid == 0 or (db.deleted and rtxid == 0):
             return  # nothing committed yet, or deleted before this replica saw it
         if rtxid == db.txid and (rchecksum == db.checksum or db.deleted):
             return
         reason = self._needs_snapshot(db, rtxid, rchecksum)
         if reason is None:
-            for lo, hi, path in db.ltx.paths_after(rtxid):
+            for r in db.ltx.ranges(rtxid):
                 try:
-                    data = await trio.to_thread.run_sync(Path(path).read_bytes)
+                    data = await trio.to_thread.run_sync(db.ltx.read, r)
                 except FileNotFoundError:
-                    reason = f"TXIDs {lo:016x}-{hi:016x} left the local log while sending"
+                    reason = f"TXIDs {r.min_txid:016x}-{r.max_txid:016x} left the local log " \
+                             "while sending"
                     break
                 post = Trailer.decode(data[-TRAILER_SIZE:]).post_apply_checksum
-                await self.send({"type": "ltx", "db": name, "min_txid": f"{lo:016x}",
-                                 "max_txid": f"{hi:016x}", "checksum": f"{post:016x}",
+                await self.send({"type": "ltx", "db": name, "min_txid": f"{r.min_txid:016x}",
+                                 "max_txid": f"{r.max_txid:016x}", "checksum": f"{post:016x}",
                                  "primary_txid": f"{db.txid:016x}"}, data)
-                self.sent[name] = (hi, post)
+                self.sent[name] = Pos(r.max_txid, post)
             if reason is None:
                 return
         if db.deleted:
             # The replica has an older database that is gone here: send the deletion.
-            last = db.ltx.last_path()
+            last = db.ltx.last_range()
             if last is None:
                 return
-            data = await trio.to_thread.run_sync(Path(last).read_bytes)
+            data = await trio.to_thread.run_sync(db.ltx.read, last)
             header = Header.decode(data[:100])
             await self.send({"type": "ltx", "db": name, "min_txid": f"{header.min_txid:016x}",
                              "max_txid": f"{header.max_txid:016x}", "deletion": True,
                              "primary_txid": f"{db.txid:016x}"}, data)
-            self.sent[name] = (header.max_txid, db.checksum)
+            self.sent[name] = Pos(header.max_txid, db.checksum)
             return
         log.info("%s: sending a snapshot to replica %s: %s", name, self.who, reason)
-        # Read and encoded in a worker thread (the mount keeps serving); if commits changed
-        # the pages meanwhile, the checksum shows it and it is taken again, and after a few
-        # tries without yielding (exactly one position, see DB.snapshot_bytes).
-        snap = None
-        for _ in range(SNAPSHOT_TRIES):
-            snap = await trio.to_thread.run_sync(db.snapshot_job())
-            if snap is not None or db.deleted:
-                break
-            log.info("%s: commits changed the database while its snapshot was read; "
-                     "reading it again", name)
+        # Read and encoded in a worker thread: the mount keeps serving meanwhile.
+        try:
+            snap = await take_snapshot(db)
+        except ValueError:
+            return  # deleted meanwhile: the next round sends the deletion
         if db.deleted:
             return
-        data, txid, checksum, _ts = snap if snap is not None else db.snapshot_bytes()
         await self.send({"type": "ltx", "db": name, "min_txid": f"{1:016x}",
-                         "max_txid": f"{txid:016x}", "checksum": f"{checksum:016x}",
+                         "max_txid": f"{snap.max_txid:016x}", "checksum": f"{snap.checksum:016x}",
                          "snapshot": True, "reason": reason,
-                         "primary_txid": f"{db.txid:016x}"}, data)
-        self.sent[name] = (txid, checksum)
+                         "primary_txid": f"{db.txid:016x}"}, snap.data)
+        self.sent[name] = snap.pos
 
     @staticmethod
     def _needs_snapshot(db: DB, rtxid: int, rchecksum: int) -> str | None:
@@ -350,12 +351,11 @@ class Subscription:
         if rtxid == db.txid:
             return (f"at TXID {rtxid:016x} the replica's checksum {rchecksum:016x} differs "
                     f"from the primary's {db.checksum:016x}")
-        files = db.ltx.paths_after(rtxid)
-        if not files or files[0][0] != rtxid + 1:
+        records = db.ltx.ranges(rtxid)
+        if not records or records[0].min_txid != rtxid + 1:
             return (f"TXID {rtxid + 1:016x}, the next one the replica needs, is no longer in "
                     "the primary's local log")
-        with open(files[0][2], "rb") as f:
-            pre = Header.decode(f.read(100)).pre_apply_checksum
+        pre = db.ltx.header(records[0]).pre_apply_checksum
         if pre != rchecksum:
             return (f"at TXID {rtxid:016x} the replica's checksum {rchecksum:016x} differs "
                     f"from the primary's {pre:016x}")

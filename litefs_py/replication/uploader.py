@@ -22,7 +22,6 @@ bookkeeping that touches the store runs in the trio thread.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
@@ -30,7 +29,6 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import trio
 
@@ -40,6 +38,9 @@ from ..storage.base import META_CHECKSUM, META_TIMESTAMP, ReplicaClient, format_
 from ..storage.errors import StorageError
 from ..storage.retry import RetryPolicy, RetryState
 from ..store.db import DB
+from ..store.ltx_log import LtxLog
+from ..store.snapshot import take_snapshot
+from ..types import EncodedLtx, TxRange
 
 log = logging.getLogger("litefs.replication")
 
@@ -88,13 +89,12 @@ class Uploader:
         self.spool_limit = spool_limit
         self.status = UploaderStatus(retry=RetryState(retry or RetryPolicy()))
         self._wake = trio.Event()
-        self._uploaded_at: dict[Path, float] = {}  # local file -> when it reached the replica
         self._on_upload = on_upload
         self._spool_warned = False
         # (min, max) of an L0 upload whose request failed: it may still have reached the
         # replica (a connection cut after the server stored it), see _learn_unacked_upload.
-        self._unacked: tuple[int, int] | None = None
-        db.commit_listeners.append(self._on_commit)
+        self._unacked: TxRange | None = None
+        db.add_commit_listener(self._on_commit)
 
     def wake(self) -> None:
         self._wake.set()
@@ -164,23 +164,19 @@ class Uploader:
             await self._upload_snapshot()
             return
         self.status.remote_txid = remote
-        # Files a previous run uploaded: retention counts from now.
-        now = time.monotonic()
-        for _lo, hi, p in self.db.ltx.paths():
-            if hi <= remote:
-                self._uploaded_at.setdefault(p, now)
 
     async def _upload_snapshot(self) -> None:
         db = self.db
         log.warning("%s: replica %s is missing transactions no longer in the local log; "
                     "uploading a snapshot at TXID %016x", db.name, self.client.description,
                     db.txid)
-        data, txid, post, ts = db.snapshot_bytes()
-        meta = {META_TIMESTAMP: format_timestamp(ts), META_CHECKSUM: f"{post:016x}"}
-        await aio.run(self.client.write_ltx, 9, 1, txid, data, meta)
-        await aio.run(self.client.write_ltx, 0, 1, txid, data, meta)
+        snap = await take_snapshot(db)
+        meta = {META_TIMESTAMP: format_timestamp(snap.timestamp),
+                META_CHECKSUM: f"{snap.checksum:016x}"}
+        await aio.run(self.client.write_ltx, 9, 1, snap.max_txid, snap.data, meta)
+        await aio.run(self.client.write_ltx, 0, 1, snap.max_txid, snap.data, meta)
         self.status.put_requests += 2
-        self.status.remote_txid = txid
+        self.status.remote_txid = snap.max_txid
 
     async def _learn_unacked_upload(self) -> None:
         """After a failed PUT, ask the replica whether the object arrived anyway.
@@ -203,11 +199,7 @@ class Uploader:
 
     def _acknowledged(self, hi: int) -> None:
         """The replica holds every TXID up to `hi`."""
-        now = time.monotonic()
         self.status.remote_txid = hi
-        for _lo, _hi, p in self.db.ltx.paths():
-            if _hi <= hi:
-                self._uploaded_at.setdefault(p, now)
         for txid in [t for t in self.status.commit_times if t <= hi]:
             del self.status.commit_times[txid]
         self.status.oldest_unuploaded_at = min(self.status.commit_times.values(), default=None)
@@ -217,24 +209,25 @@ class Uploader:
         if self._unacked is not None:
             await self._learn_unacked_upload()
         remote = self.status.remote_txid
-        pending = db.ltx.paths_after(remote)
+        pending = db.ltx.ranges(remote)
         self.status.local_txid = db.txid
         self.status.spool_files = len(pending)
         if not pending:
             self.status.oldest_unuploaded_at = None
             self.status.spool_bytes = 0
             return
-        if pending[0][0] != remote + 1:
-            raise StorageError(f"{db.name}: local LTX log starts at TXID {pending[0][0]:016x} "
-                               f"but the replica ends at {remote:016x}")
-        data, lo, hi, post, ts = await trio.to_thread.run_sync(_merge_files,
-                                                               [p for _, _, p in pending])
-        meta = {META_TIMESTAMP: format_timestamp(ts)}
-        if post:
-            meta[META_CHECKSUM] = f"{post:016x}"
-        self._unacked = (lo, hi)
+        if pending[0].min_txid != remote + 1:
+            raise StorageError(f"{db.name}: local LTX log starts at TXID "
+                               f"{pending[0].min_txid:016x} but the replica ends at "
+                               f"{remote:016x}")
+        merged = await trio.to_thread.run_sync(_merge_records, db.ltx, pending)
+        lo, hi = merged.min_txid, merged.max_txid
+        meta = {META_TIMESTAMP: format_timestamp(merged.timestamp)}
+        if merged.checksum:
+            meta[META_CHECKSUM] = f"{merged.checksum:016x}"
+        self._unacked = TxRange(lo, hi)
         self.status.put_requests += 1
-        await aio.run(self.client.write_ltx, 0, lo, hi, data, meta)
+        await aio.run(self.client.write_ltx, 0, lo, hi, merged.data, meta)
         self._unacked = None
         self.status.uploads += 1
         self._acknowledged(hi)
@@ -242,24 +235,13 @@ class Uploader:
             self._on_upload(lo, hi)
 
     def _apply_retention(self) -> None:
-        """Delete local LTX files that reached the replica more than `retention` ago; keep
-        the newest file always (it holds the position recovery starts from)."""
-        now = time.monotonic()
-        newest = self.db.ltx.last_path()
-        for p, at in list(self._uploaded_at.items()):
-            if now - at < self.retention:
-                break  # in upload order: the rest are younger
-            if p != newest:
-                self.db.ltx.delete(p)
-                del self._uploaded_at[p]
+        """Local retention: records in the replica for more than `retention` go."""
+        self.db.ltx.trim(self.retention, upto=self.status.remote_txid)
 
     async def _check_spool(self) -> None:
         """Measure what waits for the replica; past `spool_limit`, say so loudly and merge
         it into one local file (pages written many times are then kept once)."""
-        spool = 0
-        for _lo, _hi, p in self.db.ltx.paths_after(self.status.remote_txid):
-            with contextlib.suppress(FileNotFoundError):
-                spool += p.stat().st_size
+        spool = self.db.ltx.bytes_after(self.status.remote_txid)
         self.status.spool_bytes = spool
         if spool <= self.spool_limit:
             self._spool_warned = False
@@ -274,24 +256,25 @@ class Uploader:
     async def db_merge(self, after: int) -> None:
         """Merge in a worker thread, then swap the files in the trio thread (the store's
         index and the FUSE handlers live there)."""
-        job = self.db.merge_local_log_job(after)
+        job = self.db.ltx.merge_job(after)
         if job is None:
             return
         merged = await trio.to_thread.run_sync(job)
-        self.db.install_merged_log(*merged)
+        r = self.db.ltx.install_merged(merged)
+        log.info("%s: merged %d local LTX records into TXIDs %016x-%016x", self.db.name,
+                 len(merged.parts), r.min_txid, r.max_txid)
 
 
-def _merge_files(paths: list[Path]) -> tuple[bytes, int, int, int, int]:
-    """Merge local LTX files into one replica object (flags 0x2: no checksums inside).
-
-    Returns (data, min, max, post-apply checksum of the last file, its timestamp). Every
-    input is fully verified by the merge before its trailer is trusted.
-    """
+def _merge_records(ltx: LtxLog, ranges: list[TxRange]) -> EncodedLtx:
+    """Merge local records into one replica object (flags 0x2: no checksums inside), with
+    the post-apply checksum and timestamp of the last one. Every input is fully verified by
+    the merge before its trailer is trusted."""
     with ExitStack() as stack:
-        files = [stack.enter_context(open(p, "rb")) for p in paths]
+        files = [stack.enter_context(ltx.open(r)) for r in ranges]
         out = io.BytesIO()
-        header, _trailer = compact(files, out, names=[str(p) for p in paths], no_checksum=True)
+        header, _trailer = compact(files, out, names=[ltx.describe(r) for r in ranges],
+                                   no_checksum=True)
         last = files[-1]
         last.seek(-TRAILER_SIZE, os.SEEK_END)
         post = Trailer.decode(last.read(TRAILER_SIZE)).post_apply_checksum
-    return out.getvalue(), header.min_txid, header.max_txid, post, header.timestamp
+    return EncodedLtx(out.getvalue(), header.min_txid, header.max_txid, post, header.timestamp)

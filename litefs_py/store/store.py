@@ -1,50 +1,69 @@
-"""All databases of one mount, kept under `DATA/dbs/<name>/`."""
+"""All databases of one mount, kept under `DATA/dbs/<name>/` (the layout is in paths.py).
+
+The store owns the data directory: every path under it, and every change to it, goes
+through this class, `DB` or `LtxLog`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import ExitCode, QuietError
-from .db import DB, SUFFIXES, FileKind
+from ..ltx import encode_snapshot
+from ..types import FileKind, TxRange
+from .db import DB
+from .ltx_log import LtxLog, fsync_dir
+from .paths import DataDirPaths, DBPaths
 
 log = logging.getLogger("litefs.store")
-
-POS_SUFFIX = "-pos"
-
-
-def parse_name(name: str) -> tuple[str, FileKind | None]:
-    """Split a mount file name into (database name, kind); kind None means the `-pos` file."""
-    for kind, suffix in SUFFIXES.items():
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)], kind
-    if name.endswith(POS_SUFFIX) and len(name) > len(POS_SUFFIX):
-        return name[: -len(POS_SUFFIX)], None
-    return name, FileKind.DATABASE
 
 
 def valid_db_name(name: str) -> bool:
     return bool(name) and "/" not in name and name not in (".", "..") and "\0" not in name
 
 
+@dataclass(frozen=True, slots=True)
+class RestoredDatabase:
+    """What a restore built, for `Store.install_restored`: the database's TXID in the
+    replica (0 for a Litestream 0.3 restore, which has none: it starts at 1), its size, the
+    rolling checksum it was built with (None if unknown) and its time in the replica."""
+
+    txid: int
+    page_size: int
+    page_count: int
+    checksum: int | None = None
+    timestamp: datetime | None = None
+
+
 class Store:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.dbs_dir = data_dir / "dbs"
+        self.layout = DataDirPaths(data_dir)
+        self.dbs_dir = self.layout.dbs
         self.dbs_dir.mkdir(parents=True, exist_ok=True)
         self.dbs: dict[str, DB] = {}
         self._lock_fd: int | None = None
-        # Called with each database object the first time it exists (loaded or created).
-        self.db_listeners: list[Callable[[DB], None]] = []
+        self._db_listeners: list[Callable[[DB], None]] = []
+
+    def add_db_listener(self, listener: Callable[[DB], None]) -> None:
+        """Call `listener(db)` with each database object the first time it exists (loaded or
+        created)."""
+        self._db_listeners.append(listener)
 
     def lock(self) -> None:
         """Take the data directory for this process: two litefs processes on one data
         directory would both append to the same LTX logs."""
-        fd = os.open(self.data_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.layout.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -60,7 +79,7 @@ class Store:
         """Load every database directory (recovery runs per database, see recovery.py).
 
         On a read replica a database that does not match its log is repaired instead of
-        refused: the last LTX file is applied again (a crash in the middle of an apply), and
+        refused: the last LTX record is applied again (a crash in the middle of an apply), and
         if that does not help the copy is dropped and the next snapshot replaces it."""
         from .recovery import DatabaseDivergedError, recover
 
@@ -68,13 +87,11 @@ class Store:
             if not (self.dbs_dir / entry).is_dir():
                 continue
             db = DB(entry, self.dbs_dir / entry)
-            if replica:
+            if replica and db.exists(FileKind.WAL) and db.size(FileKind.WAL):
                 # A replica's WAL is always empty (pages go into the database file); frames
                 # left in it would be replayed over the database by a reader's recovery.
-                wal = db.path(FileKind.WAL)
-                if wal.exists() and wal.stat().st_size:
-                    log.warning("%s: emptying the replica's WAL file", entry)
-                    os.truncate(wal, 0)
+                log.warning("%s: emptying the replica's WAL file", entry)
+                os.truncate(db.path(FileKind.WAL), 0)
             try:
                 recover(db)
             except DatabaseDivergedError as exc:
@@ -97,16 +114,24 @@ class Store:
                 db.close()
                 db = DB(db.name, db.paths.root)
                 recover(db)
-                log.info("%s: re-applied the last LTX file after an interrupted apply; at "
+                log.info("%s: re-applied the last LTX record after an interrupted apply; at "
                          "TXID %016x", db.name, db.txid)
                 return db
         except (DatabaseDivergedError, OSError, ValueError) as again:
-            log.warning("%s: re-applying the last LTX file did not help: %s", db.name, again)
+            log.warning("%s: re-applying the last LTX record did not help: %s", db.name, again)
         db.close()
         shutil.rmtree(db.paths.root, ignore_errors=True)
         log.warning("%s: dropped the replica's copy; it will be replaced by a snapshot",
                     db.name)
         return None
+
+    def load(self, name: str) -> DB | None:
+        """Database `name` as found in the data directory, not recovered (for `litefs
+        recover`, with the store not mounted); None if there is no such database."""
+        root = self.layout.db(name).root
+        if not valid_db_name(name) or not root.is_dir():
+            return None
+        return DB(name, root)
 
     def get(self, name: str) -> DB | None:
         """The database if its database file exists (a deleted one keeps its log)."""
@@ -124,7 +149,7 @@ class Store:
         return db
 
     def _announce(self, db: DB) -> None:
-        for listener in self.db_listeners:
+        for listener in self._db_listeners:
             listener(db)
 
     def forget(self, name: str) -> None:
@@ -138,6 +163,20 @@ class Store:
     def names(self) -> list[str]:
         return sorted(n for n, db in self.dbs.items() if db.exists(FileKind.DATABASE))
 
+    def root_stat(self) -> os.stat_result:
+        """The data directory's attributes (the mount's root directory reports them)."""
+        return os.stat(self.data_dir)
+
+    def statvfs(self) -> os.statvfs_result:
+        return os.statvfs(self.data_dir)
+
+    def save_status(self, text: str) -> None:
+        """Replace `DATA/status.json` atomically (blocking: run it in a worker thread)."""
+        path = self.layout.status
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
     def close(self) -> None:
         for db in self.dbs.values():
             try:
@@ -148,3 +187,92 @@ class Store:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    # ---- installing a restored database --------------------------------------------------
+
+    def database_path(self, name: str) -> Path:
+        """Where database `name`'s file lives (for messages and results)."""
+        return self.layout.database(name)
+
+    def has_database(self, name: str) -> bool:
+        """Whether database `name`'s file exists in the data directory."""
+        return self.layout.database(name).exists()
+
+    def has_local_data(self, name: str) -> bool:
+        """Whether anything of database `name` is here: its file or any LTX record (a
+        deleted database keeps its log). A cold start restores only what has nothing."""
+        paths = self.layout.db(name)
+        if paths.database.exists():
+            return True
+        return paths.ltx_dir.is_dir() and len(LtxLog(paths.ltx_dir)) > 0
+
+    def stage_restore(self, name: str) -> Path:
+        """A fresh staging directory for restoring database `name`; returns the path the
+        restored database file is to be written to, then given to `install_restored` (or
+        dropped with `discard_restore`). What a crashed restore left is removed."""
+        staging = self.layout.restore_staging
+        shutil.rmtree(staging / name, ignore_errors=True)
+        shutil.rmtree(staging / f"{name}.old", ignore_errors=True)
+        return DBPaths(staging / name).database
+
+    def discard_restore(self, name: str) -> None:
+        staging = self.layout.restore_staging
+        shutil.rmtree(staging / name, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            staging.rmdir()
+
+    def install_restored(self, name: str, staged: Path, restored: RestoredDatabase) -> int:
+        """Make the staged database file (from `stage_restore`) database `name`, at the
+        replica's position.
+
+        Its local LTX log gets one snapshot record `1-<TXID>` holding the restored database
+        with its rolling checksum, so the mount starts at the replica's TXID and its uploader
+        continues the replica's numbering instead of starting a new history. An existing
+        database directory (database, WAL, journal, log) is replaced. The swap is two renames;
+        a crash between them leaves the old directory in the staging area and no database,
+        which the next restore replaces. The caller holds the data directory (`lock`), and
+        the database is not loaded (`open` has not run, or the mount does not run).
+        Returns the database checksum read back from the staged file."""
+        if name in self.dbs:
+            raise RuntimeError(f"{name} is loaded; it cannot be replaced underneath")
+        staging = DBPaths(staged.parent)
+        checksum = self._seed_log(staging, restored)
+        root = self.layout.db(name).root
+        old = self.layout.restore_staging / f"{name}.old"
+        if root.exists():
+            os.replace(root, old)
+        try:
+            os.replace(staging.root, root)
+        except BaseException:
+            if old.exists() and not root.exists():
+                os.replace(old, root)  # put the database that was there back
+            raise
+        fsync_dir(self.dbs_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        self.discard_restore(name)
+        return checksum
+
+    def _seed_log(self, staging: DBPaths, restored: RestoredDatabase) -> int:
+        txid = restored.txid or 1
+        ts = int(restored.timestamp.timestamp() * 1000) if restored.timestamp else \
+            int(time.time() * 1000)
+        seed = LtxLog(staging.ltx_dir)
+        checksum = 0
+
+        def produce(out: BinaryIO) -> None:
+            nonlocal checksum
+            with open(staging.database, "rb") as db:
+                _, _, checksum = encode_snapshot(
+                    db, out, page_size=restored.page_size, txid=txid, timestamp=ts,
+                    page_count=restored.page_count,
+                    name=f"{staging.database} as TXIDs 1-{txid:016x}")
+
+        seed.write_streaming(TxRange(1, txid), produce)
+        if restored.checksum is not None and checksum != restored.checksum:
+            raise QuietError(f"the restored database {staging.database} reads back with "
+                             f"checksum {checksum:016x}, not the {restored.checksum:016x} it "
+                             "was built with: the disk returned different data; nothing was "
+                             "installed", ExitCode.IO)
+        seed.sync()
+        fsync_dir(staging.root)
+        return checksum

@@ -84,6 +84,11 @@ class WalTracker:
         return WAL_HEADER_SIZE + index * (FRAME_HEADER_SIZE + self.page_size)
 
     @property
+    def has_pending(self) -> bool:
+        """Whether frames of a transaction not yet committed have been written."""
+        return bool(self._pending)
+
+    @property
     def committed_end(self) -> int:
         """Byte offset just past the last committed frame."""
         return self.frame_offset(self.committed_frames)
