@@ -4,7 +4,9 @@
     DATA/status.json               what `litefs status` prints (written by the mount)
     DATA/dbs/<name>/database       the database as SQLite sees it
     DATA/dbs/<name>/{journal,wal,shm}
-    DATA/dbs/<name>/ltx/           the local LTX log (LtxLog)
+    DATA/dbs/<name>/ltx/           the local LTX log (LtxLog): segments seg-<n>.ltxs (and, in
+                                   data directories from before segments, <min>-<max>.ltx)
+    DATA/dbs/<name>/quarantine/    bytes recovery cut off the log (torn or never committed)
     DATA/dbs/<name>/checksums      per-page checksums saved on a clean shutdown
     DATA/restore-tmp/<name>/       a restore being built, before Store.install_restored
 
@@ -40,6 +42,11 @@ class DBPaths:
     @property
     def ltx_dir(self) -> Path:
         return self.root / "ltx"
+
+    @property
+    def quarantine(self) -> Path:
+        """Where bytes cut off the log are kept (never deleted by litefs)."""
+        return self.root / "quarantine"
 
     @property
     def page_table(self) -> Path:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ExitCode, QuietError
-from ..ltx import FLAG_V3_NO_CHECKSUM, Decoder, LTXError
+from ..ltx import FLAG_V3_NO_CHECKSUM
 from ..sqlite import (
     WALReader,
     database_size_in_pages,
@@ -54,7 +54,8 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
     # The saved table is good for exactly one start; a crash after this must not trust it.
     paths.page_table.unlink(missing_ok=True)
 
-    _drop_torn_newest(db)
+    # A record torn by a crash (its request never returned) was cut off when the log was
+    # opened (LtxLog, kept in the quarantine directory).
     unknown_checksum = False
     last = db.ltx.last()
     pos = Pos(0, db.checksum)
@@ -99,10 +100,8 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
             if not any(t.end_offset == captured_end for t in txns):
                 # The last record was written for a commit frame that never reached the WAL:
                 # the process died in between, so that commit was never acknowledged.
-                log.warning("%s: removing %s: its transaction's commit frame never reached "
-                            "the WAL (crash before the commit completed)", db.name,
-                            db.ltx.describe(last.range))
-                db.ltx.delete(last.range)
+                db.ltx.quarantine(last.range, f"{db.name}: its transaction's commit frame "
+                                  "never reached the WAL (crash before the commit completed)")
                 recover(db, accept_current=accept_current)
                 return
         for t in txns:
@@ -189,21 +188,6 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
         db.resume_wal(reader.page_size, (salt1, salt2), committed,
                       {f.pgno: f.index for t in txns for f in t.frames})
     db.ltx.sync()
-
-
-def _drop_torn_newest(db: DB) -> None:
-    """A crash while an LTX record was being written leaves it incomplete; its transaction
-    was not acknowledged (the request that would have completed it never returned)."""
-    last = db.ltx.last_range()
-    if last is None:
-        return
-    try:
-        with db.ltx.open(last) as f:
-            Decoder(f, name=db.ltx.describe(last)).verify()
-    except LTXError as exc:
-        log.warning("%s: removing %s, torn by a crash before its transaction completed (%s)",
-                    db.name, db.ltx.describe(last), exc.message)
-        db.ltx.delete(last)
 
 
 def _finish_interrupted_truncate(db: DB, fd: int, header: bytes, ps: int) -> None:

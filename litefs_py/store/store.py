@@ -204,7 +204,7 @@ class Store:
         paths = self.layout.db(name)
         if paths.database.exists():
             return True
-        return paths.ltx_dir.is_dir() and len(LtxLog(paths.ltx_dir)) > 0
+        return LtxLog.has_records(paths.ltx_dir)
 
     def stage_restore(self, name: str) -> Path:
         """A fresh staging directory for restoring database `name`; returns the path the

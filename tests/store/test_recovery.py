@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from litefs_py.ltx import Decoder
+from litefs_py.ltx.segment import FRAME_SIZE, encode_frame
 from litefs_py.store.db import DB
+from litefs_py.store.ltx_log import read_log
 from litefs_py.store.recovery import DatabaseDivergedError, recover
 from litefs_py.store.store import Store
 from litefs_py.types import FileKind
@@ -90,12 +92,18 @@ def test_torn_newest_record_is_dropped(vfs: StoreVFS, store: Store, tmp_path: Pa
     execute(con, "INSERT INTO t(v) VALUES ('torn')")
     last = db.ltx.last_range()
     assert images and last == (before.txid + 1, before.txid + 1)
-    record = Path(db.ltx.describe(last))
-    (images[0] / "dbs" / "app.db" / "ltx" / record.name).write_bytes(record.read_bytes()[:60])
+    newest = read_log(db.paths.ltx_dir)[-1]
+    assert newest.range == last
+    # The image's segment got the new record's frame and its first 60 bytes, no more.
+    with open(images[0] / "dbs" / "app.db" / "ltx" / newest.path.name, "ab") as seg:
+        seg.write(encode_frame(newest.length) + newest.read()[:60])
     db2 = reopen(images[0])
     recover(db2)
     assert "torn by a crash" in logs.text
     assert db2.pos == before and db2.ltx.last_range() == (before.txid, before.txid)
+    quarantined = list((images[0] / "dbs" / "app.db" / "quarantine").iterdir())
+    assert [p.read_bytes() for p in quarantined] == [encode_frame(newest.length)
+                                                     + newest.read()[:60]]
     assert db2.path(FileKind.DATABASE).read_bytes() == content
     assert_captured(db2)
 
@@ -148,8 +156,9 @@ def test_committed_wal_transactions_missing_from_the_log_are_recorded(
     pos = db.pos
     data = image(store, tmp_path / "img")
     log_dir = data / "dbs" / "app.db" / "ltx"
-    for r in db.ltx.ranges(pos.txid - 2):  # the last two records are lost
-        (log_dir / Path(db.ltx.describe(r)).name).unlink()
+    lost = read_log(log_dir)[-2]  # the last two records are lost (never reached the disk)
+    assert lost.range == (pos.txid - 1, pos.txid - 1)
+    os.truncate(lost.path, lost.offset - FRAME_SIZE)
     db2 = reopen(data)
     recover(db2)
     assert logs.text.count("recorded committed WAL transaction") == 2
