@@ -112,7 +112,9 @@ def version() -> None:
 
 @main.group()
 def ltx() -> None:
-    """Inspect LTX files (the per-transaction page logs litefs writes and ships)."""
+    """Inspect LTX files (the per-transaction page logs litefs writes and ships) and the
+    segments of a local log (`DATA/dbs/NAME/ltx/seg-*.ltxs`: LTX records appended to one
+    file)."""
 
 
 def _version_option(fn: F) -> F:
@@ -152,27 +154,25 @@ def header_dict(h: Header, version: Version) -> dict[str, Any]:
     }
 
 
-@ltx.command()
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-@click.option("--pages/--no-pages", default=True, show_default=True, help="List page frames.")
-@_version_option
-@quiet_errors
-def dump(file: Path, as_json: bool, pages: bool, format_version: str) -> None:
-    """Print the header, page frames and trailer of one LTX FILE.
+def _segment_scan(path: Path) -> Any:
+    """The scan of `path` if it is an LTX segment (records appended to one file, the local
+    log's format), else None (a single LTX file)."""
+    from .ltx.segment import is_segment, scan_segment
 
-    Exits 1 (after printing what could be read) if the file is invalid.
-    """
-    f, dec = _open(file, format_version)
-    version = Version.V1 if isinstance(dec, DecoderV1) else Version.V3
+    with path.open("rb") as f:
+        if not is_segment(f.read(4)):
+            return None
+        return scan_segment(f, name=str(path))
+
+
+def _dump_doc(f: Any, dec: Any, name: str, version: Version, pages: bool) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     error: str | None = None
-    with f:
-        try:
-            for pgno, data in dec.pages():
-                rows.append({"pgno": pgno, "checksum": f"{page_checksum(pgno, data):016x}"})
-        except LTXError as exc:
-            error = str(exc)
+    try:
+        for pgno, data in dec.pages():
+            rows.append({"pgno": pgno, "checksum": f"{page_checksum(pgno, data):016x}"})
+    except LTXError as exc:
+        error = str(exc)
     index = {e.pgno: e for e in getattr(dec, "index", [])}
     for r in rows:
         e = index.get(r["pgno"])
@@ -180,7 +180,7 @@ def dump(file: Path, as_json: bool, pages: bool, format_version: str) -> None:
             r["offset"], r["size"] = e.offset, e.size
     trailer = dec.trailer
     doc: dict[str, Any] = {
-        "file": str(file),
+        "file": name,
         "header": header_dict(dec.header, version),
         "page_count": len(rows),
         "trailer": None if trailer is None else {
@@ -192,47 +192,141 @@ def dump(file: Path, as_json: bool, pages: bool, format_version: str) -> None:
     }
     if pages:
         doc["pages"] = rows
+    return doc
+
+
+def _echo_dump(doc: dict[str, Any], pages: bool) -> None:
+    h = doc["header"]
+    click.echo(f"file:        {doc['file']}")
+    click.echo(f"version:     {h['version']}")
+    for key in ("flags", "page_size", "commit", "min_txid", "max_txid", "timestamp",
+                "pre_apply_checksum", "wal_offset", "wal_size", "wal_salt1", "wal_salt2",
+                "node_id"):
+        value = h[key]
+        if key == "flags":
+            value = f"0x{value:08x}"
+        click.echo(f"{key + ':':<20} {value}")
+    if pages:
+        click.echo("")
+        click.echo(f"{'pgno':>10}  {'offset':>10}  {'size':>8}  checksum")
+        for r in doc["pages"]:
+            click.echo(f"{r['pgno']:>10}  {r.get('offset', '-'):>10}  {r.get('size', '-'):>8}"
+                       f"  {r['checksum']}")
+    click.echo(f"\npages:       {doc['page_count']}")
+    trailer = doc["trailer"]
+    if trailer is not None:
+        click.echo(f"post-apply checksum: {trailer['post_apply_checksum']}")
+        click.echo(f"file checksum:       {trailer['file_checksum']}")
+
+
+@ltx.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--pages/--no-pages", default=True, show_default=True, help="List page frames.")
+@click.option("--txid", "txid_text", metavar="TXID",
+              help="In a segment, only the record holding this TXID (hex).")
+@_version_option
+@quiet_errors
+def dump(file: Path, as_json: bool, pages: bool, txid_text: str | None,
+         format_version: str) -> None:
+    """Print the header, page frames and trailer of one LTX FILE, or of every record of a
+    segment (`DATA/dbs/NAME/ltx/seg-*.ltxs`; --txid picks one).
+
+    Exits 1 (after printing what could be read) if the file, or a record of the segment, is
+    invalid, or the segment ends in a torn record.
+    """
+    from .ltx.segment import open_record
+
+    txid = _parse_txid_option(txid_text)
+    scan = _segment_scan(file)
+    if scan is None:
+        f, dec = _open(file, format_version)
+        version = Version.V1 if isinstance(dec, DecoderV1) else Version.V3
+        with f:
+            doc = _dump_doc(f, dec, str(file), version, pages)
+        if as_json:
+            click.echo(json.dumps(doc, indent=2))
+        else:
+            _echo_dump(doc, pages)
+        if doc["error"] is not None:
+            if not as_json:
+                click.echo(f"litefs: invalid LTX file: {doc['error']}", err=True)
+            sys.exit(int(ExitCode.FAILED))
+        return
+    from .ltx import Decoder
+
+    docs = []
+    with file.open("rb") as seg:
+        for rec in scan.records:
+            h = rec.header
+            if txid is not None and not h.min_txid <= txid <= h.max_txid:
+                continue
+            name = f"{file}@{rec.offset}"
+            with open_record(seg, rec.offset, rec.length) as f:
+                docs.append({"offset": rec.offset, "length": rec.length,
+                             **_dump_doc(f, Decoder(f, name=name), name, Version.V3, pages)})
+    if txid is not None and not docs:
+        raise QuietError(f"{file}: no record holds TXID {format_txid(txid)}",
+                         ExitCode.NOT_FOUND)
+    torn = None if scan.problem is None else {"offset": scan.problem_offset,
+                                              "problem": scan.problem}
+    bad = [d for d in docs if d["error"] is not None]
     if as_json:
-        click.echo(json.dumps(doc, indent=2))
+        click.echo(json.dumps({"segment": str(file), "created": format_ms(scan.created_ms),
+                               "size": scan.size, "records": docs, "torn_tail": torn},
+                              indent=2))
     else:
-        h = doc["header"]
-        click.echo(f"file:        {file}")
-        click.echo(f"version:     {h['version']}")
-        for key in ("flags", "page_size", "commit", "min_txid", "max_txid", "timestamp",
-                    "pre_apply_checksum", "wal_offset", "wal_size", "wal_salt1", "wal_salt2",
-                    "node_id"):
-            value = h[key]
-            if key == "flags":
-                value = f"0x{value:08x}"
-            click.echo(f"{key + ':':<20} {value}")
-        if pages:
-            click.echo("")
-            click.echo(f"{'pgno':>10}  {'offset':>10}  {'size':>8}  checksum")
-            for r in rows:
-                click.echo(f"{r['pgno']:>10}  {r.get('offset', '-'):>10}  {r.get('size', '-'):>8}"
-                           f"  {r['checksum']}")
-        click.echo(f"\npages:       {len(rows)}")
-        if trailer is not None:
-            click.echo(f"post-apply checksum: {trailer.post_apply_checksum:016x}")
-            click.echo(f"file checksum:       {trailer.file_checksum:016x}")
-    if error is not None:
-        if not as_json:
-            click.echo(f"litefs: invalid LTX file: {error}", err=True)
+        click.echo(f"segment:     {file}")
+        click.echo(f"created:     {format_ms(scan.created_ms)}")
+        click.echo(f"records:     {len(scan.records)} in {scan.end} of {scan.size} bytes")
+        for d in docs:
+            click.echo(f"\n--- record at byte {d['offset']} ({d['length']} bytes)")
+            _echo_dump(d, pages)
+        if torn is not None:
+            click.echo(f"\ntorn tail at byte {torn['offset']}: {torn['problem']}")
+        for d in bad:
+            click.echo(f"litefs: invalid LTX record: {d['error']}", err=True)
+    if bad or (torn is not None and txid is None):
         sys.exit(int(ExitCode.FAILED))
+
+
+def _parse_txid_option(text: str | None) -> int | None:
+    from .ltx import parse_txid
+
+    if text is None:
+        return None
+    try:
+        return parse_txid(text)
+    except ValueError as exc:
+        raise QuietError(f"--txid: {exc}", ExitCode.USAGE) from None
 
 
 @ltx.command()
 @click.argument("files", nargs=-1, required=True,
                 type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-q", "--quiet", is_flag=True, help="Print only the bad files.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the bad files and records.")
 @_version_option
 def verify(files: tuple[Path, ...], quiet: bool, format_version: str) -> None:
-    """Check every rule and checksum of each LTX FILE.
+    """Check every rule and checksum of each LTX FILE, or of every record of a segment.
 
-    Prints one line per file; exits 0 only if every file is valid, else 1.
+    Prints one line per file (per record of a segment); exits 0 only if everything is valid
+    (a segment that ends in a torn record is not), else 1.
     """
     bad = 0
     for path in files:
+        try:
+            scan = _segment_scan(path)
+        except LTXError as exc:
+            bad += 1
+            click.echo(f"{path}: {exc.message}")
+            continue
+        except OSError as exc:
+            bad += 1
+            click.echo(f"{path}: {exc.strerror or exc}")
+            continue
+        if scan is not None:
+            bad += _verify_segment(path, scan, quiet)
+            continue
         problem: str | None = None
         try:
             f, dec = _open(path, format_version)
@@ -242,8 +336,7 @@ def verify(files: tuple[Path, ...], quiet: bool, format_version: str) -> None:
                 if name_problem:
                     problem = name_problem
         except LTXError as exc:
-            problem = exc.message if exc.name == str(path) and exc.offset is None else (
-                f"{exc.message} (offset {exc.offset})" if exc.offset is not None else exc.message)
+            problem = _ltx_problem(exc, str(path))
         except OSError as exc:
             problem = exc.strerror or str(exc)
         if problem is not None:
@@ -256,6 +349,38 @@ def verify(files: tuple[Path, ...], quiet: bool, format_version: str) -> None:
     sys.exit(int(ExitCode.FAILED) if bad else 0)
 
 
+def _ltx_problem(exc: LTXError, name: str) -> str:
+    return exc.message if exc.name == name and exc.offset is None else (
+        f"{exc.message} (offset {exc.offset})" if exc.offset is not None else exc.message)
+
+
+def _verify_segment(path: Path, scan: Any, quiet: bool) -> int:
+    """Verify each record of a segment, one line each; returns how many problems."""
+    from .ltx.segment import verify_record
+
+    bad = 0
+    with path.open("rb") as f:
+        for rec in scan.records:
+            h = rec.header
+            where = f"{path}@{rec.offset}"
+            try:
+                trailer = verify_record(f, rec.offset, rec.length, name=where)
+            except LTXError as exc:
+                bad += 1
+                click.echo(f"{where}: {_ltx_problem(exc, where)}")
+                continue
+            if not quiet:
+                click.echo(f"{where}: ok (TXID {format_txid(h.min_txid)}-"
+                           f"{format_txid(h.max_txid)}, file checksum "
+                           f"{trailer.file_checksum:016x})")
+    if scan.problem is not None:
+        bad += 1
+        click.echo(f"{path}@{scan.problem_offset}: torn tail: {scan.problem}")
+    elif not quiet:
+        click.echo(f"{path}: ok (segment of {len(scan.records)} records, {scan.size} bytes)")
+    return bad
+
+
 def _filename_problem(path: Path, h: Header) -> str | None:
     if not is_ltx_filename(path.name):
         return None  # renamed copies are fine; only a real LTX name must match its header
@@ -264,6 +389,73 @@ def _filename_problem(path: Path, h: Header) -> str | None:
         return (f"file name says TXIDs {format_txid(lo)}-{format_txid(hi)} but the header says "
                 f"{format_txid(h.min_txid)}-{format_txid(h.max_txid)}")
     return None
+
+
+@ltx.command()
+@click.argument("segments", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", "out_dir", required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Directory to write `<min>-<max>.ltx` files into (created if missing).")
+@click.option("--force", is_flag=True, help="Overwrite existing files that differ.")
+@quiet_errors
+def extract(segments: tuple[Path, ...], out_dir: Path, force: bool) -> None:
+    """Write each record of each SEGMENT as a file of its own, `<min>-<max>.ltx`.
+
+    The files are ordinary LTX v3 files: any LTX tool reads them, and a directory of them
+    is laid out like one level of a Litestream replica. Every record is verified first; an
+    invalid record, or a torn tail, is reported and not written (exit 1). Files that already
+    exist with the same bytes are left alone; ones that differ are refused (exit 1) unless
+    --force.
+    """
+    import os
+
+    from .ltx.segment import iter_records, verify_record
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = same = bad = 0
+    lo_all: int | None = None
+    hi_all = 0
+    for path in segments:
+        scan = _segment_scan(path)
+        if scan is None:
+            raise QuietError(f"{path}: not an LTX segment (an LTX file is already a file of "
+                             "its own: copy it)", ExitCode.USAGE)
+        with path.open("rb") as f:
+            for rec, data in iter_records(f, scan):
+                h = rec.header
+                where = f"{path}@{rec.offset}"
+                try:
+                    verify_record(f, rec.offset, rec.length, name=where)
+                except LTXError as exc:
+                    bad += 1
+                    click.echo(f"{where}: not extracted: {_ltx_problem(exc, where)}", err=True)
+                    continue
+                target = out_dir / format_filename(h.min_txid, h.max_txid)
+                if target.exists():
+                    if target.read_bytes() == data:
+                        same += 1
+                        continue
+                    if not force:
+                        bad += 1
+                        click.echo(f"{target}: exists with other content; not overwritten "
+                                   "(--force to overwrite)", err=True)
+                        continue
+                tmp = target.with_name(target.name + ".tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, target)
+                written += 1
+                lo_all = h.min_txid if lo_all is None else min(lo_all, h.min_txid)
+                hi_all = max(hi_all, h.max_txid)
+        if scan.problem is not None:
+            bad += 1
+            click.echo(f"{path}@{scan.problem_offset}: torn tail not extracted: {scan.problem}",
+                       err=True)
+    span = "" if lo_all is None else f" (TXIDs {format_txid(lo_all)}-{format_txid(hi_all)})"
+    click.echo(f"extracted {written} records{span} to {out_dir}"
+               + (f"; {same} already there" if same else ""))
+    if bad:
+        sys.exit(int(ExitCode.FAILED))
 
 
 def _scan_levels(root: Path) -> dict[str, list[Path]]:
@@ -286,28 +478,40 @@ def _scan_levels(root: Path) -> dict[str, list[Path]]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @quiet_errors
 def list_(directory: Path, as_json: bool) -> None:
-    """List the LTX files in DIRECTORY with TXID ranges, sizes and timestamps.
+    """List the LTX records in DIRECTORY with TXID ranges, sizes and timestamps.
 
-    DIRECTORY is a database's local log (`DATA/dbs/NAME/ltx`) or a replica directory with
-    level subdirectories. Reports, per level, whether the TXID chain is contiguous.
+    DIRECTORY is a database's local log (`DATA/dbs/NAME/ltx`: its segments, and the one-file
+    records of data directories from before segments) or a replica directory with level
+    subdirectories. Reports, per level, whether the TXID chain is contiguous.
     """
+    from .store.ltx_log import is_segment_name, read_log
+
     if not directory.is_dir():
         raise QuietError(f"{directory}: no such directory", ExitCode.NOT_FOUND)
-    levels = _scan_levels(directory)
-    if not levels:
-        raise QuietError(f"{directory}: no LTX files (names like {format_filename(1, 1)})",
-                         ExitCode.NOT_FOUND)
+    entries_by_level: dict[str, list[tuple[int, int, Path, int, int]]] = {}
+    if any(is_segment_name(p.name) for p in directory.iterdir()):
+        entries_by_level["."] = [(r.range.min_txid, r.range.max_txid, r.path, r.offset,
+                                  r.length) for r in read_log(directory)]
+    else:
+        for level, files in _scan_levels(directory).items():
+            entries_by_level[level] = sorted(
+                (*parse_filename(p.name), p, 0, p.stat().st_size) for p in files)
+    if not any(entries_by_level.values()):
+        raise QuietError(f"{directory}: no LTX files (names like {format_filename(1, 1)}) or "
+                         "segments (seg-*.ltxs)", ExitCode.NOT_FOUND)
     report: list[dict[str, Any]] = []
-    for level, files in levels.items():
+    for level, found in entries_by_level.items():
         entries: list[dict[str, Any]] = []
         gaps: list[str] = []
         prev_max: int | None = None
-        for p in sorted(files, key=lambda p: parse_filename(p.name)):
-            lo, hi = parse_filename(p.name)
+        for lo, hi, p, offset, size in found:
             entry: dict[str, Any] = {"file": p.name, "min_txid": format_txid(lo),
-                                     "max_txid": format_txid(hi), "size": p.stat().st_size}
+                                     "max_txid": format_txid(hi), "size": size}
+            if is_segment_name(p.name):
+                entry["offset"] = offset
             try:
                 with p.open("rb") as f:
+                    f.seek(offset)
                     h = Header.decode(f.read(HEADER_SIZE), name=str(p))
                 entry.update(commit=h.commit, page_size=h.page_size,
                              timestamp=format_ms(h.timestamp))
@@ -325,14 +529,16 @@ def list_(directory: Path, as_json: bool) -> None:
         if len(report) > 1 or lv["level"] != ".":
             click.echo(f"level {lv['level']}:")
         click.echo(f"{'min_txid':<17} {'max_txid':<17} {'size':>10} {'commit':>8} {'page':>6}  "
-                   "timestamp")
+                   f"{'timestamp':<24}  file")
         for e in lv["files"]:
+            where = e["file"] + (f"@{e['offset']}" if "offset" in e else "")
             click.echo(f"{e['min_txid']:<17} {e['max_txid']:<17} {e['size']:>10} "
                        f"{e.get('commit', '-'):>8} {e.get('page_size', '-'):>6}  "
-                       f"{e.get('timestamp', e.get('error', '-'))}")
+                       f"{e.get('timestamp', e.get('error', '-')):<24}  {where}")
         state = "contiguous" if lv["contiguous"] else "NOT contiguous: gaps " + ", ".join(
             lv["gaps"])
-        click.echo(f"{len(lv['files'])} files, chain {state}\n")
+        noun = "records" if any("offset" in e for e in lv["files"]) else "files"
+        click.echo(f"{len(lv['files'])} {noun}, chain {state}\n")
 
 
 _json_logs = False  # set by setup_logging(fmt="json"): errors are logged, not echoed
