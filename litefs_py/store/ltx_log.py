@@ -59,8 +59,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from sortedcontainers import SortedDict
-
 from ..ltx import (
     HEADER_SIZE,
     TRAILER_SIZE,
@@ -139,10 +137,20 @@ class LoggedRecord:
     offset: int
     length: int
 
+    @property
+    def name(self) -> str:
+        """The file name the record has on its own (`litefs ltx extract`, replicas)."""
+        return format_filename(*self.range)
+
     def read(self) -> bytes:
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             return f.read(self.length)
+
+    def open(self) -> BinaryIO:
+        """The record as a binary stream of its own."""
+        f = open(self.path, "rb", buffering=0)  # noqa: SIM115 - closed with the record
+        return open_record(f, self.offset, self.length, close_file=True)
 
 
 @dataclass(slots=True, eq=False)
@@ -163,6 +171,46 @@ class _Loc:
     offset: int  # of the LTX bytes in the segment (0 for a file of its own)
     length: int  # -1 for a file of its own (its size)
     dead: bool = False
+
+
+class _Index:
+    """The log's records by TXID range: a sorted list of ranges and a dict of where each
+    record is. Records nearly always arrive in TXID order, so adding one is an append (a
+    SortedDict insert cost several times more per commit)."""
+
+    __slots__ = ("keys", "locs")
+
+    def __init__(self) -> None:
+        self.keys: list[TxRange] = []
+        self.locs: dict[TxRange, _Loc] = {}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def get(self, r: TxRange) -> _Loc | None:
+        return self.locs.get(r)
+
+    def add(self, loc: _Loc) -> None:
+        r = loc.range
+        keys = self.keys
+        if r not in self.locs:
+            if not keys or r > keys[-1]:
+                keys.append(r)
+            else:
+                bisect.insort(keys, r)
+        self.locs[r] = loc
+
+    def pop(self, r: TxRange) -> _Loc | None:
+        loc = self.locs.pop(r, None)
+        if loc is not None:
+            keys = self.keys
+            i = bisect.bisect_left(keys, r)
+            del keys[i]
+        return loc
+
+    def start(self, r: TxRange) -> int:
+        """Position of the first range >= r."""
+        return bisect.bisect_left(self.keys, r)
 
 
 @dataclass(slots=True)
@@ -226,39 +274,38 @@ def _find(directory: str, *, verify_last: bool) -> _Found:
 
 
 def _index(found: _Found, directory: str,
-           on_superseded_file: Callable[[TxRange], None] | None = None
-           ) -> SortedDict[TxRange, _Loc]:
+           on_superseded_file: Callable[[TxRange], None] | None = None) -> _Index:
     """The log's records in TXID order. Records in segments supersede the records before them
     that they cover (see the module docstring): a snapshot (min TXID 1) everything before it,
     any other record those whose TXIDs overlap its own."""
-    index: SortedDict[TxRange, _Loc] = SortedDict()
+    index = _Index()
     for r in found.legacy:
-        index[r] = _Loc(r, None, 0, -1)
+        index.add(_Loc(r, None, 0, -1))
     for seg, scan in found.segments:
         for rec in scan.records:
             h = rec.header
             loc = _Loc(TxRange(h.min_txid, h.max_txid), seg, rec.offset, rec.length)
             for old in _overlapping(index, loc.range):
-                del index[old.range]
+                index.pop(old.range)
                 old.dead = True
                 if old.segment is not None:
                     old.segment.live -= 1
                 elif on_superseded_file is not None:
                     on_superseded_file(old.range)
-            index[loc.range] = loc
+            index.add(loc)
             seg.records.append(loc)
             seg.live += 1
     return index
 
 
-def _overlapping(index: SortedDict[TxRange, _Loc], r: TxRange) -> list[_Loc]:
+def _overlapping(index: _Index, r: TxRange) -> list[_Loc]:
     """The records a new record `r` supersedes."""
-    if not index:
+    keys = index.keys
+    if not keys:
         return []
     if r.min_txid == 1:
-        return list(index.values())
-    keys = index.keys()
-    start = index.bisect_left(TxRange(r.min_txid, 0))
+        return [index.locs[k] for k in keys]
+    start = index.start(TxRange(r.min_txid, 0))
     if start > 0 and keys[start - 1].max_txid >= r.min_txid:
         start -= 1  # one that straddles r's start
     out = []
@@ -266,7 +313,7 @@ def _overlapping(index: SortedDict[TxRange, _Loc], r: TxRange) -> list[_Loc]:
         if k.min_txid > r.max_txid:
             break
         if k.max_txid >= r.min_txid:
-            out.append(index[k])
+            out.append(index.locs[k])
     return out
 
 
@@ -278,7 +325,8 @@ def read_log(directory: Path) -> list[LoggedRecord]:
     found = _find(d, verify_last=False)
     index = _index(found, d)
     out = []
-    for r, loc in index.items():
+    for r in index.keys:
+        loc = index.locs[r]
         if loc.segment is None:
             path = Path(d) / format_filename(*r)
             try:
@@ -413,7 +461,7 @@ class LtxLog:
         seg = loc.segment
         what = self.describe(r)
         if seg is None:
-            self._files.pop(r, None)
+            self._files.pop(r)
             target = self._quarantine_file(self._legacy_path(r))
         else:
             target = self._quarantine_target(
@@ -470,24 +518,25 @@ class LtxLog:
         return len(self._files)
 
     def __iter__(self) -> Iterator[TxRange]:
-        """Every record, in TXID order."""
-        return iter(self._files.keys())
+        """Every record, in TXID order (as they are now: the log may change meanwhile)."""
+        return iter(self._files.keys[:])
 
     def ranges(self, after: int = 0) -> list[TxRange]:
         """The records holding any TXID after `after` (what a reader at `after` still lacks),
         in TXID order; a merged record straddling `after` is included."""
-        files = self._files
-        keys = files.keys()
-        start = files.bisect_left(TxRange(after + 1, 0))
+        keys = self._files.keys
+        start = bisect.bisect_left(keys, TxRange(after + 1, 0))
         if start > 0 and keys[start - 1].max_txid > after:
             start -= 1
-        return list(keys[start:])
+        return keys[start:]
 
     def first_txid(self) -> int | None:
-        return self._files.keys()[0].min_txid if self._files else None
+        keys = self._files.keys
+        return keys[0].min_txid if keys else None
 
     def last_range(self) -> TxRange | None:
-        return self._files.keys()[-1] if self._files else None
+        keys = self._files.keys
+        return keys[-1] if keys else None
 
     def last(self) -> RecordInfo | None:
         """The newest record with its header and trailer."""
@@ -643,7 +692,7 @@ class LtxLog:
         old = self._files.get(loc.range)
         if old is not None:
             self._retire(old)  # the same TXIDs written again (a replica re-applying a file)
-        self._files[loc.range] = loc
+        self._files.add(loc)
         seg = loc.segment
         assert seg is not None
         seg.records.append(loc)
@@ -671,7 +720,7 @@ class LtxLog:
         """Remove one record from the log (retention of old one-file records, a merge, a
         replica's superseded history, a failed apply); see the module docstring for what
         happens to its bytes."""
-        loc = self._files.pop(r, None)
+        loc = self._files.pop(r)
         if loc is not None:
             self._retire(loc)
 
@@ -703,7 +752,7 @@ class LtxLog:
         dropped = 0
         for loc in seg.records:
             if not loc.dead and self._files.get(loc.range) is loc:
-                del self._files[loc.range]
+                self._files.pop(loc.range)
                 dropped += 1
             loc.dead = True
         seg.live = 0
@@ -727,7 +776,11 @@ class LtxLog:
         it are deleted, and their age counts from the first call whose `upto` covered them: a
         record that waited an hour for the replica is still kept `retention` after it
         reached it. Old one-file records go one at a time, by the same rules.
+
+        So that whole segments can go when due, a log trimmed with `retention` starts a new
+        segment at least every `retention` seconds (one second at least).
         """
+        self._segment_age = min(self._segment_age, max(retention, 1.0))
         now = time.monotonic()
         if upto is not None:
             txids, times = self._covered_txids, self._covered_at
@@ -760,8 +813,8 @@ class LtxLog:
         deleted = 0
         cutoff = time.time() - retention
         while len(files) > 1:
-            r = files.keys()[0]
-            if files[r].segment is not None:
+            r = files.keys[0]
+            if files.locs[r].segment is not None:
                 break
             if upto is None:
                 try:
@@ -782,7 +835,7 @@ class LtxLog:
     def _forget_covered(self) -> None:
         """Forget the marks no remaining record needs (the first one covering the oldest)."""
         if self._files and self._covered_txids:
-            keep = bisect.bisect_left(self._covered_txids, self._files.keys()[0].max_txid)
+            keep = bisect.bisect_left(self._covered_txids, self._files.keys[0].max_txid)
             if keep:
                 del self._covered_txids[:keep], self._covered_at[:keep]
 
