@@ -44,7 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import REPO, git_describe, log, machine_line  # bench/common.py
+from common import REPO, filesystem_of, git_describe, log, machine_line  # bench/common.py
 
 HERE = Path(__file__).resolve()
 MODES = {"wal_normal": ("WAL", "NORMAL"), "wal_full": ("WAL", "FULL"),
@@ -414,7 +414,7 @@ def main() -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(machine_line(t0))
-    fs = _filesystem(Path(args.tmp or tempfile.gettempdir()))
+    fs = filesystem_of(Path(args.tmp or tempfile.gettempdir()))
     print(f"{txns:,} commits per trace, {runs} runs per tree, median; replay data dir on {fs}")
     for mode in modes:
         print(f"\n### {mode}\n")
@@ -435,17 +435,6 @@ def main() -> int:
             print("| instructions per commit (callgrind, whole replay) | "
                   + " | ".join(f"{instr[mode][str(s)]:,.0f}" for s in srcs) + " |")
     return 0
-
-
-def _filesystem(path: Path) -> str:
-    best, fstype = "", "?"
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) > 2 and str(path.resolve()).startswith(parts[1]) \
-                    and len(parts[1]) >= len(best):
-                best, fstype = parts[1], parts[2]
-    return f"{fstype} at {best}"
 
 
 if __name__ == "__main__":

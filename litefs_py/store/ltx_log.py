@@ -658,8 +658,11 @@ class LtxLog:
             done = os.pwritev(fd, (encode_frame(n), data), start)
             if done != n + FRAME_SIZE:
                 _pwrite_all(fd, (encode_frame(n) + data)[done:], start + done)
-        except BaseException:
+        except BaseException as exc:
             self._truncate(seg, start)
+            if isinstance(exc, OSError):
+                log.warning("%s: could not append the record of TXIDs %d-%d (%s); the commit "
+                            "is refused", seg.path, r.min_txid, r.max_txid, exc.strerror or exc)
             raise
         seg.end = start + FRAME_SIZE + n
         self._add(_Loc(r, seg, start + FRAME_SIZE, n))
