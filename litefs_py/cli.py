@@ -735,7 +735,7 @@ def _restore_source(source: str, output: Path | None, config_path: Path | None,
             raise QuietError(f"restoring from a replica URL needs -o OUT (the database file to "
                              f"write), e.g. litefs restore -o /data/app.db {source}",
                              ExitCode.USAGE)
-        return _RestoreSource(client_for_url(source), None)
+        return _RestoreSource(client_for_url(source, reading=True), None)
     from .config import load_config
 
     cfg = load_config(config_path)
@@ -750,7 +750,7 @@ def _restore_source(source: str, output: Path | None, config_path: Path | None,
             "every database) or a `dbs:` entry with one, or give a replica URL with -o OUT",
             ExitCode.NOT_FOUND)
     store_dir = (data_dir or Path(cfg.data.dir)) if output is None else None
-    return _RestoreSource(client_for(replica), store_dir)
+    return _RestoreSource(client_for(replica, reading=True), store_dir)
 
 
 @contextlib.contextmanager

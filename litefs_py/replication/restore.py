@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias
 
 from ..errors import ExitCode, QuietError
 from ..ltx import (
@@ -50,7 +50,6 @@ from ..ltx import (
 from ..storage.base import LtxFileInfo, ReplicaClient
 from ..storage.errors import ObjectNotFoundError
 from ..store.page_table import PageTable
-from .legacy_v03 import LegacyPlan, apply_legacy_plan, has_generations, plan_legacy
 from .progress import NullProgress
 from .restore_output import (
     STATUS_DB_EXISTS,
@@ -98,9 +97,14 @@ __all__ = [
 if TYPE_CHECKING:
     from ..store.store import Store
 
+    # Litestream 0.3 restores are rare: legacy_v03 (and the WAL reader it needs) is imported
+    # only when one happens, which keeps it off every restore's start-up.
+    from .legacy_v03 import LegacyPlan
+
 log = logging.getLogger("litefs.restore")
 
-AnyPlan = RestorePlan | LegacyPlan
+WRITE_BUFFER = 1 << 20
+AnyPlan: TypeAlias = "RestorePlan | LegacyPlan"
 STATUS_PLAN = "plan"
 
 
@@ -228,6 +232,8 @@ def make_plan(request: RestoreRequest) -> AnyPlan:
     """The plan for `request`: LTX files (Litestream 0.5, litefs-py), or Litestream 0.3
     generations when they are asked for or are all the replica holds. Raises NoBackupsError
     when it holds neither, other RestorePlanError/QuietError when the point is unreachable."""
+    from .legacy_v03 import has_generations, plan_legacy
+
     client = request.client
     if not request.legacy:
         try:
@@ -351,9 +357,16 @@ def _apply_file(client: ReplicaClient, info: LtxFileInfo, f: BinaryIO, state: _A
             ps = h.page_size
             old_count = rolling.page_count
             seek, write, setck = f.seek, f.write, rolling.set_page
+            # Seek only when the next page is not where the last one ended: a seek flushes
+            # the write buffer, so seeking before every page of a snapshot (pages in order)
+            # made one write(2) per page.
+            at = -1
             for pgno, data in dec.pages():
-                seek((pgno - 1) * ps)
+                pos = (pgno - 1) * ps
+                if pos != at:
+                    seek(pos)
                 write(data)
+                at = pos + len(data)
                 setck(pgno, data)
         except LTXError as exc:
             problem = exc.message if exc.offset is None else \
@@ -478,10 +491,10 @@ def _restore_file(request: RestoreRequest, plan: AnyPlan | None) -> RestoreResul
         if plan is None:
             return RestoreResult(STATUS_NO_REPLICA, out, where)
     result = RestoreResult(STATUS_RESTORED, out, where)
-    if isinstance(plan, LegacyPlan):
-        _install_legacy(request, out, plan, result)
-    else:
+    if isinstance(plan, RestorePlan):
         _install_ltx(request, out, plan, result, replan=replan)
+    else:
+        _install_legacy(request, out, plan, result)
     result.seconds = time.monotonic() - started
     log.info("%s", result.summary())
     return result
@@ -496,7 +509,9 @@ def _install_ltx(request: RestoreRequest, out: Path, plan: RestorePlan, result: 
         attempt = 1
         while True:
             try:
-                with open(tmp, "w+b") as f:
+                # A large buffer: pages arrive one by one, 4 KiB writes would be a syscall
+                # each.
+                with open(tmp, "w+b", buffering=WRITE_BUFFER) as f:
                     state = apply_plan(client, plan, f, progress=request.progress)
                     f.flush()
                     os.fsync(f.fileno())
@@ -529,6 +544,8 @@ def _install_ltx(request: RestoreRequest, out: Path, plan: RestorePlan, result: 
 
 def _install_legacy(request: RestoreRequest, out: Path, plan: LegacyPlan,
                     result: RestoreResult) -> None:
+    from .legacy_v03 import apply_legacy_plan
+
     client = request.client
     result.format = "litestream-0.3"
     built = build_and_install(

@@ -29,12 +29,10 @@ import base64
 import contextlib
 import email.utils
 import hashlib
-import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import boto3
 import botocore.config
@@ -57,71 +55,28 @@ from .base import (
 )
 from .endpoint import normalize_endpoint
 from .errors import (
-    AccessDeniedError,
     EndpointUnreachableError,
     InvalidCredentialsError,
-    NoSuchBucketError,
     ObjectNotFoundError,
     PreconditionFailedError,
     StorageError,
     TransientStorageError,
 )
-
-DEFAULT_REGION = "us-east-1"
-CONNECT_TIMEOUT = 5.0  # seconds
-READ_TIMEOUT = 10.0  # seconds without a byte from the server
-MAX_ATTEMPTS = 3  # per request, including the first
-CHUNK_SIZE = 1 << 20
-HEAD_CONCURRENCY = 8
-DELETE_BATCH = 1000  # DeleteObjects' limit
-
-_CREDENTIAL_CODES = frozenset({
-    "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
-    "TokenRefreshRequired", "InvalidSecurity", "InvalidClientTokenId",
-    "UnrecognizedClientException",
-})
-_DENIED_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "Forbidden", "403"})
-_REGION_CODES = frozenset({"AuthorizationHeaderMalformed", "PermanentRedirect", "301",
-                           "IllegalLocationConstraintException"})
-_TRANSIENT_CODES = frozenset({
-    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
-    "Throttling", "ThrottlingException", "TooManyRequests", "RequestLimitExceeded",
-    "BandwidthLimitExceeded", "OperationAborted", "500", "502", "503", "504",
-})
-_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
-_CONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
-
-# Hosts that name their region: (pattern, group holding the region).
-_REGION_HOSTS = (
-    re.compile(r"(?:.+\.)?s3\.([a-z0-9-]+)\.backblazeb2\.com"),
-    re.compile(r"(?:.+\.)?([a-z0-9-]+)\.digitaloceanspaces\.com"),
-    re.compile(r"(?:.+\.)?([a-z0-9-]+)\.linodeobjects\.com"),
-    re.compile(r"(?:.+\.)?s3\.([a-z0-9-]+)\.scw\.cloud"),
-    re.compile(r"(?:.+\.)?s3[.-](?:dualstack\.)?([a-z]{2}(?:-gov)?-[a-z]+-\d)\.amazonaws\.com"),
+from .s3_common import (
+    CHUNK_SIZE,
+    CONDITION_CODES,
+    CONNECT_TIMEOUT,
+    DEFAULT_REGION,
+    DELETE_BATCH,
+    HEAD_CONCURRENCY,
+    MAX_ATTEMPTS,
+    NOT_FOUND_CODES,
+    READ_TIMEOUT,
+    credentials_hint,
+    error_for_code,
+    guess_region,
+    is_aws_endpoint,
 )
-
-
-def is_aws_endpoint(endpoint: str | None) -> bool:
-    """None (AWS's default) or a host under amazonaws.com."""
-    if endpoint is None:
-        return True
-    host = (urlsplit(endpoint).hostname or "").lower()
-    return host == "amazonaws.com" or host.endswith(".amazonaws.com")
-
-
-def guess_region(endpoint: str | None) -> str | None:
-    """The region a provider's host name states (`s3.us-west-002.backblazeb2.com` →
-    `us-west-002`), `auto` for Cloudflare R2, else None."""
-    if endpoint is None:
-        return None
-    host = (urlsplit(endpoint).hostname or "").lower().rstrip(".")
-    if host.endswith(".r2.cloudflarestorage.com"):
-        return "auto"
-    for pattern in _REGION_HOSTS:
-        m = pattern.fullmatch(host)
-        if m is not None:
-            return m.group(1)
-    return None
 
 
 def _content_md5_instead_of_crc(request: Any, **_kwargs: Any) -> None:
@@ -136,10 +91,6 @@ def _content_md5_instead_of_crc(request: Any, **_kwargs: Any) -> None:
     if "Content-MD5" not in request.headers:
         digest = hashlib.md5(body, usedforsecurity=False).digest()
         request.headers["Content-MD5"] = base64.b64encode(digest).decode("ascii")
-
-
-def _mask(key_id: str) -> str:
-    return key_id if len(key_id) <= 8 else f"{key_id[:4]}…{key_id[-4:]}"
 
 
 class S3ReplicaClient(ReplicaClient):
@@ -172,9 +123,7 @@ class S3ReplicaClient(ReplicaClient):
         if credentials_source is None:
             credentials_source = ("the given access key" if access_key_id is not None else
                                   "the AWS default chain")
-        self._credentials_hint = (
-            f"key {_mask(access_key_id)} from {credentials_source}"
-            if access_key_id is not None else f"credentials from {credentials_source}")
+        self._credentials_hint = credentials_hint(access_key_id, credentials_source)
         query = f"?endpoint={self.endpoint}" if self.endpoint is not None else ""
         self.description = f"s3://{bucket}/{self.path}{query}"
 
@@ -235,42 +184,11 @@ class S3ReplicaClient(ReplicaClient):
         what = f"s3://{self.bucket}/{key}" if key is not None else f"bucket {self.bucket}"
         if isinstance(exc, bx.ClientError):
             error = exc.response.get("Error", {})
-            code = str(error.get("Code", ""))
-            message = str(error.get("Message", "")).strip()
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-            detail = f"{code}: {message}" if message else (code or f"HTTP {status}")
-            if code == "NoSuchBucket":
-                return NoSuchBucketError(f"bucket {self.bucket} does not exist at {ep}; create "
-                                         f"it or fix replica.bucket")
-            if code in _NOT_FOUND_CODES:
-                return ObjectNotFoundError(f"{what} does not exist at {ep} (deleted by "
-                                           f"retention or compaction?)")
-            if code == "RequestTimeTooSkewed":
-                return TransientStorageError(
-                    f"{ep} refused the request because this machine's clock is off by more "
-                    f"than 15 minutes ({detail}): fix the system time (NTP)")
-            if code in _CREDENTIAL_CODES:
-                return InvalidCredentialsError(
-                    f"credentials rejected by {ep} ({detail}; {self._credentials_hint}): check "
-                    f"LITEFS_ACCESS_KEY_ID/LITEFS_SECRET_ACCESS_KEY (or the replica's "
-                    f"access-key-id/secret-access-key)")
-            if code in _DENIED_CODES or status == 403:
-                return AccessDeniedError(
-                    f"access denied by {ep} while {doing} {what} ({detail}; "
-                    f"{self._credentials_hint}): check LITEFS_ACCESS_KEY_ID/"
-                    f"LITEFS_SECRET_ACCESS_KEY and that this key may list, read, write and "
-                    f"delete in bucket {self.bucket}")
-            if code in _REGION_CODES or status == 301:
-                return StorageError(
-                    f"{ep} refused region {self.region} for bucket {self.bucket} ({detail}): "
-                    f"set replica.region (or ?region= in the URL) to the bucket's region",
-                    ExitCode.CONFIG)
-            if code in _TRANSIENT_CODES or status >= 500 or status == 429:
-                return TransientStorageError(f"{ep} is failing ({detail}) while {doing} "
-                                             f"{what}; will retry")
-            if code == "NotImplemented":
-                return StorageError(f"{ep} does not support {doing} ({detail})")
-            return StorageError(f"{doing} {what} at {ep} failed ({detail})")
+            return error_for_code(str(error.get("Code", "")),
+                                  str(error.get("Message", "")).strip(), status, endpoint=ep,
+                                  bucket=self.bucket, region=self.region, doing=doing,
+                                  what=what, credentials=self._credentials_hint)
         if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
             return InvalidCredentialsError(
                 f"no credentials for {ep}: set LITEFS_ACCESS_KEY_ID and "
@@ -474,7 +392,7 @@ class S3ReplicaClient(ReplicaClient):
         try:
             self.boto_client.delete_object(Bucket=self.bucket, Key=key)
         except bx.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND_CODES:
+            if exc.response.get("Error", {}).get("Code") in NOT_FOUND_CODES:
                 return
             raise self._error(exc, "deleting", key) from None
         except _BOTO_ERRORS as exc:
@@ -538,8 +456,8 @@ class S3ReplicaClient(ReplicaClient):
             code = str(error.get("Code", ""))
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
             # If-Match on a key that is gone: 404 NoSuchKey, the condition failed all the same.
-            gone = if_match is not None and (code in _NOT_FOUND_CODES or status == 404)
-            if code in _CONDITION_CODES or status in (409, 412) or gone:
+            gone = if_match is not None and (code in NOT_FOUND_CODES or status == 404)
+            if code in CONDITION_CODES or status in (409, 412) or gone:
                 condition = "If-None-Match: *" if if_none_match else f"If-Match: {if_match}"
                 raise PreconditionFailedError(
                     f"s3://{self.bucket}/{full} was written by someone else ({condition} "
