@@ -263,6 +263,32 @@ def duration_or_0(value: object) -> float:
     return duration(value, positive=False)
 
 
+def rate_or_0(value: object) -> float:
+    """Events per second: a number (`4.5`), or `N/s`, `N/m`, `N/h`; 0 means no limit."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise WrongType(value, "a rate like 4.5, 5/s or 300/m")
+    per = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+    text_value = str(value).strip().lower().replace(" ", "")
+    number, _, unit = text_value.partition("/")
+    try:
+        rate = float(number) / per[unit or "s"]
+    except (ValueError, KeyError):
+        raise Problem(f"invalid rate {show_value(value)}; expected a number per second, or "
+                      "N/s, N/m, N/h (0: no limit)") from None
+    if not rate >= 0 or rate == float("inf"):
+        raise Problem(f"must be 0 (no limit) or more, got {show_value(value)}")
+    return rate
+
+
+def count(value: object) -> int:
+    """A whole number of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise WrongType(value, "a whole number like 5")
+    if value < 1:
+        raise Problem(f"must be 1 or more, got {show_value(value)}")
+    return int(value)
+
+
 def size(value: object) -> int:
     if not isinstance(value, str | int) or isinstance(value, bool):
         raise WrongType(value, "a size like 64MiB, 1GB or 100k")
