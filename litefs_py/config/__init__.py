@@ -218,7 +218,7 @@ class ReplicaConfig:
     batch_window: Annotated[float, s.duration_or_0] = 0.0
     # The request budget (replication/budget.py): L0 uploads per second sustained, and how
     # many may go at once after a quiet spell; 0 = no limit (docs/config.md: the dollars).
-    upload_rate: Annotated[float, s.rate_or_0] = 4.5
+    upload_rate: Annotated[float, s.rate_or_0] = 4.0
     upload_burst: Annotated[int, s.count] = 5
     retention: Annotated[float, s.duration] = 86400.0
     snapshot_interval: Annotated[float, s.duration] = 86400.0

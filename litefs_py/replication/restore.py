@@ -32,10 +32,13 @@ WAL mode and creates its -wal/-shm files as usual.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import queue
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,7 +72,6 @@ from .restore_plan import (
     RestorePlan,
     RestoreTarget,
     describe_file,
-    metadata_loader,
     plan_restore,
     read_plan_headers,
 )
@@ -104,6 +106,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("litefs.restore")
 
 WRITE_BUFFER = 1 << 20
+PREFETCH_CHUNKS = 32  # chunks (1 MiB from S3) downloaded ahead of the decoder
 AnyPlan: TypeAlias = "RestorePlan | LegacyPlan"
 STATUS_PLAN = "plan"
 
@@ -232,15 +235,17 @@ def make_plan(request: RestoreRequest) -> AnyPlan:
     """The plan for `request`: LTX files (Litestream 0.5, litefs-py), or Litestream 0.3
     generations when they are asked for or are all the replica holds. Raises NoBackupsError
     when it holds neither, other RestorePlanError/QuietError when the point is unreachable."""
-    from .legacy_v03 import has_generations, plan_legacy
-
     client = request.client
     if not request.legacy:
         try:
             return plan_restore(client, request.target)
         except NoBackupsError:
+            from .legacy_v03 import has_generations
+
             if not has_generations(client):
                 raise
+    from .legacy_v03 import plan_legacy
+
     if request.txid is not None:
         raise QuietError(f"the backups at {client.description} are Litestream 0.3 "
                          "generations, which have no TXIDs: use --timestamp, or "
@@ -304,6 +309,91 @@ class _ChunkReader:
             close()
 
 
+class _Prefetch:
+    """The plan's objects, downloaded in order by one worker thread while the caller
+    decodes and writes the previous bytes (at most PREFETCH_CHUNKS chunks ahead).
+
+    Without it the server waited on our decoding and we on the server, object after
+    object; with it the download streams on (socket reads release the GIL). The worker
+    also completes each object's checksum metadata (from the GET's headers on S3). Its
+    errors are raised in the caller where the object's bytes would have been; closing (also
+    on an error of the caller) stops it and joins it."""
+
+    def __init__(self, client: ReplicaClient, infos: Sequence[LtxFileInfo]) -> None:
+        self._client = client
+        self._infos = infos
+        self._q: queue.Queue[tuple[str, Any]] = queue.Queue(PREFETCH_CHUNKS)
+        self._stop = threading.Event()
+        self._open = False  # the caller is between an object's "info" and its "end"
+        self._thread = threading.Thread(target=self._run, name="restore-prefetch",
+                                        daemon=True)
+
+    def __enter__(self) -> Iterator[tuple[LtxFileInfo, Iterator[bytes]]]:
+        self._thread.start()
+        return self._objects()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):  # unblock a worker waiting to put
+                self._q.get(timeout=0.05)
+        self._thread.join()
+
+    def _put(self, item: tuple[str, Any]) -> bool:
+        while not self._stop.is_set():
+            with contextlib.suppress(queue.Full):
+                self._q.put(item, timeout=0.1)
+                return True
+        return False
+
+    def _run(self) -> None:
+        try:
+            for planned in self._infos:
+                # The checksum metadata: S3 listings carry none, the GET's headers do.
+                if planned.metadata:
+                    info, chunks = planned, self._client.open_ltx(planned)
+                else:
+                    info, chunks = self._client.open_ltx_with_metadata(planned)
+                if not self._put(("info", info)):
+                    return
+                stream = iter(chunks)
+                try:
+                    for chunk in stream:
+                        if not self._put(("chunk", chunk)):
+                            return
+                finally:
+                    close = getattr(stream, "close", None)
+                    if close is not None:
+                        close()
+                self._put(("end", None))
+        except BaseException as exc:  # handed to the caller, raised there
+            self._put(("error", exc))
+
+    def _next(self) -> tuple[str, Any]:
+        kind, value = self._q.get()
+        if kind == "error":
+            raise value
+        return kind, value
+
+    def _objects(self) -> Iterator[tuple[LtxFileInfo, Iterator[bytes]]]:
+        for _ in self._infos:
+            kind, info = self._next()
+            assert kind == "info", kind
+            self._open = True
+            yield info, self._chunks()
+            while self._open:  # the caller stopped before the end: skip the rest
+                if self._next()[0] == "end":
+                    self._open = False
+
+    def _chunks(self) -> Iterator[bytes]:
+        while self._open:
+            kind, value = self._next()
+            if kind == "end":
+                self._open = False
+                return
+            yield value
+
+
 # --------------------------------------------------------------------------------------------
 # Applying a plan with an incremental rolling checksum
 # --------------------------------------------------------------------------------------------
@@ -322,9 +412,9 @@ class _ApplyState:
     keys: list[str] = field(default_factory=list)
 
 
-def _apply_file(client: ReplicaClient, info: LtxFileInfo, f: BinaryIO, state: _ApplyState,
+def _apply_file(chunks: Iterator[bytes], info: LtxFileInfo, f: BinaryIO, state: _ApplyState,
                 progress: NullProgress, where: str) -> Header:
-    reader = _ChunkReader(iter(client.open_ltx(info)), progress)
+    reader = _ChunkReader(chunks, progress)
     try:
         try:
             dec = Decoder(reader, name=info.key)  # type: ignore[arg-type]
@@ -408,12 +498,10 @@ def apply_plan(client: ReplicaClient, plan: RestorePlan, f: BinaryIO, *,
     each file is verified when its last byte has been read.
     """
     progress = progress or NullProgress()
-    resolve = metadata_loader(client)
     state = _ApplyState()
-    for info in plan.files:
-        # The checksum metadata may need a HEAD (S3 listings carry no metadata).
-        info = resolve(info)
-        _apply_file(client, info, f, state, progress, plan.replica)
+    with _Prefetch(client, plan.files) as objects:
+        for info, chunks in objects:
+            _apply_file(chunks, info, f, state, progress, plan.replica)
     if state.commit == 0:
         last = plan.files[-1]
         raise DatabaseDeletedError(

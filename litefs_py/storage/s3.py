@@ -325,11 +325,26 @@ class S3ReplicaClient(ReplicaClient):
         key = self.ltx_key(info.level, info.min_txid, info.max_txid)
         return self._stream(key)
 
-    def _stream(self, key: str) -> Iterator[bytes]:
+    def open_ltx_with_metadata(self, info: LtxFileInfo) -> tuple[LtxFileInfo, Iterator[bytes]]:
+        """One GetObject: its answer carries the metadata a HEAD would."""
+        key = self.ltx_key(info.level, info.min_txid, info.max_txid)
+        resp = self._get(key)
+        metadata = {str(k): str(v) for k, v in resp.get("Metadata", {}).items()}
+        base = LtxFileInfo(level=info.level, min_txid=info.min_txid, max_txid=info.max_txid,
+                           size=int(resp.get("ContentLength", info.size)),
+                           timestamp=resp.get("LastModified", info.timestamp), key=key)
+        return info_with_metadata(base, metadata), self._body(key, resp)
+
+    def _get(self, key: str) -> Any:
         try:
-            resp = self.boto_client.get_object(Bucket=self.bucket, Key=key)
+            return self.boto_client.get_object(Bucket=self.bucket, Key=key)
         except _BOTO_ERRORS as exc:
             raise self._error(exc, "reading", key) from None
+
+    def _stream(self, key: str) -> Iterator[bytes]:
+        yield from self._body(key, self._get(key))
+
+    def _body(self, key: str, resp: Any) -> Iterator[bytes]:
         with contextlib.closing(resp["Body"]) as body:
             chunks = body.iter_chunks(CHUNK_SIZE)
             while True:

@@ -69,6 +69,7 @@ _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PR
 _MAX_BACKOFF = 20.0  # seconds, as botocore's standard retry mode
 _MAX_TXID = (1 << 64) - 1
 _META_PREFIX = "x-amz-meta-"
+LISTING_REUSE = 1.0  # seconds a listing made by levels() serves the next ltx_files()
 
 
 def reader_credentials(endpoint: str | None, region: str | None, access_key_id: str | None,
@@ -159,6 +160,7 @@ class S3ReaderClient(ReplicaClient):
         self._max_attempts = max(1, max_attempts)
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
+        self._recent: dict[int, tuple[float, list[LtxFileInfo]]] = {}  # see levels()
         self._writer_factory = writer
         self._writer: S3ReplicaClient | None = None
 
@@ -316,6 +318,9 @@ class S3ReaderClient(ReplicaClient):
             params["continuation-token"] = page.token
 
     def levels(self) -> list[int]:
+        """The levels holding LTX files. Each level's listing is kept for one following
+        `ltx_files(level)` within LISTING_REUSE seconds: a restore plans from exactly these
+        listings, and each extra round trip is start-up time."""
         base = self._key("")
         found = set()
         for page in self._list(base, "/"):
@@ -324,7 +329,13 @@ class S3ReaderClient(ReplicaClient):
                 if (len(name) == 4 and all(c in "0123456789abcdef" for c in name)
                         and int(name, 16) <= MAX_LEVEL):
                     found.add(int(name, 16))
-        return [lvl for lvl in sorted(found) if self._listing(lvl)]
+        out = []
+        for lvl in sorted(found):
+            infos = self._listing(lvl)
+            self._recent[lvl] = (time.monotonic(), infos)
+            if infos:
+                out.append(lvl)
+        return out
 
     def _listing(self, level: int, after: int | None = None) -> list[LtxFileInfo]:
         prefix = self.level_prefix(level)
@@ -346,7 +357,9 @@ class S3ReaderClient(ReplicaClient):
         return infos
 
     def ltx_files(self, level: int, *, with_metadata: bool = False) -> list[LtxFileInfo]:
-        infos = self._listing(level)
+        listed_at, infos = self._recent.pop(level, (0.0, []))
+        if time.monotonic() - listed_at > LISTING_REUSE:
+            infos = self._listing(level)
         if with_metadata and infos:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -368,13 +381,25 @@ class S3ReaderClient(ReplicaClient):
         key = self.ltx_key(info.level, info.min_txid, info.max_txid)
         got = self._call("HEAD", self._object_path(key), {}, "reading the metadata of",
                          f"s3://{self.bucket}/{key}")
-        modified = _http_date(got.headers.get("last-modified")) or info.timestamp
-        metadata = {k[len(_META_PREFIX):]: v for k, v in got.headers.items()
+        return self._with_headers(info, key, got.headers)
+
+    def _with_headers(self, info: LtxFileInfo, key: str, headers: Mapping[str, str]
+                      ) -> LtxFileInfo:
+        """`info` completed from the headers of a HEAD or GET of its object."""
+        modified = _http_date(headers.get("last-modified")) or info.timestamp
+        metadata = {k[len(_META_PREFIX):]: v for k, v in headers.items()
                     if k.startswith(_META_PREFIX)}
-        size = int(got.headers.get("content-length") or info.size)
+        size = int(headers.get("content-length") or info.size)
         base = LtxFileInfo(level=info.level, min_txid=info.min_txid, max_txid=info.max_txid,
                            size=size, timestamp=modified, key=key)
         return info_with_metadata(base, metadata)
+
+    def open_ltx_with_metadata(self, info: LtxFileInfo) -> tuple[LtxFileInfo, Iterator[bytes]]:
+        """One GET: its headers carry the metadata a HEAD would."""
+        key = self.ltx_key(info.level, info.min_txid, info.max_txid)
+        conn, resp = self._open(key)
+        headers = {k.lower(): v for k, v in resp.getheaders()}
+        return self._with_headers(info, key, headers), self._body(key, conn, resp)
 
     def list_objects(self, prefix: str) -> list[ObjectInfo]:
         base = self._key("")
@@ -411,13 +436,21 @@ class S3ReaderClient(ReplicaClient):
         return self._stream(key)
 
     def _stream(self, key: str) -> Iterator[bytes]:
-        path = self._object_path(key)
-        conn, resp = self._send("GET", path, {})
+        conn, resp = self._open(key)
+        return self._body(key, conn, resp)
+
+    def _open(self, key: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """A GET of `key` whose body is still to be read (an error answer raised here)."""
+        conn, resp = self._send("GET", self._object_path(key), {})
         if resp.status != 200:
             body = _read_all(resp, conn)
             self._recycle(conn, resp)
             raise self._status_error(_Response(resp.status, {}, body), "reading",
                                      f"s3://{self.bucket}/{key}")
+        return conn, resp
+
+    def _body(self, key: str, conn: http.client.HTTPConnection,
+              resp: http.client.HTTPResponse) -> Iterator[bytes]:
         done = False
         try:
             while True:
