@@ -253,9 +253,9 @@ def test_cli_restore_never_imports_boto3(vector_bucket: VectorBucket, tmp_path: 
     or PyYAML (the bulk of its import time); the result is the same database."""
     exp = expected(LTX_SETS[0])
     out = tmp_path / "out.db"
-    code = ("import sys, runpy\n"
-            "sys.argv = ['litefs', 'restore', '-o', sys.argv[1], sys.argv[2]]\n"
-            "try:\n    runpy.run_module('litefs_py', run_name='__main__')\n"
+    code = ("import sys\n"
+            "from litefs_py.cli import main\n"
+            "try:\n    main(['restore', '-o', sys.argv[1], sys.argv[2]])\n"
             "except SystemExit as e:\n    assert not e.code, e.code\n"
             "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
             "{'boto3', 'botocore', 's3transfer', 'urllib3', 'yaml'})\n"
