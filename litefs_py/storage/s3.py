@@ -30,7 +30,6 @@ import contextlib
 import email.utils
 import hashlib
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,7 +39,7 @@ import botocore.exceptions as bx
 import urllib3.exceptions
 
 from ..errors import ExitCode
-from ..ltx.filename import format_filename, is_ltx_filename, parse_filename
+from ..ltx.filename import format_filename, is_ltx_filename
 from .base import (
     MAX_LEVEL,
     META_TIMESTAMP,
@@ -76,7 +75,10 @@ from .s3_common import (
     error_for_code,
     guess_region,
     is_aws_endpoint,
+    ltx_infos,
+    start_after_key,
 )
+from .s3_common import with_metadata as completed_metadata
 
 
 def _content_md5_instead_of_crc(request: Any, **_kwargs: Any) -> None:
@@ -244,39 +246,19 @@ class S3ReplicaClient(ReplicaClient):
 
     def ltx_files(self, level: int, *, with_metadata: bool = False) -> list[LtxFileInfo]:
         infos = self._ltx_listing(level)
-        if with_metadata and infos:
-            with ThreadPoolExecutor(min(HEAD_CONCURRENCY, len(infos))) as pool:
-                completed = list(pool.map(self._metadata_or_none, infos))
-            infos = [i for i in completed if i is not None]  # deleted while listing: gone
-        return infos
+        return completed_metadata(infos, self._metadata_or_none) if with_metadata else infos
 
     def ltx_files_after(self, level: int, txid: int) -> list[LtxFileInfo]:
-        """ListObjectsV2 with StartAfter `<level>/<txid>-ffffffffffffffff.ltx`: names are
-        fixed-width lowercase hex, so every key with min TXID <= `txid` sorts at or before it
-        and the server skips them. A caught-up poll lists no key at all."""
+        """ListObjectsV2 with StartAfter `<level>/<txid>-ffffffffffffffff.ltx` (see
+        s3_common.start_after_key): a caught-up poll lists no key at all."""
         return self._ltx_listing(level, after=txid)
 
     def _ltx_listing(self, level: int, after: int | None = None) -> list[LtxFileInfo]:
         prefix = self.level_prefix(level)
-        start_after = None
-        if after is not None and after >= 0:
-            start_after = prefix + format_filename(min(after, _MAX_TXID), _MAX_TXID)
-        infos = []
-        for page in self._list(prefix, start_after=start_after):
-            for obj in page.get("Contents", []):
-                key = str(obj["Key"])
-                name = key[len(prefix):]
-                if not is_ltx_filename(name):
-                    continue
-                lo, hi = parse_filename(name)
-                if after is not None and lo <= after:
-                    continue  # a provider that ignores StartAfter
-                last_modified: datetime = obj["LastModified"]
-                infos.append(LtxFileInfo(level=level, min_txid=lo, max_txid=hi,
-                                         size=int(obj["Size"]), timestamp=last_modified,
-                                         key=key))
-        infos.sort(key=lambda i: (i.min_txid, i.max_txid))
-        return infos
+        objects = ((str(obj["Key"]), int(obj["Size"]), obj["LastModified"])
+                   for page in self._list(prefix, start_after=start_after_key(prefix, after))
+                   for obj in page.get("Contents", []))
+        return ltx_infos(level, prefix, objects, after)
 
     def _metadata_or_none(self, info: LtxFileInfo) -> LtxFileInfo | None:
         try:
@@ -534,7 +516,6 @@ class S3ReplicaClient(ReplicaClient):
             return None
 
 
-_MAX_TXID = (1 << 64) - 1
 _BOTO_ERRORS = (bx.BotoCoreError, bx.ClientError, urllib3.exceptions.HTTPError, OSError)
 
 

@@ -9,9 +9,13 @@ sees the same words whichever client met the error.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from urllib.parse import urlsplit
 
 from ..errors import ExitCode
+from ..ltx.filename import format_filename, is_ltx_filename, parse_filename
+from .base import LtxFileInfo
 from .errors import (
     AccessDeniedError,
     InvalidCredentialsError,
@@ -126,3 +130,47 @@ def error_for_code(code: str, message: str, status: int, *, endpoint: str, bucke
     if code == "NotImplemented":
         return StorageError(f"{ep} does not support {doing} ({detail})")
     return StorageError(f"{doing} {what} at {ep} failed ({detail})")
+
+
+_MAX_TXID = (1 << 64) - 1
+
+
+def start_after_key(prefix: str, after: int | None) -> str | None:
+    """ListObjectsV2's StartAfter for "min TXID > `after`" under a level's `prefix`: names
+    are fixed-width lowercase hex, so every key with min TXID <= `after` sorts at or before
+    `<after>-ffffffffffffffff.ltx` and the server skips them."""
+    if after is None or after < 0:
+        return None
+    return prefix + format_filename(min(after, _MAX_TXID), _MAX_TXID)
+
+
+def ltx_infos(level: int, prefix: str, objects: Iterable[tuple[str, int, datetime]],
+              after: int | None = None) -> list[LtxFileInfo]:
+    """The LTX files among listed (key, size, last modified) objects under `prefix`, sorted
+    by TXID range; with `after`, only those whose min TXID is greater (for a provider that
+    ignores StartAfter)."""
+    infos = []
+    for key, size, modified in objects:
+        name = key[len(prefix):]
+        if not is_ltx_filename(name):
+            continue
+        lo, hi = parse_filename(name)
+        if after is not None and lo <= after:
+            continue
+        infos.append(LtxFileInfo(level=level, min_txid=lo, max_txid=hi, size=size,
+                                 timestamp=modified, key=key))
+    infos.sort(key=lambda i: (i.min_txid, i.max_txid))
+    return infos
+
+
+def with_metadata(infos: list[LtxFileInfo],
+                  fetch: Callable[[LtxFileInfo], LtxFileInfo | None]) -> list[LtxFileInfo]:
+    """`infos` completed by `fetch` (a HEAD each, HEAD_CONCURRENCY at a time); None from
+    `fetch` (deleted while listing) drops the file."""
+    if not infos:
+        return infos
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(HEAD_CONCURRENCY, len(infos))) as pool:
+        completed = list(pool.map(fetch, infos))
+    return [i for i in completed if i is not None]

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-from ..ltx.filename import format_filename, is_ltx_filename, parse_filename
+from ..ltx.filename import format_filename
 from .base import (
     MAX_LEVEL,
     LtxFileInfo,
@@ -51,14 +51,16 @@ from .s3_common import (
     CHUNK_SIZE,
     CONNECT_TIMEOUT,
     DEFAULT_REGION,
-    HEAD_CONCURRENCY,
     MAX_ATTEMPTS,
     READ_TIMEOUT,
     credentials_hint,
     error_for_code,
     guess_region,
     is_aws_endpoint,
+    ltx_infos,
+    start_after_key,
 )
+from .s3_common import with_metadata as completed_metadata
 from .sigv4 import Signer, StaticCredentials, canonical_query
 
 if TYPE_CHECKING:
@@ -67,7 +69,6 @@ if TYPE_CHECKING:
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
                "all_proxy")
 _MAX_BACKOFF = 20.0  # seconds, as botocore's standard retry mode
-_MAX_TXID = (1 << 64) - 1
 _META_PREFIX = "x-amz-meta-"
 LISTING_REUSE = 1.0  # seconds a listing made by levels() serves the next ltx_files()
 
@@ -339,34 +340,15 @@ class S3ReaderClient(ReplicaClient):
 
     def _listing(self, level: int, after: int | None = None) -> list[LtxFileInfo]:
         prefix = self.level_prefix(level)
-        start_after = None
-        if after is not None and after >= 0:
-            start_after = prefix + format_filename(min(after, _MAX_TXID), _MAX_TXID)
-        infos = []
-        for page in self._list(prefix, start_after=start_after):
-            for key, size, modified in page.contents:
-                name = key[len(prefix):]
-                if not is_ltx_filename(name):
-                    continue
-                lo, hi = parse_filename(name)
-                if after is not None and lo <= after:
-                    continue  # a provider that ignores StartAfter
-                infos.append(LtxFileInfo(level=level, min_txid=lo, max_txid=hi, size=size,
-                                         timestamp=modified, key=key))
-        infos.sort(key=lambda i: (i.min_txid, i.max_txid))
-        return infos
+        objects = (obj for page in self._list(prefix, start_after=start_after_key(prefix, after))
+                   for obj in page.contents)
+        return ltx_infos(level, prefix, objects, after)
 
     def ltx_files(self, level: int, *, with_metadata: bool = False) -> list[LtxFileInfo]:
         listed_at, infos = self._recent.pop(level, (0.0, []))
         if time.monotonic() - listed_at > LISTING_REUSE:
             infos = self._listing(level)
-        if with_metadata and infos:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(min(HEAD_CONCURRENCY, len(infos))) as pool:
-                completed = list(pool.map(self._metadata_or_none, infos))
-            infos = [i for i in completed if i is not None]
-        return infos
+        return completed_metadata(infos, self._metadata_or_none) if with_metadata else infos
 
     def ltx_files_after(self, level: int, txid: int) -> list[LtxFileInfo]:
         return self._listing(level, after=txid)
