@@ -24,6 +24,7 @@ from .errors import ExitCode, QuietError
 from .fuse.ops import PrimaryOperations
 from .fuse.replica_ops import ReplicaKernelCache, ReplicaOperations
 from .mountinfo import is_mounted
+from .replication.budget import RequestBudget
 from .replication.maintenance import ReplicaMaintainer, Schedule
 from .replication.replica_node import ReplicaNode
 from .replication.stream_server import StreamServer
@@ -92,6 +93,7 @@ class Replicator:
         client = client_for(replica)
         up = Uploader(db, client, sync_interval=replica.sync_interval,
                       batch_window=replica.batch_window,
+                      budget=RequestBudget(replica.upload_rate, replica.upload_burst),
                       retention=self.config.data.retention,
                       spool_limit=self.config.data.spool_limit)
         self.uploaders[db.name] = up
@@ -331,6 +333,7 @@ def status_document(store: Store, replicator: Replicator | None,
                 "spool_files": st.spool_files,
                 "uploads": st.uploads,
                 "put_requests": st.put_requests,
+                "upload_budget": up.budget.to_json(),
                 **st.retry.to_json(),  # last_error, whether it needs a fix, errors by kind
             }
         dbs[name] = entry

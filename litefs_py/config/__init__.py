@@ -212,9 +212,14 @@ class ReplicaConfig:
     access_key_id: str | None = None
     secret_access_key: str | None = field(default=None, repr=False)
     sync_interval: Annotated[float, s.duration] = 1.0
-    # After a commit wakes the uploader, wait this long for more commits to share the PUT:
-    # trades a little lag for far fewer requests (cost) at steady load.
-    batch_window: Annotated[float, s.duration_or_0] = 0.05
+    # After a commit wakes the uploader, wait this long for more commits to share the PUT.
+    # 0 by default: the request budget below batches steady load without delaying a
+    # sporadic commit.
+    batch_window: Annotated[float, s.duration_or_0] = 0.0
+    # The request budget (replication/budget.py): L0 uploads per second sustained, and how
+    # many may go at once after a quiet spell; 0 = no limit (docs/config.md: the dollars).
+    upload_rate: Annotated[float, s.rate_or_0] = 4.0
+    upload_burst: Annotated[int, s.count] = 5
     retention: Annotated[float, s.duration] = 86400.0
     snapshot_interval: Annotated[float, s.duration] = 86400.0
     l1_interval: Annotated[float, s.duration] = 30.0
