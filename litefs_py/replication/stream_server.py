@@ -6,18 +6,22 @@ longer in the local log, when it is ahead of the primary or when its checksum sh
 diverged (the frame says which). Then every new transaction as it commits, and a heartbeat
 every second of silence. The wire format is in stream_protocol.py.
 
-Authentication: `Authorization: Bearer <secret>`, compared in constant time. Without a
-secret the server binds to loopback only.
+Authentication: `Authorization: Bearer <secret>`, compared in constant time (`_authorized`,
+the one check), and/or a client certificate when TLS asks for one (http_tls.py). Without
+either the server binds to loopback only. With `http.tls` it serves HTTPS (http_tls.py builds
+the context; `serve` hands it to hypercorn).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
 import logging
 import os
 import socket as pysocket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -67,11 +71,12 @@ class ChangeFeed:
             await self._event.wait()
 
 
-def bind_address(addr: str, secret: str | None) -> tuple[str, bool]:
-    """(host:port to bind, whether it is loopback-only because there is no secret)."""
+def bind_address(addr: str, secret: str | None, client_certs: bool = False) -> tuple[str, bool]:
+    """(host:port to bind, whether it is loopback-only because nothing authenticates
+    clients: no secret and no required client certificate)."""
     host, _, port = addr.rpartition(":")
     host = host.strip("[]")
-    if secret:
+    if secret or client_certs:
         return f"{host or '0.0.0.0'}:{port}", False
     try:
         if host and ipaddress.ip_address(host).is_loopback:
@@ -83,9 +88,14 @@ def bind_address(addr: str, secret: str | None) -> tuple[str, bool]:
 
 class StreamServer:
     def __init__(self, store: Store, *, secret: str | None, advertise_url: str | None = None,
-                 heartbeat: float = HEARTBEAT_INTERVAL) -> None:
+                 heartbeat: float = HEARTBEAT_INTERVAL,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.store = store
         self.secret = secret
+        # The secret as a digest: compared with the digest of what a client sends, so the
+        # comparison takes the same time whatever the length of either.
+        self._secret_digest = _digest(b"Bearer " + secret.encode()) if secret else None
+        self.tls = tls
         self.advertise_url = advertise_url
         self.heartbeat = heartbeat
         self.feed = ChangeFeed()
@@ -111,11 +121,15 @@ class StreamServer:
         from hypercorn.config import Config as HypercornConfig
         from hypercorn.trio import serve
 
-        bind, narrowed = bind_address(addr, self.secret)
+        client_certs = self.tls is not None and self.tls.verify_mode == ssl.CERT_REQUIRED
+        bind, narrowed = bind_address(addr, self.secret, client_certs)
         if narrowed:
             log.info("http.secret is not set: the replication API listens on %s only "
                         "(set http.secret, or LITEFS_SECRET, to serve other hosts)", bind)
-        cfg = HypercornConfig()
+        elif self.tls is None and self.secret:
+            log.warning("the replication API serves plain HTTP on %s: replicas send "
+                        "http.secret in clear text; set http.tls.cert/key to serve HTTPS", bind)
+        cfg = _hypercorn_config(HypercornConfig, self.tls)
         cfg.bind = [bind]
         cfg.accesslog = None
         cfg.errorlog = logging.getLogger("litefs.http.server")
@@ -133,7 +147,9 @@ class StreamServer:
             task_status.started(None)
             return
         self.port = int(port)
-        log.info("replication API on http://%s (protocol %d)", bind, PROTOCOL_VERSION)
+        log.info("replication API on %s://%s (protocol %d%s)", "https" if self.tls else "http",
+                 bind, PROTOCOL_VERSION, ", client certificates required" if client_certs
+                 else "")
         task_status.started(bind)
         try:
             await serve(self.app, cfg)  # type: ignore[arg-type]
@@ -205,13 +221,15 @@ class StreamServer:
             await _reply(send, 404, {"error": f"no such endpoint {method} {path}"})
 
     def _authorized(self, scope: Scope) -> bool:
-        if not self.secret:
+        """The one authentication check (a client certificate, when required, was checked
+        by TLS before any request was read)."""
+        if self._secret_digest is None:
             return True
-        for key, value in scope.get("headers", []):
-            if key.lower() == b"authorization":
-                expected = b"Bearer " + self.secret.encode()
-                return hmac.compare_digest(bytes(value), expected)
-        return False
+        sent = [bytes(v) for k, v in scope.get("headers", []) if k.lower() == b"authorization"]
+        # Exactly one header; its digest compared in constant time (no early exit on the
+        # first differing byte, and no hint of the secret's length).
+        got = _digest(sent[0]) if len(sent) == 1 else b""
+        return hmac.compare_digest(got, self._secret_digest) and len(sent) == 1
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = bytearray()
@@ -360,6 +378,24 @@ class Subscription:
             return (f"at TXID {rtxid:016x} the replica's checksum {rchecksum:016x} differs "
                     f"from the primary's {pre:016x}")
         return None
+
+
+def _digest(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
+def _hypercorn_config(config_class: type[Any], tls: ssl.SSLContext | None) -> Any:
+    """hypercorn's Config serving `tls` (http_tls.server_context), the only TLS set-up."""
+
+    class Config(config_class):  # type: ignore[misc]
+        def create_ssl_context(self) -> ssl.SSLContext | None:
+            return tls
+
+        @property
+        def ssl_enabled(self) -> bool:
+            return tls is not None
+
+    return Config()
 
 
 async def _reply(send: Send, status: int, doc: dict[str, Any]) -> None:
