@@ -48,6 +48,14 @@ from .stream_protocol import (
 log = logging.getLogger("litefs.http")
 
 HEARTBEAT_INTERVAL = 1.0
+# Hostile or broken clients (#14): each is bounded so it costs one connection, never a stall
+# of other streams.
+REQUEST_TIMEOUT = 10.0  # a stream request's body must arrive within this (else 408)
+IDLE_TIMEOUT = 10.0  # a connection with no request under way (incl. unfinished headers)
+TLS_HANDSHAKE_TIMEOUT = 10.0
+MAX_HEADERS = 16 * 1024  # bytes of request line + headers; more gets the connection closed
+SEND_TIMEOUT = 30.0  # a subscriber that accepts no bytes for this long is cut off
+REFUSAL_LOG_INTERVAL = 60.0  # at most one "refused" line per client address per this long
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -101,6 +109,7 @@ class StreamServer:
         self.feed = ChangeFeed()
         self.subscribers = 0
         self.port: int | None = None
+        self._refusals: dict[str, tuple[float, int]] = {}  # address -> (last logged, since)
         for db in store.dbs.values():
             self._watch(db)
         store.add_db_listener(self._watch)
@@ -133,7 +142,9 @@ class StreamServer:
         cfg.bind = [bind]
         cfg.accesslog = None
         cfg.errorlog = logging.getLogger("litefs.http.server")
-        cfg.keep_alive_timeout = 75
+        cfg.keep_alive_timeout = IDLE_TIMEOUT
+        cfg.ssl_handshake_timeout = TLS_HANDSHAKE_TIMEOUT
+        cfg.h11_max_incomplete_size = MAX_HEADERS
         cfg.graceful_timeout = 0.5
         try:
             listener = trio.socket.socket()
@@ -159,11 +170,11 @@ class StreamServer:
                         "http.addr is changed", bind, group.exceptions[0])
             self.port = None
 
-    def abort_connections(self) -> int:
-        """At shutdown: shut down every accepted connection's socket. hypercorn sends in a
-        shielded cancel scope with no timeout, so a replica that stopped reading (paused,
-        partitioned) would otherwise keep the primary from ever exiting. Returns how many
-        connections were cut."""
+    def abort_connections(self, peer: tuple[str, int] | None = None) -> int:
+        """At shutdown: shut down every accepted connection's socket (or only the one from
+        `peer`). hypercorn sends in a shielded cancel scope with no timeout, so a replica that
+        stopped reading (paused, partitioned) would otherwise keep the primary from ever
+        exiting, or hold its stream's task forever. Returns how many connections were cut."""
         if self.port is None:
             return 0
         cut = 0
@@ -185,7 +196,9 @@ class StreamServer:
                             or sock.type != pysocket.SOCK_STREAM
                             or sock.getsockname()[1] != self.port):
                         continue
-                    sock.getpeername()  # accepted connections only, not the listener
+                    got = sock.getpeername()  # accepted connections only, not the listener
+                    if peer is not None and (got[0], got[1]) != tuple(peer):
+                        continue
                     sock.shutdown(pysocket.SHUT_RDWR)
                     cut += 1
                 except OSError:
@@ -203,12 +216,25 @@ class StreamServer:
                     return
         if scope["type"] != "http":
             return
+        try:
+            await self._handle(scope, receive, send)
+        except (trio.BrokenResourceError, trio.BusyResourceError, trio.ClosedResourceError,
+                OSError) as exc:
+            # The client went away (or broke the connection) while it was answered: its
+            # problem, not an error of the server's.
+            log.debug("a client connection ended while it was answered: %r", exc)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = scope.get("headers", [])
+        if len(headers) > 100 or sum(len(k) + len(v) for k, v in headers) > MAX_HEADERS:
+            # hypercorn bounds only headers that arrive in pieces; whole ones are bounded here.
+            await _reply(send, 431, {"error": f"request headers larger than {MAX_HEADERS} "
+                                              "bytes or more than 100 of them"})
+            return
         if not self._authorized(scope):
             await _reply(send, 401, {"error": "wrong or missing secret: send 'Authorization: "
                                               "Bearer <http.secret>'"})
-            client = scope.get("client") or ("?", 0)
-            log.warning("refused a replication request from %s: wrong or missing secret",
-                        client[0])
+            self._log_refusal(scope)
             return
         path, method = scope["path"], scope["method"]
         if path == INFO_PATH and method == "GET":
@@ -217,8 +243,29 @@ class StreamServer:
                                      "dbs": format_positions(self.positions())})
         elif path == STREAM_PATH and method == "POST":
             await self._stream(scope, receive, send)
+        elif path in (INFO_PATH, STREAM_PATH):
+            allow = "GET" if path == INFO_PATH else "POST"
+            await _reply(send, 405, {"error": f"{_printable(method)} is not allowed on {path}; "
+                                              f"use {allow}"}, [(b"allow", allow.encode())])
         else:
-            await _reply(send, 404, {"error": f"no such endpoint {method} {path}"})
+            await _reply(send, 404, {"error": f"no such endpoint {_printable(method)} "
+                                              f"{_printable(path)}"})
+
+    def _log_refusal(self, scope: Scope) -> None:
+        """One warning per client address per REFUSAL_LOG_INTERVAL: a client hammering the
+        API with wrong secrets cannot flood the log."""
+        address = str((scope.get("client") or ("?", 0))[0])
+        now = time.monotonic()
+        last, since = self._refusals.get(address, (-REFUSAL_LOG_INTERVAL, 0))
+        if now - last < REFUSAL_LOG_INTERVAL:
+            self._refusals[address] = (last, since + 1)
+            return
+        more = f" ({since} more since the last such line)" if since else ""
+        log.warning("refused a replication request from %s: wrong or missing secret%s",
+                    address, more)
+        if len(self._refusals) > 1024:  # many addresses: forget the old ones
+            self._refusals.clear()
+        self._refusals[address] = (now, 0)
 
     def _authorized(self, scope: Scope) -> bool:
         """The one authentication check (a client certificate, when required, was checked
@@ -233,16 +280,22 @@ class StreamServer:
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > MAX_REQUEST:
-                await _reply(send, 413, {"error": "request too large"})
-                return
-            if not message.get("more_body"):
-                break
+        with trio.move_on_after(REQUEST_TIMEOUT) as reading:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if len(body) > MAX_REQUEST:
+                    await _reply(send, 413, {"error": f"request larger than {MAX_REQUEST} "
+                                                      "bytes"})
+                    return
+                if not message.get("more_body"):
+                    break
+        if reading.cancelled_caught:
+            await _reply(send, 408, {"error": f"the request body did not arrive within "
+                                              f"{REQUEST_TIMEOUT:g} s"})
+            return
         try:
             request = json.loads(bytes(body) or b"{}")
             if not isinstance(request, dict):
@@ -256,7 +309,7 @@ class StreamServer:
             await _reply(send, 400, {"error": str(exc)})
             return
         client = scope.get("client") or ("?", 0)
-        who = f"{request.get('node') or client[0]}"
+        who = _printable(str(request.get("node") or client[0]))
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", CONTENT_TYPE.encode()),
                                 (b"cache-control", b"no-store")]})
@@ -270,13 +323,30 @@ class StreamServer:
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(watch_disconnect)
-                await Subscription(self, positions, send, who).run()
+                subscription = Subscription(self, positions, send, who)
+                peer = scope.get("client")
+                if peer is not None:
+                    nursery.start_soon(self._watch_stalls, subscription, tuple(peer))
+                await subscription.run()
                 nursery.cancel_scope.cancel()
         except Exception as exc:  # the replica went away mid-send: it reconnects
             log.debug("stream to %s ended: %r", who, exc)
         finally:
             self.subscribers -= 1
             log.info("replica %s disconnected", who)
+
+
+    async def _watch_stalls(self, subscription: Subscription, peer: tuple[str, int]) -> None:
+        """Cut off a subscriber that has accepted no bytes for SEND_TIMEOUT: hypercorn's
+        send cannot be cancelled, so its socket is shut down. Others are never held up."""
+        while True:
+            await trio.sleep(1.0)
+            started = subscription.sending_since
+            if started is not None and time.monotonic() - started > SEND_TIMEOUT:
+                log.warning("replica %s accepted no data for %.0f s; closing its stream (it "
+                            "reconnects when it reads again)", subscription.who, SEND_TIMEOUT)
+                self.abort_connections(peer)
+                return
 
 
 class Subscription:
@@ -289,10 +359,15 @@ class Subscription:
         self.sent = dict(positions)
         self._send = send
         self.who = who
+        self.sending_since: float | None = None  # when the send under way started
 
     async def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
-        await self._send({"type": "http.response.body", "body": encode_frame(header, payload),
-                          "more_body": True})
+        self.sending_since = time.monotonic()
+        try:
+            await self._send({"type": "http.response.body",
+                              "body": encode_frame(header, payload), "more_body": True})
+        finally:
+            self.sending_since = None
 
     async def run(self) -> None:
         server = self.server
@@ -398,9 +473,16 @@ def _hypercorn_config(config_class: type[Any], tls: ssl.SSLContext | None) -> An
     return Config()
 
 
-async def _reply(send: Send, status: int, doc: dict[str, Any]) -> None:
+def _printable(text: str, limit: int = 80) -> str:
+    """A client-chosen string fit for a log line or an error: no control characters."""
+    text = "".join(c if c.isprintable() else "?" for c in text[:limit])
+    return text + ("..." if len(text) == limit else "")
+
+
+async def _reply(send: Send, status: int, doc: dict[str, Any],
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = json.dumps(doc).encode() + b"\n"
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
