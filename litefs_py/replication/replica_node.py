@@ -385,9 +385,9 @@ async def _keep_running(follower: BucketFollower) -> None:
         await trio.sleep(MAX_BACKOFF)
 
 
-def _bound_apply(node: ReplicaNode, name: str) -> Callable[[bytes], Awaitable[None]]:
-    async def apply(data: bytes) -> None:
-        await node.apply(name, data)
+def _bound_apply(node: ReplicaNode, name: str) -> Callable[..., Awaitable[None]]:
+    async def apply(data: bytes, expected_checksum: int | None = None) -> None:
+        await node.apply(name, data, expected_checksum)
         node.state.note_position(True)
 
     return apply
