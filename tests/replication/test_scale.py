@@ -33,6 +33,7 @@ from tests.replication.helpers import litefs_restore, wait_until, write_config
 
 LOAD_SECONDS = float(os.environ.get("LITEFS_LOAD_SECONDS", "8"))
 WRITERS, READERS = 16, 32
+SCALE_DBS = int(os.environ.get("LITEFS_SCALE_DBS", "100"))
 RSS_LIMIT = 100 * 1024 * 1024
 # 48 processes on two cores contend hard for one database: a wait is bounded by this, and
 # running out of it (SQLITE_BUSY reaching the app) counts as a failure.
@@ -159,7 +160,7 @@ def test_16_writers_32_readers(rig: Rig, bucket: Bucket, procs: Procs, mode: str
 def test_100_databases_replicate_and_restore_after_a_cold_start(
         rig: Rig, bucket: Bucket, procs: Procs, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mount_harness, "MOUNT_TIMEOUT", 240.0)  # it restores 100 first
-    n = 100
+    n = SCALE_DBS
     cfg = write_config(rig.tmp / "litefs.yml", bucket.url("many"))
     m = rig.mount(cfg)
     m.start()
