@@ -24,6 +24,7 @@ from .errors import ExitCode, QuietError
 from .fuse.ops import PrimaryOperations
 from .fuse.replica_ops import ReplicaKernelCache, ReplicaOperations
 from .mountinfo import is_mounted
+from .replication import http_tls
 from .replication.budget import RequestBudget
 from .replication.maintenance import ReplicaMaintainer, Schedule
 from .replication.replica_node import ReplicaNode
@@ -422,7 +423,9 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
                 ops.store, ops.state, primary_url=config.lease.advertise_url,
                 secret=http_secret(config), fence_for=fences.get,
                 cache=ReplicaKernelCache(ops),
-                bucket_dbs=(lambda: bucket_databases(config)) if has_bucket else None)
+                bucket_dbs=(lambda: bucket_databases(config)) if has_bucket else None,
+                tls=http_tls.client_context(config.http.tls),
+                allow_insecure=config.http.allow_insecure)
             nursery.start_soon(node.run, name="replication from the primary")
 
             def trim(db: DB) -> None:
@@ -434,7 +437,8 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
             ops.store.add_db_listener(trim)
         else:
             server = StreamServer(ops.store, secret=http_secret(config),
-                                  advertise_url=config.lease.advertise_url)
+                                  advertise_url=config.lease.advertise_url,
+                                  tls=http_tls.server_context(config.http.tls))
             await nursery.start(server.serve, config.http.addr)
             stream_server = server
             for db in list(ops.store.dbs.values()):
@@ -462,6 +466,7 @@ def run_mount(opts: MountOptions) -> int:
     0."""
     opts = MountOptions(resolve_mount_dir(opts.mount_dir), opts.data_dir.absolute(),
                         opts.allow_other, opts.debug, opts.config, opts.commands)
+    http_tls.validate(opts.config.http.tls)  # a bad certificate path fails here, named
     opts.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(opts.data_dir)
     store.lock()

@@ -907,7 +907,7 @@ def test_every_error_is_a_one_line_config_error(tmp_path: Path, text: str) -> No
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "config.md"
 PACKAGE = Path(config_mod.__file__).resolve().parent.parent
-SECTIONS = {"fuse", "data", "log", "http", "lease"}
+SECTIONS = {"fuse", "data", "log", "http", "http.tls", "lease"}
 BASE = "replica:\n  type: s3\n  bucket: b\n"  # what the replica keys' entries add to
 
 # key: (a file that sets it to a value other than its default, what that value becomes,
@@ -937,6 +937,22 @@ BEHAVIOUR: dict[str, tuple[str, object, object, str]] = {
     "http.addr": ("http: {addr: ':9'}", lambda c: c.http.addr, ":9", "app.py: config.http.addr"),
     "http.secret": ("http: {secret: s}", lambda c: c.http.secret, "s",
                     "app.py: config.http.secret"),
+    "http.allow-insecure": ("http: {allow-insecure: true}", lambda c: c.http.allow_insecure,
+                            True, "app.py: allow_insecure=config.http.allow_insecure"),
+    "http.tls.cert": ("http: {tls: {cert: /c, key: /k}}", lambda c: c.http.tls.cert, "/c",
+                      "http_tls.py: tls.cert"),
+    "http.tls.key": ("http: {tls: {cert: /c, key: /k}}", lambda c: c.http.tls.key, "/k",
+                     "http_tls.py: tls.key"),
+    "http.tls.ca": ("http: {tls: {ca: /a}}", lambda c: c.http.tls.ca, "/a",
+                    "http_tls.py: tls.ca"),
+    "http.tls.client-ca": ("http: {tls: {cert: /c, key: /k, client-ca: /a}}",
+                           lambda c: c.http.tls.client_ca, "/a", "http_tls.py: tls.client_ca"),
+    "http.tls.client-cert": ("http: {tls: {client-cert: /c, client-key: /k}}",
+                             lambda c: c.http.tls.client_cert, "/c",
+                             "http_tls.py: tls.client_cert"),
+    "http.tls.client-key": ("http: {tls: {client-cert: /c, client-key: /k}}",
+                            lambda c: c.http.tls.client_key, "/k",
+                            "http_tls.py: tls.client_key"),
     "lease.candidate": ("lease: {candidate: false, advertise-url: 'p:1'}",
                         lambda c: c.lease.candidate, False, "app.py: config.lease.candidate"),
     "lease.advertise-url": ("lease: {advertise-url: 'p:1'}", lambda c: c.lease.advertise_url,
@@ -1044,3 +1060,27 @@ def test_every_key_changes_behaviour_or_is_refused(tmp_path: Path, key: str) -> 
     module, code = consumer.split(": ", 1)
     found = any(code in p.read_text() for p in PACKAGE.rglob(module))
     assert found or key in PENDING, f"nothing in {module} reads {key} ({code!r})"
+
+
+@pytest.mark.parametrize(("text", "needles"), [
+    ("http: {tls: {cert: /c}}\n", ["http.tls.key", "http.tls.cert is set", "both or neither"]),
+    ("http: {tls: {key: /k}}\n", ["http.tls.cert", "http.tls.key is set"]),
+    ("http: {tls: {client-key: /k}}\n", ["http.tls.client-cert", "both or neither"]),
+    ("http: {tls: {client-ca: /a}}\n", ["http.tls.client-ca", "need TLS on the server"]),
+    ("http: {tls: {cert: 5, key: /k}}\n", ["http.tls.cert", "a string"]),
+    ("http: {tls: {crt: /c}}\n", ["unknown key http.tls.crt", "http.tls.cert"]),
+    ("http: {allow-insecure: 'yes'}\n", ["http.allow-insecure", "true or false"]),
+])
+def test_http_tls_rules(tmp_path: Path, text: str, needles: list[str]) -> None:
+    msg = load_error(tmp_path, text)
+    assert all(n in msg for n in needles), msg
+
+
+def test_http_tls_defaults_and_full_form(tmp_path: Path) -> None:
+    assert Config().http.tls.cert is None and Config().http.allow_insecure is False
+    cfg = load(tmp_path, "http: {allow-insecure: true, tls: {cert: /c, key: /k, ca: /a, "
+                         "client-ca: /b, client-cert: /d, client-key: /e}}\n")
+    tls = cfg.http.tls
+    assert (tls.cert, tls.key, tls.ca, tls.client_ca, tls.client_cert, tls.client_key) == (
+        "/c", "/k", "/a", "/b", "/d", "/e")
+    assert cfg.http.allow_insecure and "/k" not in repr(cfg) and "/e" not in repr(cfg)

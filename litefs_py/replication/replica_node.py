@@ -11,6 +11,7 @@ the database for a snapshot and the stream reconnects asking for one; the reason
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -62,8 +63,11 @@ class ReplicaNode:
                  secret: str | None, fence_for: Callable[[DB], Fence | None],
                  cache: KernelCache | None,
                  bucket_dbs: Callable[[], list[tuple[str, ReplicaClient]]] | None = None,
-                 follow_after: float = FOLLOW_BUCKET_AFTER) -> None:
+                 follow_after: float = FOLLOW_BUCKET_AFTER,
+                 tls: ssl.SSLContext | None = None, allow_insecure: bool = False) -> None:
         self.store = store
+        self.tls = tls  # http_tls.client_context: verifies an https:// primary
+        self.allow_insecure = allow_insecure
         self.state = state
         self.primary_url = primary_url
         self.secret = secret
@@ -175,7 +179,8 @@ class ReplicaNode:
         last_reason = None
         while True:
             stream = PrimaryStream(self.primary_url, self.secret, self.positions,
-                                   self._on_frame)
+                                   self._on_frame, tls=self.tls,
+                                   allow_insecure=self.allow_insecure)
             self._healthy = False
             kind = "stream"
             try:
@@ -380,9 +385,9 @@ async def _keep_running(follower: BucketFollower) -> None:
         await trio.sleep(MAX_BACKOFF)
 
 
-def _bound_apply(node: ReplicaNode, name: str) -> Callable[[bytes], Awaitable[None]]:
-    async def apply(data: bytes) -> None:
-        await node.apply(name, data)
+def _bound_apply(node: ReplicaNode, name: str) -> Callable[..., Awaitable[None]]:
+    async def apply(data: bytes, expected_checksum: int | None = None) -> None:
+        await node.apply(name, data, expected_checksum)
         node.state.note_position(True)
 
     return apply

@@ -29,6 +29,7 @@ import base64
 import contextlib
 import email.utils
 import hashlib
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -95,6 +96,23 @@ def _content_md5_instead_of_crc(request: Any, **_kwargs: Any) -> None:
         request.headers["Content-MD5"] = base64.b64encode(digest).decode("ascii")
 
 
+def _mask(key_id: str) -> str:
+    return key_id if len(key_id) <= 8 else f"{key_id[:4]}…{key_id[-4:]}"
+
+
+class _SharedClient:
+    """A boto3 client (thread-safe) and how many S3ReplicaClients use it."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.region: str = client.meta.region_name
+        self.users = 0
+
+
+_SHARED: dict[tuple[object, ...], _SharedClient] = {}
+_SHARED_LOCK = threading.Lock()
+
+
 class S3ReplicaClient(ReplicaClient):
     """One database's replica under `s3://bucket/path`."""
 
@@ -144,8 +162,28 @@ class S3ReplicaClient(ReplicaClient):
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             tcp_keepalive=True,
-            max_pool_connections=HEAD_CONCURRENCY + 2,
+            # Shared by every database of the mount (below): room for a few at once.
+            max_pool_connections=max(HEAD_CONCURRENCY + 2, 16),
         )
+        # One boto3 client per endpoint and credentials, shared by every database's client:
+        # each boto3 session loads its own copy of the S3 model (~12 MiB), so a mount with
+        # 100 databases used over 1 GiB before (#14, tests/replication/test_scale.py).
+        self._shared_key = (access_key_id, secret_access_key, self.endpoint, region,
+                            addressing, connect_timeout, read_timeout, max_attempts)
+        with _SHARED_LOCK:
+            shared = _SHARED.get(self._shared_key)
+            if shared is None:
+                shared = _SharedClient(self._new_boto_client(
+                    access_key_id, secret_access_key, region, config))
+                _SHARED[self._shared_key] = shared
+            shared.users += 1
+        self.region: str = shared.region
+        self.boto_client: Any = shared.client
+        self.endpoint_url: str = str(self.boto_client.meta.endpoint_url)
+        self._closed = False
+
+    def _new_boto_client(self, access_key_id: str | None, secret_access_key: str | None,
+                         region: str | None, config: botocore.config.Config) -> Any:
         try:
             session = boto3.session.Session(aws_access_key_id=access_key_id,
                                             aws_secret_access_key=secret_access_key)
@@ -153,18 +191,28 @@ class S3ReplicaClient(ReplicaClient):
                 region = guess_region(self.endpoint)
             if region is None:
                 region = (session.region_name if self.endpoint is None else None) or DEFAULT_REGION
-            self.region: str = region
-            self.boto_client: Any = session.client(
-                "s3", endpoint_url=self.endpoint, region_name=region, config=config)
+            client = session.client("s3", endpoint_url=self.endpoint, region_name=region,
+                                    config=config)
         except bx.BotoCoreError as exc:
             raise StorageError(f"cannot set up the S3 client for {self.description}: {exc}",
                                ExitCode.CONFIG) from None
-        self.boto_client.meta.events.register("before-sign.s3.DeleteObjects",
-                                              _content_md5_instead_of_crc)
-        self.endpoint_url: str = str(self.boto_client.meta.endpoint_url)
+        client.meta.events.register("before-sign.s3.DeleteObjects", _content_md5_instead_of_crc)
+        return client
 
     def close(self) -> None:
-        """Close the pooled connections (the client must not be used afterwards)."""
+        """Close the pooled connections once the last client sharing them closes (this
+        client must not be used afterwards)."""
+        if self._closed:
+            return
+        self._closed = True
+        with _SHARED_LOCK:
+            shared = _SHARED.get(self._shared_key)
+            if shared is None or shared.client is not self.boto_client:
+                return
+            shared.users -= 1
+            if shared.users > 0:
+                return
+            del _SHARED[self._shared_key]
         self.boto_client.close()
 
     # ---- keys ----------------------------------------------------------------------------
