@@ -6,6 +6,8 @@
     DATA/dbs/<name>/{journal,wal,shm}
     DATA/dbs/<name>/ltx/           the local LTX log (LtxLog)
     DATA/dbs/<name>/checksums      per-page checksums saved on a clean shutdown
+    DATA/dbs/<name>/quarantine/    what recovery would have deleted (quarantine.py)
+    DATA/dbs/<name>/litefs-import/ LiteFS's LTX files while they are imported (litefs_import.py)
     DATA/restore-tmp/<name>/       a restore being built, before Store.install_restored
 
 Pure path arithmetic: nothing here touches the filesystem.
@@ -40,6 +42,16 @@ class DBPaths:
     @property
     def ltx_dir(self) -> Path:
         return self.root / "ltx"
+
+    @property
+    def quarantine(self) -> Path:
+        """Files recovery judged torn, stale or superseded (see quarantine.py)."""
+        return self.root / "quarantine"
+
+    @property
+    def import_staging(self) -> Path:
+        """LiteFS's original LTX files, gathered while they are converted (litefs_import.py)."""
+        return self.root / "litefs-import"
 
     @property
     def page_table(self) -> Path:
