@@ -469,7 +469,7 @@ def recover(name: str, data_dir: Path | None, config_path: Path | None) -> None:
 
     cfg = load_config(config_path)
     setup_logging("info", cfg.log.format)
-    store = Store(data_dir or Path(cfg.data.dir))
+    store = Store(data_dir or Path(cfg.data.dir), quarantine_limit=cfg.data.quarantine_limit)
     store.lock()
     try:
         db = store.load(name)
@@ -694,7 +694,8 @@ def restore(source: str, output: Path | None, config_path: Path | None, data_dir
             if_replica_exists=if_replica_exists, if_db_not_exists=if_db_not_exists,
             force=force, integrity=integrity_check, dry_run=dry_run,
             progress=NullProgress() if dry_run else Progress(0, stream=sys.stderr))
-        with _data_dir_lock(None if dry_run else request.data_dir) as store:
+        with _data_dir_lock(None if dry_run else request.data_dir,
+                            replica.quarantine_limit) as store:
             outcome = run_restore(request, store=store)
         _restore_report(as_json, outcome.to_json(), outcome.summary())
 
@@ -722,6 +723,7 @@ def _restore_errors(as_json: bool) -> Iterator[None]:
 class _RestoreSource:
     client: ReplicaClient
     data_dir: Path | None  # DB-NAME without -o: restore into this data directory
+    quarantine_limit: int | None = None  # data.quarantine-limit (with a data directory)
 
 
 def _restore_source(source: str, output: Path | None, config_path: Path | None,
@@ -750,19 +752,22 @@ def _restore_source(source: str, output: Path | None, config_path: Path | None,
             "every database) or a `dbs:` entry with one, or give a replica URL with -o OUT",
             ExitCode.NOT_FOUND)
     store_dir = (data_dir or Path(cfg.data.dir)) if output is None else None
-    return _RestoreSource(client_for(replica), store_dir)
+    return _RestoreSource(client_for(replica), store_dir, cfg.data.quarantine_limit)
 
 
 @contextlib.contextmanager
-def _data_dir_lock(data_dir: Path | None) -> Iterator[Store | None]:
+def _data_dir_lock(data_dir: Path | None,
+                   quarantine_limit: int | None) -> Iterator[Store | None]:
     """Hold the data directory (as a mount does) while a restore writes into it; yields its
-    Store (None without a data directory)."""
+    Store (None without a data directory). A database the restore replaces goes to its
+    quarantine, kept within `quarantine_limit` bytes."""
     if data_dir is None:
         yield None
         return
     from .store.store import Store
 
-    store = Store(data_dir)
+    store = Store(data_dir) if quarantine_limit is None else \
+        Store(data_dir, quarantine_limit=quarantine_limit)
     try:
         store.lock()
     except QuietError as exc:
@@ -829,6 +834,10 @@ def status(data_dir: Path | None, config_path: Path | None, as_json: bool) -> No
                          f"{rep['spool_files']} files")
                 if rep.get("last_error"):
                     line += f", last error: {rep['last_error']}{_retry_note(rep)}"
+            kept = db.get("quarantine")
+            if kept:
+                line += (f", quarantine {kept['entries']} entries, {kept['bytes']} bytes in "
+                         f"{kept['path']}")
             click.echo(line)
     if age > 10:
         click.echo(f"litefs: status is {age:.0f}s old; the mount is not running", err=True)

@@ -100,6 +100,8 @@ class DataConfig:
     # seconds local LTX files are kept after upload (0: as soon as they are uploaded)
     retention: Annotated[float, s.duration_or_0] = 600.0
     spool_limit: Annotated[int, s.size] = GiB  # bytes of not-yet-uploaded LTX kept locally
+    # bytes each database's quarantine keeps (what recovery set aside instead of deleting)
+    quarantine_limit: Annotated[int, s.size] = GiB
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ class LogConfig:
 class HttpConfig:
     addr: Annotated[str, s.address] = ":20202"
     secret: str | None = field(default=None, repr=False)
+    metrics_public: bool = False  # GET /metrics without the secret (app.py)
 
 
 def _http_url(value: object) -> str | None:

@@ -43,6 +43,7 @@ DEFAULT_LIMIT = 1 << 30  # bytes (data.quarantine-limit)
 MAX_ENTRIES = 100  # entries per database, whatever their size
 _REASON = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 _PARTIAL = ".partial"  # a copy being written; left only by a crash (the original stays)
+_FILLING = ".filling"  # an entry of several parts being moved in (keep_all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +120,17 @@ class Quarantine:
             raise ValueError(f"quarantine reason must be a lowercase slug, not {reason!r}")
         self.directory.mkdir(parents=True, exist_ok=True)
         dest = self._new_path(f"{_stamp()}-{reason}-{name}")
-        dest.mkdir()
+        # Filled under another name, so an entry's name never changes while its contents do
+        # (a reader may cache sizes by name); a crash leaves it under that name, complete
+        # or not, and it is an entry like any other.
+        filling = dest.with_name(dest.name + _FILLING)
+        filling.mkdir()
         parents = set()
         for source in sources:
-            os.rename(source, dest / source.name)
+            os.rename(source, filling / source.name)
             parents.add(source.parent)
-        fsync_dir(dest)
+        fsync_dir(filling)
+        os.rename(filling, dest)
         for parent in parents:
             fsync_dir(parent)
         fsync_dir(self.directory)
@@ -151,12 +157,21 @@ class Quarantine:
         found = self.entries()
         return QuarantineUsage(len(found), sum(e.bytes for e in found))
 
+    def names(self) -> tuple[str, ...]:
+        """The entries' names: an entry never changes once it has its name, so these
+        identify what `usage` would find."""
+        try:
+            return tuple(sorted(os.listdir(self.directory)))
+        except FileNotFoundError:
+            return ()
+
     # ---- internals -----------------------------------------------------------------------
 
     def _new_path(self, base: str) -> Path:
         path = self.directory / base
         n = 2
-        while path.exists() or path.with_name(path.name + _PARTIAL).exists():
+        while any(path.with_name(path.name + suffix).exists()
+                  for suffix in ("", _PARTIAL, _FILLING)):
             path = self.directory / f"{base}.{n}"
             n += 1
         return path

@@ -84,6 +84,8 @@ class Store:
         self.dbs_dir.mkdir(parents=True, exist_ok=True)
         self.dbs: dict[str, DB] = {}
         self._lock_fd: int | None = None
+        # database name -> (its quarantine's entry names, their usage): see quarantine_usage
+        self._quarantine_seen: dict[str, tuple[tuple[str, ...], QuarantineUsage]] = {}
         self._db_listeners: list[Callable[[DB], None]] = []
 
     def add_db_listener(self, listener: Callable[[DB], None]) -> None:
@@ -202,16 +204,23 @@ class Store:
 
     def quarantine_usage(self) -> dict[str, QuarantineUsage]:
         """What each database directory's quarantine holds, by database name; only the
-        non-empty ones. Blocking (it walks the quarantines): call it in a worker thread."""
+        non-empty ones. Blocking: call it in a worker thread. Cheap when nothing changed
+        (one directory listing per database): entries never change once named."""
         out: dict[str, QuarantineUsage] = {}
         try:
             names = os.listdir(self.dbs_dir)
         except FileNotFoundError:
             return out
         for name in sorted(names):
-            usage = self.quarantine(name).usage()
-            if usage.entries:
-                out[name] = usage
+            q = self.quarantine(name)
+            entries = q.names()
+            if not entries:
+                continue
+            seen = self._quarantine_seen.get(name)
+            if seen is None or seen[0] != entries:
+                seen = (entries, q.usage())
+                self._quarantine_seen[name] = seen
+            out[name] = seen[1]
         return out
 
     def load(self, name: str) -> DB | None:
