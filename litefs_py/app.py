@@ -446,6 +446,7 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
             for db in list(ops.store.dbs.values()):
                 replicator.attach(db)
             ops.store.add_db_listener(replicator.attach)
+        _serve_metrics(nursery, config, ops.store, replicator, node, stream_server)
         nursery.start_soon(_write_status, ops.store, replicator, node)
         if opts.commands:
             nursery.start_soon(_supervise, opts.commands, config.lease.candidate, sup,
@@ -459,6 +460,26 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
             if cut:
                 log.info("closed %d replication connection(s)", cut)
         nursery.cancel_scope.cancel()
+
+
+def _serve_metrics(nursery: trio.Nursery, config: Config, store: Store, replicator: Replicator,
+                   node: ReplicaNode | None, server: StreamServer | None) -> None:
+    """GET /metrics: on the primary's replication API, or on a replica's own listener."""
+    from .replication.metrics import (
+        METRICS_PATH,
+        MetricsEndpoint,
+        MountMetrics,
+        serve_metrics_only,
+    )
+
+    endpoint = MetricsEndpoint(
+        MountMetrics(store, uploaders=replicator.uploaders, node=node, server=server),
+        public=config.http.metrics_public)
+    if server is not None:
+        server.endpoints[METRICS_PATH] = endpoint
+    else:
+        nursery.start_soon(serve_metrics_only, endpoint, config.http.addr, http_secret(config),
+                           name="metrics listener")
 
 
 def run_mount(opts: MountOptions) -> int:

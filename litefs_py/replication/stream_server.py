@@ -48,6 +48,9 @@ HEARTBEAT_INTERVAL = 1.0
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+#: Another endpoint on this server (e.g. /metrics): called with whether the request carried
+#: the secret, it decides itself whether it needs it.
+Endpoint = Callable[[Scope, Send, bool], Awaitable[None]]
 
 
 class ChangeFeed:
@@ -91,6 +94,7 @@ class StreamServer:
         self.feed = ChangeFeed()
         self.subscribers = 0
         self.port: int | None = None
+        self.endpoints: dict[str, Endpoint] = {}  # path -> endpoint, added by app.py
         for db in store.dbs.values():
             self._watch(db)
         store.add_db_listener(self._watch)
@@ -186,6 +190,10 @@ class StreamServer:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         if scope["type"] != "http":
+            return
+        endpoint = self.endpoints.get(scope["path"])
+        if endpoint is not None:
+            await endpoint(scope, send, self._authorized(scope))
             return
         if not self._authorized(scope):
             await _reply(send, 401, {"error": "wrong or missing secret: send 'Authorization: "
