@@ -462,6 +462,10 @@ def recover(name: str, data_dir: Path | None, config_path: Path | None) -> None:
     was changed outside litefs, or the data directory was damaged) and names this command.
     It records the current database as one more transaction holding every page, so the log
     replays to exactly this database again. Run it while the data directory is not mounted.
+
+    A LiteFS data directory is imported first (its LTX files become litefs records with the
+    same TXIDs; LiteFS's originals are kept in DATA/dbs/NAME/quarantine/). Nothing recovery
+    sets aside is deleted: it goes to that quarantine (docs/operations.md).
     """
     from .config import load_config
     from .store.recovery import recover as recover_db
@@ -476,7 +480,7 @@ def recover(name: str, data_dir: Path | None, config_path: Path | None) -> None:
         if db is None:
             raise QuietError(f"no database {name!r} in {store.dbs_dir}", ExitCode.NOT_FOUND)
         before = db.ltx.last()
-        recover_db(db, accept_current=True)
+        recover_db(db, accept_current=True, quarantine=store.quarantine(name))
         after = db.txid
         db.close()
         if before is not None and after == before.header.max_txid:
