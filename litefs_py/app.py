@@ -12,7 +12,7 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from .storage.base import ReplicaClient
 from .storage.errors import StorageError
 from .store.apply_fence import ApplyFence
 from .store.db import DB
+from .store.quarantine import QuarantineUsage
 from .store.replica_state import ReplicaState
 from .store.store import Store, valid_db_name
 
@@ -317,12 +318,19 @@ async def _supervise(commands: tuple[AppCommand, ...], candidate: bool,
 
 
 def status_document(store: Store, replicator: Replicator | None,
-                    node: ReplicaNode | None = None) -> dict[str, object]:
-    """What `litefs status` prints: per database, position, replica position, lag, spool."""
+                    node: ReplicaNode | None = None,
+                    quarantine: Mapping[str, QuarantineUsage] | None = None
+                    ) -> dict[str, object]:
+    """What `litefs status` prints: per database, position, replica position, lag, spool,
+    and what its quarantine holds (`quarantine`: from Store.quarantine_usage)."""
     dbs: dict[str, object] = {}
     for name, db in sorted(store.dbs.items()):
         entry: dict[str, object] = {"txid": f"{db.txid:016x}", "checksum": f"{db.checksum:016x}",
                                     "deleted": db.deleted}
+        kept = (quarantine or {}).get(name)
+        if kept is not None:
+            entry["quarantine"] = {"entries": kept.entries, "bytes": kept.bytes,
+                                   "path": str(store.quarantine(name).directory)}
         up = replicator.uploaders.get(name) if replicator is not None else None
         if up is not None:
             st = up.status
@@ -357,7 +365,8 @@ async def _write_status(store: Store, replicator: Replicator,
                         node: ReplicaNode | None = None) -> None:
     """Keep DATA/status.json current (atomically replaced) for `litefs status`."""
     while True:
-        doc = json.dumps(status_document(store, replicator, node), indent=2)
+        quarantine = await trio.to_thread.run_sync(store.quarantine_usage)
+        doc = json.dumps(status_document(store, replicator, node, quarantine), indent=2)
         await trio.to_thread.run_sync(store.save_status, doc)
         await trio.sleep(STATUS_INTERVAL)
 
@@ -444,6 +453,7 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
             for db in list(ops.store.dbs.values()):
                 replicator.attach(db)
             ops.store.add_db_listener(replicator.attach)
+        _serve_metrics(nursery, config, ops.store, replicator, node, stream_server)
         nursery.start_soon(_write_status, ops.store, replicator, node)
         if opts.commands:
             nursery.start_soon(_supervise, opts.commands, config.lease.candidate, sup,
@@ -459,6 +469,26 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
         nursery.cancel_scope.cancel()
 
 
+def _serve_metrics(nursery: trio.Nursery, config: Config, store: Store, replicator: Replicator,
+                   node: ReplicaNode | None, server: StreamServer | None) -> None:
+    """GET /metrics: on the primary's replication API, or on a replica's own listener."""
+    from .replication.metrics import (
+        METRICS_PATH,
+        MetricsEndpoint,
+        MountMetrics,
+        serve_metrics_only,
+    )
+
+    endpoint = MetricsEndpoint(
+        MountMetrics(store, uploaders=replicator.uploaders, node=node, server=server),
+        public=config.http.metrics_public)
+    if server is not None:
+        server.endpoints[METRICS_PATH] = endpoint
+    else:
+        nursery.start_soon(serve_metrics_only, endpoint, config.http.addr, http_secret(config),
+                           name="metrics listener")
+
+
 def run_mount(opts: MountOptions) -> int:
     """Restore and recover every database, mount, serve until a signal (or until the
     supervised command exits), unmount, save state. Returns the exit status to exit with:
@@ -468,7 +498,7 @@ def run_mount(opts: MountOptions) -> int:
                         opts.allow_other, opts.debug, opts.config, opts.commands)
     http_tls.validate(opts.config.http.tls)  # a bad certificate path fails here, named
     opts.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(opts.data_dir)
+    store = Store(opts.data_dir, quarantine_limit=opts.config.data.quarantine_limit)
     store.lock()
     replica = not opts.config.lease.candidate
     try:

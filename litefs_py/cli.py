@@ -701,6 +701,10 @@ def recover(name: str, data_dir: Path | None, config_path: Path | None) -> None:
     was changed outside litefs, or the data directory was damaged) and names this command.
     It records the current database as one more transaction holding every page, so the log
     replays to exactly this database again. Run it while the data directory is not mounted.
+
+    A LiteFS data directory is imported first (its LTX files become litefs records with the
+    same TXIDs; LiteFS's originals are kept in DATA/dbs/NAME/quarantine/). Nothing recovery
+    sets aside is deleted: it goes to that quarantine (docs/operations.md).
     """
     from .config import load_config
     from .store.recovery import recover as recover_db
@@ -708,14 +712,14 @@ def recover(name: str, data_dir: Path | None, config_path: Path | None) -> None:
 
     cfg = load_config(config_path)
     setup_logging("info", cfg.log.format)
-    store = Store(data_dir or Path(cfg.data.dir))
+    store = Store(data_dir or Path(cfg.data.dir), quarantine_limit=cfg.data.quarantine_limit)
     store.lock()
     try:
         db = store.load(name)
         if db is None:
             raise QuietError(f"no database {name!r} in {store.dbs_dir}", ExitCode.NOT_FOUND)
         before = db.ltx.last()
-        recover_db(db, accept_current=True)
+        recover_db(db, accept_current=True, quarantine=store.quarantine(name))
         after = db.txid
         db.close()
         if before is not None and after == before.header.max_txid:
@@ -935,7 +939,8 @@ def restore(source: str, output: Path | None, config_path: Path | None, data_dir
             if_replica_exists=if_replica_exists, if_db_not_exists=if_db_not_exists,
             force=force, integrity=integrity_check, dry_run=dry_run,
             progress=NullProgress() if dry_run else Progress(0, stream=sys.stderr))
-        with _data_dir_lock(None if dry_run else request.data_dir) as store:
+        with _data_dir_lock(None if dry_run else request.data_dir,
+                            replica.quarantine_limit) as store:
             outcome = run_restore(request, store=store)
         _restore_report(as_json, outcome.to_json(), outcome.summary())
 
@@ -963,6 +968,7 @@ def _restore_errors(as_json: bool) -> Iterator[None]:
 class _RestoreSource:
     client: ReplicaClient
     data_dir: Path | None  # DB-NAME without -o: restore into this data directory
+    quarantine_limit: int | None = None  # data.quarantine-limit (with a data directory)
 
 
 def _restore_source(source: str, output: Path | None, config_path: Path | None,
@@ -991,19 +997,23 @@ def _restore_source(source: str, output: Path | None, config_path: Path | None,
             "every database) or a `dbs:` entry with one, or give a replica URL with -o OUT",
             ExitCode.NOT_FOUND)
     store_dir = (data_dir or Path(cfg.data.dir)) if output is None else None
-    return _RestoreSource(client_for(replica, reading=True), store_dir)
+    return _RestoreSource(client_for(replica, reading=True), store_dir,
+                          cfg.data.quarantine_limit)
 
 
 @contextlib.contextmanager
-def _data_dir_lock(data_dir: Path | None) -> Iterator[Store | None]:
+def _data_dir_lock(data_dir: Path | None,
+                   quarantine_limit: int | None) -> Iterator[Store | None]:
     """Hold the data directory (as a mount does) while a restore writes into it; yields its
-    Store (None without a data directory)."""
+    Store (None without a data directory). A database the restore replaces goes to its
+    quarantine, kept within `quarantine_limit` bytes."""
     if data_dir is None:
         yield None
         return
     from .store.store import Store
 
-    store = Store(data_dir)
+    store = Store(data_dir) if quarantine_limit is None else \
+        Store(data_dir, quarantine_limit=quarantine_limit)
     try:
         store.lock()
     except QuietError as exc:
@@ -1070,6 +1080,10 @@ def status(data_dir: Path | None, config_path: Path | None, as_json: bool) -> No
                          f"{rep['spool_files']} files")
                 if rep.get("last_error"):
                     line += f", last error: {rep['last_error']}{_retry_note(rep)}"
+            kept = db.get("quarantine")
+            if kept:
+                line += (f", quarantine {kept['entries']} entries, {kept['bytes']} bytes in "
+                         f"{kept['path']}")
             click.echo(line)
     if age > 10:
         click.echo(f"litefs: status is {age:.0f}s old; the mount is not running", err=True)

@@ -101,6 +101,8 @@ class DataConfig:
     # seconds local LTX files are kept after upload (0: as soon as they are uploaded)
     retention: Annotated[float, s.duration_or_0] = 600.0
     spool_limit: Annotated[int, s.size] = GiB  # bytes of not-yet-uploaded LTX kept locally
+    # bytes each database's quarantine keeps (what recovery set aside instead of deleting)
+    quarantine_limit: Annotated[int, s.size] = GiB
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,7 @@ class HttpConfig:
     # Send the secret over plain http:// to a host that is not loopback (otherwise refused).
     allow_insecure: bool = False
     tls: HttpTlsConfig = field(default_factory=HttpTlsConfig)
+    metrics_public: bool = False  # GET /metrics without the secret (app.py)
 
 
 def _http_url(value: object) -> str | None:

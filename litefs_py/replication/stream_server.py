@@ -60,6 +60,9 @@ REFUSAL_LOG_INTERVAL = 60.0  # at most one "refused" line per client address per
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+#: Another endpoint on this server (e.g. /metrics): called with whether the request carried
+#: the secret, it decides itself whether it needs it.
+Endpoint = Callable[[Scope, Send, bool], Awaitable[None]]
 
 
 class ChangeFeed:
@@ -110,6 +113,7 @@ class StreamServer:
         self.subscribers = 0
         self.port: int | None = None
         self._refusals: dict[str, tuple[float, int]] = {}  # address -> (last logged, since)
+        self.endpoints: dict[str, Endpoint] = {}  # path -> endpoint, added by app.py
         for db in store.dbs.values():
             self._watch(db)
         store.add_db_listener(self._watch)
@@ -230,6 +234,10 @@ class StreamServer:
             # hypercorn bounds only headers that arrive in pieces; whole ones are bounded here.
             await _reply(send, 431, {"error": f"request headers larger than {MAX_HEADERS} "
                                               "bytes or more than 100 of them"})
+            return
+        endpoint = self.endpoints.get(scope["path"])
+        if endpoint is not None:
+            await endpoint(scope, send, self._authorized(scope))
             return
         if not self._authorized(scope):
             await _reply(send, 401, {"error": "wrong or missing secret: send 'Authorization: "

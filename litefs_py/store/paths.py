@@ -8,6 +8,8 @@
                                    data directories from before segments, <min>-<max>.ltx)
     DATA/dbs/<name>/quarantine/    bytes recovery cut off the log (torn or never committed)
     DATA/dbs/<name>/checksums      per-page checksums saved on a clean shutdown
+    DATA/dbs/<name>/quarantine/    what recovery would have deleted (quarantine.py)
+    DATA/dbs/<name>/litefs-import/ LiteFS's LTX files while they are imported (litefs_import.py)
     DATA/restore-tmp/<name>/       a restore being built, before Store.install_restored
 
 Pure path arithmetic: nothing here touches the filesystem.
@@ -45,8 +47,13 @@ class DBPaths:
 
     @property
     def quarantine(self) -> Path:
-        """Where bytes cut off the log are kept (never deleted by litefs)."""
+        """Files recovery judged torn, stale or superseded (see quarantine.py)."""
         return self.root / "quarantine"
+
+    @property
+    def import_staging(self) -> Path:
+        """LiteFS's original LTX files, gathered while they are converted (litefs_import.py)."""
+        return self.root / "litefs-import"
 
     @property
     def page_table(self) -> Path:

@@ -8,6 +8,12 @@
    truncated away).
 3. The database checksum is checked against the last LTX file. On a clean restart the saved
    page checksums are trusted and nothing is rescanned.
+
+Nothing recovery judges torn or stale is deleted: the torn newest record, a record whose
+commit never reached the WAL and the hot journal (stale, or rolled back) go to the database's
+quarantine (quarantine.py), and the log line names where. What SQLite itself discards as part
+of a committed operation is not kept: the pages a committed shrink cut off (finishing the
+truncate), and the files of a database whose deletion the log records.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from ..sqlite.wal import WALTransaction
 from ..types import NO_WAL, FileKind, Pos, WalRange
 from .db import DB
 from .page_table import PageTable
+from .quarantine import Quarantine
 
 log = logging.getLogger("litefs.store")
 
@@ -42,10 +49,14 @@ class DatabaseDivergedError(QuietError):
         super().__init__(message, ExitCode.FAILED)
 
 
-def recover(db: DB, *, accept_current: bool = False) -> None:
+def recover(db: DB, *, accept_current: bool = False,
+            quarantine: Quarantine | None = None) -> None:
     """Recover `db`; with `accept_current`, a database that no longer matches its LTX log is
-    recorded as it is now, as one more transaction holding every page (`litefs recover`)."""
+    recorded as it is now, as one more transaction holding every page (`litefs recover`).
+    What it sets aside goes to `quarantine` (default: the database's, with the default
+    limit)."""
     paths = db.paths
+    q = quarantine if quarantine is not None else Quarantine(paths.root)
     saved = PageTable.load(paths.page_table)
     if saved is not None and saved.fingerprint != db.fingerprint():
         log.warning("%s: the database or WAL file changed while litefs was not running; "
@@ -81,7 +92,7 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
         return
 
     fd = db.fd(FileKind.DATABASE)
-    journal_action = _hot_journal(db, fd, pos if last is not None else None)
+    journal_action = _hot_journal(db, fd, pos if last is not None else None, q)
     first_page = os.pread(fd, 100, 0)
     ps = page_size_or_zero(first_page)
     file_pages = database_size_in_pages(first_page, os.fstat(fd).st_size, ps) if ps else 0
@@ -102,7 +113,7 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
                 # the process died in between, so that commit was never acknowledged.
                 db.ltx.quarantine(last.range, f"{db.name}: its transaction's commit frame "
                                   "never reached the WAL (crash before the commit completed)")
-                recover(db, accept_current=accept_current)
+                recover(db, accept_current=accept_current, quarantine=q)
                 return
         for t in txns:
             (captured if t.end_offset <= captured_end else new).append(t)
@@ -247,9 +258,10 @@ def _read_wal(path: Path) -> tuple[WALReader, list[WALTransaction]] | None:
     return reader, txns
 
 
-def _hot_journal(db: DB, fd: int, logged: Pos | None) -> bool:
+def _hot_journal(db: DB, fd: int, logged: Pos | None, q: Quarantine) -> bool:
     """Deal with a hot journal; True if the database file was changed. `logged` is the
-    position of the last LTX record, if any."""
+    position of the last LTX record, if any. The journal is kept in the quarantine either
+    way (a hard link: it costs nothing)."""
     header = os.pread(fd, 100, 0)
     ps = page_size_or_zero(header)
     path = db.path(FileKind.JOURNAL)
@@ -263,8 +275,9 @@ def _hot_journal(db: DB, fd: int, logged: Pos | None) -> bool:
     if logged is not None and ps:
         now = PageTable.scan(fd, ps, database_size_in_pages(header, os.fstat(fd).st_size, ps))
         if now.checksum == logged.checksum:
-            log.info("%s: the last transaction was recorded before the crash; removing its "
-                     "journal instead of rolling back", db.name)
+            q.keep(path, "stale-journal", link=True,
+                   why="the last transaction was recorded before the crash; removing its "
+                       "journal instead of rolling back")
             db.discard_journal()
             return False
     try:
@@ -276,6 +289,9 @@ def _hot_journal(db: DB, fd: int, logged: Pos | None) -> bool:
         os.pwrite(fd, page, (pgno - 1) * rb.page_size)
     os.ftruncate(fd, rb.page_count * rb.page_size)
     os.fsync(fd)
+    q.keep(path, "rolled-back-journal", link=True,
+           why="the hot journal of a transaction that was never recorded, rolled back as "
+               "SQLite would")
     db.discard_journal()
     log.info("%s: rolled back a hot journal (%d pages)", db.name, len(rb.pages))
     return True

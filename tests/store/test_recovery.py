@@ -45,6 +45,13 @@ def reopen(data: Path, name: str = "app.db") -> DB:
     return DB(name, data / "dbs" / name)
 
 
+def quarantined(data: Path, reason: str, name: str = "app.db") -> Path:
+    """The one quarantine entry kept for `reason` (recovery deletes nothing)."""
+    found = sorted((data / "dbs" / name / "quarantine").glob(f"*Z-{reason}-*"))
+    assert len(found) == 1, f"expected one {reason} entry, found {found}"
+    return found[0]
+
+
 @pytest.fixture
 def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.INFO, logger="litefs.store")
@@ -118,8 +125,10 @@ def test_hot_journal_of_an_unrecorded_transaction_is_rolled_back(
     assert images and db.txid == pos.txid + 1
     db2 = reopen(images[0])
     assert db2.path(FileKind.JOURNAL).exists()
+    journal = db2.path(FileKind.JOURNAL).read_bytes()
     recover(db2)
     assert "rolled back a hot journal" in logs.text
+    assert quarantined(images[0], "rolled-back-journal").read_bytes() == journal
     assert db2.pos == pos and not db2.exists(FileKind.JOURNAL)
     assert db2.path(FileKind.DATABASE).read_bytes() == content
     assert_captured(db2)
@@ -144,6 +153,7 @@ def test_hot_journal_of_a_recorded_transaction_is_removed(
     db2 = reopen(data)
     recover(db2)
     assert "removing its journal instead of rolling back" in logs.text
+    assert quarantined(data, "stale-journal").read_bytes() == journals[-1]
     assert db2.pos == db.pos and not db2.exists(FileKind.JOURNAL)
     assert_captured(db2)
 
@@ -175,6 +185,7 @@ def test_record_whose_commit_frame_never_reached_the_wal_is_removed(
     execute(con, "INSERT INTO t(v) VALUES ('lost')")
     last = db.ltx.last()
     assert last is not None and last.header.wal_offset
+    record = db.ltx.read(last.range)
     data = image(store, tmp_path / "img")
     # The record was written, then the process died before the commit frame's write.
     os.truncate(data / "dbs" / "app.db" / "wal", last.header.wal_offset)
@@ -182,6 +193,7 @@ def test_record_whose_commit_frame_never_reached_the_wal_is_removed(
     recover(db2)
     assert "never reached the WAL" in logs.text
     assert db2.pos == before
+    assert quarantined(data, "uncommitted-ltx").read_bytes() == record
 
 
 def test_database_changed_outside_litefs(vfs: StoreVFS, store: Store, tmp_path: Path,
@@ -297,8 +309,20 @@ def test_replica_repairs_an_interrupted_apply_or_drops_its_copy(vfs: StoreVFS, s
         f.seek((untouched - 1) * last.header.page_size + 100)
         f.write(os.urandom(100))
     (data / "dbs" / "app.db" / "checksums").unlink(missing_ok=True)
+    damaged = (data / "dbs" / "app.db" / "database").read_bytes()
+    records = sorted(p.name for p in (data / "dbs" / "app.db" / "ltx").iterdir())
     replica = Store(data)
     replica.open(replica=True)
     assert "app.db" not in replica.dbs
-    assert not (data / "dbs" / "app.db").exists()
+    # The copy is kept, whole, in the quarantine; nothing else is left of it.
+    copy = quarantined(data, "replica-copy")
+    assert (copy / "database").read_bytes() == damaged
+    assert sorted(p.name for p in (copy / "ltx").iterdir()) == records
+    assert sorted(p.name for p in (data / "dbs" / "app.db").iterdir()) == ["quarantine"]
     replica.close()
+    # The next start finds no copy (a snapshot will come) and keeps the quarantine.
+    again = Store(data)
+    again.open(replica=True)
+    assert again.get("app.db") is None and again.dbs["app.db"].txid == 0
+    assert again.quarantine_usage()["app.db"].entries == 1
+    again.close()
