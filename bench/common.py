@@ -11,7 +11,6 @@ import math
 import os
 import platform
 import random
-import re
 import shutil
 import signal
 import socket
@@ -25,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from litefs_py.mountinfo import is_mounted  # the one copy (re-exported to the scripts)
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -34,20 +35,6 @@ def log(msg: str) -> None:
 
 
 # ---- mounts and processes ------------------------------------------------------------------
-
-
-def _unescape(field: str) -> str:
-    # /proc/self/mounts escapes space, tab, newline and backslash as octal (\040 ...).
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def is_mounted(path: Path | str) -> bool:
-    """From /proc/self/mounts: never stat() a FUSE mountpoint (a dead or own server would
-    make it wait forever)."""
-    target = str(path)
-    with open("/proc/self/mounts") as f:
-        return any(len(fields) > 1 and _unescape(fields[1]) == target
-                   for fields in (line.split() for line in f))
 
 
 def lazy_unmount(path: Path) -> None:
@@ -215,6 +202,24 @@ def use_litefs_src(ap: argparse.ArgumentParser, path: str) -> Path:
     if not (src / "litefs_py").is_dir():
         ap.error(f"{src} holds no litefs_py/")
     return src
+
+
+def filesystem_of(path: Path) -> str:
+    """`ext4 with a journal (/dev/loop0) at /mnt/x` for the filesystem holding `path`: where a
+    benchmark's files live changes what fsyncs and file creation cost."""
+    best, dev, fstype = "", "?", "?"
+    target = str(Path(path).resolve())
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 2 and (target == parts[1] or target.startswith(
+                    parts[1].rstrip("/") + "/")) and len(parts[1]) >= len(best):
+                best, dev, fstype = parts[1], parts[0], parts[2]
+    if fstype in ("ext3", "ext4"):
+        name = os.path.basename(os.path.realpath(dev))
+        journal = os.path.exists(f"/proc/fs/jbd2/{name}-8")
+        fstype += " with a journal" if journal else " without a journal"
+    return f"{fstype} ({dev}) at {best}"
 
 
 def machine_line(started: float) -> str:

@@ -24,7 +24,8 @@ import sys
 
 import pyfuse3
 import trio
-from common import is_mounted  # bench/common.py (the script's directory)
+
+from litefs_py.mountinfo import is_mounted
 
 ROOT = pyfuse3.ROOT_INODE
 

@@ -3,21 +3,21 @@ must match. Used by the uploader (is the replica's history ours?) and the restor
 the restore rebuild what we committed?).
 
 Sources, best first: the live database when it is at that TXID; else the trailer of the local
-LTX file that ends at it (the local log keeps real checksums; retention deletes old files, so
-older TXIDs may have no local reference left).
+LTX record that ends at it (the local log keeps real checksums; retention trims old records,
+so older TXIDs may have no local reference left).
 """
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
-from ..ltx import TRAILER_SIZE, Trailer
+from ..ltx import LTXError
 from ..store.db import DB
+from ..store.ltx_log import LtxLog
+from ..types import TxRange
 
 __all__ = ["LocalChecksum", "local_checksum_at"]
 
@@ -36,22 +36,20 @@ async def local_checksum_at(db: DB, txid: int) -> LocalChecksum | None:
         return None
     if db.txid == txid:
         return LocalChecksum(db.checksum, "the local database")
-    path = next((p for _lo, hi, p in db.ltx.paths() if hi == txid), None)
-    if path is None:
+    record = next((r for r in db.ltx.ranges(txid - 1) if r.max_txid == txid), None)
+    if record is None:
         return None
-    checksum = await trio.to_thread.run_sync(_trailer_checksum, path)
+    checksum = await trio.to_thread.run_sync(_trailer_checksum, db.ltx, record)
     if checksum is None:
         return None
-    return LocalChecksum(checksum, f"local LTX file {path.name}")
+    return LocalChecksum(checksum, f"local LTX record {db.ltx.describe(record)}")
 
 
-def _trailer_checksum(path: Path) -> int | None:
-    """The post-apply checksum in a local LTX file's trailer (None: deleted meanwhile, or a
-    file without one)."""
+def _trailer_checksum(ltx: LtxLog, record: TxRange) -> int | None:
+    """The post-apply checksum in a local LTX record's trailer (None: deleted meanwhile, or
+    a record without one)."""
     try:
-        with open(path, "rb") as f:
-            f.seek(-TRAILER_SIZE, os.SEEK_END)
-            post = Trailer.decode(f.read(TRAILER_SIZE)).post_apply_checksum
-    except (OSError, ValueError, struct.error):
+        post = ltx.info(record).trailer.post_apply_checksum
+    except (OSError, LTXError, ValueError, struct.error):
         return None
     return post or None

@@ -35,28 +35,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
+import queue
+import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias, TypeVar
 
 from ..errors import ExitCode, QuietError
 from ..ltx import (
     Decoder,
     Header,
     LTXError,
-    encode_snapshot,
-    format_filename,
 )
 from ..storage.age import AGE_MAGIC, DamagedCiphertextError, missing_identity_error
 from ..storage.base import LtxFileInfo, ReplicaClient
 from ..storage.errors import ObjectNotFoundError, StorageError, TransientStorageError
 from ..storage.retry import RetryPolicy
 from ..store.page_table import PageTable
-from .legacy_v03 import LegacyPlan, apply_legacy_plan, has_generations, plan_legacy
 from .progress import NullProgress
 from .restore_output import (
     STATUS_DB_EXISTS,
@@ -69,7 +67,6 @@ from .restore_output import (
     check_output,
     integrity_check,
 )
-from .restore_output import fsync_dir as _fsync_dir
 from .restore_plan import (
     ChainGapError,
     CorruptObjectError,
@@ -81,7 +78,6 @@ from .restore_plan import (
     RestoreTarget,
     TxidNotFoundError,
     describe_file,
-    metadata_loader,
     plan_restore,
     read_plan_headers,
 )
@@ -107,9 +103,18 @@ __all__ = [
     "restore_to_data_dir",
 ]
 
+if TYPE_CHECKING:
+    from ..store.store import Store
+
+    # Litestream 0.3 restores are rare: legacy_v03 (and the WAL reader it needs) is imported
+    # only when one happens, which keeps it off every restore's start-up.
+    from .legacy_v03 import LegacyPlan
+
 log = logging.getLogger("litefs.restore")
 
-AnyPlan = RestorePlan | LegacyPlan
+WRITE_BUFFER = 1 << 20
+PREFETCH_CHUNKS = 32  # chunks (1 MiB from S3) downloaded ahead of the decoder
+AnyPlan: TypeAlias = "RestorePlan | LegacyPlan"
 STATUS_PLAN = "plan"
 T = TypeVar("T")
 
@@ -228,7 +233,9 @@ class RestoreRequest:
     def destination(self) -> Path | None:
         """The database file the restore writes (None: a dry run without a target)."""
         if self.data_dir is not None:
-            return self.data_dir / "dbs" / self.name / "database"
+            from ..store.paths import DataDirPaths
+
+            return DataDirPaths(self.data_dir).database(self.name)
         return self.output
 
 
@@ -277,8 +284,12 @@ def make_plan(request: RestoreRequest) -> AnyPlan:
         try:
             return plan_restore(client, request.target)
         except NoBackupsError:
+            from .legacy_v03 import has_generations
+
             if not has_generations(client):
                 raise
+    from .legacy_v03 import plan_legacy
+
     if request.txid is not None:
         raise QuietError(f"the backups at {client.description} are Litestream 0.3 "
                          "generations, which have no TXIDs: use --timestamp, or "
@@ -346,13 +357,20 @@ class _ChunkReader:
             close()
 
 
-def _object_chunks(client: ReplicaClient, info: LtxFileInfo) -> Generator[bytes, None, None]:
-    """The bytes of one object, streamed; a transfer that breaks off is resumed from where it
-    broke off (a ranged GET of the rest), up to READ_ATTEMPTS failures in all."""
+def _object_chunks(client: ReplicaClient, info: LtxFileInfo,
+                   opened: Iterator[bytes] | None = None) -> Generator[bytes, None, None]:
+    """The bytes of one object, streamed (from `opened`, its GET already sent, if given); a
+    transfer that breaks off is resumed from where it broke off (a ranged GET of the rest),
+    up to READ_ATTEMPTS failures in all."""
     got = 0
     failures = 0
 
     def rest() -> Generator[bytes, None, None]:
+        nonlocal opened
+        if opened is not None:
+            first, opened = opened, None
+            yield from first
+            return
         if got == 0:
             yield from client.open_ltx(info)
             return
@@ -384,6 +402,106 @@ def _object_chunks(client: ReplicaClient, info: LtxFileInfo) -> Generator[bytes,
         yield chunk
 
 
+class _Prefetch:
+    """The plan's objects, downloaded in order by one worker thread while the caller
+    decodes and writes the previous bytes (at most PREFETCH_CHUNKS chunks ahead).
+
+    Without it the server waited on our decoding and we on the server, object after
+    object; with it the download streams on (socket reads release the GIL). The worker
+    also completes each object's checksum metadata (from the GET's headers on S3). Its
+    errors are raised in the caller where the object's bytes would have been; closing (also
+    on an error of the caller) stops it and joins it."""
+
+    def __init__(self, client: ReplicaClient, infos: Sequence[LtxFileInfo]) -> None:
+        self._client = client
+        self._infos = infos
+        self._q: queue.Queue[tuple[str, Any]] = queue.Queue(PREFETCH_CHUNKS)
+        self._stop = threading.Event()
+        self._open = False  # the caller is between an object's "info" and its "end"
+        self._thread = threading.Thread(target=self._run, name="restore-prefetch",
+                                        daemon=True)
+
+    def __enter__(self) -> Iterator[tuple[LtxFileInfo, Iterator[bytes]]]:
+        self._thread.start()
+        return self._objects()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):  # unblock a worker waiting to put
+                self._q.get(timeout=0.05)
+        self._thread.join()
+
+    def _put(self, item: tuple[str, Any]) -> bool:
+        while not self._stop.is_set():
+            with contextlib.suppress(queue.Full):
+                self._q.put(item, timeout=0.1)
+                return True
+        return False
+
+    def _run(self) -> None:
+        try:
+            for planned in self._infos:
+                try:
+                    if not self._fetch(planned):
+                        return
+                except MissingObjectError:
+                    raise
+                except ObjectNotFoundError as exc:  # listed, then gone: build_verified decides
+                    raise MissingObjectError(planned, str(exc)) from None
+        except BaseException as exc:  # handed to the caller, raised there
+            self._put(("error", exc))
+
+    def _fetch(self, planned: LtxFileInfo) -> bool:
+        """Hand one object to the caller; False: the caller stopped."""
+        client = self._client
+        # The checksum metadata: S3 listings carry none, the GET's headers do. Opening is
+        # retried and a body that breaks off is resumed (_object_chunks).
+        opened: Iterator[bytes] | None = None
+        if planned.metadata:
+            info = planned
+        else:
+            info, opened = retrying(lambda: client.open_ltx_with_metadata(planned),
+                                    f"reading {planned.key}")
+        chunks = _object_chunks(client, info, opened)
+        try:
+            if not self._put(("info", info)):
+                return False
+            for chunk in chunks:
+                if not self._put(("chunk", chunk)):
+                    return False
+            return self._put(("end", None))
+        finally:
+            chunks.close()
+            close = getattr(opened, "close", None)  # also when `chunks` never started
+            if close is not None:
+                close()
+
+    def _next(self) -> tuple[str, Any]:
+        kind, value = self._q.get()
+        if kind == "error":
+            raise value
+        return kind, value
+
+    def _objects(self) -> Iterator[tuple[LtxFileInfo, Iterator[bytes]]]:
+        for _ in self._infos:
+            kind, info = self._next()
+            assert kind == "info", kind
+            self._open = True
+            yield info, self._chunks()
+            while self._open:  # the caller stopped before the end: skip the rest
+                if self._next()[0] == "end":
+                    self._open = False
+
+    def _chunks(self) -> Iterator[bytes]:
+        while self._open:
+            kind, value = self._next()
+            if kind == "end":
+                self._open = False
+                return
+            yield value
+
+
 # --------------------------------------------------------------------------------------------
 # Applying a plan with an incremental rolling checksum
 # --------------------------------------------------------------------------------------------
@@ -404,9 +522,9 @@ class _ApplyState:
     avoided: dict[str, str] = field(default_factory=dict)
 
 
-def _apply_file(client: ReplicaClient, info: LtxFileInfo, f: BinaryIO, state: _ApplyState,
+def _apply_file(chunks: Iterator[bytes], info: LtxFileInfo, f: BinaryIO, state: _ApplyState,
                 progress: NullProgress, where: str) -> Header:
-    reader = _ChunkReader(_object_chunks(client, info), progress)
+    reader = _ChunkReader(chunks, progress)
     try:
         try:
             dec = Decoder(reader, name=info.key)  # type: ignore[arg-type]
@@ -439,9 +557,16 @@ def _apply_file(client: ReplicaClient, info: LtxFileInfo, f: BinaryIO, state: _A
             ps = h.page_size
             old_count = rolling.page_count
             seek, write, setck = f.seek, f.write, rolling.set_page
+            # Seek only when the next page is not where the last one ended: a seek flushes
+            # the write buffer, so seeking before every page of a snapshot (pages in order)
+            # made one write(2) per page.
+            at = -1
             for pgno, data in dec.pages():
-                seek((pgno - 1) * ps)
+                pos = (pgno - 1) * ps
+                if pos != at:
+                    seek(pos)
                 write(data)
+                at = pos + len(data)
                 setck(pgno, data)
         except DamagedCiphertextError as exc:
             raise CorruptObjectError(info.key, exc.problem, info.min_txid) from None
@@ -487,16 +612,11 @@ def apply_plan(client: ReplicaClient, plan: RestorePlan, f: BinaryIO, *,
     each file is verified when its last byte has been read.
     """
     progress = progress or NullProgress()
-    resolve = metadata_loader(client)
     state = _ApplyState()
-    for listed in plan.files:
-        try:
-            # The checksum metadata may need a HEAD (S3 listings carry no metadata).
-            info = retrying(lambda i=listed: resolve(i),  # type: ignore[misc]
-                            f"reading the metadata of {listed.key}")
-            _apply_file(client, info, f, state, progress, plan.replica)
-        except ObjectNotFoundError as exc:
-            raise MissingObjectError(listed, str(exc)) from None
+    # Objects that answer 404 although listed come out as MissingObjectError (_Prefetch).
+    with _Prefetch(client, plan.files) as objects:
+        for info, chunks in objects:
+            _apply_file(chunks, info, f, state, progress, plan.replica)
     if state.commit == 0:
         last = plan.files[-1]
         raise DatabaseDeletedError(
@@ -511,11 +631,14 @@ def apply_plan(client: ReplicaClient, plan: RestorePlan, f: BinaryIO, *,
 # --------------------------------------------------------------------------------------------
 
 
-def restore(request: RestoreRequest, plan: AnyPlan | None = None
-            ) -> RestoreResult | DryRunResult:
+def restore(request: RestoreRequest, plan: AnyPlan | None = None, *,
+            store: Store | None = None) -> RestoreResult | DryRunResult:
     """Run `request`: a dry run returns the plan, a restore installs the database.
 
-    `plan` skips planning (e.g. after a dry run was shown). The result's status says whether
+    `plan` skips planning (e.g. after a dry run was shown). A restore into a data directory
+    installs through `store`, the Store of `request.data_dir`, whose lock the caller holds
+    (the CLI takes it, a mount holds it); without one, a Store of that directory is used
+    unlocked. The result's status says whether
     anything was restored: `if_db_not_exists` and an existing target → "skipped: database
     exists"; `if_replica_exists` and an empty replica → "skipped: no backups". Raises
     QuietError subclasses (OutputExistsError, restore_plan errors, CorruptObjectError,
@@ -524,8 +647,12 @@ def restore(request: RestoreRequest, plan: AnyPlan | None = None
     if request.dry_run:
         return _dry_run(request)
     if request.data_dir is not None:
+        if store is None:
+            from ..store.store import Store
+
+            store = Store(request.data_dir)
         return restore_to_data_dir(
-            request.client, request.data_dir, request.name, txid=request.txid,
+            request.client, store, request.name, txid=request.txid,
             timestamp=request.timestamp, plan=plan, if_replica_exists=request.if_replica_exists,
             if_db_not_exists=request.if_db_not_exists, force=request.force,
             integrity=request.integrity, progress=request.progress,
@@ -567,10 +694,10 @@ def _restore_file(request: RestoreRequest, plan: AnyPlan | None) -> RestoreResul
         if plan is None:
             return RestoreResult(STATUS_NO_REPLICA, out, where)
     result = RestoreResult(STATUS_RESTORED, out, where)
-    if isinstance(plan, LegacyPlan):
-        _install_legacy(request, out, plan, result)
-    else:
+    if isinstance(plan, RestorePlan):
         _install_ltx(request, out, plan, result, replan=replan)
+    else:
+        _install_legacy(request, out, plan, result)
     result.seconds = time.monotonic() - started
     log.info("%s", result.summary())
     return result
@@ -685,7 +812,8 @@ def _install_ltx(request: RestoreRequest, out: Path, plan: RestorePlan, result: 
     client, where = request.client, request.client.description
 
     def build(tmp: Path) -> _ApplyState:
-        with open(tmp, "w+b") as f:
+        # A large buffer: pages arrive one by one, 4 KiB writes would be a syscall each.
+        with open(tmp, "w+b", buffering=WRITE_BUFFER) as f:
             state = build_verified(client, request.target, f, plan=plan, replan=replan,
                                    progress=request.progress)
             f.flush()
@@ -711,6 +839,8 @@ def _install_ltx(request: RestoreRequest, out: Path, plan: RestorePlan, result: 
 
 def _install_legacy(request: RestoreRequest, out: Path, plan: LegacyPlan,
                     result: RestoreResult) -> None:
+    from .legacy_v03 import apply_legacy_plan
+
     client = request.client
     result.format = "litestream-0.3"
     built = build_and_install(
@@ -729,7 +859,7 @@ def _install_legacy(request: RestoreRequest, out: Path, plan: LegacyPlan,
 
 def restore_to_data_dir(
     client: ReplicaClient,
-    data_dir: str | os.PathLike[str],
+    store: Store,
     name: str,
     *,
     txid: int | None = None,
@@ -743,79 +873,35 @@ def restore_to_data_dir(
     generation: str | None = None,
     wal_index: int | None = None,
 ) -> RestoreResult:
-    """Restore database `name` where `litefs mount` keeps it: `DATA/dbs/<name>/database`.
-
-    The local LTX log gets one snapshot file `0000000000000001-<TXID>.ltx` holding the
-    restored database and its rolling checksum, so the mount starts at the replica's TXID and
-    its uploader continues the replica's numbering instead of starting a new history. (A
-    Litestream 0.3 restore, which has no TXIDs, starts at TXID 1.)
+    """Restore database `name` where `litefs mount` keeps it, with its position
+    (`Store.install_restored`), so the mount continues the replica's TXIDs.
 
     The caller must hold the data directory (the mount holds its lock; the CLI takes it).
-    "Exists" means `DATA/dbs/<name>/database` exists; with `force` the whole database
-    directory (database, WAL, journal, LTX log) is replaced. The swap is two renames; a crash
-    between them leaves the old directory in `DATA/restore-tmp/` and no database, which the
-    next restore replaces.
+    "Exists" means the database file exists in the store; with `force` the whole database
+    directory (database, WAL, journal, LTX log) is replaced.
     """
-    data_dir = Path(data_dir)
-    root = data_dir / "dbs" / name
-    database = root / "database"
-    if database.exists():
+    from ..store.store import RestoredDatabase  # `litefs restore -o` does not load the store
+
+    database = store.database_path(name)
+    if store.has_database(name):
         if if_db_not_exists:
             return RestoreResult(STATUS_DB_EXISTS, database, client.description)
         if not force:
             raise OutputExistsError(
-                f"database {name} already exists in the data directory {data_dir} "
+                f"database {name} already exists in the data directory {store.data_dir} "
                 f"({database}); nothing was changed. Use --force to replace it and its local "
                 "LTX log, or --if-db-not-exists to keep it and exit 0")
-    staging_root = data_dir / "restore-tmp"
-    staging = staging_root / name
-    old = staging_root / f"{name}.old"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
+    staged = store.stage_restore(name)
     try:
         result = restore_database(
-            client, staging / "database", txid=txid, timestamp=timestamp, plan=plan,
+            client, staged, txid=txid, timestamp=timestamp, plan=plan,
             if_replica_exists=if_replica_exists, integrity=integrity, progress=progress,
             generation=generation, wal_index=wal_index)
-        if not result.restored:
-            shutil.rmtree(staging, ignore_errors=True)
-            result.output = database
-            return result
-        _seed_ltx_log(staging, result)
-        (data_dir / "dbs").mkdir(parents=True, exist_ok=True)
-        if root.exists():
-            os.replace(root, old)
-        os.replace(staging, root)
-        _fsync_dir(data_dir / "dbs")
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    with contextlib.suppress(OSError):
-        staging_root.rmdir()
+        if result.restored:
+            result.checksum = store.install_restored(name, staged, RestoredDatabase(
+                result.txid or 0, result.page_size, result.page_count, result.checksum,
+                result.timestamp))
+    finally:
+        store.discard_restore(name)
     result.output = database
     return result
-
-
-def _seed_ltx_log(root: Path, result: RestoreResult) -> None:
-    """Write `ltx/0000000000000001-<TXID>.ltx`: a snapshot of the restored database with
-    its checksums (the local log's format), so recovery resumes at the restored position."""
-    txid = result.txid or 1
-    ltx_dir = root / "ltx"
-    ltx_dir.mkdir(parents=True, exist_ok=True)
-    path = ltx_dir / format_filename(1, txid)
-    ts = int(result.timestamp.timestamp() * 1000) if result.timestamp else \
-        int(time.time() * 1000)
-    with open(root / "database", "rb") as db, open(path, "wb") as out:
-        _, _, ck = encode_snapshot(db, out, page_size=result.page_size, txid=txid,
-                                   timestamp=ts, page_count=result.page_count,
-                                   name=str(path))
-        out.flush()
-        os.fsync(out.fileno())
-    if result.checksum is not None and ck != result.checksum:
-        raise QuietError(f"the restored database {root / 'database'} reads back with checksum "
-                         f"{ck:016x}, not the {result.checksum:016x} it was built with: the "
-                         "disk returned different data; nothing was installed", ExitCode.IO)
-    result.checksum = ck
-    _fsync_dir(ltx_dir)
-    _fsync_dir(root)

@@ -3,10 +3,12 @@
 One `Uploader` per database runs as a trio task:
 
 - It wakes when the database records a transaction (or every `sync_interval` as a fallback),
-  waits `batch_window` (50 ms) for more commits, merges every local LTX file after the
-  replica's high-water mark into one L0 object (an upload may span several TXIDs, as in
-  Litestream 0.5), and PUTs it. While a PUT is in flight new commits accumulate, so batches
-  grow with load; the window bounds the PUT rate at steady load for little lag.
+  waits `batch_window` (0 by default) for more commits, asks the request budget
+  (budget.py: a token bucket of L0 uploads per second) when it may upload, merges every
+  local LTX file after the replica's high-water mark into one L0 object (an upload may span
+  several TXIDs, as in Litestream 0.5), and PUTs it. A sporadic commit goes out at once; a
+  steady stream is batched at the budget's rate; while a PUT is in flight new commits
+  accumulate, so batches grow with load.
 - Failures are retried forever under storage/retry.py's policy; the local log is the spool,
   so nothing is lost while the endpoint is down. Retryable ones back off exponentially with
   jitter up to 30 s; ones that need a fix (bad credentials, no such bucket, permission denied)
@@ -47,7 +49,6 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import trio
 
@@ -64,6 +65,10 @@ from ..storage.base import (
 from ..storage.errors import StorageError
 from ..storage.retry import RetryPolicy, RetryState
 from ..store.db import DB
+from ..store.ltx_log import LtxLog
+from ..store.snapshot import take_snapshot
+from ..types import EncodedLtx, TxRange
+from .budget import RequestBudget
 from .local_checksum import local_checksum_at
 
 log = logging.getLogger("litefs.replication")
@@ -143,6 +148,7 @@ class Uploader:
                  spool_limit: int = 1 << 30,
                  on_upload: Callable[[int, int], None] | None = None,
                  retry: RetryPolicy | None = None,
+                 budget: RequestBudget | None = None,
                  writer_check_interval: float | None = None) -> None:
         self.db = db
         self.client = client
@@ -151,22 +157,23 @@ class Uploader:
         self.retention = retention
         self.spool_limit = spool_limit
         self.status = UploaderStatus(retry=RetryState(retry or RetryPolicy()))
+        # L0 uploads per second (budget.py): decides only *when* an upload goes out.
+        self.budget = budget if budget is not None else RequestBudget(0)
         self._wake = trio.Event()
-        self._uploaded_at: dict[Path, float] = {}  # local file -> when it reached the replica
         self._on_upload = on_upload
         self._spool_warned = False
         # (min, max) of an L0 upload whose request failed: it may still have reached the
         # replica (a connection cut after the server stored it), see _learn_unacked_upload.
-        self._unacked: tuple[int, int] | None = None
+        self._unacked: TxRange | None = None
         # Who we are in the objects' metadata, and what we wrote (see _check_writers).
         self.writer_id = f"{socket.gethostname()}/{secrets.token_hex(4)}"
         self.writer_check_interval = (_writer_check_interval() if writer_check_interval is None
                                       else writer_check_interval)
-        self._written: dict[tuple[int, int], _Written] = {}
+        self._written: dict[TxRange, _Written] = {}
         self._check_floors: collections.deque[int] = collections.deque(maxlen=2)
         self._last_writer_check = 0.0
         self.foreign_writer: str | None = None  # set while another writer blocks uploads
-        db.commit_listeners.append(self._on_commit)
+        db.add_commit_listener(self._on_commit)
 
     def wake(self) -> None:
         self._wake.set()
@@ -202,6 +209,22 @@ class Uploader:
             self._wake = trio.Event()
             if self.batch_window > 0:
                 await trio.sleep(self.batch_window)  # let a burst share one PUT
+            await self._await_budget()
+
+    async def _await_budget(self) -> None:
+        """Steady streams batch: with no upload left in the budget, wait for the next one.
+        If commits kept coming meanwhile, wait up to `budget.grace` for one more so the
+        object ends with the newest commit; a stream that stopped goes out at once."""
+        wait = self.budget.delay()
+        if wait <= 0 or self.status.oldest_unuploaded_at is None:
+            return
+        self.budget.deferred += 1
+        await trio.sleep(wait)
+        if self._wake.is_set():  # a commit came while we waited: the stream goes on
+            self._wake = trio.Event()
+            with trio.move_on_after(self.budget.grace):
+                await self._wake.wait()
+        self._wake = trio.Event()
 
     def _failed(self, exc: Exception) -> float:
         """Count the failure, log it once, and return the seconds to wait."""
@@ -239,11 +262,6 @@ class Uploader:
         await self._check_same_history(infos, remote)
         self.status.remote_txid = remote
         self._start_writer_checks(remote)
-        # Files a previous run uploaded: retention counts from now.
-        now = time.monotonic()
-        for _lo, hi, p in self.db.ltx.paths():
-            if hi <= remote:
-                self._uploaded_at.setdefault(p, now)
 
     async def _check_same_history(self, infos: list[LtxFileInfo], remote: int) -> None:
         """The replica's newest TXID must hold the database this one had at that TXID: its
@@ -286,7 +304,8 @@ class Uploader:
         floor = self._check_floors[0] if self._check_floors else self.status.remote_txid
         listed = await aio.run(self.client.ltx_files_after, 0, floor)
         foreign = [i for i in listed
-                   if not (w := self._written.get((i.min_txid, i.max_txid))) or not w.matches(i)]
+                   if not (w := self._written.get(TxRange(i.min_txid, i.max_txid)))
+                   or not w.matches(i)]
         if foreign:
             first = foreign[0]
             with contextlib.suppress(StorageError):
@@ -314,20 +333,20 @@ class Uploader:
 
     def _wrote(self, info: LtxFileInfo) -> None:
         if info.level == 0:
-            self._written[(info.min_txid, info.max_txid)] = _Written(info.etag, info.size)
+            self._written[TxRange(info.min_txid, info.max_txid)] = _Written(info.etag, info.size)
 
     async def _upload_snapshot(self) -> None:
         db = self.db
         log.warning("%s: replica %s is missing transactions no longer in the local log; "
                     "uploading a snapshot at TXID %016x", db.name, self.client.description,
                     db.txid)
-        data, txid, post, ts = db.snapshot_bytes()
-        meta = {META_TIMESTAMP: format_timestamp(ts), META_CHECKSUM: f"{post:016x}",
-                META_WRITER: self.writer_id}
-        await aio.run(self.client.write_ltx, 9, 1, txid, data, meta)
-        self._wrote(await aio.run(self.client.write_ltx, 0, 1, txid, data, meta))
+        snap = await take_snapshot(db)
+        meta = {META_TIMESTAMP: format_timestamp(snap.timestamp),
+                META_CHECKSUM: f"{snap.checksum:016x}", META_WRITER: self.writer_id}
+        await aio.run(self.client.write_ltx, 9, 1, snap.max_txid, snap.data, meta)
+        self._wrote(await aio.run(self.client.write_ltx, 0, 1, snap.max_txid, snap.data, meta))
         self.status.put_requests += 2
-        self.status.remote_txid = txid
+        self.status.remote_txid = snap.max_txid
 
     async def _learn_unacked_upload(self) -> None:
         """After a failed PUT, ask the replica whether the object arrived anyway.
@@ -353,11 +372,7 @@ class Uploader:
 
     def _acknowledged(self, hi: int) -> None:
         """The replica holds every TXID up to `hi`."""
-        now = time.monotonic()
         self.status.remote_txid = hi
-        for _lo, _hi, p in self.db.ltx.paths():
-            if _hi <= hi:
-                self._uploaded_at.setdefault(p, now)
         for txid in [t for t in self.status.commit_times if t <= hi]:
             del self.status.commit_times[txid]
         self.status.oldest_unuploaded_at = min(self.status.commit_times.values(), default=None)
@@ -367,27 +382,29 @@ class Uploader:
         if self._unacked is not None:
             await self._learn_unacked_upload()
         remote = self.status.remote_txid
-        pending = db.ltx.paths_after(remote)
+        pending = db.ltx.ranges(remote)
         self.status.local_txid = db.txid
         self.status.spool_files = len(pending)
         if not pending:
             self.status.oldest_unuploaded_at = None
             self.status.spool_bytes = 0
             return
-        if pending[0][0] != remote + 1:
-            raise StorageError(f"{db.name}: local LTX log starts at TXID {pending[0][0]:016x} "
-                               f"but the replica ends at {remote:016x}")
+        if pending[0].min_txid != remote + 1:
+            raise StorageError(f"{db.name}: local LTX log starts at TXID "
+                               f"{pending[0].min_txid:016x} but the replica ends at "
+                               f"{remote:016x}")
         if (self.foreign_writer is not None or time.monotonic() - self._last_writer_check
                 >= self.writer_check_interval):
             await self._check_writers()
-        data, lo, hi, post, ts = await trio.to_thread.run_sync(_merge_files,
-                                                               [p for _, _, p in pending])
-        meta = {META_TIMESTAMP: format_timestamp(ts), META_WRITER: self.writer_id}
-        if post:
-            meta[META_CHECKSUM] = f"{post:016x}"
-        self._unacked = (lo, hi)
+        merged = await trio.to_thread.run_sync(_merge_records, db.ltx, pending)
+        lo, hi = merged.min_txid, merged.max_txid
+        meta = {META_TIMESTAMP: format_timestamp(merged.timestamp), META_WRITER: self.writer_id}
+        if merged.checksum:
+            meta[META_CHECKSUM] = f"{merged.checksum:016x}"
+        self._unacked = TxRange(lo, hi)
         self.status.put_requests += 1
-        self._wrote(await aio.run(self.client.write_ltx, 0, lo, hi, data, meta))
+        self.budget.spend()
+        self._wrote(await aio.run(self.client.write_ltx, 0, lo, hi, merged.data, meta))
         self._unacked = None
         self.status.uploads += 1
         self._acknowledged(hi)
@@ -395,24 +412,13 @@ class Uploader:
             self._on_upload(lo, hi)
 
     def _apply_retention(self) -> None:
-        """Delete local LTX files that reached the replica more than `retention` ago; keep
-        the newest file always (it holds the position recovery starts from)."""
-        now = time.monotonic()
-        newest = self.db.ltx.last_path()
-        for p, at in list(self._uploaded_at.items()):
-            if now - at < self.retention:
-                break  # in upload order: the rest are younger
-            if p != newest:
-                self.db.ltx.delete(p)
-                del self._uploaded_at[p]
+        """Local retention: records in the replica for more than `retention` go."""
+        self.db.ltx.trim(self.retention, upto=self.status.remote_txid)
 
     async def _check_spool(self) -> None:
         """Measure what waits for the replica; past `spool_limit`, say so loudly and merge
         it into one local file (pages written many times are then kept once)."""
-        spool = 0
-        for _lo, _hi, p in self.db.ltx.paths_after(self.status.remote_txid):
-            with contextlib.suppress(FileNotFoundError):
-                spool += p.stat().st_size
+        spool = self.db.ltx.bytes_after(self.status.remote_txid)
         self.status.spool_bytes = spool
         if spool <= self.spool_limit:
             self._spool_warned = False
@@ -427,24 +433,25 @@ class Uploader:
     async def db_merge(self, after: int) -> None:
         """Merge in a worker thread, then swap the files in the trio thread (the store's
         index and the FUSE handlers live there)."""
-        job = self.db.merge_local_log_job(after)
+        job = self.db.ltx.merge_job(after)
         if job is None:
             return
         merged = await trio.to_thread.run_sync(job)
-        self.db.install_merged_log(*merged)
+        r = self.db.ltx.install_merged(merged)
+        log.info("%s: merged %d local LTX records into TXIDs %016x-%016x", self.db.name,
+                 len(merged.parts), r.min_txid, r.max_txid)
 
 
-def _merge_files(paths: list[Path]) -> tuple[bytes, int, int, int, int]:
-    """Merge local LTX files into one replica object (flags 0x2: no checksums inside).
-
-    Returns (data, min, max, post-apply checksum of the last file, its timestamp). Every
-    input is fully verified by the merge before its trailer is trusted.
-    """
+def _merge_records(ltx: LtxLog, ranges: list[TxRange]) -> EncodedLtx:
+    """Merge local records into one replica object (flags 0x2: no checksums inside), with
+    the post-apply checksum and timestamp of the last one. Every input is fully verified by
+    the merge before its trailer is trusted."""
     with ExitStack() as stack:
-        files = [stack.enter_context(open(p, "rb")) for p in paths]
+        files = [stack.enter_context(ltx.open(r)) for r in ranges]
         out = io.BytesIO()
-        header, _trailer = compact(files, out, names=[str(p) for p in paths], no_checksum=True)
+        header, _trailer = compact(files, out, names=[ltx.describe(r) for r in ranges],
+                                   no_checksum=True)
         last = files[-1]
         last.seek(-TRAILER_SIZE, os.SEEK_END)
         post = Trailer.decode(last.read(TRAILER_SIZE)).post_apply_checksum
-    return out.getvalue(), header.min_txid, header.max_txid, post, header.timestamp
+    return EncodedLtx(out.getvalue(), header.min_txid, header.max_txid, post, header.timestamp)

@@ -26,7 +26,7 @@ temporary files (in memory up to SPOOL_BYTES, then on disk), never held whole in
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -48,8 +48,9 @@ __all__ = [
     "AgeReplicaClient",
     "AgeSettingsError",
     "DamagedCiphertextError",
+    "load_identities",
+    "load_recipients",
     "missing_identity_error",
-    "parse_age_settings",
 ]
 
 AGE_MAGIC = b"age-encryption.org/v1\n"  # how every age file starts
@@ -105,43 +106,9 @@ def missing_identity_error(key: str, where: str) -> AgeKeyError:
         "--age-identity FILE to litefs restore")
 
 
-# ---- settings --------------------------------------------------------------------------------
-
-
-def parse_age_settings(value: object) -> AgeKeys | None:
-    """`replica.age` from the configuration (None when absent); every key is parsed now, so
-    a typo fails at start-up and not at the first upload. Raises AgeSettingsError."""
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise AgeSettingsError("", "expected a mapping {recipients: [...], identities: [...]}")
-    unknown = sorted(str(k) for k in value if k not in ("recipients", "identities"))
-    if unknown:
-        raise AgeSettingsError(unknown[0], "unknown key; expected recipients or identities")
-    keys = AgeKeys(recipients=_string_list(value, "recipients"),
-                   identities=_string_list(value, "identities"))
-    if not keys.recipients and not keys.identities:
-        raise AgeSettingsError("", "needs recipients (public keys, to write) and/or "
-                                   "identities (secret keys, to read)")
-    load_recipients(keys.recipients)
-    load_identities(keys.identities)
-    return keys
-
-
-def _string_list(m: Mapping[Any, Any], name: str) -> tuple[str, ...]:
-    value = m.get(name)
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list):
-        raise AgeSettingsError(name, "expected a list of keys")
-    out = []
-    for i, item in enumerate(value):
-        if not isinstance(item, str) or not item.strip():
-            raise AgeSettingsError(f"{name}[{i}]", "expected a key (a non-empty string)")
-        out.append(item.strip())
-    return tuple(out)
+# ---- keys ------------------------------------------------------------------------------------
+# The shape of `replica.age` is read by the configuration schema (config.AgeConfig), which
+# loads the keys below at start-up so that a typo fails then and not at the first upload.
 
 
 def _entries(items: tuple[str, ...], name: str, looks_like: tuple[str, ...]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -123,6 +123,29 @@ class ObjectInfo:
     last_modified: datetime
 
 
+class ChunkStream(Iterator[bytes]):
+    """The chunks of an object whose request was already sent (or whose file is open):
+    `chunks`, a generator that releases the connection or file when it ends or is closed,
+    and `release`, which `close()` calls when no chunk was asked for yet (closing a
+    generator that never started runs none of its clean-up). The restore's download-ahead
+    may open the next object and then stop."""
+
+    def __init__(self, chunks: Generator[bytes, None, None], release: Callable[[], object]
+                 ) -> None:
+        self._chunks = chunks
+        self._release: Callable[[], object] | None = release
+
+    def __next__(self) -> bytes:
+        self._release = None  # started: the generator's own clean-up runs from now on
+        return next(self._chunks)
+
+    def close(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+        self._chunks.close()
+
+
 @dataclass(frozen=True, slots=True)
 class TaggedObject:
     """A raw object with its entity tag, for conditional writes (`put_object_if`)."""
@@ -174,6 +197,12 @@ class ReplicaClient(ABC):
     @abstractmethod
     def open_ltx(self, info: LtxFileInfo) -> Iterator[bytes]:
         """Stream an LTX file in chunks (for large snapshots)."""
+
+    def open_ltx_with_metadata(self, info: LtxFileInfo) -> tuple[LtxFileInfo, Iterator[bytes]]:
+        """`info` completed with its stored metadata (as `ltx_metadata`), and its bytes (as
+        `open_ltx`). Backends whose GET answer carries the metadata override it to save the
+        separate metadata request (S3: a HEAD per object of a restore)."""
+        return self.ltx_metadata(info), self.open_ltx(info)
 
     @abstractmethod
     def write_ltx(self, level: int, min_txid: int, max_txid: int, data: bytes,

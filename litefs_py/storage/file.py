@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -33,6 +33,7 @@ from ..ltx.filename import format_filename, is_ltx_filename, parse_filename
 from .base import (
     MAX_LEVEL,
     META_TIMESTAMP,
+    ChunkStream,
     LtxFileInfo,
     ObjectInfo,
     ReplicaClient,
@@ -266,7 +267,7 @@ class FileReplicaClient(ReplicaClient):
             f = open(path, "rb")  # noqa: SIM115 (closed by the generator)
         except OSError as exc:
             raise self._error(exc, "reading", path) from None
-        return _chunks(f, path, self)
+        return ChunkStream(_chunks(f, path, self), f.close)
 
     def write_ltx(self, level: int, min_txid: int, max_txid: int, data: bytes,
                   metadata: dict[str, str]) -> LtxFileInfo:
@@ -434,7 +435,8 @@ class FileReplicaClient(ReplicaClient):
             raise self._error(exc, "deleting", path) from None
 
 
-def _chunks(f: BinaryIO, path: Path, client: FileReplicaClient) -> Iterator[bytes]:
+def _chunks(f: BinaryIO, path: Path, client: FileReplicaClient
+            ) -> Generator[bytes, None, None]:
     with f:
         while True:
             try:

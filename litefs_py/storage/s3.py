@@ -19,10 +19,13 @@ What the client sends, and why (users were burned by Litestream 0.5 on non-AWS p
 - Few attempts (botocore "standard" retries) and timeouts of a few seconds: the uploader has its
   own back-off, and an unreachable endpoint must fail fast with a clear message.
 - A clock more than 15 minutes off: S3 refuses every request (403 RequestTimeTooSkewed). The
-  client learns the offset from the answer (its `ServerTime`, else its `Date` header), signs
-  from then on with this machine's clock plus that offset, and sends the request again at once
-  (botocore itself does not correct the clock); a warning says the clock is wrong. Only the
-  signing time changes: LTX timestamps still come from this machine's clock.
+  client learns the offset from the answer, signs from then on with this machine's clock plus
+  that offset, and sends the request again at once (botocore itself does not correct the
+  clock); a warning says the clock is wrong (s3_common.ServerClock). The offset belongs to the
+  boto3 client that every database's S3ReplicaClient of one endpoint shares, and its hooks are
+  registered once on it.
+- Whole-object reads are checked against the listed size (a cut body is a transfer to retry),
+  and listings and writes keep the ETag (the uploader's one-writer check).
 
 Listing never does one HEAD per object unless asked (`with_metadata=True` or `ltx_metadata`):
 the timestamp is the LastModified time until then.
@@ -34,13 +37,10 @@ import base64
 import contextlib
 import email.utils
 import hashlib
-import logging
-import re
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Generator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import boto3
 import botocore.auth
@@ -50,10 +50,11 @@ import botocore.handlers
 import urllib3.exceptions
 
 from ..errors import ExitCode
-from ..ltx.filename import format_filename, is_ltx_filename, parse_filename
+from ..ltx.filename import format_filename, is_ltx_filename
 from .base import (
     MAX_LEVEL,
     META_TIMESTAMP,
+    ChunkStream,
     LtxFileInfo,
     ObjectInfo,
     ReplicaClient,
@@ -65,74 +66,36 @@ from .base import (
 )
 from .endpoint import normalize_endpoint
 from .errors import (
-    AccessDeniedError,
-    ClockSkewError,
     EndpointUnreachableError,
     InvalidCredentialsError,
-    NoSuchBucketError,
     ObjectNotFoundError,
     PreconditionFailedError,
     StorageError,
     TransientStorageError,
 )
-
-log = logging.getLogger("litefs.storage")
-
-DEFAULT_REGION = "us-east-1"
-CONNECT_TIMEOUT = 5.0  # seconds
-READ_TIMEOUT = 10.0  # seconds without a byte from the server
-MAX_ATTEMPTS = 3  # per request, including the first
-CHUNK_SIZE = 1 << 20
-HEAD_CONCURRENCY = 8
-DELETE_BATCH = 1000  # DeleteObjects' limit
-
-_CREDENTIAL_CODES = frozenset({
-    "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
-    "TokenRefreshRequired", "InvalidSecurity", "InvalidClientTokenId",
-    "UnrecognizedClientException",
-})
-_DENIED_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "Forbidden", "403"})
-_REGION_CODES = frozenset({"AuthorizationHeaderMalformed", "PermanentRedirect", "301",
-                           "IllegalLocationConstraintException"})
-_TRANSIENT_CODES = frozenset({
-    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
-    "Throttling", "ThrottlingException", "TooManyRequests", "RequestLimitExceeded",
-    "BandwidthLimitExceeded", "OperationAborted", "500", "502", "503", "504",
-})
-_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
-_CONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
-
-# Hosts that name their region: (pattern, group holding the region).
-_REGION_HOSTS = (
-    re.compile(r"(?:.+\.)?s3\.([a-z0-9-]+)\.backblazeb2\.com"),
-    re.compile(r"(?:.+\.)?([a-z0-9-]+)\.digitaloceanspaces\.com"),
-    re.compile(r"(?:.+\.)?([a-z0-9-]+)\.linodeobjects\.com"),
-    re.compile(r"(?:.+\.)?s3\.([a-z0-9-]+)\.scw\.cloud"),
-    re.compile(r"(?:.+\.)?s3[.-](?:dualstack\.)?([a-z]{2}(?:-gov)?-[a-z]+-\d)\.amazonaws\.com"),
+from .s3_common import (
+    CHUNK_SIZE,
+    CONDITION_CODES,
+    CONNECT_TIMEOUT,
+    DEFAULT_REGION,
+    DELETE_BATCH,
+    HEAD_CONCURRENCY,
+    MAX_ATTEMPTS,
+    NOT_FOUND_CODES,
+    READ_TIMEOUT,
+    ListedObject,
+    ServerClock,
+    credentials_hint,
+    error_for_code,
+    etag_of,
+    guess_region,
+    is_aws_endpoint,
+    length_error,
+    ltx_infos,
+    server_offset,
+    start_after_key,
 )
-
-
-def is_aws_endpoint(endpoint: str | None) -> bool:
-    """None (AWS's default) or a host under amazonaws.com."""
-    if endpoint is None:
-        return True
-    host = (urlsplit(endpoint).hostname or "").lower()
-    return host == "amazonaws.com" or host.endswith(".amazonaws.com")
-
-
-def guess_region(endpoint: str | None) -> str | None:
-    """The region a provider's host name states (`s3.us-west-002.backblazeb2.com` →
-    `us-west-002`), `auto` for Cloudflare R2, else None."""
-    if endpoint is None:
-        return None
-    host = (urlsplit(endpoint).hostname or "").lower().rstrip(".")
-    if host.endswith(".r2.cloudflarestorage.com"):
-        return "auto"
-    for pattern in _REGION_HOSTS:
-        m = pattern.fullmatch(host)
-        if m is not None:
-            return m.group(1)
-    return None
+from .s3_common import with_metadata as completed_metadata
 
 
 def _content_md5_instead_of_crc(request: Any, **_kwargs: Any) -> None:
@@ -149,11 +112,14 @@ def _content_md5_instead_of_crc(request: Any, **_kwargs: Any) -> None:
         request.headers["Content-MD5"] = base64.b64encode(digest).decode("ascii")
 
 
+def _mask(key_id: str) -> str:
+    return key_id if len(key_id) <= 8 else f"{key_id[:4]}…{key_id[-4:]}"
+
+
 # ---- clock correction -------------------------------------------------------------------------
 
 _CLOCK_SIGNER = "litefs-s3v4"  # S3's SigV4 signer, signing with a corrected clock
 _CLOCK_OFFSET = "litefs_clock_offset"  # request context key: seconds to add to this clock
-_MIN_CORRECTION = 60.0  # seconds: a smaller change of the offset is not worth a retry
 
 
 class _ClockCorrectedS3SigV4Auth(botocore.auth.S3SigV4Auth):  # type: ignore[misc]
@@ -173,37 +139,59 @@ class _ClockCorrectedS3SigV4Auth(botocore.auth.S3SigV4Auth):  # type: ignore[mis
 botocore.auth.AUTH_TYPE_MAPS.setdefault(_CLOCK_SIGNER, _ClockCorrectedS3SigV4Auth)
 
 
-def _server_offset(parsed: dict[str, Any], headers: Any) -> float | None:
-    """Seconds the server's clock is ahead of this machine's, from a RequestTimeTooSkewed
-    answer: its `ServerTime` (AWS), else its `Date` header (one-second resolution)."""
-    server: datetime | None = None
-    text = str(parsed.get("Error", {}).get("ServerTime") or "")
-    if text:
-        with contextlib.suppress(ValueError):
-            server = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if server is None:
-        date = (headers.get("Date") or headers.get("date")) if headers is not None else None
-        if date:
-            with contextlib.suppress(TypeError, ValueError):
-                server = email.utils.parsedate_to_datetime(str(date))
-    if server is None:
+class _SharedClient:
+    """A boto3 client (thread-safe), how many S3ReplicaClients use it, and the server's
+    clock as this client learnt it: its event hooks are registered here, once per boto3
+    client, however many databases share it."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.region: str = client.meta.region_name
+        self.users = 0
+        self.clock = ServerClock(str(client.meta.endpoint_url))
+        events = client.meta.events
+        events.register_first("choose-signer.s3", self._choose_signer)
+        events.register("before-sign.s3", self._sign_with_offset)
+        events.register("needs-retry.s3", self._learn_clock)
+
+    def _choose_signer(self, signature_version: Any = None, context: Any = None,
+                       signing_name: Any = None, **_kwargs: Any) -> str | None:
+        """Once the clock needs correcting, S3's SigV4 becomes the clock-corrected signer;
+        until then (and for anything else) botocore chooses as usual."""
+        if not self.clock.offset:
+            return None
+        chosen = botocore.handlers.set_operation_specific_signer(
+            context=context if context is not None else {}, signing_name=signing_name)
+        if (chosen or signature_version) == "s3v4":
+            return _CLOCK_SIGNER
         return None
-    if server.tzinfo is None:
-        server = server.replace(tzinfo=UTC)
-    return (server - datetime.now(UTC)).total_seconds()
+
+    def _sign_with_offset(self, request: Any, **_kwargs: Any) -> None:
+        if self.clock.offset:
+            request.context[_CLOCK_OFFSET] = self.clock.offset
+
+    def _learn_clock(self, response: Any = None, **_kwargs: Any) -> float | None:
+        """needs-retry hook: a RequestTimeTooSkewed answer gives the server's time; sign with
+        it and send the request again at once (0: no wait). None: not ours to decide."""
+        if response is None:
+            return None
+        http_response, parsed = response
+        if parsed.get("Error", {}).get("Code") != "RequestTimeTooSkewed":
+            return None
+        if self.clock.learn(_skew_offset(parsed, getattr(http_response, "headers", None))):
+            return 0.0
+        return None  # nothing new to learn: the request fails (see S3ReplicaClient._error)
 
 
-def describe_offset(seconds: float) -> str:
-    """`16 min 3 s behind` / `2 h 0 min ahead of`: this machine against the server."""
-    n = round(abs(seconds))
-    h, rest = divmod(n, 3600)
-    m, sec = divmod(rest, 60)
-    text = f"{h} h {m} min" if h else f"{m} min {sec} s" if m else f"{sec} s"
-    return f"{text} {'behind' if seconds > 0 else 'ahead of'}"
+def _skew_offset(parsed: dict[str, Any], headers: Any) -> float | None:
+    """s3_common.server_offset of a parsed botocore answer."""
+    date = (headers.get("Date") or headers.get("date")) if headers is not None else None
+    return server_offset(str(parsed.get("Error", {}).get("ServerTime") or "") or None,
+                         str(date) if date else None)
 
 
-def _mask(key_id: str) -> str:
-    return key_id if len(key_id) <= 8 else f"{key_id[:4]}…{key_id[-4:]}"
+_SHARED: dict[tuple[object, ...], _SharedClient] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 class S3ReplicaClient(ReplicaClient):
@@ -236,9 +224,7 @@ class S3ReplicaClient(ReplicaClient):
         if credentials_source is None:
             credentials_source = ("the given access key" if access_key_id is not None else
                                   "the AWS default chain")
-        self._credentials_hint = (
-            f"key {_mask(access_key_id)} from {credentials_source}"
-            if access_key_id is not None else f"credentials from {credentials_source}")
+        self._credentials_hint = credentials_hint(access_key_id, credentials_source)
         query = f"?endpoint={self.endpoint}" if self.endpoint is not None else ""
         self.description = f"s3://{bucket}/{self.path}{query}"
 
@@ -257,8 +243,29 @@ class S3ReplicaClient(ReplicaClient):
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             tcp_keepalive=True,
-            max_pool_connections=HEAD_CONCURRENCY + 2,
+            # Shared by every database of the mount (below): room for a few at once.
+            max_pool_connections=max(HEAD_CONCURRENCY + 2, 16),
         )
+        # One boto3 client per endpoint and credentials, shared by every database's client:
+        # each boto3 session loads its own copy of the S3 model (~12 MiB), so a mount with
+        # 100 databases used over 1 GiB before (#14, tests/replication/test_scale.py).
+        self._shared_key = (access_key_id, secret_access_key, self.endpoint, region,
+                            addressing, connect_timeout, read_timeout, max_attempts)
+        with _SHARED_LOCK:
+            shared = _SHARED.get(self._shared_key)
+            if shared is None:
+                shared = _SharedClient(self._new_boto_client(
+                    access_key_id, secret_access_key, region, config))
+                _SHARED[self._shared_key] = shared
+            shared.users += 1
+        self.region: str = shared.region
+        self.boto_client: Any = shared.client
+        self._shared = shared
+        self.endpoint_url: str = str(self.boto_client.meta.endpoint_url)
+        self._closed = False
+
+    def _new_boto_client(self, access_key_id: str | None, secret_access_key: str | None,
+                         region: str | None, config: botocore.config.Config) -> Any:
         try:
             session = boto3.session.Session(aws_access_key_id=access_key_id,
                                             aws_secret_access_key=secret_access_key)
@@ -266,67 +273,35 @@ class S3ReplicaClient(ReplicaClient):
                 region = guess_region(self.endpoint)
             if region is None:
                 region = (session.region_name if self.endpoint is None else None) or DEFAULT_REGION
-            self.region: str = region
-            self.boto_client: Any = session.client(
-                "s3", endpoint_url=self.endpoint, region_name=region, config=config)
+            client = session.client("s3", endpoint_url=self.endpoint, region_name=region,
+                                    config=config)
         except bx.BotoCoreError as exc:
             raise StorageError(f"cannot set up the S3 client for {self.description}: {exc}",
                                ExitCode.CONFIG) from None
-        self.boto_client.meta.events.register("before-sign.s3.DeleteObjects",
-                                              _content_md5_instead_of_crc)
-        # Seconds the server's clock is ahead of ours, once a request was refused for it.
-        self.clock_offset = 0.0
-        events = self.boto_client.meta.events
-        events.register_first("choose-signer.s3", self._choose_signer)
-        events.register("before-sign.s3", self._sign_with_offset)
-        events.register("needs-retry.s3", self._learn_clock)
-        self.endpoint_url: str = str(self.boto_client.meta.endpoint_url)
-
-    # ---- clock correction ----------------------------------------------------------------
-
-    def _choose_signer(self, signature_version: Any = None, context: Any = None,
-                       signing_name: Any = None, **_kwargs: Any) -> str | None:
-        """Once the clock needs correcting, S3's SigV4 becomes the clock-corrected signer;
-        until then (and for anything else) botocore chooses as usual."""
-        if not self.clock_offset:
-            return None
-        chosen = botocore.handlers.set_operation_specific_signer(
-            context=context if context is not None else {}, signing_name=signing_name)
-        if (chosen or signature_version) == "s3v4":
-            return _CLOCK_SIGNER
-        return None
-
-    def _sign_with_offset(self, request: Any, **_kwargs: Any) -> None:
-        if self.clock_offset:
-            request.context[_CLOCK_OFFSET] = self.clock_offset
-
-    def _learn_clock(self, response: Any = None, **_kwargs: Any) -> float | None:
-        """needs-retry hook: a RequestTimeTooSkewed answer gives the server's time; sign with
-        it and send the request again at once (0: no wait). None: not ours to decide."""
-        if response is None:
-            return None
-        http_response, parsed = response
-        if parsed.get("Error", {}).get("Code") != "RequestTimeTooSkewed":
-            return None
-        offset = _server_offset(parsed, getattr(http_response, "headers", None))
-        if offset is None or abs(offset - self.clock_offset) < _MIN_CORRECTION:
-            return None  # nothing new to learn: the request fails (see _error)
-        self.clock_offset = offset
-        if abs(offset) < _MIN_CORRECTION:
-            self.clock_offset = 0.0
-            log.warning("%s: this machine's clock agrees with the server's again; signing "
-                        "requests with it", self.endpoint_url)
-            return 0.0
-        log.warning("%s: this machine's clock is %s the server's (S3 refuses requests more "
-                    "than 15 minutes off); signing requests with the server's time from now "
-                    "on. Fix the system clock (NTP): LTX timestamps, which --timestamp "
-                    "restores use, still come from it", self.endpoint_url,
-                    describe_offset(offset))
-        return 0.0
+        client.meta.events.register("before-sign.s3.DeleteObjects", _content_md5_instead_of_crc)
+        return client
 
     def close(self) -> None:
-        """Close the pooled connections (the client must not be used afterwards)."""
+        """Close the pooled connections once the last client sharing them closes (this
+        client must not be used afterwards)."""
+        if self._closed:
+            return
+        self._closed = True
+        with _SHARED_LOCK:
+            shared = _SHARED.get(self._shared_key)
+            if shared is None or shared.client is not self.boto_client:
+                return
+            shared.users -= 1
+            if shared.users > 0:
+                return
+            del _SHARED[self._shared_key]
         self.boto_client.close()
+
+    @property
+    def clock_offset(self) -> float:
+        """Seconds the server's clock is ahead of ours, once a request was refused for it
+        (0.0 until then); shared by every client of this endpoint and credentials."""
+        return self._shared.clock.offset
 
     # ---- keys ----------------------------------------------------------------------------
 
@@ -347,47 +322,15 @@ class S3ReplicaClient(ReplicaClient):
         what = f"s3://{self.bucket}/{key}" if key is not None else f"bucket {self.bucket}"
         if isinstance(exc, bx.ClientError):
             error = exc.response.get("Error", {})
+            meta = exc.response.get("ResponseMetadata", {})
+            status = int(meta.get("HTTPStatusCode") or 0)
             code = str(error.get("Code", ""))
-            message = str(error.get("Message", "")).strip()
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-            detail = f"{code}: {message}" if message else (code or f"HTTP {status}")
-            if code == "NoSuchBucket":
-                return NoSuchBucketError(f"bucket {self.bucket} does not exist at {ep}; create "
-                                         f"it or fix replica.bucket")
-            if code in _NOT_FOUND_CODES:
-                return ObjectNotFoundError(f"{what} does not exist at {ep} (deleted by "
-                                           f"retention or compaction?)")
-            if code == "RequestTimeTooSkewed":
-                offset = _server_offset(exc.response, exc.response.get(
-                    "ResponseMetadata", {}).get("HTTPHeaders", {}))
-                measured = f"this machine's clock is {describe_offset(offset)} the server's" \
-                    if offset is not None else "this machine's clock is off by more than " \
-                    "15 minutes"
-                return ClockSkewError(
-                    f"{ep} refused the request because {measured} and correcting it from "
-                    f"the server's time did not help ({detail}): fix the system time (NTP)")
-            if code in _CREDENTIAL_CODES:
-                return InvalidCredentialsError(
-                    f"credentials rejected by {ep} ({detail}; {self._credentials_hint}): check "
-                    f"LITEFS_ACCESS_KEY_ID/LITEFS_SECRET_ACCESS_KEY (or the replica's "
-                    f"access-key-id/secret-access-key)")
-            if code in _DENIED_CODES or status == 403:
-                return AccessDeniedError(
-                    f"access denied by {ep} while {doing} {what} ({detail}; "
-                    f"{self._credentials_hint}): check LITEFS_ACCESS_KEY_ID/"
-                    f"LITEFS_SECRET_ACCESS_KEY and that this key may list, read, write and "
-                    f"delete in bucket {self.bucket}")
-            if code in _REGION_CODES or status == 301:
-                return StorageError(
-                    f"{ep} refused region {self.region} for bucket {self.bucket} ({detail}): "
-                    f"set replica.region (or ?region= in the URL) to the bucket's region",
-                    ExitCode.CONFIG)
-            if code in _TRANSIENT_CODES or status >= 500 or status == 429:
-                return TransientStorageError(f"{ep} is failing ({detail}) while {doing} "
-                                             f"{what}; will retry")
-            if code == "NotImplemented":
-                return StorageError(f"{ep} does not support {doing} ({detail})")
-            return StorageError(f"{doing} {what} at {ep} failed ({detail})")
+            offset = _skew_offset(exc.response, meta.get("HTTPHeaders", {})) \
+                if code == "RequestTimeTooSkewed" else None
+            return error_for_code(code, str(error.get("Message", "")).strip(), status,
+                                  endpoint=ep, bucket=self.bucket, region=self.region,
+                                  doing=doing, what=what, credentials=self._credentials_hint,
+                                  clock_offset=offset)
         if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
             return InvalidCredentialsError(
                 f"no credentials for {ep}: set LITEFS_ACCESS_KEY_ID and "
@@ -443,39 +386,20 @@ class S3ReplicaClient(ReplicaClient):
 
     def ltx_files(self, level: int, *, with_metadata: bool = False) -> list[LtxFileInfo]:
         infos = self._ltx_listing(level)
-        if with_metadata and infos:
-            with ThreadPoolExecutor(min(HEAD_CONCURRENCY, len(infos))) as pool:
-                completed = list(pool.map(self._metadata_or_none, infos))
-            infos = [i for i in completed if i is not None]  # deleted while listing: gone
-        return infos
+        return completed_metadata(infos, self._metadata_or_none) if with_metadata else infos
 
     def ltx_files_after(self, level: int, txid: int) -> list[LtxFileInfo]:
-        """ListObjectsV2 with StartAfter `<level>/<txid>-ffffffffffffffff.ltx`: names are
-        fixed-width lowercase hex, so every key with min TXID <= `txid` sorts at or before it
-        and the server skips them. A caught-up poll lists no key at all."""
+        """ListObjectsV2 with StartAfter `<level>/<txid>-ffffffffffffffff.ltx` (see
+        s3_common.start_after_key): a caught-up poll lists no key at all."""
         return self._ltx_listing(level, after=txid)
 
     def _ltx_listing(self, level: int, after: int | None = None) -> list[LtxFileInfo]:
         prefix = self.level_prefix(level)
-        start_after = None
-        if after is not None and after >= 0:
-            start_after = prefix + format_filename(min(after, _MAX_TXID), _MAX_TXID)
-        infos = []
-        for page in self._list(prefix, start_after=start_after):
-            for obj in page.get("Contents", []):
-                key = str(obj["Key"])
-                name = key[len(prefix):]
-                if not is_ltx_filename(name):
-                    continue
-                lo, hi = parse_filename(name)
-                if after is not None and lo <= after:
-                    continue  # a provider that ignores StartAfter
-                last_modified: datetime = obj["LastModified"]
-                infos.append(LtxFileInfo(level=level, min_txid=lo, max_txid=hi,
-                                         size=int(obj["Size"]), timestamp=last_modified,
-                                         key=key, etag=_etag(obj.get("ETag"))))
-        infos.sort(key=lambda i: (i.min_txid, i.max_txid))
-        return infos
+        objects = (ListedObject(str(obj["Key"]), int(obj["Size"]), obj["LastModified"],
+                                etag_of(obj.get("ETag")))
+                   for page in self._list(prefix, start_after=start_after_key(prefix, after))
+                   for obj in page.get("Contents", []))
+        return ltx_infos(level, prefix, objects, after)
 
     def _metadata_or_none(self, info: LtxFileInfo) -> LtxFileInfo | None:
         try:
@@ -495,7 +419,7 @@ class S3ReplicaClient(ReplicaClient):
         base = LtxFileInfo(level=info.level, min_txid=info.min_txid, max_txid=info.max_txid,
                            size=int(resp.get("ContentLength", info.size)),
                            timestamp=last_modified, key=key,
-                           etag=_etag(resp.get("ETag")) or info.etag)
+                           etag=etag_of(resp.get("ETag")) or info.etag)
         return info_with_metadata(base, metadata)
 
     def read_ltx(self, info: LtxFileInfo, start: int = 0, end: int | None = None) -> bytes:
@@ -524,24 +448,42 @@ class S3ReplicaClient(ReplicaClient):
         return data
 
     def _check_length(self, key: str, got: int, listed: int) -> None:
-        """A whole object must have the size the listing gave: a server (or something in
-        between) that announces a shorter Content-Length than it has, or cuts the body, is
-        a broken transfer to retry, not a damaged object."""
-        if listed > 0 and got != listed:
-            raise TransientStorageError(
-                f"reading s3://{self.bucket}/{key} from {self.endpoint_url} gave {got} bytes "
-                f"but the object is {listed} bytes (as listed): damaged in transit, or "
-                "replaced since the listing; will retry")
+        error = length_error(self.bucket, key, self.endpoint_url, got, listed)
+        if error is not None:
+            raise error
 
     def open_ltx(self, info: LtxFileInfo) -> Iterator[bytes]:
         key = self.ltx_key(info.level, info.min_txid, info.max_txid)
         return self._stream(key, info.size)
 
-    def _stream(self, key: str, listed: int = 0) -> Iterator[bytes]:
+    def open_ltx_with_metadata(self, info: LtxFileInfo) -> tuple[LtxFileInfo, Iterator[bytes]]:
+        """One GetObject: its answer carries the metadata a HEAD would. The size stays the
+        listed one (when known): a Content-Length that disagrees is what the body is checked
+        against, not what it is believed."""
+        key = self.ltx_key(info.level, info.min_txid, info.max_txid)
+        resp = self._get(key)
+        metadata = {str(k): str(v) for k, v in resp.get("Metadata", {}).items()}
+        base = LtxFileInfo(level=info.level, min_txid=info.min_txid, max_txid=info.max_txid,
+                           size=info.size or int(resp.get("ContentLength", 0)),
+                           timestamp=resp.get("LastModified", info.timestamp), key=key,
+                           etag=etag_of(resp.get("ETag")) or info.etag)
+        return info_with_metadata(base, metadata), self._body(key, resp, info.size)
+
+    def _get(self, key: str) -> Any:
         try:
-            resp = self.boto_client.get_object(Bucket=self.bucket, Key=key)
+            return self.boto_client.get_object(Bucket=self.bucket, Key=key)
         except _BOTO_ERRORS as exc:
             raise self._error(exc, "reading", key) from None
+
+    def _stream(self, key: str, listed: int = 0) -> Iterator[bytes]:
+        yield from self._body(key, self._get(key), listed)
+
+    def _body(self, key: str, resp: Any, listed: int = 0) -> Iterator[bytes]:
+        """The body's chunks; its length is checked against `listed` (0: unknown) at the
+        end. Closed before the first chunk, the body is closed (its connection released)."""
+        return ChunkStream(self._body_chunks(key, resp, listed), resp["Body"].close)
+
+    def _body_chunks(self, key: str, resp: Any, listed: int) -> Generator[bytes, None, None]:
         got = 0
         with contextlib.closing(resp["Body"]) as body:
             chunks = body.iter_chunks(CHUNK_SIZE)
@@ -573,7 +515,7 @@ class S3ReplicaClient(ReplicaClient):
             with contextlib.suppress(ValueError):
                 timestamp = parse_timestamp(meta[META_TIMESTAMP])
         info = LtxFileInfo(level=level, min_txid=min_txid, max_txid=max_txid, size=len(data),
-                           timestamp=timestamp, key=key, etag=_etag(resp.get("ETag")))
+                           timestamp=timestamp, key=key, etag=etag_of(resp.get("ETag")))
         return info_with_metadata(info, meta)
 
     def delete_ltx(self, infos: list[LtxFileInfo]) -> None:
@@ -607,7 +549,7 @@ class S3ReplicaClient(ReplicaClient):
         try:
             self.boto_client.delete_object(Bucket=self.bucket, Key=key)
         except bx.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND_CODES:
+            if exc.response.get("Error", {}).get("Code") in NOT_FOUND_CODES:
                 return
             raise self._error(exc, "deleting", key) from None
         except _BOTO_ERRORS as exc:
@@ -671,8 +613,8 @@ class S3ReplicaClient(ReplicaClient):
             code = str(error.get("Code", ""))
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
             # If-Match on a key that is gone: 404 NoSuchKey, the condition failed all the same.
-            gone = if_match is not None and (code in _NOT_FOUND_CODES or status == 404)
-            if code in _CONDITION_CODES or status in (409, 412) or gone:
+            gone = if_match is not None and (code in NOT_FOUND_CODES or status == 404)
+            if code in CONDITION_CODES or status in (409, 412) or gone:
                 condition = "If-None-Match: *" if if_none_match else f"If-Match: {if_match}"
                 raise PreconditionFailedError(
                     f"s3://{self.bucket}/{full} was written by someone else ({condition} "
@@ -734,13 +676,6 @@ class S3ReplicaClient(ReplicaClient):
             return None
 
 
-def _etag(value: object) -> str | None:
-    """An ETag as listings and PUT answers give it, without its quotes (some providers
-    quote it in one and not the other)."""
-    return str(value).strip('"') if value else None
-
-
-_MAX_TXID = (1 << 64) - 1
 _BOTO_ERRORS = (bx.BotoCoreError, bx.ClientError, urllib3.exceptions.HTTPError, OSError)
 
 

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from .conftest import (
     run_cli,
 )
 
+REPO = Path(__file__).resolve().parents[2]
 CHECKS = [(s, c["txid"], c["dump_sha256"]) for s in LTX_SETS for c in expected(s)["txid_checks"]]
 
 
@@ -190,6 +194,7 @@ def test_db_name_from_config_into_data_dir(vector_bucket: VectorBucket, tmp_path
     replica's TXID: the store's recovery resumes there (no new history)."""
     from litefs_py.store.db import DB
     from litefs_py.store.recovery import recover
+    from litefs_py.types import TxRange
 
     data = tmp_path / "data"
     cfg = tmp_path / "litefs.yml"
@@ -199,12 +204,12 @@ def test_db_name_from_config_into_data_dir(vector_bucket: VectorBucket, tmp_path
     assert res.exit_code == 0, res.output
     db_file = data / "dbs" / "store.db" / "database"
     assert dump_sha256(db_file) == expected("ls-0.5.15-4k")["dump_sha256"]
-    seeds = sorted(p.name for p in (data / "dbs" / "store.db" / "ltx").iterdir())
-    assert seeds == ["0000000000000001-000000000000000c.ltx"]
     db = DB("store.db", data / "dbs" / "store.db")
     try:
         recover(db)
         assert db.txid == 0xC
+        # The local log: one snapshot record of TXIDs 1..c (in a segment file).
+        assert list(db.ltx) == [TxRange(1, 0xC)]
     finally:
         db.close()
     res = run_cli("-config", str(cfg), "store.db", "-if-db-not-exists")
@@ -214,8 +219,12 @@ def test_db_name_from_config_into_data_dir(vector_bucket: VectorBucket, tmp_path
     res = run_cli("-config", str(cfg), "store.db", "--force", "--txid", "6")
     assert res.exit_code == 0, res.output
     assert dump_sha256(db_file) == expected("ls-0.5.15-4k")["txid_checks"][1]["dump_sha256"]
-    assert sorted(p.name for p in (data / "dbs" / "store.db" / "ltx").iterdir()) == [
-        "0000000000000001-0000000000000006.ltx"]
+    db = DB("store.db", data / "dbs" / "store.db")
+    try:
+        recover(db)
+        assert list(db.ltx) == [TxRange(1, 6)]  # the forced restore replaced the local log
+    finally:
+        db.close()
     # -o with a DB-NAME: a plain file.
     out = tmp_path / "copy.db"
     res = run_cli("-config", str(cfg), "-o", str(out), "store.db")
@@ -242,3 +251,25 @@ def test_restored_database_is_usable(vector_bucket: VectorBucket, tmp_path: Path
     finally:
         conn.close()
     assert integrity(out) == "ok"
+
+
+def test_cli_restore_never_imports_boto3(vector_bucket: VectorBucket, tmp_path: Path) -> None:
+    """`litefs restore` reads through storage/s3_reader.py: start-up without boto3, botocore
+    or PyYAML (the bulk of its import time); the result is the same database."""
+    exp = expected(LTX_SETS[0])
+    out = tmp_path / "out.db"
+    code = ("import sys\n"
+            "from litefs_py.cli import main\n"
+            "try:\n    main(['restore', '-o', sys.argv[1], sys.argv[2]])\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'boto3', 'botocore', 's3transfer', 'urllib3', 'yaml'})\n"
+            "print('HEAVY', heavy)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LITEFS_"))}
+    env.update(CLI_ENV)
+    p = subprocess.run([sys.executable, "-c", code, str(out),
+                        vector_bucket.url(exp["prefix"])], capture_output=True, text=True,
+                       env=env, cwd=REPO, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().endswith("HEAVY []"), p.stdout
+    assert dump_sha256(out) == exp["dump_sha256"]

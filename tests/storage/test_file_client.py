@@ -20,6 +20,7 @@ from litefs_py.errors import ExitCode
 from litefs_py.storage.base import META_CHECKSUM, META_TIMESTAMP, format_timestamp
 from litefs_py.storage.errors import AccessDeniedError, ObjectNotFoundError, StorageFullError
 from litefs_py.storage.file import FileReplicaClient
+from tests.needs import missing
 from tests.storage.helpers import TS, ltx_bytes, meta
 from tests.vectors_path import VECTORS
 
@@ -165,7 +166,7 @@ def tiny_tmpfs(where: Path, size: str) -> Iterator[Path]:
     res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
                          capture_output=True, timeout=10, check=False)
     if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
+        missing(f"mounting a tmpfs ({res.stderr.decode().strip()})", "run the tests as root")
     try:
         yield where
     finally:
@@ -174,7 +175,7 @@ def tiny_tmpfs(where: Path, size: str) -> Iterator[Path]:
 
 def test_full_disk_is_storage_full(tmp_path: Path) -> None:
     if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
+        missing("mounting a small tmpfs (needs root)", "run the tests as root")
     with tiny_tmpfs(tmp_path / "small", "64k") as mnt:
         c = FileReplicaClient(mnt / "store.db")
         c.write_ltx(0, 1, 1, ltx_bytes(1, 1, TS, 1000), meta())  # fits
