@@ -16,6 +16,7 @@ import pytest
 from litefs_py.replica_clients import client_for_url
 from litefs_py.replication import RestoreTarget, restore_database
 from litefs_py.replication.restore_plan import format_time, metadata_loader, plan_from_files
+from litefs_py.store.ltx_log import read_log
 
 from .conftest import (
     CLI_ENV,
@@ -203,8 +204,8 @@ def test_db_name_from_config_into_data_dir(vector_bucket: VectorBucket, tmp_path
     assert res.exit_code == 0, res.output
     db_file = data / "dbs" / "store.db" / "database"
     assert dump_sha256(db_file) == expected("ls-0.5.15-4k")["dump_sha256"]
-    seeds = sorted(p.name for p in (data / "dbs" / "store.db" / "ltx").iterdir())
-    assert seeds == ["0000000000000001-000000000000000c.ltx"]
+    seeds = [rec.range for rec in read_log(data / "dbs" / "store.db" / "ltx")]
+    assert seeds == [(1, 0xC)]
     db = DB("store.db", data / "dbs" / "store.db")
     try:
         recover(db)
@@ -218,8 +219,7 @@ def test_db_name_from_config_into_data_dir(vector_bucket: VectorBucket, tmp_path
     res = run_cli("-config", str(cfg), "store.db", "--force", "--txid", "6")
     assert res.exit_code == 0, res.output
     assert dump_sha256(db_file) == expected("ls-0.5.15-4k")["txid_checks"][1]["dump_sha256"]
-    assert sorted(p.name for p in (data / "dbs" / "store.db" / "ltx").iterdir()) == [
-        "0000000000000001-0000000000000006.ltx"]
+    assert [rec.range for rec in read_log(data / "dbs" / "store.db" / "ltx")] == [(1, 6)]
     # -o with a DB-NAME: a plain file.
     out = tmp_path / "copy.db"
     res = run_cli("-config", str(cfg), "-o", str(out), "store.db")
