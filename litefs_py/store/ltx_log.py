@@ -388,7 +388,7 @@ class LtxLog:
         except LTXError as exc:
             log.warning("%s: torn by a crash before its transaction completed (%s); moved to "
                         "%s", path, exc.message, self._quarantine_dir)
-            self._quarantine_file(path)
+            self._quarantine_file(path, "torn-ltx")
             found.legacy.pop()
 
     def _delete_superseded_file(self, r: TxRange) -> None:
@@ -399,7 +399,7 @@ class LtxLog:
 
     def _apply_cut(self, cut: _Cut) -> None:
         if cut.offset is None:
-            whole = self._quarantine_file(cut.path)
+            whole = self._quarantine_file(cut.path, "torn-segment")
             log.warning("%s: not a complete LTX segment (%s); moved to %s", cut.path, cut.reason,
                         whole)
             return
@@ -412,19 +412,21 @@ class LtxLog:
 
     # ---- quarantine ----------------------------------------------------------------------
 
-    def _quarantine_target(self, base: str) -> Path:
+    def _quarantine_target(self, base: str, reason: str) -> Path:
+        """`<time>Z-<reason>-<base>`: named like the Quarantine's entries (quarantine.py), so
+        they sort by time and say why at a glance."""
         qdir = self._quarantine_dir
         qdir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        target = qdir / f"{stamp}-{base}"
+        target = qdir / f"{stamp}-{reason}-{base}"
         n = 1
         while target.exists():
             n += 1
-            target = qdir / f"{stamp}-{n}-{base}"
+            target = qdir / f"{stamp}-{reason}-{n}-{base}"
         return target
 
-    def _quarantine_file(self, path: str) -> Path:
-        target = self._quarantine_target(os.path.basename(path))
+    def _quarantine_file(self, path: str, reason: str) -> Path:
+        target = self._quarantine_target(os.path.basename(path), reason)
         os.replace(path, target)
         fsync_dir(target.parent)
         fsync_dir(self._dir_str)
@@ -437,7 +439,8 @@ class LtxLog:
         size = os.path.getsize(seg.path)
         if size <= offset:
             return None
-        target = self._quarantine_target(f"{os.path.basename(seg.path)}-from-{offset}")
+        target = self._quarantine_target(f"{os.path.basename(seg.path)}-from-{offset}",
+                                         "torn-ltx")
         with open(seg.path, "rb") as src, open(target, "wb") as dst:
             src.seek(offset)
             shutil.copyfileobj(src, dst, 1 << 20)
@@ -462,10 +465,10 @@ class LtxLog:
         what = self.describe(r)
         if seg is None:
             self._files.pop(r)
-            target = self._quarantine_file(self._legacy_path(r))
+            target = self._quarantine_file(self._legacy_path(r), "uncommitted-ltx")
         else:
             target = self._quarantine_target(
-                f"{os.path.basename(seg.path)}-{format_filename(*r)}")
+                f"{os.path.basename(seg.path)}-{format_filename(*r)}", "uncommitted-ltx")
             with open(seg.path, "rb") as src, open(target, "wb") as dst:
                 src.seek(loc.offset)
                 dst.write(src.read(loc.length))

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from litefs_py.store.ltx_log import read_log
 from tests.mount.harness import LitefsMount
 from tests.vectors_path import VECTORS
 
@@ -58,8 +59,8 @@ def test_litefs_data_directory_is_served_at_its_txid(tmp_path: Path, litefs_fact
     # LiteFS's file is kept; the log holds TXIDs 13 and 14; a restart resumes at 14.
     kept = list((data / "dbs" / "sqlite.db" / "quarantine").glob(f"*-litefs-v1-ltx-ltx/{LTX_NAME}"))
     assert len(kept) == 1 and kept[0].read_bytes() == original_ltx
-    assert sorted(p.name for p in (data / "dbs" / "sqlite.db" / "ltx").iterdir()) == [
-        LTX_NAME, "000000000000000e-000000000000000e.ltx"]
+    assert [rec.range for rec in read_log(data / "dbs" / "sqlite.db" / "ltx")] == [
+        (TXID, TXID), (TXID + 1, TXID + 1)]
     m.start()
     assert m.pos("sqlite.db")[0] == TXID + 1
     check, rows = dump(m.db("sqlite.db"))

@@ -15,6 +15,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from litefs_py.storage.retry import SLOW_RETRY_ENV
+from litefs_py.store.ltx_log import read_log
 from tests.mount.harness import LitefsMount
 from tests.replica.harness import Cluster, wait_same_pos
 from tests.replication.conftest import Bucket, Rig
@@ -78,8 +79,9 @@ def test_primary_metrics_follow_commits_and_uploads(rig: Rig) -> None:
     assert value(before, "litefs_db_commits_total", db="app.db") == txid
     assert value(before, "litefs_db_ltx_files", db="app.db") == txid
     ltx_dir = m.data_dir / "dbs" / "app.db" / "ltx"
+    # The records' bytes (a segment also holds its header and each record's frame).
     assert value(before, "litefs_db_ltx_bytes", db="app.db") == sum(
-        p.stat().st_size for p in ltx_dir.iterdir())
+        rec.length for rec in read_log(ltx_dir))
     assert value(before, "litefs_db_size_bytes", db="app.db") == (
         m.data_dir / "dbs" / "app.db" / "database").stat().st_size
     assert value(before, "litefs_upload_lag_seconds", db="app.db") == 0
