@@ -9,7 +9,7 @@
 
 The CI versions are short (LITEFS_LOAD_SECONDS, default 8 s per journal mode); longer runs
 are opt-in: LITEFS_LOAD_SECONDS=300 pytest tests/replication/test_scale.py.
-Figures are printed as one JSON line per test (docs/reliability-http.md quotes them).
+Figures are printed as one JSON line per test (docs/reliability.md, "Scale and load", quotes them).
 """
 
 from __future__ import annotations
