@@ -39,7 +39,7 @@ import os
 import pickle
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,7 +49,7 @@ import trio
 
 from ..errors import QuietError
 from ..ltx import LTXError
-from ..storage.base import DelegatingReplicaClient, LtxFileInfo, ReplicaClient
+from ..storage.base import ChunkStream, DelegatingReplicaClient, LtxFileInfo, ReplicaClient
 from ..storage.errors import StorageError
 from ..storage.retry import error_kind
 from ..store.db import DB
@@ -131,7 +131,14 @@ class _PacedClient(DelegatingReplicaClient):
             time.sleep(self._next - now)
 
     def open_ltx(self, info: LtxFileInfo) -> Iterator[bytes]:
-        for chunk in self.inner.open_ltx(info):
+        return self._paced(self.inner.open_ltx(info))
+
+    def open_ltx_with_metadata(self, info: LtxFileInfo) -> tuple[LtxFileInfo, Iterator[bytes]]:
+        full, chunks = self.inner.open_ltx_with_metadata(info)
+        return full, ChunkStream(self._paced(chunks), getattr(chunks, "close", lambda: None))
+
+    def _paced(self, chunks: Iterator[bytes]) -> Generator[bytes, None, None]:
+        for chunk in chunks:
             for i in range(0, len(chunk), PIECE):
                 piece = chunk[i:i + PIECE]
                 self._pace(len(piece))

@@ -26,7 +26,7 @@ temporary files (in memory up to SPOOL_BYTES, then on disk), never held whole in
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +34,7 @@ from typing import IO, Any
 from ..errors import ExitCode
 from .base import (
     META_ENCRYPTION,
+    ChunkStream,
     DelegatingReplicaClient,
     LtxFileInfo,
     ReplicaClient,
@@ -202,11 +203,19 @@ class AgeReplicaClient(DelegatingReplicaClient):
         return self._decrypt(stored, info)[start:end]
 
     def open_ltx(self, info: LtxFileInfo) -> Iterator[bytes]:
-        return self._stream(info)
+        return self._stream(info, lambda: self.inner.open_ltx(info))
 
-    def _stream(self, info: LtxFileInfo) -> Iterator[bytes]:
+    def open_ltx_with_metadata(self, info: LtxFileInfo) -> tuple[LtxFileInfo, Iterator[bytes]]:
+        """The inner client's (one GET on S3: the metadata is in its headers, which
+        encryption leaves readable), decrypted."""
+        full, stored = self.inner.open_ltx_with_metadata(info)
+        return full, ChunkStream(self._stream(full, lambda: stored),
+                                 getattr(stored, "close", lambda: None))
+
+    def _stream(self, info: LtxFileInfo, open_stored: Callable[[], Iterator[bytes]]
+                ) -> Generator[bytes, None, None]:
         with tempfile.SpooledTemporaryFile(SPOOL_BYTES) as stored:
-            for chunk in self.inner.open_ltx(info):
+            for chunk in open_stored():
                 stored.write(chunk)
             stored.seek(0)
             if stored.read(len(AGE_MAGIC)) != AGE_MAGIC:

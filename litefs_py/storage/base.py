@@ -272,7 +272,9 @@ def check_condition(if_none_match: bool, if_match: str | None) -> None:
 class DelegatingReplicaClient(ReplicaClient):
     """A client that passes every call to `inner`: the base of clients that change one
     aspect of another (age encryption, a restore drill's rate-limited reads) and leave the
-    rest as it is."""
+    rest as it is. `open_ltx_with_metadata` is not passed on: the base's (metadata, then
+    this client's `open_ltx`) stays right for a subclass that changes `open_ltx`; one that
+    wants the inner client's single request overrides it."""
 
     def __init__(self, inner: ReplicaClient) -> None:
         self.inner = inner

@@ -42,6 +42,12 @@ def test_objects_are_encrypted_and_read_back(backend: Backend) -> None:
     assert client.read_ltx(listed) == data
     assert client.read_ltx(listed, 0, 100) == data[:100]
     assert b"".join(client.open_ltx(listed)) == data
+    # As a restore reads it: one request (a GET on S3), its metadata readable, bytes decrypted.
+    full, chunks = client.open_ltx_with_metadata(listed)
+    assert full.post_apply_checksum == info.post_apply_checksum
+    assert full.metadata["litefs-encryption"] == "age" and b"".join(chunks) == data
+    unread = client.open_ltx_with_metadata(listed)[1]
+    unread.close()  # type: ignore[attr-defined]  # before the first chunk: released
     # A plain object (written before encryption was turned on) reads as it is.
     plain = ltx_bytes(2, 2, TS)
     backend.client.write_ltx(0, 2, 2, plain, meta())
