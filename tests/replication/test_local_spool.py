@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 
 import pytest
 
-from litefs_py.ltx.filename import is_ltx_filename, parse_filename
+from litefs_py.store.ltx_log import read_log
 from tests.mount.harness import LitefsMount
 from tests.replication.conftest import Bucket, Rig
 from tests.replication.helpers import (
@@ -36,8 +35,8 @@ def _moto_port(bucket: Bucket) -> int:
 
 
 def local_ltx(m: LitefsMount, name: str = "app.db") -> list[tuple[int, int]]:
-    d = m.data_dir / "dbs" / name / "ltx"
-    return sorted(parse_filename(p.name) for p in d.iterdir() if is_ltx_filename(p.name))
+    """The TXID ranges of the local log's records (in segments, or old one-file records)."""
+    return [tuple(rec.range) for rec in read_log(m.data_dir / "dbs" / name / "ltx")]
 
 
 def _in_bucket(bucket: Bucket) -> int:
@@ -155,7 +154,7 @@ def test_spool_limit_is_reported_while_the_endpoint_is_down(bucket: Bucket, rig:
     proxy.down()
     client.txns(20, size=3000)
     ltx_dir = m.data_dir / "dbs" / "app.db" / "ltx"
-    spool = sum(p.stat().st_size for p in Path(ltx_dir).iterdir() if is_ltx_filename(p.name))
+    spool = sum(rec.length for rec in read_log(ltx_dir))
     assert spool > 16_000, "the spool exceeds the limit"
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
