@@ -197,7 +197,9 @@ def prepare_mount_dir(path: Path) -> None:
                              ExitCode.IO) from None
         raise QuietError(f"cannot create mount directory {path}: {exc.strerror}",
                          ExitCode.IO) from None
-    if any(os.scandir(path)):
+    with os.scandir(path) as entries:
+        occupied = any(entries)
+    if occupied:
         raise QuietError(f"mount directory {path} is not empty; litefs mounts over it and "
                          "would hide those files. Use an empty directory.", ExitCode.USAGE)
 
