@@ -14,7 +14,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyfuse3
@@ -24,6 +24,7 @@ from .config import Config
 from .errors import ExitCode, QuietError
 from .fuse.ops import PrimaryOperations
 from .fuse.replica_ops import ReplicaKernelCache, ReplicaOperations
+from .proxy.settings import ProxySettings
 from .replication.maintenance import ReplicaMaintainer, Schedule
 from .replication.replica_node import ReplicaNode
 from .replication.stream_server import StreamServer
@@ -66,6 +67,9 @@ class MountOptions:
     # Started in order once the mount serves: every command but the last runs to completion
     # (a failure stops the start-up), the last is the supervised application.
     commands: tuple[AppCommand, ...] = ()
+    # The HTTP proxy (`proxy:`), or None. Hook for issue 13 until config.py carries the
+    # section: the lead passes the parsed section here (proxy.parse_proxy_settings).
+    proxy: ProxySettings | None = None
 
 
 class Replicator:
@@ -469,6 +473,8 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
                 replicator.attach(db)
             ops.store.db_listeners.append(replicator.attach)
         nursery.start_soon(_write_status, ops.store, replicator, node)
+        if opts.proxy is not None:  # before the app starts: its first requests may come
+            await _start_proxy(nursery, opts.proxy, ops.store, config, node, stream_server)
         if opts.commands:
             nursery.start_soon(_supervise, opts.commands, config.lease.candidate, sup)
         await pyfuse3.main()
@@ -482,13 +488,29 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
         nursery.cancel_scope.cancel()
 
 
+async def _start_proxy(nursery: trio.Nursery, settings: ProxySettings, store: Store,
+                       config: Config, node: ReplicaNode | None,
+                       stream_server: StreamServer | None) -> None:
+    from .proxy import StaticPrimary, start_proxy
+
+    # The static lease today; with elections, proxy.LeasePrimary over the mount's Lease.
+    primary = StaticPrimary(is_primary=node is None, advertise_url=config.lease.advertise_url,
+                            hostname=config.lease.hostname)
+    await start_proxy(nursery, settings, store, primary=primary,
+                      lag=node.state.lag_seconds if node is not None else lambda: 0.0,
+                      secret=http_secret(config), advertise_url=config.lease.advertise_url,
+                      hostname=config.lease.hostname, stream_server=stream_server)
+    log.info("HTTP proxy on %s -> application at %s (database %s)", settings.addr,
+             settings.target, settings.db)
+
+
 def run_mount(opts: MountOptions) -> int:
     """Restore and recover every database, mount, serve until a signal (or until the
     supervised command exits), unmount, save state. Returns the exit status to exit with:
     the supervised command's (128+N if signal N killed it), a failed start-up command's, or
     0."""
-    opts = MountOptions(resolve_mount_dir(opts.mount_dir), opts.data_dir.absolute(),
-                        opts.allow_other, opts.debug, opts.config, opts.commands)
+    opts = replace(opts, mount_dir=resolve_mount_dir(opts.mount_dir),
+                   data_dir=opts.data_dir.absolute())
     opts.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(opts.data_dir)
     store.lock()

@@ -1,0 +1,49 @@
+"""The write-forwarding HTTP proxy (LiteFS's `proxy:`) and `litefs run`'s remote side.
+
+`start_proxy` is what the mount calls: it picks the primary source (today the static lease;
+with elections, `LeasePrimary` over the mount's Lease), tells the replication API where this
+proxy listens, and serves until the mount stops.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import trio
+
+from ..replication.stream_server import StreamServer
+from ..store.store import Store
+from .primary import LeasePrimary, Primary, PrimarySource, StaticPrimary
+from .server import ProxyServer
+from .settings import ProxySettings, parse_proxy_settings
+
+__all__ = ["LeasePrimary", "Primary", "PrimarySource", "ProxyServer", "ProxySettings",
+           "StaticPrimary", "advertised_proxy_url", "parse_proxy_settings", "start_proxy"]
+
+
+def advertised_proxy_url(settings: ProxySettings, advertise_url: str | None) -> str:
+    """Where other nodes reach this proxy: the host it binds to if that is a real address,
+    else the host of this node's advertise URL (else its hostname), with the proxy's port."""
+    bound, _, port = settings.addr.rpartition(":")
+    host = bound.strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        host = (urlsplit(advertise_url).hostname if advertise_url else None) or \
+            socket.gethostname()
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+async def start_proxy(nursery: trio.Nursery, settings: ProxySettings, store: Store, *,
+                      primary: PrimarySource, lag: Callable[[], float],
+                      secret: str | None, advertise_url: str | None, hostname: str | None,
+                      stream_server: StreamServer | None) -> ProxyServer:
+    """Start the proxy in `nursery`; returns once it listens. On a node that serves the
+    replication API (the primary), /info then says where this proxy is."""
+    server = ProxyServer(settings, store, primary, lag=lag, secret=secret,
+                         node_name=hostname or socket.gethostname())
+    if stream_server is not None:
+        stream_server.info_extra["proxy"] = advertised_proxy_url(settings, advertise_url)
+        stream_server.info_extra["hostname"] = hostname or socket.gethostname()
+    await nursery.start(server.serve)
+    return server
