@@ -496,12 +496,14 @@ async def _start_proxy(nursery: trio.Nursery, settings: ProxySettings, store: St
     # The static lease today; with elections, proxy.LeasePrimary over the mount's Lease.
     primary = StaticPrimary(is_primary=node is None, advertise_url=config.lease.advertise_url,
                             hostname=config.lease.hostname)
-    await start_proxy(nursery, settings, store, primary=primary,
-                      lag=node.state.lag_seconds if node is not None else lambda: 0.0,
-                      secret=http_secret(config), advertise_url=config.lease.advertise_url,
-                      hostname=config.lease.hostname, stream_server=stream_server)
-    log.info("HTTP proxy on %s -> application at %s (database %s)", settings.addr,
-             settings.target, settings.db)
+    proxy = await start_proxy(nursery, settings, store, primary=primary,
+                              lag=node.state.lag_seconds if node is not None else lambda: 0.0,
+                              secret=http_secret(config),
+                              advertise_url=config.lease.advertise_url,
+                              hostname=config.lease.hostname, stream_server=stream_server)
+    if proxy is not None:
+        log.info("HTTP proxy on %s -> application at %s (database %s)", settings.addr,
+                 settings.target, settings.db)
 
 
 def run_mount(opts: MountOptions) -> int:

@@ -310,7 +310,8 @@ async def events(scope: Scope, receive: Receive, send: Send, headers: dict[str, 
     quiet_since = asyncio.get_running_loop().time()
     try:
         while not gone.is_set() and (not limit or sent < limit):
-            notes = await db(lambda con: notes_after(con, after, limit - sent if limit else 100))
+            batch, start = (limit - sent if limit else 100), after
+            notes = await db(lambda con, start=start, batch=batch: notes_after(con, start, batch))
             now = asyncio.get_running_loop().time()
             for n in notes:
                 event = f"id: {n['id']}\nevent: note\ndata: {json.dumps(n)}\n\n"

@@ -7,17 +7,21 @@ proxy listens, and serves until the mount stops.
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import trio
 
+from ..errors import QuietError
 from ..replication.stream_server import StreamServer
 from ..store.store import Store
 from .primary import LeasePrimary, Primary, PrimarySource, StaticPrimary
 from .server import ProxyServer
 from .settings import ProxySettings, parse_proxy_settings
+
+log = logging.getLogger("litefs.proxy")
 
 __all__ = ["LeasePrimary", "Primary", "PrimarySource", "ProxyServer", "ProxySettings",
            "StaticPrimary", "advertised_proxy_url", "parse_proxy_settings", "start_proxy"]
@@ -37,13 +41,19 @@ def advertised_proxy_url(settings: ProxySettings, advertise_url: str | None) -> 
 async def start_proxy(nursery: trio.Nursery, settings: ProxySettings, store: Store, *,
                       primary: PrimarySource, lag: Callable[[], float],
                       secret: str | None, advertise_url: str | None, hostname: str | None,
-                      stream_server: StreamServer | None) -> ProxyServer:
+                      stream_server: StreamServer | None) -> ProxyServer | None:
     """Start the proxy in `nursery`; returns once it listens. On a node that serves the
-    replication API (the primary), /info then says where this proxy is."""
+    replication API (the primary), /info then says where this proxy is. None (logged) when
+    it cannot listen."""
     server = ProxyServer(settings, store, primary, lag=lag, secret=secret,
                          node_name=hostname or socket.gethostname())
     if stream_server is not None:
         stream_server.info_extra["proxy"] = advertised_proxy_url(settings, advertise_url)
         stream_server.info_extra["hostname"] = hostname or socket.gethostname()
-    await nursery.start(server.serve)
+    try:
+        await nursery.start(server.serve)
+    except QuietError as exc:
+        # As with the replication API: the mount keeps serving its applications.
+        log.error("%s; the HTTP proxy is not running", exc)
+        return None
     return server

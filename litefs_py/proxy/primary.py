@@ -134,7 +134,7 @@ class PrimaryResolver:
             return cached
         proxy_url, hostname = self.override, primary.hostname
         info: dict[str, object] | None = None
-        if url:
+        if url and self.override is None:
             info = await self._info(url, client)
         if info:
             told_proxy, told_host = info.get("proxy"), info.get("hostname")
@@ -149,7 +149,8 @@ class PrimaryResolver:
             log.info("the primary at %s does not say where its proxy listens; assuming %s "
                      "(set proxy.primary-url if that is wrong)", url, proxy_url)
         route = PrimaryRoute(proxy_url.rstrip("/"), hostname)
-        if url and info is not None:  # not learnt from an unreachable primary: ask again
+        if url and (info is not None or self.override is not None):
+            # (not learnt from an unreachable primary: ask again next time)
             self._cache[url] = route
         return route
 

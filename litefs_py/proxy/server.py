@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket as pysocket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -112,9 +113,20 @@ class ProxyServer:
 
         s = self.settings
         host, _, port = s.addr.rpartition(":")
-        bind = f"{host or '0.0.0.0'}:{port}"
+        host = host.strip("[]") or "0.0.0.0"
+        # Bound here, not by Hypercorn: a port in use is one clear error, not a traceback.
+        family = pysocket.AF_INET6 if ":" in host else pysocket.AF_INET
+        listener = pysocket.socket(family, pysocket.SOCK_STREAM)
+        try:
+            listener.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_REUSEADDR, 1)
+            listener.bind((host, int(port)))
+            listener.listen(2048)
+        except OSError as exc:
+            listener.close()
+            raise QuietError(f"proxy.addr: cannot listen on {s.addr}: {exc.strerror or exc}; "
+                             "choose another port", ExitCode.IO) from None
         cfg = HypercornConfig()
-        cfg.bind = [bind]
+        cfg.bind = [f"fd://{listener.detach()}"]  # Hypercorn's socket object owns it now
         cfg.accesslog = None
         cfg.errorlog = logging.getLogger("litefs.proxy.server")
         # One timer in Hypercorn: from the connection (or the end of the previous response)
@@ -134,9 +146,6 @@ class ProxyServer:
         self.port = int(port)
         try:
             await serve(self.app, cfg, task_status=task_status)  # type: ignore[arg-type]
-        except OSError as exc:
-            raise QuietError(f"proxy.addr: cannot listen on {bind}: {exc.strerror or exc}; "
-                             "choose another port", ExitCode.IO) from None
         finally:
             with trio.CancelScope(shield=True):
                 await self._pool.aclose()
@@ -167,6 +176,15 @@ class ProxyServer:
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
         s = self.settings
+        # h11 bounds only a head that arrives in pieces; one that arrives whole is measured
+        # here (name, value, ": " and CRLF per field, plus the request line).
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        for name, value in scope["headers"]:
+            size += len(name) + len(value) + 4
+        if size > s.max_header_size:
+            await self.error(send, 431, f"request header fields too large ({size} bytes; "
+                                        f"at most {s.max_header_size})")
+            return
         if s.is_passthrough(path):
             self._log("proxy: %s %s: passthrough", method, path)
             await self.relay(scope, receive, send, route=None, set_cookie=False)
