@@ -511,6 +511,9 @@ def main() -> int:
     # Hypercorn's own messages go through the logging set up above (one format, one stream).
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 5.0
+    # Hypercorn's default accept backlog (100) overflows when a proxy in front opens a few
+    # hundred connections at once (the kernel then resets some); servers usually use 2048.
+    config.backlog = 2048
 
     async def run() -> None:
         stop = asyncio.Event()

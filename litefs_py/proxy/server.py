@@ -52,6 +52,10 @@ HEALTH_PATH = "/litefs/health"
 TXID_POLL = 0.001  # seconds between looks at the replica's TXID (LiteFS polls every 1 ms)
 TARGET_CONNECT_RETRY = 10.0  # seconds a refused connection to the app is retried (it starts)
 CONNECT_TIMEOUT = 5.0
+# An idle upstream connection is dropped before the application's server would drop it
+# (Hypercorn's keep-alive timeout is 5 s, and its timer may fire late on a busy host):
+# reusing one it is closing fails the request.
+KEEPALIVE_EXPIRY = 2.0
 # Never passed on (RFC 9110 7.6.1); framing is set per side.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                         b"transfer-encoding", b"upgrade", b"proxy-authenticate",
@@ -141,7 +145,8 @@ class ProxyServer:
         # No HTTP proxy from the environment between nodes, no .netrc.
         self._pool = httpcore.AsyncConnectionPool(max_connections=4096,
                                                   max_keepalive_connections=256,
-                                                  keepalive_expiry=30.0, retries=0)
+                                                  keepalive_expiry=KEEPALIVE_EXPIRY,
+                                                  retries=0)
         self._info_client = httpx.AsyncClient(trust_env=False)
         self.port = int(port)
         try:

@@ -11,6 +11,7 @@ mount and data directory, replication API, app and proxy ports on loopback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -51,8 +52,11 @@ class ProxyMount(LitefsMount):
                str(self.proxy_config), "--mount-dir", str(self.mount_dir),
                "--data-dir", str(self.data_dir), *self.extra_args]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
+        # Its own process group: litefs and the app it starts, killed together as a crash
+        # of the whole node would (kill_node), and nothing left behind (stop).
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                     preexec_fn=_default_signals, cwd=REPO, env=env)
+                                     preexec_fn=_default_signals, cwd=REPO, env=env,
+                                     start_new_session=True)
         log.close()
         deadline = time.monotonic() + MOUNT_TIMEOUT * 3
         while time.monotonic() < deadline:
@@ -64,6 +68,21 @@ class ProxyMount(LitefsMount):
             time.sleep(0.05)
         self.kill()
         raise RuntimeError("litefs mount did not come up in time:\n" + self.log())
+
+
+    def kill_node(self) -> None:
+        """SIGKILL litefs and its application (the node crashed)."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        code = super().stop(timeout)
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):  # anything the node left running
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        return code
 
 
 class Node:
