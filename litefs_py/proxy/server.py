@@ -16,8 +16,9 @@
   the proxy itself; `max-lag` makes a replica that lags more answer reads (and the health
   check) with 503; `fly-replay: true` answers writes on a replica with Fly.io's header.
 
-Served by Hypercorn (trio worker) in the litefs process; the upstream side is httpcore (the
-transport under httpx) with a connection pool. docs/proxy.md has the measurements behind
+Served in the litefs process under trio by http1.py (httptools parsing) with upstream.py's
+pooled HTTP/1.1 client; Hypercorn + httpcore (`LITEFS_PROXY_ENGINE=hypercorn`) serve the
+same handler for bench/proxy.py's comparison. docs/proxy.md has the measurements behind
 that choice, and the design.
 """
 
@@ -26,19 +27,30 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import socket as pysocket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpcore
 import httpx
 import trio
 
 from ..errors import ExitCode, QuietError
 from ..store.store import Store
+from .http1 import Http1Server
 from .primary import Primary, PrimaryResolver, PrimaryRoute, PrimarySource
 from .settings import COOKIE_MAX_AGE, ProxySettings
+from .upstream import (
+    HttpcoreUpstream,
+    HttptoolsUpstream,
+    Upstream,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamRequest,
+    UpstreamResponse,
+)
 
 log = logging.getLogger("litefs.proxy")
 
@@ -51,7 +63,6 @@ HOP_HEADER = b"litefs-forwarded"
 HEALTH_PATH = "/litefs/health"
 TXID_POLL = 0.001  # seconds between looks at the replica's TXID (LiteFS polls every 1 ms)
 TARGET_CONNECT_RETRY = 10.0  # seconds a refused connection to the app is retried (it starts)
-CONNECT_TIMEOUT = 5.0
 # An idle upstream connection is dropped before the application's server would drop it
 # (Hypercorn's keep-alive timeout is 5 s, and its timer may fire late on a busy host):
 # reusing one it is closing fails the request.
@@ -101,24 +112,21 @@ class ProxyServer:
         self.resolver = PrimaryResolver(own_proxy_port=int(port), secret=secret,
                                         override=settings.primary_url)
         thost, _, tport = settings.target.rpartition(":")
-        self._target = (thost.strip("[]").encode(), int(tport))
-        self._pool: httpcore.AsyncConnectionPool | None = None
+        self._target = (thost.strip("[]"), int(tport))
+        self.upstream: Upstream
         self._info_client: httpx.AsyncClient | None = None
         self._log = log.info if settings.debug else log.debug
         self.forwarded = 0  # writes sent to another node's proxy (status, tests)
 
     # ---- serving -------------------------------------------------------------------------
 
-    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    async def serve(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
                     ) -> None:
-        """Listen on `proxy.addr` until cancelled."""
-        from hypercorn.config import Config as HypercornConfig
-        from hypercorn.trio import serve
-
+        """Listen on `proxy.addr` until cancelled (QuietError when it cannot)."""
         s = self.settings
         host, _, port = s.addr.rpartition(":")
         host = host.strip("[]") or "0.0.0.0"
-        # Bound here, not by Hypercorn: a port in use is one clear error, not a traceback.
+        # Bound here: a port in use is one clear error, not a traceback.
         family = pysocket.AF_INET6 if ":" in host else pysocket.AF_INET
         listener = pysocket.socket(family, pysocket.SOCK_STREAM)
         try:
@@ -129,32 +137,47 @@ class ProxyServer:
             listener.close()
             raise QuietError(f"proxy.addr: cannot listen on {s.addr}: {exc.strerror or exc}; "
                              "choose another port", ExitCode.IO) from None
+        self.port = int(port)
+        self._info_client = httpx.AsyncClient(trust_env=False)
+        engine = os.environ.get("LITEFS_PROXY_ENGINE", "httptools")
+        try:
+            if engine == "hypercorn":
+                self.upstream = HttpcoreUpstream(keepalive_expiry=KEEPALIVE_EXPIRY)
+                await self._serve_hypercorn(listener, task_status)
+            else:
+                self.upstream = HttptoolsUpstream(keepalive_expiry=KEEPALIVE_EXPIRY)
+                server = Http1Server(self.app, header_timeout=s.header_timeout_first,
+                                     idle_timeout=s.idle_timeout or math.inf,
+                                     read_timeout=s.read_timeout,
+                                     max_header_size=s.max_header_size)
+                await server.serve(listener, task_status=task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.upstream.aclose()
+                await self._info_client.aclose()
+
+    async def _serve_hypercorn(self, listener: pysocket.socket,
+                               task_status: trio.TaskStatus[Any]) -> None:
+        """The same proxy served by Hypercorn (for bench/proxy.py's comparison)."""
+        from hypercorn.config import Config as HypercornConfig
+        from hypercorn.trio import serve
+
+        s = self.settings
         cfg = HypercornConfig()
         cfg.bind = [f"fd://{listener.detach()}"]  # Hypercorn's socket object owns it now
         cfg.accesslog = None
         cfg.errorlog = logging.getLogger("litefs.proxy.server")
         # One timer in Hypercorn: from the connection (or the end of the previous response)
-        # to a complete request head. A slowloris client is cut when it runs out.
+        # to a complete request head.
         cfg.keep_alive_timeout = s.header_timeout or 1e9
         cfg.read_timeout = math.ceil(s.read_timeout) if s.read_timeout else None
-        cfg.h11_max_incomplete_size = s.max_header_size  # larger heads: 431
-        cfg.include_server_header = False  # the application's own headers pass through
+        cfg.h11_max_incomplete_size = s.max_header_size
+        cfg.include_server_header = False
         cfg.include_date_header = False
         cfg.backlog = 2048
         cfg.graceful_timeout = 0.5
-        # No HTTP proxy from the environment between nodes, no .netrc.
-        self._pool = httpcore.AsyncConnectionPool(max_connections=4096,
-                                                  max_keepalive_connections=256,
-                                                  keepalive_expiry=KEEPALIVE_EXPIRY,
-                                                  retries=0)
-        self._info_client = httpx.AsyncClient(trust_env=False)
-        self.port = int(port)
-        try:
-            await serve(self.app, cfg, task_status=task_status)  # type: ignore[arg-type]
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._pool.aclose()
-                await self._info_client.aclose()
+
+        await serve(self.app, cfg, task_status=task_status)  # type: ignore[arg-type]
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -348,84 +371,70 @@ class ProxyServer:
         """Send the request to the application (route None) or the primary's proxy and
         stream the answer back. Raises UpstreamUnreachable when forwarding to the primary
         fails before any of the request was sent (the caller may try another primary)."""
-        assert self._pool is not None
         headers, has_body = self.upstream_headers(scope, route)
         target = scope.get("raw_path") or scope["path"].encode()
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
         if route is None:
             host, port = self._target
-            url = httpcore.URL(scheme=b"http", host=host, port=port, target=target)
         else:
-            base = httpx.URL(route.proxy_url)
-            url = httpcore.URL(scheme=b"http", host=base.host.encode(), port=base.port or 80,
-                               target=target)
-        started = False
+            parts = urlsplit(route.proxy_url)
+            host, port = parts.hostname or "localhost", parts.port or 80
+        chunked = any(name == b"transfer-encoding" for name, _ in headers)
 
         async def body() -> AsyncIterator[bytes]:
-            nonlocal started
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     raise ClientGone()
                 chunk = message.get("body", b"")
                 if chunk:
-                    started = True
                     yield chunk
                 if not message.get("more_body", False):
                     return
 
-        request = httpcore.Request(
-            scope["method"].encode(), url, headers=headers,
-            content=body() if has_body else None,
-            extensions={"timeout": {"connect": CONNECT_TIMEOUT}})
+        request = UpstreamRequest(host, port, scope["method"], target, headers,
+                                  body() if has_body else None, chunked)
         retry_until = (deadline if route is not None
                        else trio.current_time() + TARGET_CONNECT_RETRY)
+        where = (f"the primary at {route.proxy_url}" if route is not None
+                 else f"the application at {self.settings.target}")
         while True:
             try:
-                response = await self._pool.handle_async_request(request)
+                response = await self.upstream.request(request)
                 break
             except ClientGone:
                 return
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                if started:
-                    await self.error(send, 502, f"proxy error: {exc}")
-                    return
+            except UpstreamConnectError as exc:
+                # Nothing was sent: try again while the app starts or the primary returns.
                 if trio.current_time() < (retry_until or 0):
                     await trio.sleep(0.1)
                     continue
                 if route is not None:
-                    raise UpstreamUnreachable(str(exc) or type(exc).__name__) from None
-                await self.error(send, 502, f"proxy error: the application at "
-                                            f"{self.settings.target} is not answering "
-                                            f"({exc or type(exc).__name__})")
+                    raise UpstreamUnreachable(str(exc)) from None
+                await self.error(send, 502, f"proxy error: {where} is not answering ({exc})")
                 return
-            except (httpcore.ProtocolError, httpcore.NetworkError, httpcore.TimeoutException
-                    ) as exc:
+            except UpstreamError as exc:
                 if isinstance(exc.__context__, ClientGone):
                     return
-                where = (f"the primary at {route.proxy_url}" if route is not None
-                         else f"the application at {self.settings.target}")
-                await self.error(send, 502, f"proxy error: {where} failed: "
-                                            f"{exc or type(exc).__name__}")
+                await self.error(send, 502, f"proxy error: {where} failed: {exc}")
                 return
         try:
-            await self.respond(scope, receive, send, response, set_cookie)
+            await self.respond(receive, send, response, set_cookie)
         finally:
             with trio.CancelScope(shield=True):
                 await response.aclose()
 
-    async def respond(self, scope: Scope, receive: Receive, send: Send,
-                      response: httpcore.Response, set_cookie: bool) -> None:
+    async def respond(self, receive: Receive, send: Send, response: UpstreamResponse,
+                      set_cookie: bool) -> None:
         headers: list[tuple[bytes, bytes]] = []
         sized = False
         for name, value in response.headers:
-            lname = name.lower()
-            if lname in HOP_BY_HOP:
+            if name in HOP_BY_HOP:
                 continue
-            if lname == b"content-length":
+            if name == b"content-length":
                 sized = True
-            headers.append((lname, value))
+            headers.append((name, value))
         if set_cookie:
             # After the application answered: its transaction is in the primary's store.
             txid = self.txid()
@@ -439,7 +448,9 @@ class ProxyServer:
             # A bounded body: read it to the end even if the client left.
             await self._pump(response, send)
             return
-        # Streamed (chunked, SSE): stop when the client goes away, not when the app does.
+        # Streamed (chunked, SSE): the head goes out now, each piece as it comes, and the
+        # stream stops when the client goes away, not only when the app ends it.
+        await send({"type": "http.response.body", "body": b"", "more_body": True})
         async with trio.open_nursery() as nursery:
             async def watch() -> None:
                 while (await receive())["type"] != "http.disconnect":
@@ -450,16 +461,16 @@ class ProxyServer:
             await self._pump(response, send)
             nursery.cancel_scope.cancel()
 
-    async def _pump(self, response: httpcore.Response, send: Send) -> None:
+    async def _pump(self, response: UpstreamResponse, send: Send) -> None:
         try:
-            async for chunk in response.aiter_stream():
+            async for chunk in response.aiter_body():
                 if chunk:
                     await send({"type": "http.response.body", "body": chunk,
                                 "more_body": True})
-        except (httpcore.ProtocolError, httpcore.NetworkError,
-                httpcore.TimeoutException) as exc:
-            # Headers went out already: all that is left is to cut the response short.
-            log.warning("proxy: the upstream response broke off: %r", exc)
+        except UpstreamError as exc:
+            # The head went out already: all that is left is to cut the response short.
+            log.warning("proxy: the upstream response broke off: %s", exc)
+            return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # ---- answers of the proxy's own --------------------------------------------------------

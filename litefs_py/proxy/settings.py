@@ -10,6 +10,7 @@ litefs-py's own and say so in docs/proxy.md: `txid-timeout`, `fly-replay`, `max-
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,12 +55,11 @@ class ProxySettings:
     debug: bool = False
     # Time allowed between reads of the request (0: none); a client stalling longer is cut.
     read_timeout: float = 0.0
-    # Time from the connection (or the previous response) to a complete request head: the
-    # slowloris bound. Hypercorn uses one timer for it and for idle keep-alive connections,
-    # so the smaller of this and idle_timeout applies to both.
+    # Time from the first byte of a request head (or a new connection) to the complete
+    # head: the slowloris bound; 408, then the connection is closed.
     read_header_timeout: float = DEFAULT_READ_HEADER_TIMEOUT
     write_timeout: float = 0.0  # time for a whole response (0: none; SSE needs none)
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # a kept-alive connection without a request
     # litefs-py's own:
     txid_timeout: float = DEFAULT_TXID_TIMEOUT  # read-your-writes wait before 504
     fly_replay: bool = False  # answer writes on a replica with `fly-replay` (Fly.io only)
@@ -87,9 +87,15 @@ class ProxySettings:
 
     @property
     def header_timeout(self) -> float:
-        """The one hypercorn timer: head of a request, and idle keep-alive (see above)."""
+        """The one Hypercorn timer: head of a request, and idle keep-alive (see above)."""
         values = [t for t in (self.read_header_timeout, self.idle_timeout) if t > 0]
         return min(values) if values else 0.0
+
+    @property
+    def header_timeout_first(self) -> float:
+        """Time for a request head once its first byte arrived (and for a new connection's
+        first head): read-header-timeout, else idle-timeout, else none."""
+        return self.read_header_timeout or self.idle_timeout or math.inf
 
 
 def _fail(key: str, detail: str) -> QuietError:

@@ -89,6 +89,7 @@ def test_500_concurrent_mixed_requests_lose_nothing_duplicate_nothing(
     primary, r1, r2 = nodes(cluster)
     tag = os.urandom(4).hex()
     local = threading.local()
+    opened: list[httpx.Client] = []
     # Idle connections are dropped well before the proxies' keep-alive timer ends them: a
     # client reusing one the server is closing loses the request.
     limits = httpx.Limits(keepalive_expiry=1.0)
@@ -99,6 +100,7 @@ def test_500_concurrent_mixed_requests_lose_nothing_duplicate_nothing(
             clients = local.clients = {}
         if node.name not in clients:
             clients[node.name] = node.client(timeout=120, limits=limits)
+            opened.append(clients[node.name])
         return clients[node.name]
 
     def request(i: int) -> tuple[str, int, str]:
@@ -110,8 +112,12 @@ def test_500_concurrent_mixed_requests_lose_nothing_duplicate_nothing(
         r = client(node).post("/api/notes", json={"body": body, "author": "load"})
         return body, r.status_code, r.text
 
-    with ThreadPoolExecutor(max_workers=64) as pool:
-        results = list(pool.map(request, range(500)))
+    try:
+        with ThreadPoolExecutor(max_workers=64) as pool:
+            results = list(pool.map(request, range(500)))
+    finally:
+        for c in opened:
+            c.close()
     problems = [f"{what} {code}: {text[:200]}" for what, code, text in results
                 if code not in (200, 201)]
     assert not problems, problems[:5]
