@@ -31,6 +31,8 @@ from urllib.parse import unquote
 import httptools
 import trio
 
+from .sockio import SockIO, accept
+
 log = logging.getLogger("litefs.proxy.server")
 
 Scope = dict[str, Any]
@@ -68,18 +70,15 @@ class _Request:
 
 
 class _Connection:
-    def __init__(self, server: Http1Server, stream: trio.SocketStream) -> None:
+    def __init__(self, server: Http1Server, stream: SockIO,
+                 client: tuple[str, int] | None) -> None:
         self.server = server
         self.stream = stream
         self.parser = httptools.HttpRequestParser(self)
         self.requests: deque[_Request] = deque()
         self.head_size = 0
         self.eof = False
-        try:
-            peer = stream.socket.getpeername()
-            self.client: tuple[str, int] | None = (str(peer[0]), int(peer[1]))
-        except OSError:
-            self.client = None
+        self.client = client
 
     # ---- parser callbacks (run inside feed_data) -----------------------------------------
 
@@ -122,7 +121,7 @@ class _Connection:
 
     async def _read(self) -> bool:
         """Read once and feed the parser; False at EOF. Parser errors propagate."""
-        data = await self.stream.receive_some(READ_SIZE)
+        data = await self.stream.recv(READ_SIZE)
         if not data:
             self.eof = True
             return False
@@ -326,15 +325,21 @@ class Http1Server:
 
     async def serve(self, listener: pysocket.socket, *,
                     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        sock = trio.socket.from_stdlib_socket(listener)
-        await trio.serve_listeners(self._connection, [trio.SocketListener(sock)],
-                                   task_status=task_status)
-
-    async def _connection(self, stream: trio.SocketStream) -> None:
+        listener.setblocking(False)
         try:
-            await _Connection(self, stream).run()
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                while True:
+                    stream, client = await accept(listener)
+                    nursery.start_soon(self._connection, stream, client)
+        finally:
+            trio.lowlevel.notify_closing(listener)
+            listener.close()
+
+    async def _connection(self, stream: SockIO, client: tuple[str, int] | None) -> None:
+        try:
+            await _Connection(self, stream, client).run()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+            stream.close()

@@ -11,13 +11,14 @@ Two implementations of one small interface (docs/proxy.md has the measurements):
 
 from __future__ import annotations
 
-import select
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
+
+from .sockio import SockIO, connect
 
 CONNECT_TIMEOUT = 5.0
 READ_SIZE = 65536
@@ -60,18 +61,9 @@ class Upstream(Protocol):
 # ---- httptools -------------------------------------------------------------------------------
 
 
-def _stale(stream: trio.SocketStream) -> bool:
-    """An idle pooled connection the server has closed (or sent junk on) is readable."""
-    try:
-        readable, _, _ = select.select([stream.socket.fileno()], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)
-
-
 @dataclass(slots=True)
 class _Idle:
-    stream: trio.SocketStream
+    stream: SockIO
     expires: float
 
 
@@ -115,11 +107,11 @@ class _Parse:
 
 class _HttptoolsResponse:
     def __init__(self, pool: HttptoolsUpstream, key: tuple[str, int],
-                 stream: trio.SocketStream, parser: object, state: _Parse,
+                 stream: SockIO, parser: object, state: _Parse,
                  head_only: bool) -> None:
         self._pool = pool
         self._key = key
-        self._stream: trio.SocketStream | None = stream
+        self._stream: SockIO | None = stream
         self._parser = parser
         self._state = state
         self.status = state.status
@@ -138,7 +130,7 @@ class _HttptoolsResponse:
                 break
             assert self._stream is not None
             try:
-                data = await self._stream.receive_some(READ_SIZE)
+                data = await self._stream.recv(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise UpstreamError(f"the connection broke: {exc}") from None
             if not data:
@@ -161,7 +153,7 @@ class _HttptoolsResponse:
         if reusable:
             self._pool.give_back(self._key, stream)
         else:
-            await stream.aclose()
+            stream.close()
 
 
 class HttptoolsUpstream:
@@ -172,27 +164,28 @@ class HttptoolsUpstream:
         self.max_idle = max_idle_per_host
         self._idle: dict[tuple[str, int], list[_Idle]] = {}
 
-    def give_back(self, key: tuple[str, int], stream: trio.SocketStream) -> None:
+    def give_back(self, key: tuple[str, int], stream: SockIO) -> None:
         idle = self._idle.setdefault(key, [])
         if len(idle) >= self.max_idle:
-            stream.socket.close()
+            stream.close()
             return
         idle.append(_Idle(stream, trio.current_time() + self.keepalive_expiry))
 
-    def _take(self, key: tuple[str, int]) -> trio.SocketStream | None:
+    def _take(self, key: tuple[str, int]) -> SockIO | None:
         idle = self._idle.get(key)
         now = trio.current_time()
         while idle:
             entry = idle.pop()
-            if entry.expires > now and not _stale(entry.stream):
+            # Readable while idle: the server closed it (or sent something unasked).
+            if entry.expires > now and not entry.stream.readable_now():
                 return entry.stream
-            entry.stream.socket.close()
+            entry.stream.close()
         return None
 
-    async def _connect(self, host: str, port: int) -> trio.SocketStream:
+    async def _connect(self, host: str, port: int) -> SockIO:
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
-                return await trio.open_tcp_stream(host, port)
+                return await connect(host, port)
         except trio.TooSlowError:
             raise UpstreamConnectError(f"connecting to {host}:{port} timed out") from None
         except OSError as exc:
@@ -219,16 +212,16 @@ class HttptoolsUpstream:
             try:
                 return await self._exchange(stream, key, bytes(head), req, httptools)
             except _StaleConnection:
-                await stream.aclose()
+                stream.close()
                 if not reused or attempt == attempts - 1:
                     raise UpstreamError("the server closed the connection without an "
                                         "answer") from None
             except BaseException:
-                await stream.aclose()
+                stream.close()
                 raise
         raise AssertionError("unreachable")
 
-    async def _exchange(self, stream: trio.SocketStream, key: tuple[str, int], head: bytes,
+    async def _exchange(self, stream: SockIO, key: tuple[str, int], head: bytes,
                         req: UpstreamRequest, httptools: object) -> UpstreamResponse:
         try:
             if req.body is None:
@@ -252,7 +245,7 @@ class HttptoolsUpstream:
         got_any = False
         while not state.headers_done:
             try:
-                data = await stream.receive_some(READ_SIZE)
+                data = await stream.recv(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if not data:
@@ -270,7 +263,7 @@ class HttptoolsUpstream:
     async def aclose(self) -> None:
         for idle in self._idle.values():
             for entry in idle:
-                entry.stream.socket.close()
+                entry.stream.close()
         self._idle.clear()
 
 
