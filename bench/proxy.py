@@ -9,11 +9,14 @@ loopback. A load generator in a process of its own (`bench/proxy.py _client SPEC
 sockets, one keep-alive connection per worker, the request bytes built once) times:
 
 1. GET /api/notes/1 (a point read, ~100-byte JSON) on the replica: straight to its app, and
-   through its proxy (which sends it to the same app). Latency: one connection, requests back
+   through its proxy (which sends it to the same app). A second replica runs the same proxy
+   on Hypercorn + httpcore (LITEFS_PROXY_ENGINE=hypercorn), measured the same way against
+   its own app: the library comparison. Latency: one connection, requests back
    to back, p50/p99. Throughput: CONC connections for a fixed time, requests/s.
 2. POST /api/notes (a one-row INSERT): straight to the primary's app, through the primary's
    proxy (a write on the primary: app + __txid cookie), and through the replica's proxy
-   (forwarded to the primary's proxy). p50/p99 of back-to-back requests.
+   (forwarded to the primary's proxy), also from the Hypercorn replica. p50/p99 of
+   back-to-back requests.
 3. The loopback round trip: a TCP ping-pong of 100 bytes, p50 (what one more hop costs the
    network at least).
 
@@ -189,16 +192,20 @@ def main() -> None:
     try:
         primary = cluster.node("primary", primary=True).start()
         replica = cluster.node("replica").start()
+        # The same proxy served by Hypercorn with httpcore upstream, for the comparison.
+        hyper = cluster.node("replica-hypercorn",
+                             env={"LITEFS_PROXY_ENGINE": "hypercorn"}).start()
         import httpx
 
         with httpx.Client(base_url=primary.proxy_url, trust_env=False) as c:
             c.post("/api/notes", json={"body": "the note every GET reads"}).raise_for_status()
-        with httpx.Client(base_url=replica.app_url, trust_env=False) as c:
-            deadline = time.monotonic() + 30
-            while c.get("/api/notes/1").status_code != 200:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the replica never saw note 1")
-                time.sleep(0.05)
+        for node in (replica, hyper):
+            with httpx.Client(base_url=node.app_url, trust_env=False) as c:
+                deadline = time.monotonic() + 30
+                while c.get("/api/notes/1").status_code != 200:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{node.name} never saw note 1")
+                    time.sleep(0.05)
 
         def spec(node_port: int, method: str, path: str, **kw: Any) -> dict[str, Any]:
             return {"host": "127.0.0.1", "port": node_port, "method": method, "path": path,
@@ -207,9 +214,12 @@ def main() -> None:
         cases = {
             "GET app (replica)": spec(replica.app_port, "GET", "/api/notes/1"),
             "GET proxy (replica)": spec(replica.proxy_port, "GET", "/api/notes/1"),
+            "GET app (replica 2)": spec(hyper.app_port, "GET", "/api/notes/1"),
+            "GET hypercorn (replica 2)": spec(hyper.proxy_port, "GET", "/api/notes/1"),
             "POST app (primary)": spec(primary.app_port, "POST", "/api/notes"),
             "POST proxy (primary)": spec(primary.proxy_port, "POST", "/api/notes"),
             "POST forwarded (replica proxy)": spec(replica.proxy_port, "POST", "/api/notes"),
+            "POST fwd hypercorn (replica 2)": spec(hyper.proxy_port, "POST", "/api/notes"),
         }
         lat: dict[str, list[dict[str, Any]]] = {k: [] for k in cases}
         tput: dict[str, list[dict[str, Any]]] = {k: [] for k in cases if k.startswith("GET")}
@@ -242,6 +252,10 @@ def main() -> None:
     def ratios(a: str, b: str, key: str, src: dict[str, list[dict[str, Any]]]) -> list[float]:
         return [x[key] / y[key] for x, y in zip(src[a], src[b], strict=True)]
 
+    h50 = ratios("GET hypercorn (replica 2)", "GET app (replica 2)", "p50_ms", lat)
+    hrps = ratios("GET hypercorn (replica 2)", "GET app (replica 2)", "rps", tput)
+    hfwd = [x["p50_ms"] - y["p50_ms"] for x, y in zip(
+        lat["POST fwd hypercorn (replica 2)"], lat["POST proxy (primary)"], strict=True)]
     g50 = ratios("GET proxy (replica)", "GET app (replica)", "p50_ms", lat)
     g99 = ratios("GET proxy (replica)", "GET app (replica)", "p99_ms", lat)
     grps = ratios("GET proxy (replica)", "GET app (replica)", "rps", tput)
@@ -259,6 +273,9 @@ def main() -> None:
           f"(target <= RTT + 1 ms = {statistics.median(rtts) + 1:.3f})")
     print(f"  POST forwarded - POST to the primary's app, p50:   {med(fwd_vs_app)} ms")
     print(f"  POST on the primary's proxy - to its app, p50:     {med(proxy_vs_app)} ms")
+    print("  the same with Hypercorn + httpcore (LITEFS_PROXY_ENGINE=hypercorn):")
+    print(f"    GET latency proxy/direct p50: {med(h50)}; req/s proxy/direct {med(hrps)}")
+    print(f"    POST forwarded - POST on the primary's proxy, p50: {med(hfwd)} ms")
 
 
 if __name__ == "__main__":

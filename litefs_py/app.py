@@ -469,6 +469,10 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
                                   advertise_url=config.lease.advertise_url)
             await nursery.start(server.serve, config.http.addr)
             stream_server = server
+            from .proxy.run import RUN_PATH, make_run_endpoint
+
+            # `litefs run --on-primary` from the replicas (needs the secret).
+            server.routes["POST", RUN_PATH] = make_run_endpoint(http_secret(config))
             for db in list(ops.store.dbs.values()):
                 replicator.attach(db)
             ops.store.db_listeners.append(replicator.attach)

@@ -40,9 +40,11 @@ def _default_signals() -> None:
 class ProxyMount(LitefsMount):
     """`python -m tests.proxy.node --proxy-config FILE mount ...` instead of `litefs mount`."""
 
-    def __init__(self, proxy_config: Path, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, proxy_config: Path, *args: Any, env: dict[str, str] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.proxy_config = proxy_config
+        self.env = env or {}
 
     def start(self) -> None:
         self.mount_dir.mkdir(parents=True, exist_ok=True)
@@ -51,7 +53,7 @@ class ProxyMount(LitefsMount):
         cmd = [sys.executable, "-m", "tests.proxy.node", "--proxy-config",
                str(self.proxy_config), "--mount-dir", str(self.mount_dir),
                "--data-dir", str(self.data_dir), *self.extra_args]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
         # Its own process group: litefs and the app it starts, killed together as a crash
         # of the whole node would (kill_node), and nothing left behind (stop).
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
@@ -87,7 +89,8 @@ class ProxyMount(LitefsMount):
 
 class Node:
     def __init__(self, cluster: ProxyCluster, name: str, *, primary: bool,
-                 proxy: dict[str, object] | None = None, app: bool = True) -> None:
+                 proxy: dict[str, object] | None = None, app: bool = True,
+                 env: dict[str, str] | None = None) -> None:
         self.cluster = cluster
         self.name = name
         self.is_primary = primary
@@ -100,7 +103,8 @@ class Node:
         self.config_path = root / f"{name}.yml"
         self.proxy_path = root / f"{name}-proxy.yml"
         self.mount = ProxyMount(self.proxy_path, root / name / "mnt", root / name / "data",
-                                root / f"{name}.log", ["--config", str(self.config_path)])
+                                root / f"{name}.log", ["--config", str(self.config_path)],
+                                env=env)
         self.db_path = self.mount.mount_dir / "store.db"
         self.proxy_settings: dict[str, object] = {
             "addr": f"127.0.0.1:{self.proxy_port}", "target": f"127.0.0.1:{self.app_port}",

@@ -8,6 +8,8 @@ import hashlib
 import os
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -273,3 +275,49 @@ def test_primary_down_writes_wait_then_503_reads_still_served(tmp_path: Path) ->
             assert notes.status_code == 200 and notes.json()[0]["body"] == "before"
     finally:
         c.close()
+
+
+def litefs_run(node: Node, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "litefs_py", "run", "--config",
+                           str(node.config_path), "--mount-dir", str(node.mount.mount_dir),
+                           *args], capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+
+
+WRITER = """
+import os, sqlite3, sys
+con = sqlite3.connect(os.environ["NOTES_DB"], timeout=30)
+with con:
+    cur = con.execute("INSERT INTO notes(body, author) VALUES (?, 'cron')", (sys.argv[1],))
+print("inserted", cur.lastrowid, flush=True)
+print("a warning", file=sys.stderr, flush=True)
+sys.exit(int(sys.argv[2]))
+"""
+
+
+def test_litefs_run_refuses_on_a_replica_or_runs_on_the_primary(cluster: ProxyCluster) -> None:
+    primary, r1, _ = nodes(cluster)
+    body = f"written by litefs run {os.urandom(3).hex()}"
+    refused = litefs_run(r1, "--", sys.executable, "-c", WRITER, body, "0")
+    assert refused.returncode == 2, refused.stderr
+    assert "read-only replica" in refused.stderr and cluster.primary_url in refused.stderr
+    assert "--on-primary" in refused.stderr
+
+    # On the primary's node: its database path there comes with --env (the same path on
+    # every node in a real deployment). Output, errors and the exit status come back.
+    ran = litefs_run(r1, "--on-primary", "--env", f"NOTES_DB={primary.db_path}", "--",
+                     sys.executable, "-c", WRITER, body, "3")
+    assert ran.returncode == 3, ran.stderr
+    assert ran.stdout.startswith("inserted ") and "a warning" in ran.stderr
+    assert primary_rows(primary, "SELECT author FROM notes WHERE body = ?", body) == [("cron",)]
+    with r1.client() as c:  # and it replicates like any write
+        wait_for(lambda: any(n["body"] == body for n in c.get("/api/notes").json()), 30,
+                 "the note written on the primary to reach replica1")
+
+    missing = litefs_run(r1, "--on-primary", "--", "/nonexistent/tool")
+    assert missing.returncode == 127 and "cannot start /nonexistent/tool" in missing.stderr
+
+    # On the primary itself the command simply runs there.
+    local = litefs_run(primary, "--env", f"NOTES_DB={primary.db_path}", "--",
+                       sys.executable, "-c", WRITER, body + " local", "0")
+    assert local.returncode == 0 and local.stdout.startswith("inserted "), local.stderr
