@@ -119,9 +119,9 @@ class _Connection:
 
     # ---- reading ---------------------------------------------------------------------------
 
-    async def _read(self) -> bool:
+    async def _read(self, wait_first: bool = False) -> bool:
         """Read once and feed the parser; False at EOF. Parser errors propagate."""
-        data = await self.stream.recv(READ_SIZE)
+        data = await self.stream.recv(READ_SIZE, wait_first=wait_first)
         if not data:
             self.eof = True
             return False
@@ -141,7 +141,7 @@ class _Connection:
             while not (self.requests and self.requests[0].headers_done):
                 started = bool(self.requests)
                 with trio.move_on_at(head_until if started else idle_until) as scope:
-                    more = await self._read()
+                    more = await self._read(wait_first=not first and not started)
                 if scope.cancelled_caught:
                     if started:
                         await self._error(408, b"request head not received in time")

@@ -117,6 +117,7 @@ class ProxyServer:
         self._info_client: httpx.AsyncClient | None = None
         self._log = log.info if settings.debug else log.debug
         self.forwarded = 0  # writes sent to another node's proxy (status, tests)
+        self._measure_heads = False  # http1.py bounds request heads itself; Hypercorn not
 
     # ---- serving -------------------------------------------------------------------------
 
@@ -142,6 +143,7 @@ class ProxyServer:
         engine = os.environ.get("LITEFS_PROXY_ENGINE", "httptools")
         try:
             if engine == "hypercorn":
+                self._measure_heads = True
                 self.upstream = HttpcoreUpstream(keepalive_expiry=KEEPALIVE_EXPIRY)
                 await self._serve_hypercorn(listener, task_status)
             else:
@@ -204,15 +206,16 @@ class ProxyServer:
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
         s = self.settings
-        # h11 bounds only a head that arrives in pieces; one that arrives whole is measured
-        # here (name, value, ": " and CRLF per field, plus the request line).
-        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
-        for name, value in scope["headers"]:
-            size += len(name) + len(value) + 4
-        if size > s.max_header_size:
-            await self.error(send, 431, f"request header fields too large ({size} bytes; "
-                                        f"at most {s.max_header_size})")
-            return
+        if self._measure_heads:
+            # h11 bounds only a head that arrives in pieces; one that arrives whole is
+            # measured here (name, value, ": " and CRLF per field, plus the request line).
+            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+            for name, value in scope["headers"]:
+                size += len(name) + len(value) + 4
+            if size > s.max_header_size:
+                await self.error(send, 431, f"request header fields too large ({size} "
+                                            f"bytes; at most {s.max_header_size})")
+                return
         if s.is_passthrough(path):
             self._log("proxy: %s %s: passthrough", method, path)
             await self.relay(scope, receive, send, route=None, set_cookie=False)
@@ -422,8 +425,12 @@ class ProxyServer:
         try:
             await self.respond(receive, send, response, set_cookie)
         finally:
-            with trio.CancelScope(shield=True):
-                await response.aclose()
+            release = getattr(response, "release", None)
+            if release is not None:
+                release()  # no await: nothing for a cancellation to interrupt
+            else:
+                with trio.CancelScope(shield=True):
+                    await response.aclose()
 
     async def respond(self, receive: Receive, send: Send, response: UpstreamResponse,
                       set_cookie: bool) -> None:

@@ -35,9 +35,12 @@ class SockIO:
             self._quick = 0
             await trio.lowlevel.checkpoint()
 
-    async def recv(self, size: int) -> bytes:
+    async def recv(self, size: int, *, wait_first: bool = False) -> bytes:
         """Up to `size` bytes; b"" at EOF. trio.BrokenResourceError when the peer reset
-        the connection, trio.ClosedResourceError after close()."""
+        the connection, trio.ClosedResourceError after close(). `wait_first`: data is not
+        expected yet (an answer just asked for), so wait before the first try."""
+        if wait_first and not self.closed:
+            await trio.lowlevel.wait_readable(self.sock)
         while True:
             if self.closed:
                 raise trio.ClosedResourceError("the socket was closed")

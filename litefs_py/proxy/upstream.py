@@ -145,6 +145,10 @@ class _HttptoolsResponse:
                 raise UpstreamError(f"invalid response: {exc}") from None
 
     async def aclose(self) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Back to the pool if the exchange ended cleanly, else closed (never waits)."""
         stream, self._stream = self._stream, None
         if stream is None:
             return
@@ -245,7 +249,7 @@ class HttptoolsUpstream:
         got_any = False
         while not state.headers_done:
             try:
-                data = await stream.recv(READ_SIZE)
+                data = await stream.recv(READ_SIZE, wait_first=not got_any)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if not data:

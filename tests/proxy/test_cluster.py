@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -321,3 +322,42 @@ def test_litefs_run_refuses_on_a_replica_or_runs_on_the_primary(cluster: ProxyCl
     local = litefs_run(primary, "--env", f"NOTES_DB={primary.db_path}", "--",
                        sys.executable, "-c", WRITER, body + " local", "0")
     assert local.returncode == 0 and local.stdout.startswith("inserted "), local.stderr
+
+
+def chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not installed: apt-get install chromium (Debian's package)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return exe
+
+
+def test_browser_form_post_through_a_replica(cluster: ProxyCluster, tmp_path: Path) -> None:
+    """A real browser: headless Chromium submits the page's form to a replica's proxy,
+    follows the 303 back to the page (with the __txid cookie) and sees its note."""
+    exe = chromium()
+    primary, _, r2 = nodes(cluster)
+    body = f"typed in Chromium {os.urandom(3).hex()}"
+    page = tmp_path / "submit.html"
+    page.write_text(f'<form method="post" action="{r2.proxy_url}/notes">'
+                    '<input name="author" value="chromium">'
+                    f'<textarea name="body">{body}</textarea></form>'
+                    "<script>document.forms[0].submit()</script>")
+    shot = tmp_path / "after-post.png"
+    base = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=15000", "--window-size=900,700"]
+    dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True,
+                         text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert body in dom.stdout, dom.stderr[-2000:]
+    assert "<h1>Notes</h1>" in dom.stdout  # the app's page, after the redirect
+    assert primary_rows(primary, "SELECT author FROM notes WHERE body = ?",
+                        body) == [("chromium",)]
+    # A picture of the page as the browser showed it (kept with the test's files).
+    grab = subprocess.run([*base, f"--screenshot={shot}", f"{r2.proxy_url}/"],
+                          capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    assert shot.exists() and shot.stat().st_size > 1000, grab.stderr[-2000:]
+    assert shot.read_bytes().startswith(b"\x89PNG")
