@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,18 +22,13 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.mount.harness import MOUNT_TIMEOUT, LitefsMount
+from tests.mount.harness import LitefsMount
 from tests.s3_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 WEBAPP = REPO / "examples" / "webapp"
 START_TIMEOUT = 90.0
 SECRET = "proxy-test-secret"
-
-
-def _default_signals() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class ProxyMount(LitefsMount):
@@ -46,31 +40,15 @@ class ProxyMount(LitefsMount):
         self.proxy_config = proxy_config
         self.env = env or {}
 
-    def start(self) -> None:
-        self.mount_dir.mkdir(parents=True, exist_ok=True)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        cmd = [sys.executable, "-m", "tests.proxy.node", "--proxy-config",
-               str(self.proxy_config), "--mount-dir", str(self.mount_dir),
-               "--data-dir", str(self.data_dir), *self.extra_args]
-        env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
+    def entry_point(self) -> list[str]:
+        return [sys.executable, "-m", "tests.proxy.node", "--proxy-config",
+                str(self.proxy_config)]
+
+    def popen_options(self) -> dict[str, Any]:
         # Its own process group: litefs and the app it starts, killed together as a crash
         # of the whole node would (kill_node), and nothing left behind (stop).
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                     preexec_fn=_default_signals, cwd=REPO, env=env,
-                                     start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + MOUNT_TIMEOUT * 3
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"litefs mount exited with {self.proc.returncode}:\n"
-                                   + self.log())
-            if self._serving():
-                return
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError("litefs mount did not come up in time:\n" + self.log())
-
+        return {"cwd": REPO, "env": {**os.environ, "PYTHONPATH": str(REPO), **self.env},
+                "start_new_session": True}
 
     def kill_node(self) -> None:
         """SIGKILL litefs and its application (the node crashed)."""

@@ -150,11 +150,18 @@ async def test_read_stays_local_write_is_forwarded_once(tmp_path: Path) -> None:
         assert pair.header(doc, "x-forwarded-for") == ["127.0.0.1, 127.0.0.1"]
         assert pair.header(doc, HOP_HEADER.decode()) == []
 
+        head = await c.head("/notes")  # HEAD: the app's length, no body, connection reused
+        assert head.status_code == 200 and head.content == b""
+        assert int(head.headers["content-length"]) > 0
+        r = await c.post("/notes", content=b"abc", headers={"expect": "100-continue"})
+        assert r.status_code == 200 and r.json()["bytes"] == 3
+        assert pair.header(r.json(), "expect") == []  # answered by the proxy, not passed on
+
         # always-forward is off here; DELETE and PUT are writes too.
         for method in ("PUT", "DELETE", "PATCH"):
             r = await c.request(method, "/x")
             assert r.status_code == 200 and r.json()["method"] == method
-        assert pair.replica.forwarded == 4
+        assert pair.replica.forwarded == 5
 
 
 @pytest.mark.trio
