@@ -226,7 +226,8 @@ class _Connection:
                         try:
                             if not await self._read():
                                 break
-                        except (httptools.HttpParserError, _HeadTooLarge):
+                        except (httptools.HttpParserError, _HeadTooLarge, OSError,
+                                trio.BrokenResourceError, trio.ClosedResourceError):
                             break
                     if not self.eof:
                         await trio.sleep_forever()  # pipelined too far ahead: read no more
@@ -241,7 +242,8 @@ class _Connection:
                 try:
                     with trio.fail_after(s.read_timeout or math.inf):
                         more = await self._read()
-                except (trio.TooSlowError, httptools.HttpParserError, _HeadTooLarge):
+                except (trio.TooSlowError, httptools.HttpParserError, _HeadTooLarge, OSError,
+                        trio.BrokenResourceError, trio.ClosedResourceError):
                     more = False
                 if not more:
                     disconnected = True
@@ -295,9 +297,9 @@ class _Connection:
 
         try:
             await s.app(scope, receive, send)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
-        except Exception:
+        except Exception as exc:
+            if _client_gone(exc):
+                return False
             log.exception("proxy: error while handling %s %s", method, scope["path"])
             if not response_started:
                 await self._error(500, b"internal error in the proxy")
@@ -312,6 +314,14 @@ class _Connection:
             return False
         req.body.clear()  # what the handler did not read of a complete body
         return True
+
+
+def _client_gone(exc: BaseException) -> bool:
+    """The connection to the client broke (also inside an exception group from a nursery
+    of the handler's): nothing to answer, nothing to log."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_client_gone(e) for e in exc.exceptions)
+    return isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError)
 
 
 class Http1Server:
