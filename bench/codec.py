@@ -52,6 +52,8 @@ import lz4.frame
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import fill_orders  # bench/common.py (the script's directory)
+
 from litefs_py.ltx import (
     FLAG_V3_NO_CHECKSUM,
     Decoder,
@@ -72,45 +74,17 @@ PAGE_SIZE = 4096
 RUNS = 3
 MB = 1_000_000
 
-WORDS = ("order", "invoice", "customer", "shipment", "pending", "paid", "refund", "warehouse",
-         "berlin", "lisbon", "osaka", "denver", "express", "standard", "priority", "returned",
-         "the", "a", "of", "for", "with", "and", "item", "quantity", "discount", "note")
-
-
 # --- the database ---------------------------------------------------------------------------
 
 
 def build_database(path: Path, target_bytes: int) -> bytes:
     """A SQLite database of about `target_bytes` with realistic rows; returns its bytes."""
-    rng = random.Random(42)
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode=OFF")
         conn.execute("PRAGMA synchronous=OFF")
-        conn.execute("CREATE TABLE orders(id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, "
-                     "status TEXT NOT NULL, created_at INTEGER NOT NULL, amount_cents INTEGER, "
-                     "email TEXT, note TEXT)")
-        conn.execute("CREATE INDEX orders_customer ON orders(customer_id, created_at)")
-        next_id = 1
-        while True:
-            rows = []
-            for _ in range(5000):
-                rows.append((
-                    next_id, rng.randrange(1, 50_000),
-                    rng.choice(("pending", "paid", "shipped", "refunded")),
-                    1_700_000_000 + next_id * 7 + rng.randrange(5),
-                    rng.randrange(100, 1_000_000),
-                    f"c{rng.randrange(10**8)}@example.com",
-                    " ".join(rng.choice(WORDS) for _ in range(rng.randrange(5, 60))),
-                ))
-                next_id += 1
-            conn.execute("BEGIN")
-            conn.executemany("INSERT INTO orders VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            conn.execute("COMMIT")
-            (pages,) = conn.execute("PRAGMA page_count").fetchone()
-            if pages * PAGE_SIZE >= target_bytes:
-                break
+        fill_orders(conn, target_bytes, PAGE_SIZE)
     finally:
         conn.close()
     data = path.read_bytes()

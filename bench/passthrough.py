@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import signal
 import stat
 import sys
 
 import pyfuse3
 import trio
+
+from litefs_py.mountinfo import is_mounted
 
 ROOT = pyfuse3.ROOT_INODE
 
@@ -261,17 +262,6 @@ class Passthrough(pyfuse3.Operations):
 
 
 # ---- lifecycle ------------------------------------------------------------------------------
-
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def is_mounted(path: str) -> bool:
-    """From /proc/self/mounts: never stat() our own mountpoint (it would wait on us)."""
-    with open("/proc/self/mounts") as f:
-        return any(len(fields) > 1 and _unescape(fields[1]) == path
-                   for fields in (line.split() for line in f))
-
 
 async def _watch_signals(cancel: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

@@ -70,16 +70,13 @@ import contextlib
 import datetime
 import hashlib
 import json
-import math
 import os
-import platform
 import random
 import re
 import select
 import shutil
 import signal
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,9 +86,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import git_describe, summarize_collapsed, terminate  # bench/common.py (script dir)
+from common import (  # bench/common.py (the script's directory)
+    LITEFS_SRC_HELP,
+    REPO,
+    add_run_options,
+    free_port,
+    git_describe,
+    insert_paced,
+    lazy_unmount,
+    machine_line,
+    median,
+    percentile,
+    proc_cpu_seconds,
+    proc_status,
+    py_spy_setup,
+    run_in_workdir,
+    run_json_client,
+    start_fuse_server,
+    summarize_collapsed,
+    terminate,
+    use_litefs_src,
+)
+from common import log as _log
 
-REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve()
 MiB = 2**20
 PAGE_SIZE = 4096
@@ -130,10 +147,6 @@ QUICK = Scale("quick", 1, 100, 50.0, 300, 20_000, 1, 1.5, 100.0, 3, 500, 500, 1,
               16 * MiB, 1)
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def lorem(seed: int = 7, chars: int = 8000) -> str:
     """Text that LZ4 shrinks to roughly half, like real rows (words from a small vocabulary)."""
     rnd = random.Random(seed)
@@ -149,17 +162,6 @@ def lorem(seed: int = 7, chars: int = 8000) -> str:
 
 
 LOREM = lorem()
-
-
-def percentile(xs: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100)."""
-    s = sorted(xs)
-    k = max(0, min(len(s) - 1, math.ceil(p / 100 * len(s)) - 1))
-    return s[k]
-
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
 
 
 # =============================================================================================
@@ -225,18 +227,9 @@ def writer_main(spec: dict[str, Any]) -> dict[str, Any]:
     # op == "insert"
     values = [rnd.randbytes(ROW_CHARS // 2).hex() for _ in range(spec["n"])]
     pos_fd = os.open(spec["pos"], os.O_RDONLY) if spec.get("pos") else None
-    rate = spec.get("rate")
-    rows: list[tuple[int, float, int]] = []
     t0 = time.monotonic()
-    for i, v in enumerate(values):
-        if rate:
-            delay = t0 + i / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-        cur = con.execute("INSERT INTO t(v) VALUES (?)", (v,))
-        t = time.monotonic()
-        txid = read_pos_fd(pos_fd) if pos_fd is not None else 0
-        rows.append((cur.lastrowid or 0, t, txid))
+    rows = insert_paced(con, values, spec.get("rate"),
+                        None if pos_fd is None else lambda: read_pos_fd(pos_fd))
     seconds = time.monotonic() - t0
     con.close()
     return {"rows": rows, "seconds": seconds}
@@ -324,14 +317,8 @@ def reader_main(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def client_main(kind: str, arg: str) -> int:
-    spec = json.loads(arg)
     fn = {"_writer": writer_main, "_observer": observer_main, "_reader": reader_main}[kind]
-    try:
-        out = fn(spec)
-    except Exception as exc:  # reported to the parent
-        out = {"error": f"{type(exc).__name__}: {exc}"}
-    print(json.dumps(out), flush=True)
-    return 0
+    return run_json_client(fn, arg)
 
 
 def client_cmd(kind: str, spec: dict[str, Any]) -> list[str]:
@@ -390,51 +377,6 @@ class Background:
 # The litefs nodes.
 # =============================================================================================
 
-def is_mounted(path: Path) -> bool:
-    with open("/proc/self/mounts") as f:
-        return any(len(fields) > 1 and fields[1] == str(path)
-                   for fields in (line.split() for line in f))
-
-
-def lazy_unmount(path: Path) -> None:
-    if is_mounted(path):
-        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, timeout=30)
-
-
-def proc_status(pid: int, key: str) -> int:
-    """A kB field of /proc/PID/status (VmHWM, VmRSS), in bytes."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except FileNotFoundError:
-        pass
-    return 0
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _default_signals() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
@@ -460,30 +402,16 @@ class Node:
     def start(self, timeout: float = 300) -> None:
         self.mount_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.log_path.touch()
         self.log_offset = self.log_path.stat().st_size
         cmd = [sys.executable, "-m", "litefs_py", "mount", "--mount-dir", str(self.mount_dir),
                "--data-dir", str(self.data_dir), "--config", str(self.config)]
-        env = {**os.environ, "PYTHONPATH": str(LITEFS_SRC)}
         t0 = time.monotonic()
         self.started_wall = time.time()
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                     cwd=LITEFS_SRC, env=env, preexec_fn=_default_signals)
-        log.close()
-        deadline = t0 + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name}: litefs mount exited with "
-                                   f"{self.proc.returncode}:\n{self.log_tail()}")
-            if is_mounted(self.mount_dir):
-                with contextlib.suppress(OSError):
-                    os.listdir(self.mount_dir)
-                    if os.stat(self.mount_dir).st_dev != os.stat(self.mount_dir.parent).st_dev:
-                        self.start_seconds = time.monotonic() - t0
-                        return
-            time.sleep(0.01)
-        raise RuntimeError(f"{self.name}: litefs mount did not come up in time:\n"
-                           + self.log_tail())
+        self.proc = start_fuse_server(f"{self.name}: litefs mount", cmd, self.mount_dir,
+                                      self.log_path, cwd=LITEFS_SRC, timeout=timeout,
+                                      env={**os.environ, "PYTHONPATH": str(LITEFS_SRC)})
+        self.start_seconds = time.monotonic() - t0
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -962,12 +890,10 @@ class Bench:
             self.r.problems.append(f"{name}: replica quick_check says {qc}")
 
     def profile(self, primary: Node, replica: Node) -> None:
-        out_dir = Path(self.args.py_spy).absolute()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        if not os.path.exists(py_spy):
-            self.r.notes.append("py-spy not found: `.venv/bin/pip install py-spy` to profile")
+        found = py_spy_setup(self.args.py_spy, self.r.notes)
+        if found is None:
             return
+        py_spy, out_dir = found
         con = connect(primary.db("prof-big.db"), "wal", "normal")
         con.execute("CREATE TABLE big(id INTEGER PRIMARY KEY, v TEXT)")
         con.close()
@@ -1298,17 +1224,12 @@ def main() -> int:
     ap.add_argument("--py-spy", metavar="DIR",
                     help="after the timed phases, profile the replica with py-spy during a "
                          "WAL burst and big transactions (flame graphs and summaries in DIR)")
-    ap.add_argument("--dump", metavar="FILE",
-                    help="write every commit time and every observed change as JSON")
-    ap.add_argument("--tmp", metavar="DIR", default=None,
-                    help="where to create the work directory (default: the system temp dir)")
-    ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--rev", metavar="REV", default=None,
                     help="run litefs_py/ as committed at this git revision (git archive into "
                          "the work directory)")
-    ap.add_argument("--litefs-src", metavar="DIR", default=None,
-                    help="run litefs from this source tree (a directory holding litefs_py/); "
-                         "default: a copy of this repository's litefs_py/ made at start")
+    add_run_options(ap, dump="write every commit time and every observed change as JSON",
+                    litefs_src=f"{LITEFS_SRC_HELP}; default: a copy of this repository's "
+                               "litefs_py/ made at start")
     args = ap.parse_args()
     scale = QUICK if args.quick else FULL
     if os.geteuid() != 0:
@@ -1325,9 +1246,7 @@ def main() -> int:
         subprocess.run(["tar", "-x", "-C", str(LITEFS_SRC)], input=archive, check=True)
         src_label = f"{REPO} at git {sha} (git archive)"
     elif args.litefs_src:
-        LITEFS_SRC = Path(args.litefs_src).absolute()
-        if not (LITEFS_SRC / "litefs_py").is_dir():
-            ap.error(f"{LITEFS_SRC} holds no litefs_py/")
+        LITEFS_SRC = use_litefs_src(ap, args.litefs_src)
         src_label = f"{LITEFS_SRC}"
     else:
         LITEFS_SRC = root / "src"
@@ -1338,26 +1257,12 @@ def main() -> int:
     bench = Bench(args, scale, root)
     _log(f"work directory {root}")
     t0 = time.perf_counter()
-
-    def on_term(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        bench.run()
-    finally:
-        bench.stop_all()
-        for d in root.glob("*/mnt"):
-            lazy_unmount(d)
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+    run_in_workdir(root, args.keep, bench.run, bench.stop_all)
     if args.dump:
         Path(args.dump).write_text(json.dumps(bench.dump))
     print(f"# bench/replica.py {scale.name} run, {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(f"litefs from {src_label}")
-    print(f"python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
-          f"{os.cpu_count()} CPUs, kernel {platform.release()}; "
-          f"{time.perf_counter() - t0:.0f} s total")
+    print(machine_line(t0))
     for key in ("load_start", "load_end"):
         if key in bench.r.info:
             print(f"{key.replace('_', ' ')}: " + " ".join(f"{x:.2f}" for x in bench.r.info[key])

@@ -8,12 +8,11 @@ import gc
 import json
 import logging
 import os
-import re
 import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,7 +23,10 @@ from .config import Config
 from .errors import ExitCode, QuietError
 from .fuse.ops import PrimaryOperations
 from .fuse.replica_ops import ReplicaKernelCache, ReplicaOperations
+from .mountinfo import is_mounted
 from .proxy.settings import ProxySettings
+from .replication import http_tls
+from .replication.budget import RequestBudget
 from .replication.maintenance import ReplicaMaintainer, Schedule
 from .replication.replica_node import ReplicaNode
 from .replication.stream_server import StreamServer
@@ -33,6 +35,7 @@ from .storage.base import ReplicaClient
 from .storage.errors import StorageError
 from .store.apply_fence import ApplyFence
 from .store.db import DB
+from .store.quarantine import QuarantineUsage
 from .store.replica_state import ReplicaState
 from .store.store import Store, valid_db_name
 
@@ -96,6 +99,7 @@ class Replicator:
         client = client_for(replica)
         up = Uploader(db, client, sync_interval=replica.sync_interval,
                       batch_window=replica.batch_window,
+                      budget=RequestBudget(replica.upload_rate, replica.upload_burst),
                       retention=self.config.data.retention,
                       spool_limit=self.config.data.spool_limit)
         self.uploaders[db.name] = up
@@ -123,21 +127,10 @@ class Replicator:
 
 
 async def trim_local_log(db: DB, retention: float) -> None:
-    """For a database without a replica: delete local LTX files older than `retention`,
-    always keeping the newest (recovery starts from it)."""
+    """For a database without a replica (and on read replicas): local retention, by age."""
     while True:
         await trio.sleep(max(1.0, min(retention / 4, 60.0)))
-        cutoff = time.time() - retention
-        newest = db.ltx.last_path()
-        for _lo, _hi, path in list(db.ltx.paths()):
-            if path == newest:
-                break
-            try:
-                if path.stat().st_mtime >= cutoff:
-                    break  # in TXID order, so the rest are newer
-            except FileNotFoundError:
-                continue
-            db.ltx.delete(path)
+        db.ltx.trim(retention)
 
 
 def replica_database_names(config: Config) -> list[str]:
@@ -163,41 +156,20 @@ def replica_database_names(config: Config) -> list[str]:
     return sorted(names)
 
 
-def restore_missing_databases(config: Config, data_dir: Path) -> None:
+def restore_missing_databases(config: Config, store: Store) -> None:
     """Cold start: bring back from the replica every database that is not here yet, before
     the mount is exposed. A replica with nothing in it means starting empty."""
     from .replica_clients import client_for
     from .replication.restore import restore_to_data_dir
 
     for name in replica_database_names(config):
-        root = data_dir / "dbs" / name
-        if (root / "database").exists() or any((root / "ltx").glob("*.ltx")):
+        if store.has_local_data(name):
             continue
         replica = config.replica_for(name)
         assert replica is not None
         client = client_for(replica)
-        result = restore_to_data_dir(client, data_dir, name, if_replica_exists=True)
+        result = restore_to_data_dir(client, store, name, if_replica_exists=True)
         log.info("%s: %s", name, result.summary())
-
-
-def _unescape_mount_path(field: str) -> str:
-    # /proc/self/mounts escapes space, tab, newline and backslash as octal (\040 ...).
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def is_mounted(path: Path) -> bool:
-    """Whether `path` is a mount point, read from /proc/self/mounts.
-
-    `path` must already be absolute and resolved: this never stats it, because a stat of a
-    FUSE mount whose server is this process (or a dead one) waits forever.
-    """
-    target = str(path)
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 1 and _unescape_mount_path(fields[1]) == target:
-                return True
-    return False
 
 
 def resolve_mount_dir(path: Path) -> Path:
@@ -304,7 +276,7 @@ async def _run_command(label: str, cmd: AppCommand, sup: Supervision) -> int:
 
 
 async def _supervise(commands: tuple[AppCommand, ...], candidate: bool,
-                     sup: Supervision) -> None:
+                     sup: Supervision, exit_on_error: bool = True) -> None:
     """Run the exec commands as LiteFS does: in order; `if_candidate` ones only on a lease
     candidate; every one but the last to completion (a non-zero exit stops the start-up);
     the last supervised. When the last exits (or the start-up stops), unmount and pass its
@@ -328,9 +300,16 @@ async def _supervise(commands: tuple[AppCommand, ...], candidate: bool,
                 sup.exit_code = exit_status(returncode)
                 why = f"{cmd.show()} " + ("finished, but a signal arrived" if returncode == 0
                                           else describe_status(returncode))
+                rest = ", ".join(c.show() for c in commands[i + 1:])
+                if not exit_on_error and not sup.stopping:
+                    # LiteFS's exit-on-error: false: keep the mount (and the container) up
+                    # so the failed step can be inspected and run again by hand.
+                    log.error("%s: %s; not starting the rest of exec (%s); exit-on-error is "
+                              "false: the mount stays up for inspection, SIGTERM or SIGINT "
+                              "unmounts and exits with %d", label, why, rest, sup.exit_code)
+                    return
                 log.error("%s: %s; not starting the rest of exec (%s); unmounting and "
-                          "exiting with %d", label, why,
-                          ", ".join(c.show() for c in commands[i + 1:]), sup.exit_code)
+                          "exiting with %d", label, why, rest, sup.exit_code)
                 await stop_mount(sup)
                 return
             log.info("%s: %s finished", label, cmd.show())
@@ -343,12 +322,19 @@ async def _supervise(commands: tuple[AppCommand, ...], candidate: bool,
 
 
 def status_document(store: Store, replicator: Replicator | None,
-                    node: ReplicaNode | None = None) -> dict[str, object]:
-    """What `litefs status` prints: per database, position, replica position, lag, spool."""
+                    node: ReplicaNode | None = None,
+                    quarantine: Mapping[str, QuarantineUsage] | None = None
+                    ) -> dict[str, object]:
+    """What `litefs status` prints: per database, position, replica position, lag, spool,
+    and what its quarantine holds (`quarantine`: from Store.quarantine_usage)."""
     dbs: dict[str, object] = {}
     for name, db in sorted(store.dbs.items()):
         entry: dict[str, object] = {"txid": f"{db.txid:016x}", "checksum": f"{db.checksum:016x}",
                                     "deleted": db.deleted}
+        kept = (quarantine or {}).get(name)
+        if kept is not None:
+            entry["quarantine"] = {"entries": kept.entries, "bytes": kept.bytes,
+                                   "path": str(store.quarantine(name).directory)}
         up = replicator.uploaders.get(name) if replicator is not None else None
         if up is not None:
             st = up.status
@@ -360,7 +346,8 @@ def status_document(store: Store, replicator: Replicator | None,
                 "spool_files": st.spool_files,
                 "uploads": st.uploads,
                 "put_requests": st.put_requests,
-                "last_error": st.last_error,
+                "upload_budget": up.budget.to_json(),
+                **st.retry.to_json(),  # last_error, whether it needs a fix, errors by kind
             }
         dbs[name] = entry
     doc: dict[str, object] = {"pid": os.getpid(), "updated": time.time(), "databases": dbs}
@@ -373,6 +360,7 @@ def status_document(store: Store, replicator: Replicator | None,
             "applied_pages": stats.applied_pages,
             "snapshots": stats.snapshots, "reconnects": stats.reconnects,
             "last_error": stats.last_error,
+            "followers": {name: f.status.to_json() for name, f in sorted(node.followers.items())},
         }
     return doc
 
@@ -380,17 +368,11 @@ def status_document(store: Store, replicator: Replicator | None,
 async def _write_status(store: Store, replicator: Replicator,
                         node: ReplicaNode | None = None) -> None:
     """Keep DATA/status.json current (atomically replaced) for `litefs status`."""
-    path = store.data_dir / "status.json"
-    tmp = store.data_dir / "status.json.tmp"
     while True:
-        doc = json.dumps(status_document(store, replicator, node), indent=2)
-        await trio.to_thread.run_sync(_replace_file, tmp, path, doc)
+        quarantine = await trio.to_thread.run_sync(store.quarantine_usage)
+        doc = json.dumps(status_document(store, replicator, node, quarantine), indent=2)
+        await trio.to_thread.run_sync(store.save_status, doc)
         await trio.sleep(STATUS_INTERVAL)
-
-
-def _replace_file(tmp: Path, path: Path, text: str) -> None:
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def http_secret(config: Config) -> str | None:
@@ -454,7 +436,9 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
                 ops.store, ops.state, primary_url=config.lease.advertise_url,
                 secret=http_secret(config), fence_for=fences.get,
                 cache=ReplicaKernelCache(ops),
-                bucket_dbs=(lambda: bucket_databases(config)) if has_bucket else None)
+                bucket_dbs=(lambda: bucket_databases(config)) if has_bucket else None,
+                tls=http_tls.client_context(config.http.tls),
+                allow_insecure=config.http.allow_insecure)
             nursery.start_soon(node.run, name="replication from the primary")
 
             def trim(db: DB) -> None:
@@ -463,10 +447,11 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
 
             for db in list(ops.store.dbs.values()):
                 trim(db)
-            ops.store.db_listeners.append(trim)
+            ops.store.add_db_listener(trim)
         else:
             server = StreamServer(ops.store, secret=http_secret(config),
-                                  advertise_url=config.lease.advertise_url)
+                                  advertise_url=config.lease.advertise_url,
+                                  tls=http_tls.server_context(config.http.tls))
             await nursery.start(server.serve, config.http.addr)
             stream_server = server
             from .proxy.run import RUN_PATH, make_run_endpoint
@@ -475,12 +460,14 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
             server.routes["POST", RUN_PATH] = make_run_endpoint(http_secret(config))
             for db in list(ops.store.dbs.values()):
                 replicator.attach(db)
-            ops.store.db_listeners.append(replicator.attach)
+            ops.store.add_db_listener(replicator.attach)
+        _serve_metrics(nursery, config, ops.store, replicator, node, stream_server)
         nursery.start_soon(_write_status, ops.store, replicator, node)
         if opts.proxy is not None:  # before the app starts: its first requests may come
             await _start_proxy(nursery, opts.proxy, ops.store, config, node, stream_server)
         if opts.commands:
-            nursery.start_soon(_supervise, opts.commands, config.lease.candidate, sup)
+            nursery.start_soon(_supervise, opts.commands, config.lease.candidate, sup,
+                               config.exit_on_error)
         await pyfuse3.main()
         log.debug("FUSE loop ended; stopping background tasks")
         with trio.CancelScope(shield=True):
@@ -510,6 +497,26 @@ async def _start_proxy(nursery: trio.Nursery, settings: ProxySettings, store: St
                  settings.target, settings.db)
 
 
+def _serve_metrics(nursery: trio.Nursery, config: Config, store: Store, replicator: Replicator,
+                   node: ReplicaNode | None, server: StreamServer | None) -> None:
+    """GET /metrics: on the primary's replication API, or on a replica's own listener."""
+    from .replication.metrics import (
+        METRICS_PATH,
+        MetricsEndpoint,
+        MountMetrics,
+        serve_metrics_only,
+    )
+
+    endpoint = MetricsEndpoint(
+        MountMetrics(store, uploaders=replicator.uploaders, node=node, server=server),
+        public=config.http.metrics_public)
+    if server is not None:
+        server.endpoints[METRICS_PATH] = endpoint
+    else:
+        nursery.start_soon(serve_metrics_only, endpoint, config.http.addr, http_secret(config),
+                           name="metrics listener")
+
+
 def run_mount(opts: MountOptions) -> int:
     """Restore and recover every database, mount, serve until a signal (or until the
     supervised command exits), unmount, save state. Returns the exit status to exit with:
@@ -517,8 +524,9 @@ def run_mount(opts: MountOptions) -> int:
     0."""
     opts = replace(opts, mount_dir=resolve_mount_dir(opts.mount_dir),
                    data_dir=opts.data_dir.absolute())
+    http_tls.validate(opts.config.http.tls)  # a bad certificate path fails here, named
     opts.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(opts.data_dir)
+    store = Store(opts.data_dir, quarantine_limit=opts.config.data.quarantine_limit)
     store.lock()
     replica = not opts.config.lease.candidate
     try:
@@ -526,7 +534,7 @@ def run_mount(opts: MountOptions) -> int:
             log.info("read replica of %s", opts.config.lease.advertise_url
                      or "the replica bucket (no lease.advertise-url)")
         else:
-            restore_missing_databases(opts.config, opts.data_dir)
+            restore_missing_databases(opts.config, store)
         store.open(replica=replica)
     except BaseException:
         store.close()
@@ -562,4 +570,4 @@ def run_mount(opts: MountOptions) -> int:
         log.info("unmounted %s", opts.mount_dir)
     if sup.process is not None and sup.process.returncode is None:
         sup.process.kill()  # the mount is going away: the application cannot continue
-    return sup.exit_code or 0
+    return sup.exit_code or 0  # already 128+N for an app killed by signal N (exit_status)

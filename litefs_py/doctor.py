@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .config import Config, ReplicaConfig
+from .config import CREDENTIAL_ENV, Config, ReplicaConfig, find_credentials
 from .errors import QuietError
 from .storage.base import ReplicaClient
 from .storage.endpoint import normalize_endpoint
@@ -91,20 +91,20 @@ def _mask(key_id: str) -> str:
 
 def credentials_source(replica: ReplicaConfig, config: Config | None,
                        env: Mapping[str, str]) -> str | None:
-    """Where `resolve_credentials` finds the keys of an s3 replica, in its order: the config
-    file (the replica's own keys or the top-level ones), LITEFS_*, LITESTREAM_*; None when
-    it finds none (the AWS default chain then looks further)."""
-    file = f" in {config.source}" if config is not None and config.source else ""
+    """Where `find_credentials` finds the keys of an s3 replica (the one lookup order: the
+    config file, then LITEFS_*, then LITESTREAM_*); None when it finds none (the AWS default
+    chain then looks further). A half-set pair raises the configuration error."""
+    creds = find_credentials(replica, env)
+    if creds.access_key_id is None:
+        return None
     if replica.access_key_id is not None:
+        file = f" in {config.source}" if config is not None and config.source else ""
         top = config is not None and config.access_key_id == replica.access_key_id
         key = "access-key-id/secret-access-key" + (" (top level)" if top else " (replica)")
-        return f"key {_mask(replica.access_key_id)} from {key}{file}"
-    for prefix in ("LITEFS", "LITESTREAM"):
-        key_id = env.get(f"{prefix}_ACCESS_KEY_ID")
-        if key_id:
-            return (f"key {_mask(key_id)} from the environment ({prefix}_ACCESS_KEY_ID/"
-                    f"{prefix}_SECRET_ACCESS_KEY)")
-    return None
+        return f"key {_mask(creds.access_key_id)} from {key}{file}"
+    secret_var = dict(CREDENTIAL_ENV)[creds.source]
+    return (f"key {_mask(creds.access_key_id)} from the environment ({creds.source}/"
+            f"{secret_var})")
 
 
 def aws_chain_source(env: Mapping[str, str]) -> str | None:

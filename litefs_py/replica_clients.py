@@ -8,33 +8,52 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .config import ReplicaConfig, parse_replica_url, resolve_credentials
+from .config import ReplicaConfig, find_credentials, parse_replica_url
 from .errors import ExitCode
 from .storage.base import ReplicaClient
 from .storage.errors import StorageError
 from .storage.file import FileReplicaClient
 
-
-def _credentials_source(replica: ReplicaConfig, env: Mapping[str, str]) -> str:
-    """Where resolve_credentials found the keys, for error messages (same order)."""
-    if replica.access_key_id is not None:
-        return "the configuration file (access-key-id)"
-    for var in ("LITEFS_ACCESS_KEY_ID", "LITESTREAM_ACCESS_KEY_ID"):
-        if env.get(var):
-            return var
-    return "the AWS default chain (AWS_ACCESS_KEY_ID, ~/.aws, instance role)"
+if TYPE_CHECKING:
+    from .storage.s3 import S3ReplicaClient
 
 
-def client_for(replica: ReplicaConfig, env: Mapping[str, str] = os.environ) -> ReplicaClient:
+def client_for(replica: ReplicaConfig, env: Mapping[str, str] = os.environ, *,
+               reading: bool = False) -> ReplicaClient:
     """The client of one database's replica (`replica` already has the database's path).
-    Credentials: `resolve_credentials` (config, LITEFS_*, LITESTREAM_*, then AWS's chain).
-    Nothing is contacted here: call `check()` to probe."""
+    Credentials: `find_credentials` (config, LITEFS_*, LITESTREAM_*, then AWS's chain).
+    Nothing is contacted here: call `check()` to probe.
+
+    `reading`: the caller mostly reads (`litefs restore`, a short process): an S3 replica
+    gets the small signed-HTTP reader (storage/s3_reader.py), which starts without importing
+    boto3 and hands any write to a boto3 client built on first use, whenever the reader can
+    serve it as boto3 would (plain keys, no proxy)."""
     if replica.type == "file":
         return FileReplicaClient(Path(replica.path))
     if replica.bucket is None:
         raise StorageError("an s3 replica needs a bucket", ExitCode.CONFIG)
-    key_id, secret = resolve_credentials(replica, env)
+    credentials = find_credentials(replica, env)
+    if reading:
+        from .storage.s3_reader import S3ReaderClient, reader_credentials
+
+        keys = reader_credentials(replica.endpoint, replica.region, credentials.access_key_id,
+                                  credentials.secret_access_key, env)
+        if keys is not None:
+            source = (credentials.source if credentials.access_key_id is not None
+                      else "AWS_ACCESS_KEY_ID")
+            return S3ReaderClient(
+                replica.bucket, replica.path, credentials=keys, endpoint=replica.endpoint,
+                region=replica.region, force_path_style=replica.force_path_style,
+                credentials_source=source, env=env,
+                writer=lambda: _boto_client(replica, env))
+    return _boto_client(replica, env)
+
+
+def _boto_client(replica: ReplicaConfig, env: Mapping[str, str]) -> S3ReplicaClient:
+    assert replica.bucket is not None
+    credentials = find_credentials(replica, env)
     from .storage.s3 import S3ReplicaClient  # boto3 takes a while to import: only when needed
 
     return S3ReplicaClient(
@@ -43,13 +62,14 @@ def client_for(replica: ReplicaConfig, env: Mapping[str, str] = os.environ) -> R
         endpoint=replica.endpoint,
         region=replica.region,
         force_path_style=replica.force_path_style,
-        access_key_id=key_id,
-        secret_access_key=secret,
-        credentials_source=_credentials_source(replica, env),
+        access_key_id=credentials.access_key_id,
+        secret_access_key=credentials.secret_access_key,
+        credentials_source=credentials.source,
     )
 
 
-def client_for_url(url: str, env: Mapping[str, str] = os.environ) -> ReplicaClient:
+def client_for_url(url: str, env: Mapping[str, str] = os.environ, *,
+                   reading: bool = False) -> ReplicaClient:
     """The client for a replica URL (`s3://bucket/path?endpoint=...`, `file:///dir`, `/dir`);
     the path is used as given. Raises QuietError (CONFIG) for a bad URL."""
-    return client_for(parse_replica_url(url), env)
+    return client_for(parse_replica_url(url), env, reading=reading)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Set up (idempotent) and run every check: ruff, mypy (strict on the codecs), the test suite.
+# Set up (idempotent, with what the tests need) and run every check: ruff, mypy (strict on the codecs), the test suite.
 # Exits non-zero on any failure, including "no tests collected" (pytest exit code 5).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh || exit 1
+bash scripts/setup.sh --test || exit 1
 export PATH="$PWD/.venv/bin:$PATH"
 
 status=0

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.needs import CI
 from tests.s3_server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer, S3Bucket, create_bucket
 
 
@@ -38,3 +39,25 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterat
         terminalreporter.write_sep("=", f"{len(failed)} failed or errored (names only)")
         for nodeid in failed:
             terminalreporter.write_line(f"FAILED {nodeid}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "opt_in: runs only when asked (an environment variable); skipping it is "
+        "not a CI failure")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item,
+                              call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """Under CI=true a skip is a failure (CI must run every test; tests/needs.py says how a
+    test names what to install), except for tests marked `opt_in`, which run only when asked.
+    Expected failures (xfail) stay what they are."""
+    report: pytest.TestReport = yield
+    if (CI and report.skipped and not hasattr(report, "wasxfail")
+            and item.get_closest_marker("opt_in") is None):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"CI=true: a test may not skip in CI, but this one did: {reason}"
+    return report

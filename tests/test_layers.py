@@ -11,7 +11,7 @@ PACKAGE = Path(litefs_py.__file__).parent
 
 # Lower number = lower layer. A module may import its own layer or any lower one.
 LAYERS: dict[str, int] = {
-    "errors": 0, "types": 0,
+    "errors": 0, "types": 0, "mountinfo": 0,
     "ltx": 1, "sqlite": 1,
     "store": 2,
     "storage": 3,
@@ -23,7 +23,7 @@ LAYERS: dict[str, int] = {
 }
 # Third-party libraries that belong to one layer only (docs/design.md).
 CONFINED = {"boto3": {"storage.s3"}, "botocore": {"storage.s3"},
-            "pyfuse3": {"fuse", "app"}}
+            "pyfuse3": {"fuse", "app"}, "prometheus_client": {"replication.metrics"}}
 PURE = {"ltx", "sqlite"}  # no trio, pyfuse3, boto3
 
 

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
-from ..store.db import DB, SUFFIXES, FileKind
-from ..store.store import Store, parse_name, valid_db_name
+from ..store.db import DB
+from ..store.store import Store, valid_db_name
+from ..types import COMPANIONS, FileKind, parse_name
 from .boundary import fuse_boundary, to_fuse_error
 
 log = logging.getLogger("litefs.fuse")
 
 ROOT = pyfuse3.ROOT_INODE
-POS = None  # kind of the virtual `-pos` file
 POS_SIZE = 34  # "%016x/%016x\n"
 CACHE_TIMEOUT = 300.0  # every change goes through this process, so the kernel may cache
 FSYNC_INLINE_LTX_FILES = 4  # fsyncs with more unsynced LTX files run in a worker thread
@@ -34,7 +34,7 @@ FSYNC_INLINE_LTX_FILES = 4  # fsyncs with more unsynced LTX files run in a worke
 @dataclass(slots=True)
 class Handle:
     db: DB
-    kind: FileKind | None
+    kind: FileKind
     inode: int
 
 
@@ -48,21 +48,27 @@ class PrimaryOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *,
+                 invalidate_entry: Callable[..., None] = pyfuse3.invalidate_entry_async
+                 ) -> None:
         super().__init__()
         self.store = store
         self._next_inode = ROOT + 1
-        self._inode_of: dict[tuple[str, FileKind | None], int] = {}
-        self._node: dict[int, tuple[str, FileKind | None]] = {}
+        self._inode_of: dict[tuple[str, FileKind], int] = {}
+        self._node: dict[int, tuple[str, FileKind]] = {}
         self._handles: dict[int, Handle] = {}
         self._times: dict[int, tuple[int, int, int]] = {}  # inode -> (atime, mtime, ctime)
         self._next_fh = 1
-        st = os.stat(store.data_dir)
-        self._uid, self._gid = st.st_uid, st.st_gid
+        # Tells the kernel a name is gone (pyfuse3's; the kernel-less tests pass their own).
+        self._invalidate_entry = invalidate_entry
 
     # ---- names and inodes ----------------------------------------------------------------
 
-    def _inode(self, name: str, kind: FileKind | None) -> int:
+    def inode_of(self, name: str, kind: FileKind) -> int | None:
+        """The inode the kernel knows `name`'s file of `kind` by, if it has looked it up."""
+        return self._inode_of.get((name, kind))
+
+    def _inode(self, name: str, kind: FileKind) -> int:
         key = (name, kind)
         ino = self._inode_of.get(key)
         if ino is None:
@@ -72,7 +78,7 @@ class PrimaryOperations(pyfuse3.Operations):
             self._node[ino] = key
         return ino
 
-    def _resolve(self, parent: int, raw: bytes) -> tuple[str, FileKind | None]:
+    def _resolve(self, parent: int, raw: bytes) -> tuple[str, FileKind]:
         if parent != ROOT:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         name = os.fsdecode(raw)
@@ -81,7 +87,7 @@ class PrimaryOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         return db_name, kind
 
-    def _lookup_node(self, inode: int) -> tuple[DB, FileKind | None]:
+    def _lookup_node(self, inode: int) -> tuple[DB, FileKind]:
         node = self._node.get(inode)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -93,7 +99,7 @@ class PrimaryOperations(pyfuse3.Operations):
     # ---- attributes ----------------------------------------------------------------------
 
     def _root_attrs(self) -> pyfuse3.EntryAttributes:
-        st = os.stat(self.store.data_dir)
+        st = self.store.root_stat()
         a = pyfuse3.EntryAttributes()
         a.st_ino = ROOT
         a.st_mode = stat.S_IFDIR | 0o755
@@ -106,19 +112,18 @@ class PrimaryOperations(pyfuse3.Operations):
         a.entry_timeout = 1.0
         return a
 
-    def _attrs(self, db: DB, kind: FileKind | None, inode: int) -> pyfuse3.EntryAttributes:
+    def _attrs(self, db: DB, kind: FileKind, inode: int) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = inode
         a.st_nlink = 1
-        if kind is None:
-            st = os.stat(db.path(FileKind.DATABASE))
+        if kind is FileKind.POS:
+            st = db.stat(FileKind.DATABASE)
             a.st_mode = stat.S_IFREG | 0o444
             a.st_size = POS_SIZE
             a.attr_timeout = 0.0
             a.entry_timeout = 0.0
         else:
-            fd = db._fds.get(kind)
-            st = os.fstat(fd) if fd is not None else os.stat(db.path(kind))
+            st = db.stat(kind)
             a.st_mode = st.st_mode
             a.st_size = st.st_size
             a.st_blocks = st.st_blocks
@@ -145,7 +150,7 @@ class PrimaryOperations(pyfuse3.Operations):
             return self._root_attrs()
         db_name, kind = self._resolve(parent_inode, name)
         db = self.store.get(db_name)
-        if db is None or (kind is not None and not db.exists(kind)):
+        if db is None or (kind.backed and not db.exists(kind)):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._attrs(db, kind, self._inode(db_name, kind))
 
@@ -163,21 +168,21 @@ class PrimaryOperations(pyfuse3.Operations):
         if inode == ROOT:
             raise pyfuse3.FUSEError(errno.EPERM)
         db, kind = self._lookup_node(inode)
-        if kind is None:
+        if kind is FileKind.POS:
             raise pyfuse3.FUSEError(errno.EPERM)
-        path = db.path(kind)
         if fields.update_size:
+            await self._writes_allowed(db, kind)
             db.truncate(kind, attr.st_size)
-        if fields.update_mode:
-            os.chmod(path, stat.S_IMODE(attr.st_mode))
-        if fields.update_uid or fields.update_gid:
-            os.chown(path, attr.st_uid if fields.update_uid else -1,
-                     attr.st_gid if fields.update_gid else -1)
+        times = None
         if fields.update_atime or fields.update_mtime:
             self._times.pop(inode, None)  # an explicit utime: report the new times
-            st = os.stat(path)
-            os.utime(path, ns=(attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
-                               attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns))
+            st = db.stat(kind)
+            times = (attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
+                     attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns)
+        db.set_attributes(
+            kind, mode=stat.S_IMODE(attr.st_mode) if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else -1,
+            gid=attr.st_gid if fields.update_gid else -1, times_ns=times)
         return self._attrs(db, kind, inode)
 
     # ---- directory -----------------------------------------------------------------------
@@ -193,11 +198,9 @@ class PrimaryOperations(pyfuse3.Operations):
         entries: list[tuple[str, Callable[[], pyfuse3.EntryAttributes]]] = []
         for name in self.store.names():
             db = self.store.dbs[name]
-            kinds: list[FileKind | None] = [FileKind.DATABASE]
-            kinds += [k for k in SUFFIXES if db.exists(k)]
-            kinds.append(POS)
+            kinds = [FileKind.DATABASE, *(k for k in COMPANIONS if db.exists(k)), FileKind.POS]
             for kind in kinds:
-                fname = name + (SUFFIXES.get(kind, "") if kind is not None else "-pos")
+                fname = name + kind.suffix
                 entries.append((fname, functools.partial(self._attrs, db, kind,
                                                          self._inode(db.name, kind))))
         return entries
@@ -220,7 +223,7 @@ class PrimaryOperations(pyfuse3.Operations):
 
     @fuse_boundary
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        sv = os.statvfs(self.store.data_dir)
+        sv = self.store.statvfs()
         out = pyfuse3.StatvfsData()
         for field in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
                       "f_ffree", "f_favail", "f_namemax"):
@@ -229,18 +232,25 @@ class PrimaryOperations(pyfuse3.Operations):
 
     # ---- files ---------------------------------------------------------------------------
 
-    def _new_handle(self, db: DB, kind: FileKind | None, inode: int) -> int:
+    def _new_handle(self, db: DB, kind: FileKind, inode: int) -> int:
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = Handle(db, kind, inode)
-        if kind is FileKind.SHM:
-            db.shm_opens += 1
+        db.opened(kind)
         return fh
+
+    @staticmethod
+    async def _writes_allowed(db: DB, kind: FileKind) -> None:
+        """Wait while a snapshot holds the database's writes (store/gate.py): a write that
+        would start a transaction waits; one of a transaction under way goes on (the
+        snapshot waits for that transaction to end). -shm is never held."""
+        while db.gate.held and kind is not FileKind.SHM and not db.in_transaction:
+            await db.gate.wait()
 
     @fuse_boundary
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         db, kind = self._lookup_node(inode)
-        if kind is None:
+        if kind is FileKind.POS:
             if flags & os.O_ACCMODE != os.O_RDONLY:
                 log.warning("%s-pos is read-only", db.name)
                 raise pyfuse3.FUSEError(errno.EACCES)
@@ -248,6 +258,7 @@ class PrimaryOperations(pyfuse3.Operations):
                                     keep_cache=False)
         db.fd(kind)
         if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
+            await self._writes_allowed(db, kind)
             db.truncate(kind, 0)
         return pyfuse3.FileInfo(fh=self._new_handle(db, kind, inode), keep_cache=True)
 
@@ -256,7 +267,7 @@ class PrimaryOperations(pyfuse3.Operations):
                      ctx: pyfuse3.RequestContext
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         db_name, kind = self._resolve(parent_inode, name)
-        if kind is None:
+        if kind is FileKind.POS:
             log.warning("%s-pos is a read-only virtual file; it cannot be created", db_name)
             raise pyfuse3.FUSEError(errno.EACCES)
         if not stat.S_ISREG(mode):
@@ -274,6 +285,7 @@ class PrimaryOperations(pyfuse3.Operations):
             db = existing
         db.fd(kind, create=True, mode=stat.S_IMODE(mode))
         if flags & os.O_TRUNC:
+            await self._writes_allowed(db, kind)
             db.truncate(kind, 0)
         inode = self._inode(db_name, kind)
         fh = self._new_handle(db, kind, inode)
@@ -282,17 +294,19 @@ class PrimaryOperations(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> bytes:
         try:
             h = self._handles[fh]
-            if h.kind is None:
+            if h.kind is FileKind.POS:
                 return pos_text(h.db)[off:off + size]
-            return os.pread(h.db.fd(h.kind), size, off)
+            return h.db.read(h.kind, off, size)
         except Exception as exc:
             raise to_fuse_error(exc, "read") from None
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         try:
             h = self._handles[fh]
-            if h.kind is None:
+            if h.kind is FileKind.POS:
                 raise pyfuse3.FUSEError(errno.EACCES)
+            if h.db.gate.held:
+                await self._writes_allowed(h.db, h.kind)
             return h.db.write(h.kind, off, buf)
         except Exception as exc:
             raise to_fuse_error(exc, "write") from None
@@ -305,7 +319,7 @@ class PrimaryOperations(pyfuse3.Operations):
     @fuse_boundary
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self._handles[fh]
-        if h.kind is None:
+        if h.kind is FileKind.POS:
             return
         many = h.db.ltx.unsynced_count > FSYNC_INLINE_LTX_FILES
         job = h.db.fsync_job(h.kind, datasync)
@@ -319,29 +333,52 @@ class PrimaryOperations(pyfuse3.Operations):
     @fuse_boundary
     async def release(self, fh: int) -> None:
         h = self._handles.pop(fh, None)
-        if h is not None and h.kind is FileKind.SHM:
-            h.db.shm_opens -= 1
+        if h is None:
+            return
+        db = h.db
+        db.released(h.kind)
+        if db.refused_write and db.txid == 0 and not db.open_handles():
+            self._drop_refused(db)
+
+    def _drop_refused(self, db: DB) -> None:
+        """A file created under the mount whose writes were all refused (a text file, a file
+        copied in with cp, a database in journal_mode=OFF) leaves nothing behind once closed:
+        no empty file in the mount, no empty directory in the data directory. Only when
+        nothing was ever written to it: the store never deletes data."""
+        if db.size(FileKind.DATABASE) or any(db.exists(k) for k in COMPANIONS):
+            return
+        self.store.forget(db.name)
+        self._forget_names(db.name)
+        log.info("%s: removed the empty file left by the refused write", db.name)
+
+    def _forget_names(self, name: str, kinds: tuple[FileKind, ...] = tuple(FileKind), *,
+                      tell_kernel: bool = True) -> None:
+        """Drop the inodes of `name`'s files (and tell the kernel the names are gone)."""
+        for kind in kinds:
+            node = self._inode_of.pop((name, kind), None)
+            if node is not None:
+                self._node.pop(node, None)
+                self._times.pop(node, None)
+                if tell_kernel:
+                    self._invalidate_entry(ROOT, os.fsencode(name + kind.suffix),
+                                           ignore_enoent=True)
 
     @fuse_boundary
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         db_name, kind = self._resolve(parent_inode, name)
-        if kind is None:
+        if kind is FileKind.POS:
             log.warning("%s-pos is a virtual file; it cannot be deleted", db_name)
             raise pyfuse3.FUSEError(errno.EPERM)
         db = self.store.dbs.get(db_name)
+        if db is not None:
+            await self._writes_allowed(db, kind)
         if db is None or not db.exists(kind):
             raise pyfuse3.FUSEError(errno.ENOENT)
         db.unlink(kind)
         if kind is FileKind.DATABASE and db.txid == 0:
             self.store.forget(db_name)  # never committed anything: leave no empty log behind
-        node = self._inode_of.pop((db_name, kind), None)
-        if node is not None:
-            self._node.pop(node, None)
-            self._times.pop(node, None)
-        if kind is FileKind.DATABASE:
-            pos = self._inode_of.pop((db_name, POS), None)
-            if pos is not None:
-                self._node.pop(pos, None)
+        gone = (kind, FileKind.POS) if kind is FileKind.DATABASE else (kind,)
+        self._forget_names(db_name, gone, tell_kernel=False)  # the kernel did the unlink
 
     @fuse_boundary
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:

@@ -25,9 +25,10 @@ from collections.abc import Callable
 
 import pyfuse3
 
-from ..store.db import DB, FileKind
+from ..store.db import DB
 from ..store.replica_state import ReplicaState
 from ..store.store import Store
+from ..types import FileKind
 from .boundary import fuse_boundary, to_fuse_error
 from .ops import ROOT, PrimaryOperations
 
@@ -39,8 +40,10 @@ REFUSAL_LOG_INTERVAL = 10.0  # seconds between log lines about refused writes, p
 
 
 class ReplicaOperations(PrimaryOperations):
-    def __init__(self, store: Store, state: ReplicaState) -> None:
-        super().__init__(store)
+    def __init__(self, store: Store, state: ReplicaState, *,
+                 invalidate_entry: Callable[..., None] = pyfuse3.invalidate_entry_async
+                 ) -> None:
+        super().__init__(store, invalidate_entry=invalidate_entry)
         self.state = state
         self._pid = os.getpid()
         self._virtual = {PRIMARY_FILE: self._next_inode, LAG_FILE: self._next_inode + 1}
@@ -127,7 +130,7 @@ class ReplicaOperations(PrimaryOperations):
                                     keep_cache=False)
         db, kind = self._lookup_node(inode)
         writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
-        if writing and kind not in (FileKind.SHM, None) and not self._ours(ctx):
+        if writing and kind not in (FileKind.SHM, FileKind.POS) and not self._ours(ctx):
             # SQLite always tries read-write first and falls back to read-only: not worth
             # a warning (actual writes are).
             log.debug("%s: read-write open refused; SQLite reopens it read-only", db.name)
@@ -167,7 +170,7 @@ class ReplicaOperations(PrimaryOperations):
             h = self._handles[fh]
             if h.kind is not FileKind.SHM:
                 raise self._refuse_write(h.db.name)
-            return os.pwrite(h.db.fd(FileKind.SHM), buf, off)
+            return h.db.write(FileKind.SHM, off, buf)
         except Exception as exc:
             raise to_fuse_error(exc, "write") from None
 
@@ -200,7 +203,7 @@ class ReplicaKernelCache:
         self.ops = ops
 
     def _ino(self, db: DB) -> int | None:
-        return self.ops._inode_of.get((db.name, FileKind.DATABASE))
+        return self.ops.inode_of(db.name, FileKind.DATABASE)
 
     def store(self, db: DB, offset: int, data: bytes) -> None:
         ino = self._ino(db)

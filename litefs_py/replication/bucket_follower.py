@@ -27,26 +27,29 @@ also plans from the whole bucket when level 0 shows nothing new, for the one cas
 listing cannot see: a replica that fell behind while every later level-0 file was compacted
 away, and nothing has been written since.
 
-Storage errors never end `run()`: each distinct error is logged once (warning), polls back
-off exponentially up to `max_backoff`, and recovery is logged. Errors raised by `apply` other
+Storage errors never end `run()`: each distinct error is logged once (warning) and polls are
+retried under storage/retry.py's policy — back-off with jitter up to `max_backoff`, or every
+30-60 s for errors that need a fix (credentials, no such bucket), named in the log and in
+`status` — and recovery is logged. Errors raised by `apply` other
 than `resnapshot_on` propagate (a bug, or a corrupt file that a retry cannot fix).
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import trio
 
+from ..ltx import FLAG_V3_NO_CHECKSUM, HEADER_SIZE, Header, LTXError
 from ..storage import aio
 from ..storage.base import SNAPSHOT_LEVEL, LtxFileInfo, ReplicaClient
 from ..storage.errors import ObjectNotFoundError, StorageError
+from ..storage.retry import RetryPolicy, RetryState
 from .restore_plan import (
     NoBackupsError,
     RestorePlan,
@@ -59,7 +62,10 @@ __all__ = ["ApplyFn", "BucketFollower", "FollowerStatus"]
 
 log = logging.getLogger("litefs.replication")
 
-ApplyFn = Callable[[bytes], Awaitable[None]]  # applies one whole LTX file (its bytes)
+# Applies one whole LTX file (its bytes). When the file carries no post-apply checksum of its
+# own (flag 0x2: snapshots and compacted files) and the bucket's metadata has one, it is
+# passed as a second argument: the apply must produce exactly that checksum.
+ApplyFn = Callable[..., Awaitable[None]]
 
 BRIDGE_LEVELS = (1, 2, 3)
 MAX_BACKOFF = 30.0
@@ -76,23 +82,32 @@ class FollowerStatus:
 
     last_poll: datetime | None = None  # when the last poll finished (successfully or not)
     last_success: datetime | None = None  # when a poll last finished without an error
-    last_error: str | None = None  # the last poll's error; None once a poll succeeds
     remote_txid: int = 0  # the highest TXID seen in the bucket
     files_applied: int = 0
     snapshots_applied: int = 0  # plans applied from their snapshot (catch-up or re-snapshot)
     bridges_applied: int = 0  # compacted files applied over a gap at level 0
-    failed_polls: int = 0  # consecutive failed polls (0 when the last one succeeded)
+    retry: RetryState = field(default_factory=RetryState)  # failed polls, counted per kind
+
+    @property
+    def last_error(self) -> str | None:
+        """The last poll's error; None once a poll succeeds."""
+        return self.retry.last_error
+
+    @property
+    def failed_polls(self) -> int:
+        """Consecutive failed polls (0 when the last one succeeded)."""
+        return self.retry.failures
 
     def to_json(self) -> dict[str, Any]:
         return {
             "last_poll": _iso(self.last_poll),
             "last_success": _iso(self.last_success),
-            "last_error": self.last_error,
             "remote_txid": f"{self.remote_txid:016x}",
             "files_applied": self.files_applied,
             "snapshots_applied": self.snapshots_applied,
             "bridges_applied": self.bridges_applied,
             "failed_polls": self.failed_polls,
+            **self.retry.to_json(),
         }
 
 
@@ -121,10 +136,11 @@ class BucketFollower:
         self.resnapshot_on = tuple(resnapshot_on)
         self._retry_on: tuple[type[BaseException], ...] = (
             StorageError, RestorePlanError, *self.resnapshot_on)
-        self.max_backoff = max(max_backoff, poll_interval)
         self.full_check_interval = full_check_interval
         self.bridge_levels = tuple(bridge_levels)
-        self.status = FollowerStatus()
+        # The first retry after two poll intervals, doubling up to max_backoff.
+        policy = RetryPolicy(initial=2 * poll_interval, cap=max(max_backoff, poll_interval))
+        self.status = FollowerStatus(retry=RetryState(policy))
         self._force_snapshot: str | None = None  # why the next step must re-snapshot
         self._waiting_logged = False
 
@@ -133,47 +149,42 @@ class BucketFollower:
     async def run(self) -> None:
         """Follow the bucket forever (cancel the task to stop)."""
         next_full = 0.0  # a full check first: the replica may have been offline a long time
-        logged: str | None = None
         while True:
             now = time.monotonic()
             full = now >= next_full
+            failing = self.status.last_error
             try:
                 await self.step(full=full)
             except self._retry_on as exc:
-                message = self._failed(exc)
-                if message != logged:
-                    logged = message
-                    log.warning("%s: following %s failed: %s (retrying with back-off)",
-                                self.name, self.client.description, message)
-                await trio.sleep(self._backoff(self.status.failed_polls))
+                await trio.sleep(self._failed(exc))
                 continue
             if full:
                 next_full = now + self.full_check_interval
-            if logged is not None:
+            if failing is not None:
                 log.info("%s: following %s again (it failed since: %s)", self.name,
-                         self.client.description, logged)
-                logged = None
+                         self.client.description, failing)
             await trio.sleep(self.poll_interval)
 
-    def _backoff(self, failures: int) -> float:
-        base = min(self.max_backoff, self.poll_interval * 2.0 ** min(failures, 20))
-        return base * random.uniform(0.8, 1.0)
-
-    def _failed(self, exc: BaseException) -> str:
+    def _failed(self, exc: BaseException) -> float:
+        """Count a failed poll, log it once, and return the seconds to wait."""
         message = f"{type(exc).__name__}: {exc}" if isinstance(exc, self.resnapshot_on) \
             else str(exc)
-        now = datetime.now(UTC)
-        self.status.last_poll = now
-        self.status.last_error = message
-        self.status.failed_polls += 1
-        return message
+        self.status.last_poll = datetime.now(UTC)
+        failure = self.status.retry.failed(exc, message)
+        if failure.new and failure.retryable:
+            log.warning("%s: following %s failed: %s (retrying with back-off)", self.name,
+                        self.client.description, message)
+        elif failure.new:
+            log.error("%s: following %s failed: %s. Retrying cannot fix this: it is tried "
+                      "again %s until it is fixed", self.name, self.client.description,
+                      message, self.status.retry.slow_pace())
+        return failure.delay
 
     def _succeeded(self) -> None:
         now = datetime.now(UTC)
         self.status.last_poll = now
         self.status.last_success = now
-        self.status.last_error = None
-        self.status.failed_polls = 0
+        self.status.retry.succeeded()
 
     # ---- one poll ------------------------------------------------------------------------
 
@@ -256,7 +267,11 @@ class BucketFollower:
     async def _apply_file(self, info: LtxFileInfo, pos: int) -> int:
         """Download and apply one file; return the new position (checked)."""
         data = await aio.run(self.client.read_ltx, info)
-        await self._apply(data)
+        expected = await self._expected_checksum(info, data)
+        if expected is None:
+            await self._apply(data)
+        else:
+            await self._apply(data, expected)
         self.status.files_applied += 1
         new = self._position()
         if new < info.max_txid:
@@ -266,6 +281,21 @@ class BucketFollower:
                 "does not advance the position")
         log.debug("%s: applied %s, now at TXID %016x", self.name, _span(info), new)
         return new
+
+    async def _expected_checksum(self, info: LtxFileInfo, data: bytes) -> int | None:
+        """The database checksum after `info` when the file itself has none to check (flag
+        0x2), from the object's metadata (a HEAD when the listing lacked it)."""
+        try:
+            flags = Header.decode(data[:HEADER_SIZE]).flags
+        except LTXError:
+            return None  # the apply names the damage
+        if not flags & FLAG_V3_NO_CHECKSUM or info.level == 0:
+            # The trailer carries it (the apply checks it), or a level-0 file continues the
+            # replica's checked position: no HEAD request per transaction.
+            return None
+        if info.post_apply_checksum is None:
+            info = await aio.run(self.client.ltx_metadata, info)
+        return info.post_apply_checksum
 
     async def _apply_contiguous(self, files: list[LtxFileInfo], pos: int) -> int:
         """Apply the listed level-0 files that continue `pos`, in order."""

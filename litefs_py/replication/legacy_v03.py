@@ -22,10 +22,8 @@ Choice, as Litestream 0.3.13 makes it:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,22 +35,15 @@ from ..sqlite import WALReader, WALStopReason
 from ..sqlite.errors import SQLiteFormatError
 from ..storage.base import ObjectInfo, ReplicaClient
 from .progress import NullProgress
-from .restore import (  # restore.py imports this module lazily, so no cycle at import time
-    STATUS_RESTORED,
-    RestoreResult,
-    _check,
-    _install,
-    _make_parents,
-    _remove_tmp,
-)
 from .restore_plan import NoBackupsError, format_time
 
 __all__ = [
+    "BuiltDatabase",
     "LegacyCorruptError",
     "LegacyPlan",
+    "apply_legacy_plan",
     "has_generations",
     "plan_legacy",
-    "restore_legacy",
 ]
 
 GENERATIONS = "generations/"
@@ -102,6 +93,15 @@ class _Generation:
     @property
     def updated(self) -> datetime:
         return max(o.last_modified for o in self.objects)
+
+
+@dataclass(frozen=True)
+class BuiltDatabase:
+    """What `apply_legacy_plan` built."""
+
+    page_size: int
+    page_count: int
+    bytes_read: int  # compressed bytes downloaded
 
 
 @dataclass(frozen=True)
@@ -277,8 +277,8 @@ def _page_size(header: bytes) -> int:
 
 
 def apply_legacy_plan(client: ReplicaClient, plan: LegacyPlan, path: Path,
-                      progress: NullProgress) -> tuple[int, int, int]:
-    """Build the database at `path`; return (page size, page count, bytes read)."""
+                      progress: NullProgress) -> BuiltDatabase:
+    """Build the database at `path` (written and fsynced; the caller installs it)."""
     read = 0
     with open(path, "w+b") as f:
         snap = plan.snapshot.obj
@@ -343,43 +343,5 @@ def apply_legacy_plan(client: ReplicaClient, plan: LegacyPlan, path: Path,
                          f"{len(image)} ({why})")
         f.flush()
         os.fsync(f.fileno())
-    return ps, page_count, read
+    return BuiltDatabase(ps, page_count, read)
 
-
-def restore_legacy(client: ReplicaClient, out: Path, *, timestamp: datetime | None = None,
-                   generation: str | None = None, wal_index: int | None = None,
-                   integrity: bool = False, progress: NullProgress | None = None,
-                   started: float | None = None, plan: LegacyPlan | None = None
-                   ) -> RestoreResult:
-    """Restore a Litestream 0.3 replica into `out` with the same protocol as LTX restores
-    (OUT.tmp, fsync, side files removed, rename, fsync dir). The caller checked `out`."""
-    started = time.monotonic() if started is None else started
-    progress = progress or NullProgress()
-    plan = plan or plan_legacy(client, timestamp=timestamp, generation=generation,
-                               wal_index=wal_index)
-    _make_parents(out)
-    tmp = Path(f"{out}.tmp")
-    _remove_tmp(tmp)
-    result = RestoreResult(STATUS_RESTORED, out, client.description, format="litestream-0.3")
-    try:
-        progress.add_total(plan.total_size)
-        ps, pages, read = apply_legacy_plan(client, plan, tmp, progress)
-        progress.close()
-        if integrity:
-            result.integrity = _check(tmp, f"the database rebuilt from {client.description} "
-                                           f"generation {plan.generation}")
-        _install(tmp, out, result.removed)
-    except BaseException:
-        progress.close()
-        with contextlib.suppress(OSError):
-            _remove_tmp(tmp)
-        raise
-    result.generation = plan.generation
-    result.wal_index = plan.wal_index
-    result.timestamp = plan.timestamp
-    result.page_size = ps
-    result.page_count = pages
-    result.files = [plan.snapshot.obj.key] + [s.obj.key for s in plan.segments]
-    result.bytes_read = read
-    result.seconds = time.monotonic() - started
-    return result

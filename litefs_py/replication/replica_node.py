@@ -11,6 +11,7 @@ the database for a snapshot and the stream reconnects asking for one; the reason
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,16 +20,19 @@ import trio
 
 from ..ltx import Header, LTXError
 from ..storage.base import ReplicaClient
+from ..storage.retry import RetryPolicy, RetryState
 from ..store.apply_fence import FenceTimeout
-from ..store.db import DB, FileKind
+from ..store.db import DB
 from ..store.replica_apply import (
     Fence,
     KernelCache,
+    LtxToApply,
     PositionMismatchError,
     apply_batch,
 )
 from ..store.replica_state import ReplicaState
 from ..store.store import Store, valid_db_name
+from ..types import ZERO_POS, FileKind, Pos
 from .bucket_follower import BucketFollower
 from .stream_client import AuthError, PrimaryStream, StreamError
 from .stream_protocol import Frame, ProtocolError, parse_positions
@@ -37,6 +41,9 @@ log = logging.getLogger("litefs.replica")
 
 FOLLOW_BUCKET_AFTER = 10.0  # seconds without the primary before following the bucket
 MAX_BACKOFF = 5.0
+# Reconnecting to the primary: from 0.1 s up to MAX_BACKOFF; a rejected secret every
+# MAX_BACKOFF (the primary may be restarted with the right one).
+STREAM_RETRY = RetryPolicy(initial=0.1, cap=MAX_BACKOFF, slow=(MAX_BACKOFF, MAX_BACKOFF))
 BUCKET_RESCAN = 30.0  # seconds between looks for new databases in the bucket
 
 
@@ -56,8 +63,11 @@ class ReplicaNode:
                  secret: str | None, fence_for: Callable[[DB], Fence | None],
                  cache: KernelCache | None,
                  bucket_dbs: Callable[[], list[tuple[str, ReplicaClient]]] | None = None,
-                 follow_after: float = FOLLOW_BUCKET_AFTER) -> None:
+                 follow_after: float = FOLLOW_BUCKET_AFTER,
+                 tls: ssl.SSLContext | None = None, allow_insecure: bool = False) -> None:
         self.store = store
+        self.tls = tls  # http_tls.client_context: verifies an https:// primary
+        self.allow_insecure = allow_insecure
         self.state = state
         self.primary_url = primary_url
         self.secret = secret
@@ -66,6 +76,7 @@ class ReplicaNode:
         self.bucket_dbs = bucket_dbs
         self.follow_after = follow_after
         self.stats = ReplicaStats()
+        self.followers: dict[str, BucketFollower] = {}  # databases followed in the bucket
         self._locks: dict[str, trio.Lock] = {}
         self._needs_snapshot: set[str] = set()
         self._following: trio.CancelScope | None = None
@@ -75,16 +86,16 @@ class ReplicaNode:
 
     # ---- applying ------------------------------------------------------------------------
 
-    def positions(self) -> dict[str, tuple[int, int]]:
-        return {name: ((0, 0) if name in self._needs_snapshot else db.pos)
+    def positions(self) -> dict[str, Pos]:
+        return {name: (ZERO_POS if name in self._needs_snapshot else db.pos)
                 for name, db in self.store.dbs.items() if db.txid}
 
     async def apply(self, name: str, data: bytes, expected_checksum: int | None = None) -> None:
         """Apply one LTX file to database `name` (created on first use). Raises
         PositionMismatchError (after marking the database for a snapshot) or LTXError."""
-        await self.apply_batch(name, [(data, expected_checksum)])
+        await self.apply_batch(name, [LtxToApply(data, expected_checksum)])
 
-    async def apply_batch(self, name: str, files: list[tuple[bytes, int | None]]) -> None:
+    async def apply_batch(self, name: str, files: list[LtxToApply]) -> None:
         """Apply consecutive LTX files to database `name` under one reader fence."""
         if not valid_db_name(name):
             raise ProtocolError(f"invalid database name {name!r}")
@@ -145,7 +156,7 @@ class ReplicaNode:
             if h.get("snapshot"):
                 log.info("%s: the primary sends a snapshot at TXID %s: %s", name,
                          h.get("max_txid"), h.get("reason") or "no reason given")
-            await self._connection.queue(name).send((frame.payload, expected))
+            await self._connection.queue(name).send(LtxToApply(frame.payload, expected))
             return  # the applier notes the position once the file is applied
         elif frame.type == "heartbeat":
             self._healthy = True
@@ -163,20 +174,22 @@ class ReplicaNode:
 
     async def _follow_primary(self, nursery: trio.Nursery) -> None:
         assert self.primary_url is not None
-        backoff = 0.1
+        retry = RetryState(STREAM_RETRY)
         down_since: float | None = None
         last_reason = None
         while True:
             stream = PrimaryStream(self.primary_url, self.secret, self.positions,
-                                   self._on_frame)
+                                   self._on_frame, tls=self.tls,
+                                   allow_insecure=self.allow_insecure)
             self._healthy = False
+            kind = "stream"
             try:
                 await self._connect(stream)
                 reason = (self._connection.failure
                           or f"{self.primary_url} closed the stream")
             except AuthError as exc:
                 reason = str(exc)
-                backoff = MAX_BACKOFF
+                kind = "auth"  # a wrong secret: waiting does not fix it
             except StreamError as exc:
                 reason = str(exc)
             except OSError as exc:  # e.g. readers held their locks too long: retry
@@ -186,7 +199,8 @@ class ReplicaNode:
                 reason = f"internal error: {exc!r}"
             if self._healthy:  # it worked for a while: retry at once
                 down_since = None
-                backoff = 0.1
+                retry.succeeded()
+            failure = retry.failed_with(reason, kind, retryable=kind != "auth")
             self.state.source = "none" if self._following is None else "bucket"
             self.stats.reconnects += 1
             self.stats.last_error = reason
@@ -201,8 +215,7 @@ class ReplicaNode:
                 log.warning("the primary has been unreachable for %.0f s; following the "
                             "bucket until it is back", now - down_since)
                 nursery.start_soon(self._follow_bucket_while_down)
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF)
+            await trio.sleep(failure.delay)
 
     async def _connect(self, stream: PrimaryStream) -> None:
         """One connection with its appliers; an error of the stream or of an applier is
@@ -252,6 +265,7 @@ class ReplicaNode:
                         name, client, _bound_apply(self, name),
                         _bound_position(self, name),
                         resnapshot_on=(PositionMismatchError,))
+                    self.followers[name] = follower
                     nursery.start_soon(_keep_running, follower, name=f"follow bucket {name}")
                 await trio.sleep(BUCKET_RESCAN)
 
@@ -274,14 +288,14 @@ class Connection:
     def __init__(self, node: ReplicaNode, nursery: trio.Nursery | None) -> None:
         self.node = node
         self.nursery = nursery
-        self.queues: dict[str, trio.MemorySendChannel[tuple[bytes, int | None]]] = {}
+        self.queues: dict[str, trio.MemorySendChannel[LtxToApply]] = {}
         self.failure: str | None = None
 
-    def queue(self, name: str) -> trio.MemorySendChannel[tuple[bytes, int | None]]:
+    def queue(self, name: str) -> trio.MemorySendChannel[LtxToApply]:
         q = self.queues.get(name)
         if q is None:
             assert self.nursery is not None
-            q, receive = trio.open_memory_channel[tuple[bytes, int | None]](APPLY_QUEUE)
+            q, receive = trio.open_memory_channel[LtxToApply](APPLY_QUEUE)
             self.queues[name] = q
             self.nursery.start_soon(self._applier, name, receive, name=f"apply {name}")
         return q
@@ -294,18 +308,18 @@ class Connection:
         self.nursery.cancel_scope.cancel()
 
     async def _applier(self, name: str,
-                       receive: trio.MemoryReceiveChannel[tuple[bytes, int | None]]) -> None:
+                       receive: trio.MemoryReceiveChannel[LtxToApply]) -> None:
         node = self.node
         async for first in receive:
             batch = [first]
             # Whatever else has arrived for this database goes under the same fence: a
             # replica that fell behind catches up with one pause of its readers.
-            while len(batch) < MAX_BATCH_FILES and not _is_deletion(batch[-1][0]):
+            while len(batch) < MAX_BATCH_FILES and not _is_deletion(batch[-1].data):
                 try:
                     item = receive.receive_nowait()
                 except trio.WouldBlock:
                     break
-                if _is_deletion(item[0]):
+                if _is_deletion(item.data):
                     await self._apply_with_retry(name, batch)
                     batch = [item]
                     break
@@ -316,7 +330,7 @@ class Connection:
             node.state.note_position(node._caught_up())
 
     async def _apply_with_retry(self, name: str,
-                                batch: list[tuple[bytes, int | None]]) -> bool:
+                                batch: list[LtxToApply]) -> bool:
         """Apply, waiting out readers that hold the database's locks; False when the
         connection must end (a snapshot is needed, or an error)."""
         node = self.node
@@ -371,9 +385,9 @@ async def _keep_running(follower: BucketFollower) -> None:
         await trio.sleep(MAX_BACKOFF)
 
 
-def _bound_apply(node: ReplicaNode, name: str) -> Callable[[bytes], Awaitable[None]]:
-    async def apply(data: bytes) -> None:
-        await node.apply(name, data)
+def _bound_apply(node: ReplicaNode, name: str) -> Callable[..., Awaitable[None]]:
+    async def apply(data: bytes, expected_checksum: int | None = None) -> None:
+        await node.apply(name, data, expected_checksum)
         node.state.note_position(True)
 
     return apply

@@ -1,9 +1,15 @@
 """Execute a restore: rebuild a SQLite database from a replica, or leave everything untouched.
 
-`restore_database(client, out)` is the whole operation (plan, download, verify, install) for a
-plain database file, as `litefs restore -o OUT` does; `restore_to_data_dir(client, data_dir,
-name)` installs the result where `litefs mount` keeps the database, with its position, so the
-mount continues the replica's TXIDs. Both are blocking (run them in a worker thread from trio).
+A restore is one `RestoreRequest` (where from, where to, which point, which flags); `restore()`
+runs it. `make_plan()` is the one planner: Litestream 0.5 LTX files (restore_plan.py) or, with
+--generation/--index or when the replica holds only them, Litestream 0.3 generations
+(legacy_v03.py). The output is checked, staged and installed by restore_output.py for both.
+Everything is blocking (run it in a worker thread from trio).
+
+Targets: `output` is a plain database file, as `litefs restore -o OUT` writes;
+`data_dir` + `name` installs the result where `litefs mount` keeps the database, with its
+position, so the mount continues the replica's TXIDs (`restore_to_data_dir`).
+`restore_database(client, out, **fields)` is the same as a request for a plain file.
 
 Safety protocol:
 
@@ -29,28 +35,36 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import sqlite3
+import queue
+import threading
 import time
-import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias
 
 from ..errors import ExitCode, QuietError
 from ..ltx import (
     Decoder,
     Header,
     LTXError,
-    encode_snapshot,
-    format_filename,
 )
 from ..storage.base import LtxFileInfo, ReplicaClient
 from ..storage.errors import ObjectNotFoundError
 from ..store.page_table import PageTable
 from .progress import NullProgress
+from .restore_output import (
+    STATUS_DB_EXISTS,
+    STATUS_NO_REPLICA,
+    STATUS_RESTORED,
+    IntegrityCheckError,
+    OutputExistsError,
+    RestoreResult,
+    build_and_install,
+    check_output,
+    integrity_check,
+)
 from .restore_plan import (
     CorruptObjectError,
     MixedPageSizeError,
@@ -58,32 +72,43 @@ from .restore_plan import (
     RestorePlan,
     RestoreTarget,
     describe_file,
-    format_time,
-    metadata_loader,
     plan_restore,
+    read_plan_headers,
 )
 
 __all__ = [
+    "STATUS_DB_EXISTS",
+    "STATUS_NO_REPLICA",
+    "STATUS_RESTORED",
+    "AnyPlan",
     "DatabaseDeletedError",
+    "DryRunResult",
     "IntegrityCheckError",
     "OutputExistsError",
+    "RestoreRequest",
     "RestoreResult",
     "apply_plan",
+    "check_point",
+    "integrity_check",
+    "make_plan",
+    "restore",
     "restore_database",
     "restore_to_data_dir",
 ]
 
+if TYPE_CHECKING:
+    from ..store.store import Store
+
+    # Litestream 0.3 restores are rare: legacy_v03 (and the WAL reader it needs) is imported
+    # only when one happens, which keeps it off every restore's start-up.
+    from .legacy_v03 import LegacyPlan
+
 log = logging.getLogger("litefs.restore")
 
-SIDE_FILES = ("-wal", "-shm", "-journal")
-STATUS_RESTORED = "restored"
-STATUS_DB_EXISTS = "skipped: database exists"
-STATUS_NO_REPLICA = "skipped: no backups"
-
-
-class OutputExistsError(QuietError):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, ExitCode.FAILED)
+WRITE_BUFFER = 1 << 20
+PREFETCH_CHUNKS = 32  # chunks (1 MiB from S3) downloaded ahead of the decoder
+AnyPlan: TypeAlias = "RestorePlan | LegacyPlan"
+STATUS_PLAN = "plan"
 
 
 class DatabaseDeletedError(QuietError):
@@ -91,75 +116,152 @@ class DatabaseDeletedError(QuietError):
         super().__init__(message, ExitCode.NOT_FOUND)
 
 
-class IntegrityCheckError(QuietError):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, ExitCode.FAILED)
+# --------------------------------------------------------------------------------------------
+# The request
+# --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RestoreResult:
-    """What a restore did (or why it did nothing); `to_json()` is `--json`'s document."""
+def check_point(*, txid: int | None, timestamp: datetime | None, generation: str | None,
+                wal_index: int | None) -> None:
+    """Refuse combinations of restore points that mean nothing (exit 2). The CLI calls it
+    before it reads the configuration, so a bad command line is reported first."""
+    if txid is not None and timestamp is not None:
+        raise QuietError("give --txid or --timestamp, not both", ExitCode.USAGE)
+    if generation is not None and txid is not None:
+        raise QuietError("--generation applies to Litestream 0.3 backups, which have no TXIDs; "
+                         "use --index or --timestamp with it", ExitCode.USAGE)
+    if wal_index is not None and generation is None:
+        raise QuietError("--index needs --generation (as in Litestream 0.3)", ExitCode.USAGE)
 
-    status: str
-    output: Path
-    replica: str
-    format: str = "ltx"  # "ltx" (Litestream 0.5 / litefs-py) or "litestream-0.3"
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """One restore: from `client`, into `output` (a plain database file) or into `data_dir`
+    as database `name` (where `litefs mount` keeps it), at a point, with the CLI's flags.
+
+    The point is the latest state, `txid` (inclusive) or `timestamp` (the last transaction at
+    or before it); Litestream 0.3 backups are chosen by `generation` and `wal_index` (or
+    `timestamp`). A `dry_run` needs no target: it only plans.
+    """
+
+    client: ReplicaClient
+    output: Path | None = None
+    data_dir: Path | None = None
+    name: str = ""
     txid: int | None = None
     timestamp: datetime | None = None
-    page_size: int = 0
-    page_count: int = 0
-    checksum: int | None = None  # rolling database checksum of the result
-    files: list[str] = field(default_factory=list)  # object keys applied, in order
-    bytes_read: int = 0
-    checksums_verified: int = 0  # post-apply checksums that matched
-    integrity: str | None = None  # "ok" when --integrity-check ran
-    removed: list[str] = field(default_factory=list)  # stale side files removed
-    seconds: float = 0.0
-    generation: str | None = None  # Litestream 0.3 only
-    wal_index: int | None = None  # Litestream 0.3 only: the last WAL index replayed
+    generation: str | None = None
+    wal_index: int | None = None
+    if_replica_exists: bool = False  # no backups at all: nothing restored, success
+    if_db_not_exists: bool = False  # the target exists: nothing restored, success
+    force: bool = False  # replace an existing target
+    integrity: bool = False  # PRAGMA integrity_check before installing
+    dry_run: bool = False
+    progress: NullProgress = field(default_factory=NullProgress, compare=False)
+
+    def __post_init__(self) -> None:
+        check_point(txid=self.txid, timestamp=self.timestamp, generation=self.generation,
+                    wal_index=self.wal_index)
+        if self.output is not None:
+            object.__setattr__(self, "output", Path(self.output))
+        if self.progress is None:
+            object.__setattr__(self, "progress", NullProgress())
+        if self.output is not None and self.data_dir is not None:
+            raise QuietError("restore to an output file or into a data directory, not both",
+                             ExitCode.USAGE)
+        if self.data_dir is not None and not self.name:
+            raise QuietError("a restore into a data directory needs the database name",
+                             ExitCode.USAGE)
+        if self.output is None and self.data_dir is None and not self.dry_run:
+            raise QuietError("a restore needs an output file (-o OUT) or a data directory",
+                             ExitCode.USAGE)
 
     @property
-    def restored(self) -> bool:
-        return self.status == STATUS_RESTORED
+    def target(self) -> RestoreTarget:
+        return RestoreTarget(txid=self.txid, timestamp=self.timestamp)
+
+    @property
+    def legacy(self) -> bool:
+        """Litestream 0.3 backups were asked for by name."""
+        return self.generation is not None or self.wal_index is not None
+
+    @property
+    def destination(self) -> Path | None:
+        """The database file the restore writes (None: a dry run without a target)."""
+        if self.data_dir is not None:
+            from ..store.paths import DataDirPaths
+
+            return DataDirPaths(self.data_dir).database(self.name)
+        return self.output
+
+
+@dataclass(frozen=True)
+class DryRunResult:
+    """What `--dry-run` reports: the plan, or why a restore would do nothing."""
+
+    status: str  # "plan", STATUS_DB_EXISTS or STATUS_NO_REPLICA
+    replica: str
+    output: Path | None = None
+    plan: AnyPlan | None = None
 
     def summary(self) -> str:
         if self.status == STATUS_DB_EXISTS:
-            return f"{self.output} already exists; nothing restored (--if-db-not-exists)"
+            return (f"{self.output} already exists; a restore would do nothing "
+                    "(--if-db-not-exists)")
         if self.status == STATUS_NO_REPLICA:
-            return (f"no backups found at {self.replica}; nothing restored "
+            return (f"no backups found at {self.replica}; a restore would do nothing "
                     "(--if-replica-exists)")
-        where = (f"TXID {self.txid:016x}" if self.txid is not None else
-                 f"generation {self.generation} WAL index {self.wal_index:08x}"
-                 if self.generation is not None and self.wal_index is not None else
-                 f"generation {self.generation}")
-        when = f" ({format_time(self.timestamp)})" if self.timestamp is not None else ""
-        checks = f", {self.checksums_verified} checksum(s) verified" \
-            if self.checksums_verified else ""
-        integ = ", integrity ok" if self.integrity == "ok" else ""
-        return (f"restored {self.output} from {self.replica} at {where}{when}: "
-                f"{self.page_count} pages of {self.page_size} bytes from {len(self.files)} "
-                f"object(s), {self.bytes_read} bytes in {self.seconds:.1f}s{checks}{integ}")
+        assert self.plan is not None
+        return "\n".join(self.plan.lines())
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "output": str(self.output),
-            "replica": self.replica,
-            "format": self.format,
-            "txid": None if self.txid is None else f"{self.txid:016x}",
-            "timestamp": None if self.timestamp is None else format_time(self.timestamp),
-            "page_size": self.page_size,
-            "page_count": self.page_count,
-            "checksum": None if self.checksum is None else f"{self.checksum:016x}",
-            "files": self.files,
-            "bytes_read": self.bytes_read,
-            "checksums_verified": self.checksums_verified,
-            "integrity": self.integrity,
-            "removed": self.removed,
-            "seconds": round(self.seconds, 3),
-            "generation": self.generation,
-            "wal_index": None if self.wal_index is None else f"{self.wal_index:08x}",
-        }
+        if self.status == STATUS_DB_EXISTS:
+            return {"status": self.status, "output": str(self.output)}
+        if self.status == STATUS_NO_REPLICA:
+            return {"status": self.status, "replica": self.replica}
+        assert self.plan is not None
+        doc: dict[str, Any] = {"status": self.status, **self.plan.to_json()}
+        if self.output is not None:
+            doc["output"] = str(self.output)
+        return doc
+
+
+# --------------------------------------------------------------------------------------------
+# The planner
+# --------------------------------------------------------------------------------------------
+
+
+def make_plan(request: RestoreRequest) -> AnyPlan:
+    """The plan for `request`: LTX files (Litestream 0.5, litefs-py), or Litestream 0.3
+    generations when they are asked for or are all the replica holds. Raises NoBackupsError
+    when it holds neither, other RestorePlanError/QuietError when the point is unreachable."""
+    client = request.client
+    if not request.legacy:
+        try:
+            return plan_restore(client, request.target)
+        except NoBackupsError:
+            from .legacy_v03 import has_generations
+
+            if not has_generations(client):
+                raise
+    from .legacy_v03 import plan_legacy
+
+    if request.txid is not None:
+        raise QuietError(f"the backups at {client.description} are Litestream 0.3 "
+                         "generations, which have no TXIDs: use --timestamp, or "
+                         "--generation/--index", ExitCode.USAGE)
+    return plan_legacy(client, timestamp=request.target.timestamp,
+                       generation=request.generation, wal_index=request.wal_index)
+
+
+def _plan_unless_empty(request: RestoreRequest) -> AnyPlan | None:
+    """`make_plan`, or None for an empty replica with --if-replica-exists."""
+    try:
+        return make_plan(request)
+    except NoBackupsError:
+        if request.if_replica_exists:
+            return None
+        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,6 +309,91 @@ class _ChunkReader:
             close()
 
 
+class _Prefetch:
+    """The plan's objects, downloaded in order by one worker thread while the caller
+    decodes and writes the previous bytes (at most PREFETCH_CHUNKS chunks ahead).
+
+    Without it the server waited on our decoding and we on the server, object after
+    object; with it the download streams on (socket reads release the GIL). The worker
+    also completes each object's checksum metadata (from the GET's headers on S3). Its
+    errors are raised in the caller where the object's bytes would have been; closing (also
+    on an error of the caller) stops it and joins it."""
+
+    def __init__(self, client: ReplicaClient, infos: Sequence[LtxFileInfo]) -> None:
+        self._client = client
+        self._infos = infos
+        self._q: queue.Queue[tuple[str, Any]] = queue.Queue(PREFETCH_CHUNKS)
+        self._stop = threading.Event()
+        self._open = False  # the caller is between an object's "info" and its "end"
+        self._thread = threading.Thread(target=self._run, name="restore-prefetch",
+                                        daemon=True)
+
+    def __enter__(self) -> Iterator[tuple[LtxFileInfo, Iterator[bytes]]]:
+        self._thread.start()
+        return self._objects()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):  # unblock a worker waiting to put
+                self._q.get(timeout=0.05)
+        self._thread.join()
+
+    def _put(self, item: tuple[str, Any]) -> bool:
+        while not self._stop.is_set():
+            with contextlib.suppress(queue.Full):
+                self._q.put(item, timeout=0.1)
+                return True
+        return False
+
+    def _run(self) -> None:
+        try:
+            for planned in self._infos:
+                # The checksum metadata: S3 listings carry none, the GET's headers do.
+                if planned.metadata:
+                    info, chunks = planned, self._client.open_ltx(planned)
+                else:
+                    info, chunks = self._client.open_ltx_with_metadata(planned)
+                if not self._put(("info", info)):
+                    return
+                stream = iter(chunks)
+                try:
+                    for chunk in stream:
+                        if not self._put(("chunk", chunk)):
+                            return
+                finally:
+                    close = getattr(stream, "close", None)
+                    if close is not None:
+                        close()
+                self._put(("end", None))
+        except BaseException as exc:  # handed to the caller, raised there
+            self._put(("error", exc))
+
+    def _next(self) -> tuple[str, Any]:
+        kind, value = self._q.get()
+        if kind == "error":
+            raise value
+        return kind, value
+
+    def _objects(self) -> Iterator[tuple[LtxFileInfo, Iterator[bytes]]]:
+        for _ in self._infos:
+            kind, info = self._next()
+            assert kind == "info", kind
+            self._open = True
+            yield info, self._chunks()
+            while self._open:  # the caller stopped before the end: skip the rest
+                if self._next()[0] == "end":
+                    self._open = False
+
+    def _chunks(self) -> Iterator[bytes]:
+        while self._open:
+            kind, value = self._next()
+            if kind == "end":
+                self._open = False
+                return
+            yield value
+
+
 # --------------------------------------------------------------------------------------------
 # Applying a plan with an incremental rolling checksum
 # --------------------------------------------------------------------------------------------
@@ -225,9 +412,9 @@ class _ApplyState:
     keys: list[str] = field(default_factory=list)
 
 
-def _apply_file(client: ReplicaClient, info: LtxFileInfo, f: BinaryIO, state: _ApplyState,
+def _apply_file(chunks: Iterator[bytes], info: LtxFileInfo, f: BinaryIO, state: _ApplyState,
                 progress: NullProgress, where: str) -> Header:
-    reader = _ChunkReader(iter(client.open_ltx(info)), progress)
+    reader = _ChunkReader(chunks, progress)
     try:
         try:
             dec = Decoder(reader, name=info.key)  # type: ignore[arg-type]
@@ -260,9 +447,16 @@ def _apply_file(client: ReplicaClient, info: LtxFileInfo, f: BinaryIO, state: _A
             ps = h.page_size
             old_count = rolling.page_count
             seek, write, setck = f.seek, f.write, rolling.set_page
+            # Seek only when the next page is not where the last one ended: a seek flushes
+            # the write buffer, so seeking before every page of a snapshot (pages in order)
+            # made one write(2) per page.
+            at = -1
             for pgno, data in dec.pages():
-                seek((pgno - 1) * ps)
+                pos = (pgno - 1) * ps
+                if pos != at:
+                    seek(pos)
                 write(data)
+                at = pos + len(data)
                 setck(pgno, data)
         except LTXError as exc:
             problem = exc.message if exc.offset is None else \
@@ -304,12 +498,10 @@ def apply_plan(client: ReplicaClient, plan: RestorePlan, f: BinaryIO, *,
     each file is verified when its last byte has been read.
     """
     progress = progress or NullProgress()
-    resolve = metadata_loader(client)
     state = _ApplyState()
-    for info in plan.files:
-        # The checksum metadata may need a HEAD (S3 listings carry no metadata).
-        info = resolve(info)
-        _apply_file(client, info, f, state, progress, plan.replica)
+    with _Prefetch(client, plan.files) as objects:
+        for info, chunks in objects:
+            _apply_file(chunks, info, f, state, progress, plan.replica)
     if state.commit == 0:
         last = plan.files[-1]
         raise DatabaseDeletedError(
@@ -320,178 +512,112 @@ def apply_plan(client: ReplicaClient, plan: RestorePlan, f: BinaryIO, *,
 
 
 # --------------------------------------------------------------------------------------------
-# Files and directories
-# --------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_tmp(tmp: Path) -> None:
-    for p in (tmp, *(Path(f"{tmp}{s}") for s in SIDE_FILES)):
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-
-
-def _make_parents(out: Path) -> None:
-    parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise QuietError(f"cannot create {parent}: a file with that name exists",
-                         ExitCode.IO) from None
-    except OSError as exc:
-        raise QuietError(f"cannot create the directory {parent} for {out.name}: "
-                         f"{exc.strerror or exc}", ExitCode.IO) from None
-
-
-def integrity_check(path: Path) -> str:
-    """`PRAGMA integrity_check` on a database nobody else has open; returns "ok" or the
-    problems. Opened immutable: no -wal/-shm files are created and nothing is written."""
-    uri = f"file:{urllib.parse.quote(str(path))}?immutable=1"
-    conn = sqlite3.connect(uri, uri=True)
-    try:
-        rows = conn.execute("PRAGMA integrity_check").fetchall()
-    except sqlite3.DatabaseError as exc:
-        return str(exc)
-    finally:
-        conn.close()
-    return "\n".join(str(r[0]) for r in rows)
-
-
-def _install(tmp: Path, out: Path, removed: list[str]) -> None:
-    """fsync'd `tmp` becomes `out`: side files that would be applied to the new database are
-    removed first (an old -wal or hot -journal would corrupt it), then rename, then fsync."""
-    for suffix in SIDE_FILES:
-        side = Path(f"{out}{suffix}")
-        if side.exists() or side.is_symlink():
-            side.unlink()
-            removed.append(str(side))
-    os.replace(tmp, out)
-    _fsync_dir(out.parent)
-
-
-# --------------------------------------------------------------------------------------------
 # The operations
 # --------------------------------------------------------------------------------------------
 
 
-def _target(txid: int | None, timestamp: datetime | None) -> RestoreTarget:
-    return RestoreTarget(txid=txid, timestamp=timestamp)
+def restore(request: RestoreRequest, plan: AnyPlan | None = None, *,
+            store: Store | None = None) -> RestoreResult | DryRunResult:
+    """Run `request`: a dry run returns the plan, a restore installs the database.
 
-
-def _has_legacy(client: ReplicaClient) -> bool:
-    from .legacy_v03 import has_generations
-
-    return has_generations(client)
-
-
-def restore_database(
-    client: ReplicaClient,
-    out: str | os.PathLike[str],
-    *,
-    txid: int | None = None,
-    timestamp: datetime | None = None,
-    plan: RestorePlan | None = None,
-    if_replica_exists: bool = False,
-    if_db_not_exists: bool = False,
-    force: bool = False,
-    integrity: bool = False,
-    progress: NullProgress | None = None,
-    generation: str | None = None,
-    wal_index: int | None = None,
-) -> RestoreResult:
-    """Restore the replica `client` into the database file `out`.
-
-    Target: the latest state, `txid` (inclusive) or `timestamp` (the last transaction at or
-    before it). `plan` skips planning (e.g. after a `--dry-run` was shown). With no LTX files
-    but Litestream 0.3 `generations/`, those are restored (`generation`/`wal_index` pick one).
-
-    Returns a RestoreResult whose status says whether anything was restored:
-    `if_db_not_exists` and an existing `out` → "skipped: database exists";
-    `if_replica_exists` and an empty replica → "skipped: no backups". Raises QuietError
-    subclasses (OutputExistsError, restore_plan errors, CorruptObjectError, StorageError...).
+    `plan` skips planning (e.g. after a dry run was shown). A restore into a data directory
+    installs through `store`, the Store of `request.data_dir`, whose lock the caller holds
+    (the CLI takes it, a mount holds it); without one, a Store of that directory is used
+    unlocked. The result's status says whether
+    anything was restored: `if_db_not_exists` and an existing target → "skipped: database
+    exists"; `if_replica_exists` and an empty replica → "skipped: no backups". Raises
+    QuietError subclasses (OutputExistsError, restore_plan errors, CorruptObjectError,
+    StorageError...).
     """
+    if request.dry_run:
+        return _dry_run(request)
+    if request.data_dir is not None:
+        if store is None:
+            from ..store.store import Store
+
+            store = Store(request.data_dir)
+        return restore_to_data_dir(
+            request.client, store, request.name, txid=request.txid,
+            timestamp=request.timestamp, plan=plan, if_replica_exists=request.if_replica_exists,
+            if_db_not_exists=request.if_db_not_exists, force=request.force,
+            integrity=request.integrity, progress=request.progress,
+            generation=request.generation, wal_index=request.wal_index)
+    return _restore_file(request, plan)
+
+
+def restore_database(client: ReplicaClient, out: str | os.PathLike[str], *,
+                     plan: AnyPlan | None = None, **fields: Any) -> RestoreResult:
+    """Restore the replica `client` into the database file `out`: `restore()` of a
+    `RestoreRequest(client, output=out, **fields)` (txid, timestamp, if_replica_exists,
+    if_db_not_exists, force, integrity, progress, generation, wal_index)."""
+    return _restore_file(RestoreRequest(client, output=Path(out), **fields), plan)
+
+
+def _dry_run(request: RestoreRequest) -> DryRunResult:
+    where = request.client.description
+    out = request.destination
+    if request.if_db_not_exists and out is not None and out.exists():
+        return DryRunResult(STATUS_DB_EXISTS, where, out)
+    plan = _plan_unless_empty(request)
+    if plan is None:
+        return DryRunResult(STATUS_NO_REPLICA, where, out)
+    if isinstance(plan, RestorePlan):
+        plan = read_plan_headers(request.client, plan)  # page sizes, checked
+    return DryRunResult(STATUS_PLAN, where, out, plan)
+
+
+def _restore_file(request: RestoreRequest, plan: AnyPlan | None) -> RestoreResult:
     started = time.monotonic()
-    out = Path(out)
-    progress = progress or NullProgress()
-    where = client.description
-    if out.exists() or out.is_symlink():
-        if out.is_dir():
-            raise OutputExistsError(f"{out} is a directory; give the database file path "
-                                    "with -o (e.g. -o /data/app.db)")
-        if if_db_not_exists:
-            return RestoreResult(STATUS_DB_EXISTS, out, where)
-        if not force:
-            raise OutputExistsError(
-                f"{out} already exists; nothing was changed. Use --force to replace it (its "
-                "-wal, -shm and -journal files are removed too; stop every program using it "
-                "first), or --if-db-not-exists to keep it and exit 0")
-
-    legacy = generation is not None or wal_index is not None
-    replan = plan is None and not legacy  # our own plan: redo it if compaction moves files
-    if plan is None and not legacy:
-        try:
-            plan = plan_restore(client, _target(txid, timestamp))
-        except NoBackupsError:
-            if _has_legacy(client):
-                legacy = True
-            elif if_replica_exists:
-                return RestoreResult(STATUS_NO_REPLICA, out, where)
-            else:
-                raise
-    if legacy:
-        if txid is not None:
-            raise QuietError(f"the backups at {where} are Litestream 0.3 generations, which "
-                             "have no TXIDs: use --timestamp, or --generation/--index",
-                             ExitCode.USAGE)
-        from .legacy_v03 import restore_legacy
-
-        try:
-            return restore_legacy(client, out, timestamp=timestamp, generation=generation,
-                                  wal_index=wal_index, integrity=integrity, progress=progress,
-                                  started=started)
-        except NoBackupsError:
-            if if_replica_exists:
-                return RestoreResult(STATUS_NO_REPLICA, out, where)
-            raise
-    assert plan is not None
-
-    _make_parents(out)
-    tmp = Path(f"{out}.tmp")
-    _remove_tmp(tmp)
+    out = request.output
+    assert out is not None
+    where = request.client.description
+    if not check_output(out, if_db_not_exists=request.if_db_not_exists, force=request.force):
+        return RestoreResult(STATUS_DB_EXISTS, out, where)
+    replan = plan is None  # our own plan: redo it if compaction moves files
+    if plan is None:
+        plan = _plan_unless_empty(request)
+        if plan is None:
+            return RestoreResult(STATUS_NO_REPLICA, out, where)
     result = RestoreResult(STATUS_RESTORED, out, where)
-    try:
-        progress.add_total(plan.total_size)
-        for attempt in range(3):
+    if isinstance(plan, RestorePlan):
+        _install_ltx(request, out, plan, result, replan=replan)
+    else:
+        _install_legacy(request, out, plan, result)
+    result.seconds = time.monotonic() - started
+    log.info("%s", result.summary())
+    return result
+
+
+def _install_ltx(request: RestoreRequest, out: Path, plan: RestorePlan, result: RestoreResult,
+                 *, replan: bool) -> None:
+    client, where = request.client, request.client.description
+
+    def build(tmp: Path) -> _ApplyState:
+        nonlocal plan
+        attempt = 1
+        while True:
             try:
-                with open(tmp, "w+b") as f:
-                    state = apply_plan(client, plan, f, progress=progress)
+                # A large buffer: pages arrive one by one, 4 KiB writes would be a syscall
+                # each.
+                with open(tmp, "w+b", buffering=WRITE_BUFFER) as f:
+                    state = apply_plan(client, plan, f, progress=request.progress)
                     f.flush()
                     os.fsync(f.fileno())
-                break
+                return state
             except ObjectNotFoundError:
                 # A file of the plan was compacted away while we read (the replica is live):
                 # plan again from the current listing.
-                if not replan or attempt == 2:
+                if not replan or attempt == 3:
                     raise
+                attempt += 1
                 log.info("a planned object disappeared from %s (compaction); planning again",
                          where)
-                plan = plan_restore(client, _target(txid, timestamp))
-        progress.close()
-        if integrity:
-            result.integrity = _check(tmp, f"the database rebuilt from {where} at TXID "
-                                           f"{state.txid:016x}")
-        _install(tmp, out, result.removed)
-    except BaseException:
-        progress.close()
-        _remove_tmp(tmp)
-        raise
+                plan = plan_restore(client, request.target)
+
+    state = build_and_install(
+        out, result, build, total_size=plan.total_size, progress=request.progress,
+        integrity=request.integrity,
+        describe=lambda s: f"the database rebuilt from {where} at TXID {s.txid:016x}")
     assert state.rolling is not None
     result.txid = state.txid
     result.timestamp = datetime.fromtimestamp(state.timestamp_ms / 1000, tz=UTC) \
@@ -502,29 +628,36 @@ def restore_database(
     result.files = state.keys
     result.bytes_read = state.bytes_read
     result.checksums_verified = state.verified
-    result.seconds = time.monotonic() - started
-    log.info("%s", result.summary())
-    return result
 
 
-def _check(path: Path, what: str) -> str:
-    verdict = integrity_check(path)
-    if verdict != "ok":
-        first = verdict.splitlines()[0] if verdict else "no result"
-        raise IntegrityCheckError(
-            f"PRAGMA integrity_check failed on {what}: {first}; nothing was installed. "
-            "Restore an earlier --txid or --timestamp, or report the backup as damaged")
-    return verdict
+def _install_legacy(request: RestoreRequest, out: Path, plan: LegacyPlan,
+                    result: RestoreResult) -> None:
+    from .legacy_v03 import apply_legacy_plan
+
+    client = request.client
+    result.format = "litestream-0.3"
+    built = build_and_install(
+        out, result, lambda tmp: apply_legacy_plan(client, plan, tmp, request.progress),
+        total_size=plan.total_size, progress=request.progress, integrity=request.integrity,
+        describe=lambda _built: f"the database rebuilt from {client.description} "
+                                f"generation {plan.generation}")
+    result.generation = plan.generation
+    result.wal_index = plan.wal_index
+    result.timestamp = plan.timestamp
+    result.page_size = built.page_size
+    result.page_count = built.page_count
+    result.files = [plan.snapshot.obj.key] + [s.obj.key for s in plan.segments]
+    result.bytes_read = built.bytes_read
 
 
 def restore_to_data_dir(
     client: ReplicaClient,
-    data_dir: str | os.PathLike[str],
+    store: Store,
     name: str,
     *,
     txid: int | None = None,
     timestamp: datetime | None = None,
-    plan: RestorePlan | None = None,
+    plan: AnyPlan | None = None,
     if_replica_exists: bool = False,
     if_db_not_exists: bool = False,
     force: bool = False,
@@ -533,79 +666,35 @@ def restore_to_data_dir(
     generation: str | None = None,
     wal_index: int | None = None,
 ) -> RestoreResult:
-    """Restore database `name` where `litefs mount` keeps it: `DATA/dbs/<name>/database`.
-
-    The local LTX log gets one snapshot file `0000000000000001-<TXID>.ltx` holding the
-    restored database and its rolling checksum, so the mount starts at the replica's TXID and
-    its uploader continues the replica's numbering instead of starting a new history. (A
-    Litestream 0.3 restore, which has no TXIDs, starts at TXID 1.)
+    """Restore database `name` where `litefs mount` keeps it, with its position
+    (`Store.install_restored`), so the mount continues the replica's TXIDs.
 
     The caller must hold the data directory (the mount holds its lock; the CLI takes it).
-    "Exists" means `DATA/dbs/<name>/database` exists; with `force` the whole database
-    directory (database, WAL, journal, LTX log) is replaced. The swap is two renames; a crash
-    between them leaves the old directory in `DATA/restore-tmp/` and no database, which the
-    next restore replaces.
+    "Exists" means the database file exists in the store; with `force` the whole database
+    directory (database, WAL, journal, LTX log) is replaced.
     """
-    data_dir = Path(data_dir)
-    root = data_dir / "dbs" / name
-    database = root / "database"
-    if database.exists():
+    from ..store.store import RestoredDatabase  # `litefs restore -o` does not load the store
+
+    database = store.database_path(name)
+    if store.has_database(name):
         if if_db_not_exists:
             return RestoreResult(STATUS_DB_EXISTS, database, client.description)
         if not force:
             raise OutputExistsError(
-                f"database {name} already exists in the data directory {data_dir} "
+                f"database {name} already exists in the data directory {store.data_dir} "
                 f"({database}); nothing was changed. Use --force to replace it and its local "
                 "LTX log, or --if-db-not-exists to keep it and exit 0")
-    staging_root = data_dir / "restore-tmp"
-    staging = staging_root / name
-    old = staging_root / f"{name}.old"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
+    staged = store.stage_restore(name)
     try:
         result = restore_database(
-            client, staging / "database", txid=txid, timestamp=timestamp, plan=plan,
+            client, staged, txid=txid, timestamp=timestamp, plan=plan,
             if_replica_exists=if_replica_exists, integrity=integrity, progress=progress,
             generation=generation, wal_index=wal_index)
-        if not result.restored:
-            shutil.rmtree(staging, ignore_errors=True)
-            result.output = database
-            return result
-        _seed_ltx_log(staging, result)
-        (data_dir / "dbs").mkdir(parents=True, exist_ok=True)
-        if root.exists():
-            os.replace(root, old)
-        os.replace(staging, root)
-        _fsync_dir(data_dir / "dbs")
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    with contextlib.suppress(OSError):
-        staging_root.rmdir()
+        if result.restored:
+            result.checksum = store.install_restored(name, staged, RestoredDatabase(
+                result.txid or 0, result.page_size, result.page_count, result.checksum,
+                result.timestamp))
+    finally:
+        store.discard_restore(name)
     result.output = database
     return result
-
-
-def _seed_ltx_log(root: Path, result: RestoreResult) -> None:
-    """Write `ltx/0000000000000001-<TXID>.ltx`: a snapshot of the restored database with
-    its checksums (the local log's format), so recovery resumes at the restored position."""
-    txid = result.txid or 1
-    ltx_dir = root / "ltx"
-    ltx_dir.mkdir(parents=True, exist_ok=True)
-    path = ltx_dir / format_filename(1, txid)
-    ts = int(result.timestamp.timestamp() * 1000) if result.timestamp else \
-        int(time.time() * 1000)
-    with open(root / "database", "rb") as db, open(path, "wb") as out:
-        _, _, ck = encode_snapshot(db, out, page_size=result.page_size, txid=txid,
-                                   timestamp=ts, page_count=result.page_count,
-                                   name=str(path))
-        out.flush()
-        os.fsync(out.fileno())
-    if result.checksum is not None and ck != result.checksum:
-        raise QuietError(f"the restored database {root / 'database'} reads back with checksum "
-                         f"{ck:016x}, not the {result.checksum:016x} it was built with: the "
-                         "disk returned different data; nothing was installed", ExitCode.IO)
-    result.checksum = ck
-    _fsync_dir(ltx_dir)
-    _fsync_dir(root)

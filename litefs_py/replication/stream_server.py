@@ -6,28 +6,33 @@ longer in the local log, when it is ahead of the primary or when its checksum sh
 diverged (the frame says which). Then every new transaction as it commits, and a heartbeat
 every second of silence. The wire format is in stream_protocol.py.
 
-Authentication: `Authorization: Bearer <secret>`, compared in constant time. Without a
-secret the server binds to loopback only.
+Authentication: `Authorization: Bearer <secret>`, compared in constant time (`_authorized`,
+the one check), and/or a client certificate when TLS asks for one (http_tls.py). Without
+either the server binds to loopback only. With `http.tls` it serves HTTPS (http_tls.py builds
+the context; `serve` hands it to hypercorn).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
 import logging
 import os
 import socket as pysocket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import trio
 
 from ..ltx import TRAILER_SIZE, Header, Trailer
 from ..store.db import DB
+from ..store.snapshot import take_snapshot
 from ..store.store import Store
+from ..types import ZERO_POS, Pos
 from .stream_protocol import (
     CONTENT_TYPE,
     INFO_PATH,
@@ -43,11 +48,21 @@ from .stream_protocol import (
 log = logging.getLogger("litefs.http")
 
 HEARTBEAT_INTERVAL = 1.0
-SNAPSHOT_TRIES = 3  # snapshots read in a worker thread before one is taken inline
+# Hostile or broken clients (#14): each is bounded so it costs one connection, never a stall
+# of other streams.
+REQUEST_TIMEOUT = 10.0  # a stream request's body must arrive within this (else 408)
+IDLE_TIMEOUT = 10.0  # a connection with no request under way (incl. unfinished headers)
+TLS_HANDSHAKE_TIMEOUT = 10.0
+MAX_HEADERS = 16 * 1024  # bytes of request line + headers; more gets the connection closed
+SEND_TIMEOUT = 30.0  # a subscriber that accepts no bytes for this long is cut off
+REFUSAL_LOG_INTERVAL = 60.0  # at most one "refused" line per client address per this long
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+#: Another endpoint on this server (e.g. /metrics): called with whether the request carried
+#: the secret, it decides itself whether it needs it.
+Endpoint = Callable[[Scope, Send, bool], Awaitable[None]]
 
 
 class ChangeFeed:
@@ -67,11 +82,12 @@ class ChangeFeed:
             await self._event.wait()
 
 
-def bind_address(addr: str, secret: str | None) -> tuple[str, bool]:
-    """(host:port to bind, whether it is loopback-only because there is no secret)."""
+def bind_address(addr: str, secret: str | None, client_certs: bool = False) -> tuple[str, bool]:
+    """(host:port to bind, whether it is loopback-only because nothing authenticates
+    clients: no secret and no required client certificate)."""
     host, _, port = addr.rpartition(":")
     host = host.strip("[]")
-    if secret:
+    if secret or client_certs:
         return f"{host or '0.0.0.0'}:{port}", False
     try:
         if host and ipaddress.ip_address(host).is_loopback:
@@ -83,9 +99,14 @@ def bind_address(addr: str, secret: str | None) -> tuple[str, bool]:
 
 class StreamServer:
     def __init__(self, store: Store, *, secret: str | None, advertise_url: str | None = None,
-                 heartbeat: float = HEARTBEAT_INTERVAL) -> None:
+                 heartbeat: float = HEARTBEAT_INTERVAL,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.store = store
         self.secret = secret
+        # The secret as a digest: compared with the digest of what a client sends, so the
+        # comparison takes the same time whatever the length of either.
+        self._secret_digest = _digest(b"Bearer " + secret.encode()) if secret else None
+        self.tls = tls
         self.advertise_url = advertise_url
         self.heartbeat = heartbeat
         self.feed = ChangeFeed()
@@ -98,15 +119,17 @@ class StreamServer:
         # by the layers above (e.g. `litefs run --on-primary`).
         self.routes: dict[tuple[str, str], Callable[[Scope, Receive, Send],
                                                     Awaitable[None]]] = {}
+        self._refusals: dict[str, tuple[float, int]] = {}  # address -> (last logged, since)
+        self.endpoints: dict[str, Endpoint] = {}  # path -> endpoint, added by app.py
         for db in store.dbs.values():
             self._watch(db)
-        store.db_listeners.append(self._watch)
+        store.add_db_listener(self._watch)
 
     def _watch(self, db: DB) -> None:
-        db.commit_listeners.append(self.feed.notify)
+        db.add_commit_listener(self.feed.notify)
         self.feed.notify()
 
-    def positions(self) -> dict[str, tuple[int, int]]:
+    def positions(self) -> dict[str, Pos]:
         return {name: db.pos for name, db in self.store.dbs.items() if db.txid}
 
     # ---- serving -------------------------------------------------------------------------
@@ -118,15 +141,21 @@ class StreamServer:
         from hypercorn.config import Config as HypercornConfig
         from hypercorn.trio import serve
 
-        bind, narrowed = bind_address(addr, self.secret)
+        client_certs = self.tls is not None and self.tls.verify_mode == ssl.CERT_REQUIRED
+        bind, narrowed = bind_address(addr, self.secret, client_certs)
         if narrowed:
             log.info("http.secret is not set: the replication API listens on %s only "
                         "(set http.secret, or LITEFS_SECRET, to serve other hosts)", bind)
-        cfg = HypercornConfig()
+        elif self.tls is None and self.secret:
+            log.warning("the replication API serves plain HTTP on %s: replicas send "
+                        "http.secret in clear text; set http.tls.cert/key to serve HTTPS", bind)
+        cfg = _hypercorn_config(HypercornConfig, self.tls)
         cfg.bind = [bind]
         cfg.accesslog = None
         cfg.errorlog = logging.getLogger("litefs.http.server")
-        cfg.keep_alive_timeout = 75
+        cfg.keep_alive_timeout = IDLE_TIMEOUT
+        cfg.ssl_handshake_timeout = TLS_HANDSHAKE_TIMEOUT
+        cfg.h11_max_incomplete_size = MAX_HEADERS
         cfg.graceful_timeout = 0.5
         try:
             listener = trio.socket.socket()
@@ -140,15 +169,23 @@ class StreamServer:
             task_status.started(None)
             return
         self.port = int(port)
-        log.info("replication API on http://%s (protocol %d)", bind, PROTOCOL_VERSION)
+        log.info("replication API on %s://%s (protocol %d%s)", "https" if self.tls else "http",
+                 bind, PROTOCOL_VERSION, ", client certificates required" if client_certs
+                 else "")
         task_status.started(bind)
-        await serve(self.app, cfg)  # type: ignore[arg-type]
+        try:
+            await serve(self.app, cfg)  # type: ignore[arg-type]
+        except* OSError as group:
+            # Another process took the port between the check above and hypercorn's bind.
+            log.warning("cannot listen on %s for replicas: %s; replicas cannot connect until "
+                        "http.addr is changed", bind, group.exceptions[0])
+            self.port = None
 
-    def abort_connections(self) -> int:
-        """At shutdown: shut down every accepted connection's socket. hypercorn sends in a
-        shielded cancel scope with no timeout, so a replica that stopped reading (paused,
-        partitioned) would otherwise keep the primary from ever exiting. Returns how many
-        connections were cut."""
+    def abort_connections(self, peer: tuple[str, int] | None = None) -> int:
+        """At shutdown: shut down every accepted connection's socket (or only the one from
+        `peer`). hypercorn sends in a shielded cancel scope with no timeout, so a replica that
+        stopped reading (paused, partitioned) would otherwise keep the primary from ever
+        exiting, or hold its stream's task forever. Returns how many connections were cut."""
         if self.port is None:
             return 0
         cut = 0
@@ -170,7 +207,9 @@ class StreamServer:
                             or sock.type != pysocket.SOCK_STREAM
                             or sock.getsockname()[1] != self.port):
                         continue
-                    sock.getpeername()  # accepted connections only, not the listener
+                    got = sock.getpeername()  # accepted connections only, not the listener
+                    if peer is not None and (got[0], got[1]) != tuple(peer):
+                        continue
                     sock.shutdown(pysocket.SHUT_RDWR)
                     cut += 1
                 except OSError:
@@ -188,12 +227,29 @@ class StreamServer:
                     return
         if scope["type"] != "http":
             return
+        try:
+            await self._handle(scope, receive, send)
+        except (trio.BrokenResourceError, trio.BusyResourceError, trio.ClosedResourceError,
+                OSError) as exc:
+            # The client went away (or broke the connection) while it was answered: its
+            # problem, not an error of the server's.
+            log.debug("a client connection ended while it was answered: %r", exc)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = scope.get("headers", [])
+        if len(headers) > 100 or sum(len(k) + len(v) for k, v in headers) > MAX_HEADERS:
+            # hypercorn bounds only headers that arrive in pieces; whole ones are bounded here.
+            await _reply(send, 431, {"error": f"request headers larger than {MAX_HEADERS} "
+                                              "bytes or more than 100 of them"})
+            return
+        endpoint = self.endpoints.get(scope["path"])
+        if endpoint is not None:
+            await endpoint(scope, send, self._authorized(scope))
+            return
         if not self._authorized(scope):
             await _reply(send, 401, {"error": "wrong or missing secret: send 'Authorization: "
                                               "Bearer <http.secret>'"})
-            client = scope.get("client") or ("?", 0)
-            log.warning("refused a replication request from %s: wrong or missing secret",
-                        client[0])
+            self._log_refusal(scope)
             return
         path, method = scope["path"], scope["method"]
         if path == INFO_PATH and method == "GET":
@@ -204,30 +260,59 @@ class StreamServer:
             await self._stream(scope, receive, send)
         elif (method, path) in self.routes:
             await self.routes[method, path](scope, receive, send)
+        elif path in (INFO_PATH, STREAM_PATH):
+            allow = "GET" if path == INFO_PATH else "POST"
+            await _reply(send, 405, {"error": f"{_printable(method)} is not allowed on {path}; "
+                                              f"use {allow}"}, [(b"allow", allow.encode())])
         else:
-            await _reply(send, 404, {"error": f"no such endpoint {method} {path}"})
+            await _reply(send, 404, {"error": f"no such endpoint {_printable(method)} "
+                                              f"{_printable(path)}"})
+
+    def _log_refusal(self, scope: Scope) -> None:
+        """One warning per client address per REFUSAL_LOG_INTERVAL: a client hammering the
+        API with wrong secrets cannot flood the log."""
+        address = str((scope.get("client") or ("?", 0))[0])
+        now = time.monotonic()
+        last, since = self._refusals.get(address, (-REFUSAL_LOG_INTERVAL, 0))
+        if now - last < REFUSAL_LOG_INTERVAL:
+            self._refusals[address] = (last, since + 1)
+            return
+        more = f" ({since} more since the last such line)" if since else ""
+        log.warning("refused a replication request from %s: wrong or missing secret%s",
+                    address, more)
+        if len(self._refusals) > 1024:  # many addresses: forget the old ones
+            self._refusals.clear()
+        self._refusals[address] = (now, 0)
 
     def _authorized(self, scope: Scope) -> bool:
-        if not self.secret:
+        """The one authentication check (a client certificate, when required, was checked
+        by TLS before any request was read)."""
+        if self._secret_digest is None:
             return True
-        for key, value in scope.get("headers", []):
-            if key.lower() == b"authorization":
-                expected = b"Bearer " + self.secret.encode()
-                return hmac.compare_digest(bytes(value), expected)
-        return False
+        sent = [bytes(v) for k, v in scope.get("headers", []) if k.lower() == b"authorization"]
+        # Exactly one header; its digest compared in constant time (no early exit on the
+        # first differing byte, and no hint of the secret's length).
+        got = _digest(sent[0]) if len(sent) == 1 else b""
+        return hmac.compare_digest(got, self._secret_digest) and len(sent) == 1
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > MAX_REQUEST:
-                await _reply(send, 413, {"error": "request too large"})
-                return
-            if not message.get("more_body"):
-                break
+        with trio.move_on_after(REQUEST_TIMEOUT) as reading:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if len(body) > MAX_REQUEST:
+                    await _reply(send, 413, {"error": f"request larger than {MAX_REQUEST} "
+                                                      "bytes"})
+                    return
+                if not message.get("more_body"):
+                    break
+        if reading.cancelled_caught:
+            await _reply(send, 408, {"error": f"the request body did not arrive within "
+                                              f"{REQUEST_TIMEOUT:g} s"})
+            return
         try:
             request = json.loads(bytes(body) or b"{}")
             if not isinstance(request, dict):
@@ -241,7 +326,7 @@ class StreamServer:
             await _reply(send, 400, {"error": str(exc)})
             return
         client = scope.get("client") or ("?", 0)
-        who = f"{request.get('node') or client[0]}"
+        who = _printable(str(request.get("node") or client[0]))
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", CONTENT_TYPE.encode()),
                                 (b"cache-control", b"no-store")]})
@@ -255,7 +340,11 @@ class StreamServer:
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(watch_disconnect)
-                await Subscription(self, positions, send, who).run()
+                subscription = Subscription(self, positions, send, who)
+                peer = scope.get("client")
+                if peer is not None:
+                    nursery.start_soon(self._watch_stalls, subscription, tuple(peer))
+                await subscription.run()
                 nursery.cancel_scope.cancel()
         except Exception as exc:  # the replica went away mid-send: it reconnects
             log.debug("stream to %s ended: %r", who, exc)
@@ -264,20 +353,38 @@ class StreamServer:
             log.info("replica %s disconnected", who)
 
 
+    async def _watch_stalls(self, subscription: Subscription, peer: tuple[str, int]) -> None:
+        """Cut off a subscriber that has accepted no bytes for SEND_TIMEOUT: hypercorn's
+        send cannot be cancelled, so its socket is shut down. Others are never held up."""
+        while True:
+            await trio.sleep(1.0)
+            started = subscription.sending_since
+            if started is not None and time.monotonic() - started > SEND_TIMEOUT:
+                log.warning("replica %s accepted no data for %.0f s; closing its stream (it "
+                            "reconnects when it reads again)", subscription.who, SEND_TIMEOUT)
+                self.abort_connections(peer)
+                return
+
+
 class Subscription:
     """One replica's stream: brings each database from the replica's position to the
     primary's, then follows commits."""
 
-    def __init__(self, server: StreamServer, positions: dict[str, tuple[int, int]],
+    def __init__(self, server: StreamServer, positions: dict[str, Pos],
                  send: Send, who: str) -> None:
         self.server = server
         self.sent = dict(positions)
         self._send = send
         self.who = who
+        self.sending_since: float | None = None  # when the send under way started
 
     async def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
-        await self._send({"type": "http.response.body", "body": encode_frame(header, payload),
-                          "more_body": True})
+        self.sending_since = time.monotonic()
+        try:
+            await self._send({"type": "http.response.body",
+                              "body": encode_frame(header, payload), "more_body": True})
+        finally:
+            self.sending_since = None
 
     async def run(self) -> None:
         server = self.server
@@ -297,57 +404,52 @@ class Subscription:
                                  "dbs": format_positions(server.positions())})
 
     async def catch_up(self, name: str, db: DB) -> None:
-        rtxid, rchecksum = self.sent.get(name, (0, 0))
+        rtxid, rchecksum = self.sent.get(name, ZERO_POS)
         if db.txid == 0 or (db.deleted and rtxid == 0):
             return  # nothing committed yet, or deleted before this replica saw it
         if rtxid == db.txid and (rchecksum == db.checksum or db.deleted):
             return
         reason = self._needs_snapshot(db, rtxid, rchecksum)
         if reason is None:
-            for lo, hi, path in db.ltx.paths_after(rtxid):
+            for r in db.ltx.ranges(rtxid):
                 try:
-                    data = await trio.to_thread.run_sync(Path(path).read_bytes)
+                    data = await trio.to_thread.run_sync(db.ltx.read, r)
                 except FileNotFoundError:
-                    reason = f"TXIDs {lo:016x}-{hi:016x} left the local log while sending"
+                    reason = f"TXIDs {r.min_txid:016x}-{r.max_txid:016x} left the local log " \
+                             "while sending"
                     break
                 post = Trailer.decode(data[-TRAILER_SIZE:]).post_apply_checksum
-                await self.send({"type": "ltx", "db": name, "min_txid": f"{lo:016x}",
-                                 "max_txid": f"{hi:016x}", "checksum": f"{post:016x}",
+                await self.send({"type": "ltx", "db": name, "min_txid": f"{r.min_txid:016x}",
+                                 "max_txid": f"{r.max_txid:016x}", "checksum": f"{post:016x}",
                                  "primary_txid": f"{db.txid:016x}"}, data)
-                self.sent[name] = (hi, post)
+                self.sent[name] = Pos(r.max_txid, post)
             if reason is None:
                 return
         if db.deleted:
             # The replica has an older database that is gone here: send the deletion.
-            last = db.ltx.last_path()
+            last = db.ltx.last_range()
             if last is None:
                 return
-            data = await trio.to_thread.run_sync(Path(last).read_bytes)
+            data = await trio.to_thread.run_sync(db.ltx.read, last)
             header = Header.decode(data[:100])
             await self.send({"type": "ltx", "db": name, "min_txid": f"{header.min_txid:016x}",
                              "max_txid": f"{header.max_txid:016x}", "deletion": True,
                              "primary_txid": f"{db.txid:016x}"}, data)
-            self.sent[name] = (header.max_txid, db.checksum)
+            self.sent[name] = Pos(header.max_txid, db.checksum)
             return
         log.info("%s: sending a snapshot to replica %s: %s", name, self.who, reason)
-        # Read and encoded in a worker thread (the mount keeps serving); if commits changed
-        # the pages meanwhile, the checksum shows it and it is taken again, and after a few
-        # tries without yielding (exactly one position, see DB.snapshot_bytes).
-        snap = None
-        for _ in range(SNAPSHOT_TRIES):
-            snap = await trio.to_thread.run_sync(db.snapshot_job())
-            if snap is not None or db.deleted:
-                break
-            log.info("%s: commits changed the database while its snapshot was read; "
-                     "reading it again", name)
+        # Read and encoded in a worker thread: the mount keeps serving meanwhile.
+        try:
+            snap = await take_snapshot(db)
+        except ValueError:
+            return  # deleted meanwhile: the next round sends the deletion
         if db.deleted:
             return
-        data, txid, checksum, _ts = snap if snap is not None else db.snapshot_bytes()
         await self.send({"type": "ltx", "db": name, "min_txid": f"{1:016x}",
-                         "max_txid": f"{txid:016x}", "checksum": f"{checksum:016x}",
+                         "max_txid": f"{snap.max_txid:016x}", "checksum": f"{snap.checksum:016x}",
                          "snapshot": True, "reason": reason,
-                         "primary_txid": f"{db.txid:016x}"}, data)
-        self.sent[name] = (txid, checksum)
+                         "primary_txid": f"{db.txid:016x}"}, snap.data)
+        self.sent[name] = snap.pos
 
     @staticmethod
     def _needs_snapshot(db: DB, rtxid: int, rchecksum: int) -> str | None:
@@ -359,21 +461,45 @@ class Subscription:
         if rtxid == db.txid:
             return (f"at TXID {rtxid:016x} the replica's checksum {rchecksum:016x} differs "
                     f"from the primary's {db.checksum:016x}")
-        files = db.ltx.paths_after(rtxid)
-        if not files or files[0][0] != rtxid + 1:
+        records = db.ltx.ranges(rtxid)
+        if not records or records[0].min_txid != rtxid + 1:
             return (f"TXID {rtxid + 1:016x}, the next one the replica needs, is no longer in "
                     "the primary's local log")
-        with open(files[0][2], "rb") as f:
-            pre = Header.decode(f.read(100)).pre_apply_checksum
+        pre = db.ltx.header(records[0]).pre_apply_checksum
         if pre != rchecksum:
             return (f"at TXID {rtxid:016x} the replica's checksum {rchecksum:016x} differs "
                     f"from the primary's {pre:016x}")
         return None
 
 
-async def _reply(send: Send, status: int, doc: dict[str, Any]) -> None:
+def _digest(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
+def _hypercorn_config(config_class: type[Any], tls: ssl.SSLContext | None) -> Any:
+    """hypercorn's Config serving `tls` (http_tls.server_context), the only TLS set-up."""
+
+    class Config(config_class):  # type: ignore[misc]
+        def create_ssl_context(self) -> ssl.SSLContext | None:
+            return tls
+
+        @property
+        def ssl_enabled(self) -> bool:
+            return tls is not None
+
+    return Config()
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    """A client-chosen string fit for a log line or an error: no control characters."""
+    text = "".join(c if c.isprintable() else "?" for c in text[:limit])
+    return text + ("..." if len(text) == limit else "")
+
+
+async def _reply(send: Send, status: int, doc: dict[str, Any],
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = json.dumps(doc).encode() + b"\n"
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})

@@ -3,13 +3,17 @@
 One `Uploader` per database runs as a trio task:
 
 - It wakes when the database records a transaction (or every `sync_interval` as a fallback),
-  waits `batch_window` (50 ms) for more commits, merges every local LTX file after the
-  replica's high-water mark into one L0 object (an upload may span several TXIDs, as in
-  Litestream 0.5), and PUTs it. While a PUT is in flight new commits accumulate, so batches
-  grow with load; the window bounds the PUT rate at steady load for little lag.
-- Failures back off exponentially with jitter and are retried forever; the local log is the
-  spool, so nothing is lost while the endpoint is down. Errors that retrying cannot fix (bad
-  credentials, no such bucket) are logged once per state change, loudly, and still retried.
+  waits `batch_window` (0 by default) for more commits, asks the request budget
+  (budget.py: a token bucket of L0 uploads per second) when it may upload, merges every
+  local LTX file after the replica's high-water mark into one L0 object (an upload may span
+  several TXIDs, as in Litestream 0.5), and PUTs it. A sporadic commit goes out at once; a
+  steady stream is batched at the budget's rate; while a PUT is in flight new commits
+  accumulate, so batches grow with load.
+- Failures are retried forever under storage/retry.py's policy; the local log is the spool,
+  so nothing is lost while the endpoint is down. Retryable ones back off exponentially with
+  jitter up to 30 s; ones that need a fix (bad credentials, no such bucket, permission denied)
+  are logged at once with the fix and retried every 30-60 s until it is made. Each distinct
+  error is logged once; `status` counts successful uploads and failures per kind.
 - Local LTX files are deleted only after they are in the replica and older than
   `data.retention`. If unuploaded files exceed `data.spool-limit` bytes, they are merged into
   one local file (pages written many times are kept once), and a warning says so.
@@ -20,16 +24,13 @@ bookkeeping that touches the store runs in the trio thread.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
-import random
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import trio
 
@@ -37,12 +38,15 @@ from ..ltx import TRAILER_SIZE, LTXError, Trailer, compact
 from ..storage import aio
 from ..storage.base import META_CHECKSUM, META_TIMESTAMP, ReplicaClient, format_timestamp
 from ..storage.errors import StorageError
+from ..storage.retry import RetryPolicy, RetryState
 from ..store.db import DB
+from ..store.ltx_log import LtxLog
+from ..store.snapshot import take_snapshot
+from ..types import EncodedLtx, TxRange
+from .budget import RequestBudget
 
 log = logging.getLogger("litefs.replication")
 
-MIN_BACKOFF = 0.25
-MAX_BACKOFF = 30.0
 
 
 @dataclass
@@ -53,11 +57,15 @@ class UploaderStatus:
     local_txid: int = 0
     spool_bytes: int = 0
     spool_files: int = 0
-    uploads: int = 0
+    uploads: int = 0  # L0 uploads that succeeded
     put_requests: int = 0
-    last_error: str | None = None
     oldest_unuploaded_at: float | None = None  # monotonic time of the oldest pending commit
     commit_times: dict[int, float] = field(default_factory=dict)  # txid -> monotonic commit time
+    retry: RetryState = field(default_factory=RetryState)  # failures, counted per kind
+
+    @property
+    def last_error(self) -> str | None:
+        return self.retry.last_error
 
     @property
     def lag_seconds(self) -> float:
@@ -74,22 +82,25 @@ class Uploader:
     def __init__(self, db: DB, client: ReplicaClient, *, sync_interval: float = 1.0,
                  batch_window: float = 0.05, retention: float = 600.0,
                  spool_limit: int = 1 << 30,
-                 on_upload: Callable[[int, int], None] | None = None) -> None:
+                 on_upload: Callable[[int, int], None] | None = None,
+                 retry: RetryPolicy | None = None,
+                 budget: RequestBudget | None = None) -> None:
         self.db = db
         self.client = client
         self.sync_interval = sync_interval
         self.batch_window = batch_window
         self.retention = retention
         self.spool_limit = spool_limit
-        self.status = UploaderStatus()
+        self.status = UploaderStatus(retry=RetryState(retry or RetryPolicy()))
+        # L0 uploads per second (budget.py): decides only *when* an upload goes out.
+        self.budget = budget if budget is not None else RequestBudget(0)
         self._wake = trio.Event()
-        self._uploaded_at: dict[Path, float] = {}  # local file -> when it reached the replica
         self._on_upload = on_upload
         self._spool_warned = False
         # (min, max) of an L0 upload whose request failed: it may still have reached the
         # replica (a connection cut after the server stored it), see _learn_unacked_upload.
-        self._unacked: tuple[int, int] | None = None
-        db.commit_listeners.append(self._on_commit)
+        self._unacked: TxRange | None = None
+        db.add_commit_listener(self._on_commit)
 
     def wake(self) -> None:
         self._wake.set()
@@ -103,7 +114,6 @@ class Uploader:
         self._wake.set()
 
     async def run(self) -> None:
-        backoff = MIN_BACKOFF
         ready = False
         while True:
             try:
@@ -113,27 +123,48 @@ class Uploader:
                 await self._upload_pending()
                 self._apply_retention()
                 await self._check_spool()
-                backoff = MIN_BACKOFF
-                if self.status.last_error is not None:
-                    log.info("%s: uploads to %s work again", self.db.name,
-                             self.client.description)
-                    self.status.last_error = None
             except (StorageError, OSError, LTXError) as exc:
                 # OSError/LTXError: a local file problem; retried like a storage failure so
                 # the uploader never dies (the log says what is wrong).
                 await self._check_spool()  # the spool grows exactly while this fails
-                if str(exc) != self.status.last_error:
-                    log.error("%s: upload to %s failed: %s (will retry; commits continue and "
-                              "are kept locally)", self.db.name, self.client.description, exc)
-                self.status.last_error = str(exc)
-                await trio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(MAX_BACKOFF, backoff * 2)
+                await trio.sleep(self._failed(exc))
                 continue
+            if self.status.retry.succeeded() is not None:
+                log.info("%s: uploads to %s work again", self.db.name, self.client.description)
             with trio.move_on_after(self.sync_interval):
                 await self._wake.wait()
             self._wake = trio.Event()
             if self.batch_window > 0:
                 await trio.sleep(self.batch_window)  # let a burst share one PUT
+            await self._await_budget()
+
+    async def _await_budget(self) -> None:
+        """Steady streams batch: with no upload left in the budget, wait for the next one.
+        If commits kept coming meanwhile, wait up to `budget.grace` for one more so the
+        object ends with the newest commit; a stream that stopped goes out at once."""
+        wait = self.budget.delay()
+        if wait <= 0 or self.status.oldest_unuploaded_at is None:
+            return
+        self.budget.deferred += 1
+        await trio.sleep(wait)
+        if self._wake.is_set():  # a commit came while we waited: the stream goes on
+            self._wake = trio.Event()
+            with trio.move_on_after(self.budget.grace):
+                await self._wake.wait()
+        self._wake = trio.Event()
+
+    def _failed(self, exc: Exception) -> float:
+        """Count the failure, log it once, and return the seconds to wait."""
+        retry = self.status.retry
+        failure = retry.failed(exc)
+        if failure.new and failure.retryable:
+            log.error("%s: upload to %s failed: %s (will retry; commits continue and are kept "
+                      "locally)", self.db.name, self.client.description, exc)
+        elif failure.new:
+            log.error("%s: upload to %s failed: %s. Retrying cannot fix this: it is tried "
+                      "again %s until it is fixed; commits continue and are kept locally",
+                      self.db.name, self.client.description, exc, retry.slow_pace())
+        return failure.delay
 
     async def _sync_position(self) -> None:
         """Learn the replica's high-water mark, and check it belongs to this database."""
@@ -155,23 +186,19 @@ class Uploader:
             await self._upload_snapshot()
             return
         self.status.remote_txid = remote
-        # Files a previous run uploaded: retention counts from now.
-        now = time.monotonic()
-        for _lo, hi, p in self.db.ltx.paths():
-            if hi <= remote:
-                self._uploaded_at.setdefault(p, now)
 
     async def _upload_snapshot(self) -> None:
         db = self.db
         log.warning("%s: replica %s is missing transactions no longer in the local log; "
                     "uploading a snapshot at TXID %016x", db.name, self.client.description,
                     db.txid)
-        data, txid, post, ts = db.snapshot_bytes()
-        meta = {META_TIMESTAMP: format_timestamp(ts), META_CHECKSUM: f"{post:016x}"}
-        await aio.run(self.client.write_ltx, 9, 1, txid, data, meta)
-        await aio.run(self.client.write_ltx, 0, 1, txid, data, meta)
+        snap = await take_snapshot(db)
+        meta = {META_TIMESTAMP: format_timestamp(snap.timestamp),
+                META_CHECKSUM: f"{snap.checksum:016x}"}
+        await aio.run(self.client.write_ltx, 9, 1, snap.max_txid, snap.data, meta)
+        await aio.run(self.client.write_ltx, 0, 1, snap.max_txid, snap.data, meta)
         self.status.put_requests += 2
-        self.status.remote_txid = txid
+        self.status.remote_txid = snap.max_txid
 
     async def _learn_unacked_upload(self) -> None:
         """After a failed PUT, ask the replica whether the object arrived anyway.
@@ -194,11 +221,7 @@ class Uploader:
 
     def _acknowledged(self, hi: int) -> None:
         """The replica holds every TXID up to `hi`."""
-        now = time.monotonic()
         self.status.remote_txid = hi
-        for _lo, _hi, p in self.db.ltx.paths():
-            if _hi <= hi:
-                self._uploaded_at.setdefault(p, now)
         for txid in [t for t in self.status.commit_times if t <= hi]:
             del self.status.commit_times[txid]
         self.status.oldest_unuploaded_at = min(self.status.commit_times.values(), default=None)
@@ -208,24 +231,26 @@ class Uploader:
         if self._unacked is not None:
             await self._learn_unacked_upload()
         remote = self.status.remote_txid
-        pending = db.ltx.paths_after(remote)
+        pending = db.ltx.ranges(remote)
         self.status.local_txid = db.txid
         self.status.spool_files = len(pending)
         if not pending:
             self.status.oldest_unuploaded_at = None
             self.status.spool_bytes = 0
             return
-        if pending[0][0] != remote + 1:
-            raise StorageError(f"{db.name}: local LTX log starts at TXID {pending[0][0]:016x} "
-                               f"but the replica ends at {remote:016x}")
-        data, lo, hi, post, ts = await trio.to_thread.run_sync(_merge_files,
-                                                               [p for _, _, p in pending])
-        meta = {META_TIMESTAMP: format_timestamp(ts)}
-        if post:
-            meta[META_CHECKSUM] = f"{post:016x}"
-        self._unacked = (lo, hi)
+        if pending[0].min_txid != remote + 1:
+            raise StorageError(f"{db.name}: local LTX log starts at TXID "
+                               f"{pending[0].min_txid:016x} but the replica ends at "
+                               f"{remote:016x}")
+        merged = await trio.to_thread.run_sync(_merge_records, db.ltx, pending)
+        lo, hi = merged.min_txid, merged.max_txid
+        meta = {META_TIMESTAMP: format_timestamp(merged.timestamp)}
+        if merged.checksum:
+            meta[META_CHECKSUM] = f"{merged.checksum:016x}"
+        self._unacked = TxRange(lo, hi)
         self.status.put_requests += 1
-        await aio.run(self.client.write_ltx, 0, lo, hi, data, meta)
+        self.budget.spend()
+        await aio.run(self.client.write_ltx, 0, lo, hi, merged.data, meta)
         self._unacked = None
         self.status.uploads += 1
         self._acknowledged(hi)
@@ -233,24 +258,13 @@ class Uploader:
             self._on_upload(lo, hi)
 
     def _apply_retention(self) -> None:
-        """Delete local LTX files that reached the replica more than `retention` ago; keep
-        the newest file always (it holds the position recovery starts from)."""
-        now = time.monotonic()
-        newest = self.db.ltx.last_path()
-        for p, at in list(self._uploaded_at.items()):
-            if now - at < self.retention:
-                break  # in upload order: the rest are younger
-            if p != newest:
-                self.db.ltx.delete(p)
-                del self._uploaded_at[p]
+        """Local retention: records in the replica for more than `retention` go."""
+        self.db.ltx.trim(self.retention, upto=self.status.remote_txid)
 
     async def _check_spool(self) -> None:
         """Measure what waits for the replica; past `spool_limit`, say so loudly and merge
         it into one local file (pages written many times are then kept once)."""
-        spool = 0
-        for _lo, _hi, p in self.db.ltx.paths_after(self.status.remote_txid):
-            with contextlib.suppress(FileNotFoundError):
-                spool += p.stat().st_size
+        spool = self.db.ltx.bytes_after(self.status.remote_txid)
         self.status.spool_bytes = spool
         if spool <= self.spool_limit:
             self._spool_warned = False
@@ -265,24 +279,25 @@ class Uploader:
     async def db_merge(self, after: int) -> None:
         """Merge in a worker thread, then swap the files in the trio thread (the store's
         index and the FUSE handlers live there)."""
-        job = self.db.merge_local_log_job(after)
+        job = self.db.ltx.merge_job(after)
         if job is None:
             return
         merged = await trio.to_thread.run_sync(job)
-        self.db.install_merged_log(*merged)
+        r = self.db.ltx.install_merged(merged)
+        log.info("%s: merged %d local LTX records into TXIDs %016x-%016x", self.db.name,
+                 len(merged.parts), r.min_txid, r.max_txid)
 
 
-def _merge_files(paths: list[Path]) -> tuple[bytes, int, int, int, int]:
-    """Merge local LTX files into one replica object (flags 0x2: no checksums inside).
-
-    Returns (data, min, max, post-apply checksum of the last file, its timestamp). Every
-    input is fully verified by the merge before its trailer is trusted.
-    """
+def _merge_records(ltx: LtxLog, ranges: list[TxRange]) -> EncodedLtx:
+    """Merge local records into one replica object (flags 0x2: no checksums inside), with
+    the post-apply checksum and timestamp of the last one. Every input is fully verified by
+    the merge before its trailer is trusted."""
     with ExitStack() as stack:
-        files = [stack.enter_context(open(p, "rb")) for p in paths]
+        files = [stack.enter_context(ltx.open(r)) for r in ranges]
         out = io.BytesIO()
-        header, _trailer = compact(files, out, names=[str(p) for p in paths], no_checksum=True)
+        header, _trailer = compact(files, out, names=[ltx.describe(r) for r in ranges],
+                                   no_checksum=True)
         last = files[-1]
         last.seek(-TRAILER_SIZE, os.SEEK_END)
         post = Trailer.decode(last.read(TRAILER_SIZE)).post_apply_checksum
-    return out.getvalue(), header.min_txid, header.max_txid, post, header.timestamp
+    return EncodedLtx(out.getvalue(), header.min_txid, header.max_txid, post, header.timestamp)

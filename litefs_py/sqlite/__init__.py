@@ -7,7 +7,9 @@ from .dbheader import (
     DATABASE_HEADER_SIZE,
     DATABASE_MAGIC,
     DatabaseHeader,
+    database_size_in_pages,
     page_size_from_header,
+    page_size_or_zero,
     parse_database_header,
 )
 from .errors import (
@@ -82,10 +84,12 @@ __all__ = [
     "WALStopReason",
     "WALTransaction",
     "WALWriter",
+    "database_size_in_pages",
     "encode_wal",
     "journal_checksum",
     "journal_is_hot",
     "page_size_from_header",
+    "page_size_or_zero",
     "parse_database_header",
     "parse_journal_header",
     "parse_wal_header",

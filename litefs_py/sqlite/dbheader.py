@@ -96,6 +96,27 @@ def page_size_from_header(
     return size
 
 
+def page_size_or_zero(data: bytes | bytearray | memoryview) -> int:
+    """`page_size_from_header` for a filesystem that sees every kind of file: 0 for anything
+    that is not a database header with a possible page size, never an error."""
+    try:
+        return page_size_from_header(data) or 0
+    except DatabaseHeaderError:
+        return 0
+
+
+def database_size_in_pages(header: bytes | bytearray | memoryview, file_size: int,
+                           page_size: int) -> int:
+    """The database size SQLite committed: the in-header page count when it is valid (bytes
+    92-95 equal the change counter at 24-27), else the file size. SQLite truncates a shrunken
+    database only after the commit signal, so the file may still be longer then."""
+    if len(header) >= DATABASE_HEADER_SIZE and header[92:96] == header[24:28]:
+        count = int.from_bytes(header[28:32], "big")
+        if count:
+            return count
+    return file_size // page_size
+
+
 def parse_database_header(
     data: bytes | bytearray | memoryview, name: str = "database"
 ) -> DatabaseHeader:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from .errors import JournalChecksumError, JournalFormatError
-from .wal import ByteSource, _as_file, _read_at
+from .wal import ByteSource, as_file, read_at
 
 JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
 JOURNAL_HEADER_SIZE = 28
@@ -135,9 +135,9 @@ class JournalReader:
     ) -> None:
         self.name = name
         self.strict = strict
-        self._file = _as_file(source)
+        self._file = as_file(source)
         self.header = parse_journal_header(
-            _read_at(self._file, 0, JOURNAL_HEADER_SIZE), 0, name, page_size=page_size
+            read_at(self._file, 0, JOURNAL_HEADER_SIZE), 0, name, page_size=page_size
         )
         self.headers: list[JournalHeader] = []
         self.stop_reason: JournalStopReason | None = None
@@ -179,7 +179,7 @@ class JournalReader:
             if offset == 0:
                 header = self.header
             else:
-                raw = _read_at(f, offset, JOURNAL_HEADER_SIZE)
+                raw = read_at(f, offset, JOURNAL_HEADER_SIZE)
                 if not journal_is_hot(raw):
                     self.stop_reason = JournalStopReason.END_OF_JOURNAL
                     return
@@ -193,7 +193,7 @@ class JournalReader:
                 count = (file_size - offset) // record_size
             # nRec == 0 in a hot journal means this segment holds no synced records.
             for _ in range(count):
-                buf = _read_at(f, offset, record_size)
+                buf = read_at(f, offset, record_size)
                 if len(buf) < record_size:
                     self._stop(JournalStopReason.TRUNCATED, offset, f"{record_size} bytes",
                                f"{len(buf)} bytes")

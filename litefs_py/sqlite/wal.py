@@ -50,13 +50,14 @@ ByteSource = bytes | bytearray | memoryview | ReadSeeker
 """What the readers accept: the whole file in memory, or a seekable binary file object."""
 
 
-def _as_file(source: ByteSource) -> ReadSeeker:
+def as_file(source: ByteSource) -> ReadSeeker:
+    """A seekable file over `source` (the journal reader shares it)."""
     if isinstance(source, bytes | bytearray | memoryview):
         return io.BytesIO(source)
     return source
 
 
-def _read_at(f: ReadSeeker, offset: int, size: int) -> bytes:
+def read_at(f: ReadSeeker, offset: int, size: int) -> bytes:
     """Read up to `size` bytes at `offset`; shorter only at end of file."""
     f.seek(offset)
     data = f.read(size)
@@ -307,8 +308,8 @@ class WALReader:
     def __init__(self, source: ByteSource, *, name: str = "wal", strict: bool = False) -> None:
         self.name = name
         self.strict = strict
-        self._file = _as_file(source)
-        self.header = parse_wal_header(_read_at(self._file, 0, WAL_HEADER_SIZE), name=name)
+        self._file = as_file(source)
+        self.header = parse_wal_header(read_at(self._file, 0, WAL_HEADER_SIZE), name=name)
         self._reset()
 
     @property
@@ -342,7 +343,7 @@ class WALReader:
         offset = WAL_HEADER_SIZE
         index = 0
         while True:
-            buf = _read_at(self._file, offset, frame_size)
+            buf = read_at(self._file, offset, frame_size)
             if len(buf) < frame_size:
                 if buf:
                     self._stop(WALStopReason.PARTIAL_FRAME, index, offset,

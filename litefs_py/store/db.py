@@ -1,99 +1,63 @@
 """One database under the mount: its backing files, its position, and commit capture.
 
-The FUSE layer calls `write`, `truncate`, `unlink` and `fsync` with the file kind; this class
-performs the operation on the backing file and recognises commits:
+The FUSE layer calls the file verbs `write`, `truncate`, `unlink` and `fsync_job` with the file
+kind (LiteFS's WriteDatabaseAt / WriteJournalAt / WriteWALAt / CommitJournal are the model);
+this class performs the operation on the backing file and hands commit recognition to the
+capture of the journal mode in use:
 
-- rollback journal modes: database writes while a journal exists are noted as dirty pages; the
-  journal being deleted (DELETE), truncated to 0 (TRUNCATE) or having its header zeroed
-  (PERSIST) commits them;
-- WAL mode: `WalTracker` recognises commit frames.
+- rollback journal modes (rollback.py): database writes while a journal is hot are dirty
+  pages; the journal being deleted (DELETE), truncated to 0 (TRUNCATE) or having its header
+  zeroed (PERSIST) commits them;
+- WAL mode (wal_capture.py): `WalTracker` recognises commit frames.
 
-A commit becomes an LTX file (renamed into place) *before* the operation that completes it is
-performed on the backing file, so when SQLite's COMMIT returns the LTX file exists; if writing
-the LTX file fails, the operation is refused (EIO) and nothing changes. Transactions that change
-no page (read-only, rolled back, WAL padding frames) produce no LTX file.
+A commit becomes an LTX record (`record`) *before* the operation that completes it is
+performed on the backing file, so when SQLite's COMMIT returns the record exists; if writing
+the record fails, the operation is refused (EIO) and nothing changes; if the operation fails,
+the record is taken back (`take_back`). Transactions that change no page (read-only, rolled
+back, WAL padding frames) produce no record.
 
 Nothing here awaits: a handler runs a whole commit without yielding to another FUSE request.
+The position (TXID, checksum), the page table and the deleted flag change only through this
+class's methods: `record`, `record_every_page`, `take_back`, `adopt` (recovery and replica
+apply), `mark_deleted`.
 """
 
 from __future__ import annotations
 
-import errno
 import io
 import logging
 import os
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, NoReturn
 
-from ..ltx import (
-    EMPTY_DATABASE_CHECKSUM,
-    FLAG_V3_NO_CHECKSUM,
-    Encoder,
-    Header,
-    compact,
-    encode_bytes,
-)
+from ..ltx import EMPTY_DATABASE_CHECKSUM, Encoder, Header, encode_bytes
+from ..sqlite import DATABASE_MAGIC, page_size_or_zero
+from ..types import NO_WAL, FileKind, Pos, TxRange, WalRange
+from .gate import WriteGate
 from .ltx_log import LtxLog
 from .page_table import PageTable, TableUndo
 from .paths import DBPaths
-from .wal_tracker import FRAME_HEADER_SIZE, WalCommit, WalTracker
+from .rollback import CaptureError, RollbackCapture
+from .wal_capture import WalCapture
 
 log = logging.getLogger("litefs.store")
-T = TypeVar("T")
 
-JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
+WAL_MODE = b"\x02\x02"  # database header bytes 18-19 of a WAL-mode database
 
-
-class FileKind(Enum):
-    DATABASE = "database"
-    JOURNAL = "journal"
-    WAL = "wal"
-    SHM = "shm"
-
-
-SUFFIXES = {FileKind.JOURNAL: "-journal", FileKind.WAL: "-wal", FileKind.SHM: "-shm"}
-
-
-class CaptureError(OSError):
-    """A write that cannot be captured; the application sees EIO."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(errno.EIO, message)
-
-
-def page_size_from_header(header: bytes) -> int:
-    """Page size from the first 100 bytes of a database, 0 if not a database header yet."""
-    if len(header) < 20 or header[:16] != b"SQLite format 3\x00":
-        return 0
-    v = int.from_bytes(header[16:18], "big")
-    size = 65536 if v == 1 else v
-    return size if 512 <= size <= 65536 and size & (size - 1) == 0 else 0
+__all__ = ["DB", "CaptureError", "Recorded"]
 
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    """An LTX file just written for a commit, with what is needed to take it back."""
+    """An LTX record just written for a commit, with what is needed to take it back."""
 
-    path: Path
-    prev_txid: int
-    prev_checksum: int
+    range: TxRange
+    prev: Pos
+    prev_table: PageTable | None  # the table before: another one if this record replaced it
     undo: TableUndo
-
-
-def database_size_in_pages(header: bytes, file_size: int, page_size: int) -> int:
-    """The database size SQLite committed: the in-header page count when it is valid (bytes
-    92-95 equal the change counter at 24-27), else the file size. SQLite truncates a shrunken
-    database only after the commit signal, so the file may still be longer then."""
-    if len(header) >= 100 and header[92:96] == header[24:28]:
-        count = int.from_bytes(header[28:32], "big")
-        if count:
-            return count
-    return file_size // page_size
 
 
 class DB:
@@ -101,45 +65,149 @@ class DB:
         self.name = name
         self.paths = DBPaths(root)
         root.mkdir(parents=True, exist_ok=True)
-        self.ltx = LtxLog(self.paths.ltx_dir)
+        self.ltx = LtxLog(self.paths.ltx_dir, quarantine=self.paths.quarantine)
+        self._file = {kind: self.paths.file(kind) for kind in FileKind if kind.backed}
         self._fds: dict[FileKind, int] = {}
-        self.txid = 0
-        self.checksum = EMPTY_DATABASE_CHECKSUM
-        self.table: PageTable | None = None
-        self.dirty: set[int] = set()
-        self.wal = WalTracker()
-        self.wal_index: dict[int, int] = {}  # pgno -> frame of its newest committed version
-        # Called with the TXID after each recorded transaction (the uploader's wake-up).
-        self.commit_listeners: list[Callable[[int], None]] = []
-        self.shm_opens = 0  # open FUSE handles on -shm (none while WAL writes: exclusive mode)
-        # Whether the journal header holds the magic: SQLite writes it (when it syncs the
-        # journal) before it overwrites any database page, and deletes, truncates or zeroes
-        # it to commit. Every change goes through us, so this is known without reading.
-        self._journal_hot = self._read_journal_magic()
-        self.deleted = False
+        self._handles = dict.fromkeys(FileKind, 0)  # open FUSE handles per kind
+        self._txid = 0
+        self._checksum = EMPTY_DATABASE_CHECKSUM
+        self._table: PageTable | None = None
+        self._deleted = False
+        self._commit_listeners: list[Callable[[int], None]] = []
+        self._rollback = RollbackCapture(self)
+        self._wal = WalCapture(self)
+        #: Held while a snapshot reads the files in a worker thread (see gate.py).
+        self.gate = WriteGate()
+        self._refused = False
+
+    # ---- state (read-only outside this class) ---------------------------------------------
+
+    @property
+    def txid(self) -> int:
+        return self._txid
+
+    @property
+    def checksum(self) -> int:
+        return self._checksum
+
+    @property
+    def pos(self) -> Pos:
+        return Pos(self._txid, self._checksum)
+
+    @property
+    def table(self) -> PageTable | None:
+        """Per-page checksums of the database as of `txid` (None before the first record)."""
+        return self._table
+
+    @property
+    def deleted(self) -> bool:
+        """Whether the application deleted the database (its log stays)."""
+        return self._deleted
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a write transaction is under way (a hot journal, or WAL frames not yet
+        committed): its writes must go on while a snapshot holds the database's writes."""
+        return self._rollback.in_transaction or self._wal.in_transaction
+
+    @property
+    def refused_write(self) -> bool:
+        """Whether a write was refused (it could not be captured): a file that never held
+        anything is then removed when the last handle on it closes (fuse/ops.py)."""
+        return self._refused
+
+    @property
+    def page_size(self) -> int:
+        return self._table.page_size if self._table is not None else 0
+
+    def add_commit_listener(self, listener: Callable[[int], None]) -> None:
+        """Call `listener(txid)` after each recorded transaction (it only wakes tasks)."""
+        self._commit_listeners.append(listener)
 
     # ---- backing files -------------------------------------------------------------------
 
     def path(self, kind: FileKind) -> Path:
-        return self.paths.root / kind.value
+        return self._file[kind]
 
     def exists(self, kind: FileKind) -> bool:
-        return kind in self._fds or self.path(kind).exists()
+        return kind in self._fds or self._file[kind].exists()
 
     def fd(self, kind: FileKind, *, create: bool = False, mode: int = 0o644) -> int:
+        """The backing file's descriptor, opened on first use (created with `create`)."""
         fd = self._fds.get(kind)
         if fd is None:
             flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
-            fd = os.open(self.path(kind), flags, mode)
+            fd = os.open(self._file[kind], flags, mode)
             self._fds[kind] = fd
             if kind is FileKind.DATABASE:
-                self.deleted = False
+                self._deleted = False
         return fd
+
+    def dup_fd(self, kind: FileKind) -> int:
+        """A duplicate of the backing file's descriptor, for a worker thread (a concurrent
+        close cannot pull it away); the caller closes it."""
+        return os.dup(self.fd(kind))
+
+    def stat(self, kind: FileKind) -> os.stat_result:
+        fd = self._fds.get(kind)
+        return os.fstat(fd) if fd is not None else os.stat(self._file[kind])
+
+    def size(self, kind: FileKind) -> int:
+        return self.stat(kind).st_size
+
+    def read(self, kind: FileKind, offset: int, size: int) -> bytes:
+        return os.pread(self.fd(kind), size, offset)
+
+    def read_page(self, pgno: int, page_size: int) -> bytes:
+        """Page `pgno` of the database file (zeros past its end)."""
+        data = os.pread(self.fd(FileKind.DATABASE), page_size, (pgno - 1) * page_size)
+        if len(data) < page_size:
+            data += bytes(page_size - len(data))
+        return data
+
+    def touch(self, kind: FileKind) -> None:
+        """Create the backing file empty if it does not exist."""
+        os.close(os.open(self._file[kind], os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+
+    def set_attributes(self, kind: FileKind, *, mode: int | None = None,
+                       uid: int = -1, gid: int = -1,
+                       times_ns: tuple[int, int] | None = None) -> None:
+        """chmod / chown / utime of the backing file (for the FUSE setattr)."""
+        path = self._file[kind]
+        if mode is not None:
+            os.chmod(path, mode)
+        if uid != -1 or gid != -1:
+            os.chown(path, uid, gid)
+        if times_ns is not None:
+            os.utime(path, ns=times_ns)
+
+    def remove_file(self, kind: FileKind) -> None:
+        """Close and delete a backing file without capturing anything (recovery finishing
+        a deletion, a replica applying one)."""
+        self._close(kind)
+        self._file[kind].unlink(missing_ok=True)
+
+    def discard_journal(self) -> None:
+        """Recovery rolled the hot journal back (or found it stale): delete it."""
+        self._close(FileKind.JOURNAL)
+        self._file[FileKind.JOURNAL].unlink()
+        self._rollback.journal_discarded()
 
     def _close(self, kind: FileKind) -> None:
         fd = self._fds.pop(kind, None)
         if fd is not None:
             os.close(fd)
+
+    def opened(self, kind: FileKind) -> None:
+        """A FUSE handle on `kind` was opened."""
+        self._handles[kind] += 1
+
+    def released(self, kind: FileKind) -> None:
+        self._handles[kind] -= 1
+
+    def open_handles(self, kind: FileKind | None = None) -> int:
+        """Open FUSE handles on `kind` (on any file of the database without it)."""
+        return sum(self._handles.values()) if kind is None else self._handles[kind]
 
     def fingerprint(self) -> bytes:
         """Identity of the database and WAL files (inode, size, mtime): if it changes while
@@ -147,7 +215,7 @@ class DB:
         parts = []
         for kind in (FileKind.DATABASE, FileKind.WAL):
             try:
-                st = os.stat(self.path(kind))
+                st = os.stat(self._file[kind])
                 parts.append(f"{kind.value}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}")
             except FileNotFoundError:
                 parts.append(f"{kind.value}:-")
@@ -155,173 +223,98 @@ class DB:
 
     def save_state(self) -> None:
         """Persist the page checksums so the next start need not rescan the database."""
-        if self.table is not None and not self.deleted:
+        if self._table is not None and not self._deleted:
             for fd in self._fds.values():
                 os.fsync(fd)  # the fingerprint must describe the files as they are on disk
-            self.table.save(self.paths.page_table, self.txid, self.fingerprint())
+            self._table.save(self.paths.page_table, self._txid, self.fingerprint())
 
     def close(self) -> None:
         self.ltx.close()
         for kind in list(self._fds):
             self._close(kind)
 
-    def _read_journal_magic(self) -> bool:
-        try:
-            with open(self.path(FileKind.JOURNAL), "rb") as f:
-                return f.read(8) == JOURNAL_MAGIC
-        except FileNotFoundError:
-            return False
-
-    def size(self, kind: FileKind) -> int:
-        fd = self._fds.get(kind)
-        if fd is not None:
-            return os.fstat(fd).st_size
-        return self.path(kind).stat().st_size
-
-    def read(self, kind: FileKind, offset: int, size: int) -> bytes:
-        return os.pread(self.fd(kind), size, offset)
-
-    @property
-    def pos(self) -> tuple[int, int]:
-        return self.txid, self.checksum
-
-    @property
-    def page_size(self) -> int:
-        return self.table.page_size if self.table is not None else 0
-
-    def _db_page_size(self) -> int:
-        return page_size_from_header(os.pread(self.fd(FileKind.DATABASE), 100, 0))
-
-    def _wal_mode(self) -> bool:
-        """True when the database header says WAL (bytes 18/19 = 2) or a WAL is in use."""
-        hdr = os.pread(self.fd(FileKind.DATABASE), 2, 18)
-        return hdr == b"\x02\x02" or self.wal.salts is not None
-
-    # ---- operations from the FUSE layer --------------------------------------------------
+    # ---- file verbs from the FUSE layer --------------------------------------------------
 
     def write(self, kind: FileKind, offset: int, data: bytes) -> int:
         if kind is FileKind.DATABASE:
             return self._write_database(offset, data)
         if kind is FileKind.WAL:
-            return self._write_wal(offset, data)
-        fd = self.fd(kind)
-        if kind is FileKind.JOURNAL and offset == 0 and len(data) >= 8:
-            hot = data[:8] == JOURNAL_MAGIC
-            if self._journal_hot and not hot and self.dirty:
-                # PERSIST mode commits by zeroing the journal header.
-                n = self._committing(lambda: os.pwrite(fd, data, offset))
-            else:
-                n = os.pwrite(fd, data, offset)
-            self._journal_hot = hot
-            return n
-        return os.pwrite(fd, data, offset)
-
-    def _committing(self, operation: Callable[[], T]) -> T:
-        """Record the rollback-mode transaction, then perform the operation that commits it;
-        if that operation fails, take the LTX file back."""
-        written = self._commit_rollback()
-        try:
-            return operation()
-        except BaseException:
-            if written is not None:
-                self._take_back(written)
-            raise
+            if self._handles[FileKind.SHM] == 0 and offset >= 32:
+                self._refuse("a WAL write while no process has the -shm file open: "
+                             "locking_mode=EXCLUSIVE in WAL mode cannot be captured; use "
+                             "PRAGMA locking_mode=NORMAL")
+            return self._wal.write(self.fd(kind), offset, data)
+        if kind is FileKind.JOURNAL:
+            return self._rollback.write_journal(self.fd(kind), offset, data)
+        return os.pwrite(self.fd(kind), data, offset)
 
     def _write_database(self, offset: int, data: bytes) -> int:
         fd = self.fd(FileKind.DATABASE)
-        if self._journal_hot:
-            n = os.pwrite(fd, data, offset)
-            ps = self.page_size or self._db_page_size() or page_size_from_header(data)
-            if ps:
-                first = offset // ps + 1
-                last = (offset + len(data) - 1) // ps + 1
-                self.dirty.update(range(first, last + 1))
-            return n
-        if self._wal_mode() and not (offset == 0 and len(data) >= 20
-                                     and data[18:20] != b"\x02\x02"):
+        if self._rollback.journal_hot:
+            return self._rollback.write_database(fd, offset, data)
+        if self._wal_mode(fd) and not (offset == 0 and len(data) >= 20
+                                       and data[18:20] != WAL_MODE):
             # A checkpoint: copies committed pages. (Page 1 leaving WAL mode without a
             # journal is PRAGMA journal_mode=MEMORY/OFF, refused below.)
             return os.pwrite(fd, data, offset)
-        msg = (f"{self.name}: refusing a database write without a rollback journal or WAL: "
-               "journal_mode=MEMORY or OFF cannot be captured; use PRAGMA journal_mode=DELETE, "
-               "TRUNCATE, PERSIST or WAL")
+        header = os.pread(fd, 100, 0)
+        if not page_size_or_zero(header) and not (offset == 0 and page_size_or_zero(data)):
+            raise self.refuse_not_sqlite("a write")
+        self._refuse("a database write without a rollback journal or WAL: "
+                     "journal_mode=MEMORY or OFF cannot be captured; use PRAGMA "
+                     "journal_mode=DELETE, TRUNCATE, PERSIST or WAL (a database file copied "
+                     "in with cp is written the same way: copy it with "
+                     "`sqlite3 SRC \".backup DEST\"` instead)")
+
+    def _wal_mode(self, fd: int) -> bool:
+        """True when the database header says WAL (bytes 18/19 = 2) or a WAL is in use."""
+        return os.pread(fd, 2, 18) == WAL_MODE or self._wal.active
+
+    def _refuse(self, what: str) -> NoReturn:
+        self._refused = True
+        msg = f"{self.name}: refusing {what}"
         log.error(msg)
         raise CaptureError(msg)
 
-    def _write_wal(self, offset: int, data: bytes) -> int:
-        fd = self.fd(FileKind.WAL)
-        if self.shm_opens == 0 and offset >= 32:
-            msg = (f"{self.name}: refusing a WAL write while no process has the -shm file open: "
-                   "locking_mode=EXCLUSIVE in WAL mode cannot be captured; use "
-                   "PRAGMA locking_mode=NORMAL")
-            log.error(msg)
-            raise CaptureError(msg)
-        tracker = self.wal
-        commit, undo = tracker.process(offset, data, self._read_frame_header)
-        if commit is None:
-            return os.pwrite(fd, data, offset)
-        try:
-            written = self._commit_wal(commit, offset, data)
-        except BaseException:
-            tracker.undo(undo)
-            raise
-        try:
-            n = os.pwrite(fd, data, offset)
-        except BaseException:
-            tracker.undo(undo)
-            if written is not None:
-                self._take_back(written)
-            raise
-        return n
-
-    def _read_frame_header(self, index: int) -> bytes:
-        return os.pread(self.fd(FileKind.WAL), FRAME_HEADER_SIZE, self.wal.frame_offset(index))
+    def refuse_not_sqlite(self, what: str) -> CaptureError:
+        """The error (logged) for a change to a file that is not a SQLite database."""
+        self._refused = True
+        msg = (f"{self.name}: refusing {what}: the file is not a SQLite database (it does not "
+               f"start with {DATABASE_MAGIC[:15].decode()!r}); litefs captures SQLite "
+               "databases only, so keep other files outside the mount. A database written "
+               "through an encrypting or page-scrambling VFS (SQLCipher-style) cannot be "
+               "captured either")
+        log.error(msg)
+        return CaptureError(msg)
 
     def truncate(self, kind: FileKind, size: int) -> None:
         fd = self.fd(kind)
         if kind is FileKind.JOURNAL:
-            if size == 0 and self.dirty:
-                # TRUNCATE mode commits by truncating the journal to 0.
-                self._committing(lambda: os.ftruncate(fd, size))
-            else:
-                os.ftruncate(fd, size)
-            if size < 8:
-                self._journal_hot = False
+            self._rollback.truncate_journal(fd, size)
             return
         os.ftruncate(fd, size)
         if kind is FileKind.WAL:
-            self.wal.truncate(size)
-            if size < 32:
-                self.wal_index.clear()
+            self._wal.truncate(size)
 
     def unlink(self, kind: FileKind) -> None:
         if kind is FileKind.DATABASE:
             self._delete_database()
             return
-        path = self.path(kind)
+        path = self._file[kind]
         if kind is FileKind.JOURNAL:
-            if self.dirty:
-                # DELETE mode commits by deleting the journal.
-                self._committing(path.unlink)
-            else:
-                path.unlink()
+            self._rollback.remove_journal(path.unlink)
             self._close(kind)
-            self._journal_hot = False
             return
         self._close(kind)
         path.unlink()
         if kind is FileKind.WAL:
-            self.wal.reset()
-            self.wal_index.clear()
-
-    def fsync(self, kind: FileKind, datasync: bool = False) -> None:
-        self.fsync_job(kind, datasync)()
+            self._wal.reset()
 
     def fsync_job(self, kind: FileKind, datasync: bool = False) -> Callable[[], None]:
         """The blocking work of SQLite's fsync of one file, safe to run in a worker thread.
 
-        LTX files first: SQLite's fsync is the point from which it treats the transaction as
-        durable, so the LTX files it depends on must be durable no later than that. The file
+        LTX records first: SQLite's fsync is the point from which it treats the transaction
+        as durable, so the records it depends on must be durable no later than that. The file
         descriptor is duplicated so a concurrent close cannot pull it away.
         """
         ltx_job = self.ltx.sync_job()
@@ -337,127 +330,74 @@ class DB:
 
         return work
 
-    # ---- commits -------------------------------------------------------------------------
+    def fsync(self, kind: FileKind, datasync: bool = False) -> None:
+        self.fsync_job(kind, datasync)()
 
-    def _commit_rollback(self) -> Recorded | None:
-        fd = self.fd(FileKind.DATABASE)
-        header = os.pread(fd, 100, 0)
-        ps = page_size_from_header(header)
-        dirty = self.dirty
-        if not ps:
-            dirty.clear()
-            return None
-        commit = database_size_in_pages(header, os.fstat(fd).st_size, ps)
-        if self.table is not None and self.table.page_size != ps:
-            # The page size changed (VACUUM after PRAGMA page_size): every page is new.
-            log.info("%s: page size changed from %d to %d", self.name, self.table.page_size, ps)
-            self.table = None
-        if self.table is None or self.txid == 0:
-            wanted = range(1, commit + 1)
-        else:
-            wanted = sorted(p for p in dirty if p <= commit)  # type: ignore[assignment]
-        pages = {p: self._read_db_page(p, ps) for p in wanted}
-        written = self._record(pages, commit, ps)
-        dirty.clear()
-        return written
+    # ---- recording transactions ----------------------------------------------------------
 
-    def _read_db_page(self, pgno: int, ps: int) -> bytes:
-        data = os.pread(self.fd(FileKind.DATABASE), ps, (pgno - 1) * ps)
-        if len(data) < ps:
-            data += bytes(ps - len(data))
-        return data
+    def needs_every_page(self, page_size: int) -> bool:
+        """Whether the next record must hold every page: the first one, or one after the page
+        size changed (VACUUM after PRAGMA page_size: every page is new)."""
+        table = self._table
+        return table is None or self._txid == 0 or table.page_size != page_size
 
-    def _commit_wal(self, commit: WalCommit, offset: int, data: bytes) -> Recorded | None:
-        tracker = self.wal
-        ps = tracker.page_size
-        end = offset + len(data)
-        wal_fd = self.fd(FileKind.WAL)
-
-        def frame_page(index: int) -> bytes:
-            # The kernel splits writes at page-cache boundaries, so part of a frame's page may
-            # be in this write and the rest already in the backing file.
-            start = tracker.frame_offset(index) + FRAME_HEADER_SIZE
-            stop = start + ps
-            if offset <= start and stop <= end:
-                return bytes(data[start - offset:stop - offset])
-            if stop <= offset or start >= end:
-                return os.pread(wal_fd, ps, start)
-            page = bytearray(os.pread(wal_fd, ps, start).ljust(ps, b"\0"))
-            lo, hi = max(start, offset), min(stop, end)
-            page[lo - start:hi - start] = data[lo - offset:hi - offset]
-            return bytes(page)
-
-        if self.table is not None and self.table.page_size != ps:
-            self.table = None
-        if self.table is None or self.txid == 0:
-            # First LTX (a snapshot) or page size change: every page, newest version first
-            # from this transaction, then the committed WAL, then the database file.
-            pages = {}
-            for pgno in range(1, commit.db_size + 1):
-                idx = commit.frames.get(pgno, self.wal_index.get(pgno))
-                pages[pgno] = frame_page(idx) if idx is not None else self._read_db_page(pgno, ps)
-        else:
-            pages = {pgno: frame_page(idx) for pgno, idx in commit.frames.items()
-                     if pgno <= commit.db_size}
-        first_off = tracker.frame_offset(commit.first_frame)
-        wal_size = (commit.commit_frame + 1 - commit.first_frame) * tracker.frame_size
-        salts = tracker.salts or (0, 0)
-        written = self._record(pages, commit.db_size, ps,
-                               wal=(first_off, wal_size, salts[0], salts[1]))
-        for pgno, idx in commit.frames.items():
-            self.wal_index[pgno] = idx
-        return written
-
-    def _record(self, pages: dict[int, bytes], commit: int, page_size: int,
-                wal: tuple[int, int, int, int] = (0, 0, 0, 0)) -> Recorded | None:
-        """Turn one committed transaction into an LTX file; None if it changed nothing."""
-        if self.table is None:
-            self.table = PageTable(page_size)
-        table = self.table
+    def record(self, pages: dict[int, bytes], commit: int, page_size: int,
+               wal: WalRange = NO_WAL) -> Recorded | None:
+        """Turn one committed transaction into an LTX record; None if it changed nothing.
+        `pages` holds the pages it wrote (every page when `needs_every_page`)."""
+        table = prev_table = self._table
+        if table is None or table.page_size != page_size:
+            if table is not None:
+                log.info("%s: page size changed from %d to %d", self.name, table.page_size,
+                         page_size)
+            table = PageTable(page_size)
         old_count = table.page_count
         changed, undo = table.commit(pages, commit)
-        if not changed and commit == old_count and self.txid > 0:
+        txid = self._txid + 1
+        if not changed and commit == old_count and txid > 1:
             return None
-        txid = self.txid + 1
-        snapshot = txid == 1
         header = Header(
             page_size=page_size, commit=commit, min_txid=txid, max_txid=txid,
             timestamp=int(time.time() * 1000),
-            pre_apply_checksum=0 if snapshot else self.checksum,
+            pre_apply_checksum=0 if txid == 1 else self._checksum,
             wal_offset=wal[0], wal_size=wal[1], wal_salt1=wal[2], wal_salt2=wal[3],
         )
+        r = TxRange(txid, txid)
         try:
             data = encode_bytes(header, changed, table.checksum, name=f"{self.name} TXID {txid}")
-            path = self.ltx.write(txid, txid, data)
+            self.ltx.write(r, data)
         except BaseException:
             table.undo(undo)
             raise
-        recorded = Recorded(path, self.txid, self.checksum, undo)
-        self.txid, self.checksum = txid, table.checksum
+        recorded = Recorded(r, Pos(self._txid, self._checksum), prev_table, undo)
+        self._table = table
+        self._txid, self._checksum = txid, table.checksum
         # Listeners only wake tasks; they run after this handler finished (and after a
-        # take-back, which would remove the file before anyone reads it).
-        for listener in self.commit_listeners:
+        # take-back, which would remove the record before anyone reads it).
+        for listener in self._commit_listeners:
             listener(txid)
         return recorded
 
-    def _take_back(self, recorded: Recorded) -> None:
-        """Undo `_record` after the operation that completes the commit failed."""
-        self.ltx.remove(recorded.path)
-        if self.table is not None:
-            self.table.undo(recorded.undo)
-        self.txid, self.checksum = recorded.prev_txid, recorded.prev_checksum
+    def take_back(self, recorded: Recorded) -> None:
+        """Undo `record` after the operation that completes the commit failed."""
+        self.ltx.take_back(recorded.range)
+        if self._table is recorded.prev_table and self._table is not None:
+            self._table.undo(recorded.undo)
+        else:
+            self._table = recorded.prev_table
+        self._txid, self._checksum = recorded.prev
 
     def record_every_page(self, page: Callable[[int], bytes], commit: int, page_size: int,
-                          wal: tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
+                          wal: WalRange = NO_WAL) -> None:
         """Record the database as one transaction holding every page 1..commit, streaming
-        (one page in memory at a time): the first LTX file of a database that predates
+        (one page in memory at a time): the first record of a database that predates
         capture, or `litefs recover`. `page(pgno)` returns a page's current content."""
-        txid = self.txid + 1
+        txid = self._txid + 1
         table = PageTable(page_size)
         header = Header(
             page_size=page_size, commit=commit, min_txid=txid, max_txid=txid,
             timestamp=int(time.time() * 1000),
-            pre_apply_checksum=0 if txid == 1 else self.checksum,
+            pre_apply_checksum=0 if txid == 1 else self._checksum,
             wal_offset=wal[0], wal_size=wal[1], wal_salt1=wal[2], wal_salt2=wal[3],
         )
         lock = table.lock_pgno
@@ -472,131 +412,50 @@ class DB:
             table.finish_growth(0, commit)
             enc.finish(table.checksum)
 
-        self.ltx.write_streaming(txid, txid, produce)
-        self.table = table
-        self.txid, self.checksum = txid, table.checksum
-        for listener in self.commit_listeners:
+        self.ltx.write_streaming(TxRange(txid, txid), produce)
+        self._table = table
+        self._txid, self._checksum = txid, table.checksum
+        for listener in self._commit_listeners:
             listener(txid)
 
-    def logical_page(self, pgno: int) -> bytes:
-        """Page `pgno` as SQLite sees it now: the newest committed WAL frame, else the
-        database file (zeros past its end)."""
-        ps = self.page_size
-        idx = self.wal_index.get(pgno)
-        if idx is not None and self.wal.salts is not None:
-            return os.pread(self.fd(FileKind.WAL), ps, self.wal.frame_offset(idx) + 24)
-        return self._read_db_page(pgno, ps)
+    def adopt(self, pos: Pos, table: PageTable | None) -> None:
+        """Take `pos` and `table` as the database's state: what recovery found, or what a
+        replica just applied."""
+        self._txid, self._checksum = pos
+        self._table = table
+        self._deleted = False
 
-    def snapshot_bytes(self) -> tuple[bytes, int, int, int]:
-        """A replica snapshot (TXIDs 1..current, flags 0x2) of the database as it is now.
+    def mark_deleted(self, pos: Pos) -> None:
+        """The log ends with the database's deletion at `pos` (recovery, replica apply)."""
+        self._txid, self._checksum = pos
+        self._table = None
+        self._deleted = True
 
-        Returns (data, txid, database checksum, timestamp). Runs without yielding, so it
-        describes exactly one position; it reads the whole database.
-        """
-        table = self.table
-        if table is None or self.deleted:
-            raise ValueError(f"{self.name}: no database to snapshot")
-        ps, commit = table.page_size, table.page_count
-        header = Header(page_size=ps, commit=commit, min_txid=1, max_txid=self.txid,
-                        timestamp=int(time.time() * 1000), flags=FLAG_V3_NO_CHECKSUM)
-        buf = io.BytesIO()
-        enc = Encoder(buf, header, name=f"{self.name} snapshot")
-        lock = table.lock_pgno
-        for pgno in range(1, commit + 1):
-            if pgno != lock:
-                enc.encode_page(pgno, self.logical_page(pgno))
-        enc.finish(0)
-        return buf.getvalue(), self.txid, self.checksum, header.timestamp
+    def resume_wal(self, page_size: int, salts: tuple[int, int], committed_frames: int,
+                   newest: dict[int, int]) -> None:
+        """Recovery found `committed_frames` committed frames in the WAL; `newest` maps
+        pages to the frame holding their newest version."""
+        self._wal.load(page_size, salts, committed_frames, newest)
 
-    def snapshot_job(self) -> Callable[[], tuple[bytes, int, int, int] | None]:
-        """`snapshot_bytes` for a worker thread: what it needs is captured now (position,
-        page count, where each page's newest version is); the pages are read and encoded in
-        the thread. Commits and checkpoints may change the files meanwhile, so the rolling
-        checksum of what was read must equal the checksum captured now, else the job
-        returns None (take the snapshot with `snapshot_bytes` instead)."""
-        table = self.table
-        if table is None or self.deleted:
-            raise ValueError(f"{self.name}: no database to snapshot")
-        ps, commit, txid, checksum = table.page_size, table.page_count, self.txid, self.checksum
-        use_wal = self.wal.salts is not None
-        frames = {p: self.wal.frame_offset(i) + FRAME_HEADER_SIZE
-                  for p, i in self.wal_index.items()} if use_wal else {}
-        db_fd = os.dup(self.fd(FileKind.DATABASE))
-        wal_fd = os.dup(self.fd(FileKind.WAL)) if use_wal else None
-
-        def work() -> tuple[bytes, int, int, int] | None:
-            try:
-                header = Header(page_size=ps, commit=commit, min_txid=1, max_txid=txid,
-                                timestamp=int(time.time() * 1000), flags=FLAG_V3_NO_CHECKSUM)
-                buf = io.BytesIO()
-                enc = Encoder(buf, header, name=f"{self.name} snapshot")
-                check = PageTable(ps)
-                lock = check.lock_pgno
-                for pgno in range(1, commit + 1):
-                    if pgno == lock:
-                        continue
-                    offset = frames.get(pgno)
-                    if offset is not None and wal_fd is not None:
-                        page = os.pread(wal_fd, ps, offset)
-                    else:
-                        page = os.pread(db_fd, ps, (pgno - 1) * ps)
-                    page = page.ljust(ps, b"\0")
-                    check.set_page(pgno, page)
-                    enc.encode_page(pgno, page)
-                check.finish_growth(0, commit)
-                if check.checksum != checksum:
-                    return None  # the files changed under the read: not one position
-                enc.finish(0)
-                return buf.getvalue(), txid, checksum, header.timestamp
-            finally:
-                os.close(db_fd)
-                if wal_fd is not None:
-                    os.close(wal_fd)
-
-        return work
-
-    def merge_local_log_job(self, after: int) -> Callable[[], tuple[list[Path], Header,
-                                                                      bytes]] | None:
-        """The blocking half of merging the local LTX files after TXID `after` into one
-        (spool pressure): returns work for a worker thread, or None if there is nothing to
-        merge. `install_merged_log` finishes in the trio thread."""
-        files = [(lo, hi, p) for lo, hi, p in self.ltx.paths_after(after) if lo > after]
-        if len(files) < 2:
-            return None
-        paths = [p for _, _, p in files]
-
-        def work() -> tuple[list[Path], Header, bytes]:
-            buf = io.BytesIO()
-            with ExitStack() as stack:
-                handles = [stack.enter_context(open(p, "rb")) for p in paths]
-                header, _ = compact(handles, buf, names=[str(p) for p in paths],
-                                    keep_wal_position=True)
-            return paths, header, buf.getvalue()
-
-        return work
-
-    def install_merged_log(self, paths: list[Path], header: Header, data: bytes) -> None:
-        self.ltx.write(header.min_txid, header.max_txid, data)
-        self.ltx.sync()
-        for p in paths:
-            self.ltx.delete(p)
-        log.info("%s: merged %d local LTX files into TXIDs %016x-%016x", self.name,
-                 len(paths), header.min_txid, header.max_txid)
+    def wal_page_offsets(self) -> dict[int, int]:
+        """pgno -> offset in the `-wal` file of the page's newest committed version."""
+        return self._wal.page_offsets()
 
     def _delete_database(self) -> None:
-        """The application deleted the database: record a commit-0 LTX file, then delete."""
-        if self.txid > 0 and not self.deleted:
-            txid = self.txid + 1
+        """The application deleted the database: record a commit-0 LTX record, then
+        delete."""
+        if self._txid > 0 and not self._deleted:
+            txid = self._txid + 1
             ps = self.page_size or 4096
             header = Header(page_size=ps, commit=0, min_txid=txid, max_txid=txid,
                             timestamp=int(time.time() * 1000),
-                            pre_apply_checksum=self.checksum)
+                            pre_apply_checksum=self._checksum)
             buf = io.BytesIO()
             Encoder(buf, header, name=f"{self.name} TXID {txid}").finish(EMPTY_DATABASE_CHECKSUM)
-            self.ltx.write(txid, txid, buf.getvalue())
-            self.txid, self.checksum = txid, EMPTY_DATABASE_CHECKSUM
+            self.ltx.write(TxRange(txid, txid), buf.getvalue())
+            self._txid, self._checksum = txid, EMPTY_DATABASE_CHECKSUM
         self._close(FileKind.DATABASE)
-        self.path(FileKind.DATABASE).unlink()
-        self.table = None
-        self.dirty.clear()
-        self.deleted = True
+        self._file[FileKind.DATABASE].unlink()
+        self._table = None
+        self._rollback.database_deleted()
+        self._deleted = True

@@ -22,6 +22,15 @@ _STATE_MAGIC = b"LFPT"
 _STATE_HEADER = struct.Struct(">4sIQQQI")
 
 
+@dataclass(frozen=True, slots=True)
+class SavedTable:
+    """A page table saved on a clean shutdown, with what it was saved for."""
+
+    table: PageTable
+    txid: int
+    fingerprint: bytes  # the caller's identity of the files it describes
+
+
 @dataclass(slots=True)
 class TableUndo:
     old_count: int
@@ -193,9 +202,8 @@ class PageTable:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> tuple[PageTable, int, bytes] | None:
-        """Return (table, txid, fingerprint) from a saved state, or None if absent or
-        inconsistent."""
+    def load(cls, path: Path) -> SavedTable | None:
+        """The saved state, or None if absent or inconsistent."""
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
@@ -219,7 +227,7 @@ class PageTable:
         table._xor = acc
         if table.checksum != checksum:
             return None
-        return table, txid, fingerprint
+        return SavedTable(table, txid, fingerprint)
 
     def pages_checksums(self) -> Iterable[int]:
         return iter(self._cks)

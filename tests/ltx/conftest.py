@@ -7,13 +7,13 @@ of other test packages in the same session.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from litefs_py.ltx import decoder, encoder, page_encoding, varint
+from tests.needs import need_tool
 
 settings.register_profile(
     "ltx",
@@ -27,10 +27,7 @@ settings.register_profile(
 
 @pytest.fixture(scope="session")
 def sqlite3_cli() -> str:
-    path = shutil.which("sqlite3")
-    if path is None:
-        pytest.skip("the sqlite3 command-line shell is not installed")
-    return path
+    return need_tool("sqlite3", "sqlite3")
 
 
 # Every LTX test runs twice: with the compiled hot loops (litefs_py/ltx/_frames.c, built by

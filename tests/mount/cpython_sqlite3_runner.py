@@ -114,6 +114,31 @@ class RecordingResult(unittest.TextTestResult):
         self.skip_reasons[test_id(test)] = reason
 
 
+# Where `scripts/setup.sh --test` puts CPython's own test_sqlite3 (as test/test_sqlite3) when
+# the interpreter's `test` package lacks it: Debian's python3 ships test.support
+# (libpython3.X-testsuite) but not the sqlite3 tests.
+EXTRA_TESTS = os.path.join(sys.prefix, "cpython-tests")
+
+
+def use_extra_tests() -> None:
+    """Make `test.test_sqlite3` importable from EXTRA_TESTS if the interpreter has none."""
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec(SUITE) is not None:
+            return
+    except ImportError:
+        return  # no `test` package at all: the import below reports it
+    if os.path.isfile(os.path.join(EXTRA_TESTS, "test", "test_sqlite3", "__init__.py")):
+        import test
+        import test.support
+
+        test.__path__.append(os.path.join(EXTRA_TESTS, "test"))
+        # The package's load_tests discovers its modules relative to STDLIB_DIR, which must
+        # contain it: point it at the directory that holds this `test/` instead.
+        test.support.STDLIB_DIR = EXTRA_TESTS
+
+
 def main() -> int:
     args = sys.argv[1:]
     tempdir_here = "--tempdir-here" in args
@@ -125,6 +150,7 @@ def main() -> int:
     out_path = args[0]
     if tempdir_here:
         tempfile.tempdir = os.getcwd()
+    use_extra_tests()
     from test.support import os_helper
 
     suite = unittest.defaultTestLoader.loadTestsFromName(SUITE)

@@ -211,7 +211,8 @@ def inject_faults() -> None:
     if what != "after-ltx":
         raise ValueError(f"LITEFS_CRASH_FAULT: unknown fault {spec!r}")
     wanted = int(count)
-    from litefs_py.store import db as store_db
+    from litefs_py.store.rollback import RollbackCapture
+    from litefs_py.store.wal_capture import WalCapture
 
     seen = 0
 
@@ -226,8 +227,8 @@ def inject_faults() -> None:
             return recorded
         return wrapper
 
-    for name in ("_commit_rollback", "_commit_wal"):  # both return the Recorded LTX or None
-        setattr(store_db.DB, name, after_recorded(getattr(store_db.DB, name)))
+    for capture in (RollbackCapture, WalCapture):  # commit() returns the Recorded LTX or None
+        capture.commit = after_recorded(capture.commit)  # type: ignore[method-assign]
 
 
 def _write_marker(path: Path, text: str) -> None:

@@ -10,13 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from litefs_py.mountinfo import is_mounted
+
 MOUNT_TIMEOUT = 20.0
-
-
-def is_mounted(path: Path) -> bool:
-    target = str(path)
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == target for line in f if len(line.split()) > 1)
 
 
 def force_unmount(path: Path) -> None:

