@@ -24,7 +24,6 @@ from .errors import ExitCode, QuietError
 from .fuse.ops import PrimaryOperations
 from .fuse.replica_ops import ReplicaKernelCache, ReplicaOperations
 from .mountinfo import is_mounted
-from .proxy.settings import ProxySettings
 from .replication import http_tls
 from .replication.budget import RequestBudget
 from .replication.maintenance import ReplicaMaintainer, Schedule
@@ -70,9 +69,6 @@ class MountOptions:
     # Started in order once the mount serves: every command but the last runs to completion
     # (a failure stops the start-up), the last is the supervised application.
     commands: tuple[AppCommand, ...] = ()
-    # The HTTP proxy (`proxy:`), or None. Hook for issue 13 until config.py carries the
-    # section: the lead passes the parsed section here (proxy.parse_proxy_settings).
-    proxy: ProxySettings | None = None
 
 
 class Replicator:
@@ -463,8 +459,8 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
             ops.store.add_db_listener(replicator.attach)
         _serve_metrics(nursery, config, ops.store, replicator, node, stream_server)
         nursery.start_soon(_write_status, ops.store, replicator, node)
-        if opts.proxy is not None:  # before the app starts: its first requests may come
-            await _start_proxy(nursery, opts.proxy, ops.store, config, node, stream_server)
+        if config.proxy is not None:  # before the app starts: its first requests may come
+            await _start_proxy(nursery, config, ops.store, node, stream_server)
         if opts.commands:
             nursery.start_soon(_supervise, opts.commands, config.lease.candidate, sup,
                                config.exit_on_error)
@@ -479,12 +475,18 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
         nursery.cancel_scope.cancel()
 
 
-async def _start_proxy(nursery: trio.Nursery, settings: ProxySettings, store: Store,
-                       config: Config, node: ReplicaNode | None,
-                       stream_server: StreamServer | None) -> None:
+async def _start_proxy(nursery: trio.Nursery, config: Config, store: Store,
+                       node: ReplicaNode | None, stream_server: StreamServer | None) -> None:
+    """The HTTP proxy of `proxy:` (imported here: a mount without one does not load it)."""
     from .proxy import StaticPrimary, start_proxy
+    from .proxy.settings import ProxySettings
 
-    # The static lease today; with elections, proxy.LeasePrimary over the mount's Lease.
+    settings = ProxySettings.from_config(config.proxy)
+    if settings is None:
+        log.info("proxy.target is not set: no HTTP proxy on this node")
+        return
+    # Who the primary is, through proxy.PrimarySource: the static lease today; the election
+    # work passes proxy.LeasePrimary(lease, node_id) (or its own PrimarySource) here instead.
     primary = StaticPrimary(is_primary=node is None, advertise_url=config.lease.advertise_url,
                             hostname=config.lease.hostname)
     proxy = await start_proxy(nursery, settings, store, primary=primary,

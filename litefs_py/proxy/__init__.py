@@ -19,12 +19,12 @@ from ..replication.stream_server import StreamServer
 from ..store.store import Store
 from .primary import LeasePrimary, Primary, PrimarySource, StaticPrimary
 from .server import ProxyServer
-from .settings import ProxySettings, parse_proxy_settings
+from .settings import ProxySettings
 
 log = logging.getLogger("litefs.proxy")
 
 __all__ = ["LeasePrimary", "Primary", "PrimarySource", "ProxyServer", "ProxySettings",
-           "StaticPrimary", "advertised_proxy_url", "parse_proxy_settings", "start_proxy"]
+           "StaticPrimary", "advertised_proxy_url", "start_proxy"]
 
 
 def advertised_proxy_url(settings: ProxySettings, advertise_url: str | None) -> str:

@@ -1,6 +1,6 @@
 """The example web app (examples/webapp) behind the HTTP proxy on a primary and replicas:
-each node is a real `litefs mount` (tests/proxy/node.py: the mount with its proxy), its own
-mount and data directory, replication API, app and proxy ports on loopback.
+each node is a real `litefs mount` whose config file has a `proxy:` section, its own mount
+and data directory, replication API, app and proxy ports on loopback.
 
     cluster = ProxyCluster(tmp)
     primary = cluster.node("primary", primary=True).start()
@@ -32,17 +32,11 @@ SECRET = "proxy-test-secret"
 
 
 class ProxyMount(LitefsMount):
-    """`python -m tests.proxy.node --proxy-config FILE mount ...` instead of `litefs mount`."""
+    """`litefs mount` in a process group of its own (with its app), and `env` added."""
 
-    def __init__(self, proxy_config: Path, *args: Any, env: dict[str, str] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, env: dict[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.proxy_config = proxy_config
         self.env = env or {}
-
-    def entry_point(self) -> list[str]:
-        return [sys.executable, "-m", "tests.proxy.node", "--proxy-config",
-                str(self.proxy_config)]
 
     def popen_options(self) -> dict[str, Any]:
         # Its own process group: litefs and the app it starts, killed together as a crash
@@ -79,8 +73,7 @@ class Node:
         self.app_url = f"http://127.0.0.1:{self.app_port}"
         root = cluster.root
         self.config_path = root / f"{name}.yml"
-        self.proxy_path = root / f"{name}-proxy.yml"
-        self.mount = ProxyMount(self.proxy_path, root / name / "mnt", root / name / "data",
+        self.mount = ProxyMount(root / name / "mnt", root / name / "data",
                                 root / f"{name}.log", ["--config", str(self.config_path)],
                                 env=env)
         self.db_path = self.mount.mount_dir / "store.db"
@@ -95,13 +88,13 @@ class Node:
         doc: dict[str, object] = {
             "http": {"addr": f"127.0.0.1:{self.http_port}", "secret": SECRET},
             "lease": {"type": "static", "candidate": self.is_primary,
-                      "advertise-url": self.cluster.primary_url, "hostname": self.name},
+                      "advertise-url": self.cluster.primary_url},
+            "proxy": self.proxy_settings,
         }
         if self.app:
             doc["exec"] = [{"cmd": [*env, str(WEBAPP / "migrate.py")], "if-candidate": True},
                            {"cmd": [*env, str(WEBAPP / "app.py")]}]
         self.config_path.write_text(yaml.safe_dump(doc))
-        self.proxy_path.write_text(yaml.safe_dump({"proxy": self.proxy_settings}))
 
     def start(self, *, wait_app: bool = True) -> Node:
         self.write_config()

@@ -9,21 +9,23 @@ import json
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
+import yaml
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from litefs_py.config import ProxyConfig, load_config
 from litefs_py.errors import QuietError
 from litefs_py.proxy import ProxyServer, StaticPrimary
 from litefs_py.proxy.primary import LeasePrimary
 from litefs_py.proxy.server import HOP_HEADER, parse_txid_cookie
-from litefs_py.proxy.settings import ProxySettings, compile_path_pattern, parse_proxy_settings
+from litefs_py.proxy.settings import ProxySettings, compile_path_pattern
 from litefs_py.replication.lease.base import Holder
 from litefs_py.replication.lease.static import StaticLease
 from litefs_py.store.store import Store
@@ -389,35 +391,65 @@ def test_path_patterns_match_like_litefs() -> None:
     assert not compile_path_pattern("/a.b").match("/axb")
 
 
-def test_settings_from_litefs_keys() -> None:
-    s = parse_proxy_settings({"addr": ":8080", "target": "localhost:8081", "db": "my.db",
+def load_proxy(tmp_path: Path, proxy: dict[str, object]) -> ProxySettings | None:
+    """The settings `litefs mount` runs the proxy with, from a litefs.yml with `proxy:`."""
+    path = tmp_path / "litefs.yml"
+    path.write_text(yaml.safe_dump({"proxy": proxy}))
+    return ProxySettings.from_config(load_config(path, env={}).proxy)
+
+
+def test_settings_from_litefs_keys(tmp_path: Path) -> None:
+    s = load_proxy(tmp_path, {"addr": ":8080", "target": "localhost:8081", "db": "my.db",
                               "max-lag": "3s", "passthrough": ["*.ico"],
-                              "always-forward": ["/login"], "primary-redirect-timeout": "10s",
-                              "read-header-timeout": "2s", "debug": True})
+                              "always-forward": "/login", "primary-redirect-timeout": "10s",
+                              "read-header-timeout": "2s", "debug": True,
+                              "max-header-size": "32KiB", "primary-url": "p:9"})
     assert s is not None
     assert (s.addr, s.target, s.db, s.max_lag) == (":8080", "localhost:8081", "my.db", 3.0)
     assert s.passthrough == ("*.ico",) and s.always_forward == ("/login",)
     assert s.primary_redirect_timeout == 10.0 and s.debug is True
     assert s.header_timeout == 2.0 and math.isclose(s.txid_timeout, 5.0)
-    assert parse_proxy_settings(None) is None
-    assert parse_proxy_settings({"addr": ":8080"}) is None  # no target: no proxy (LiteFS)
+    assert s.max_header_size == 32 * 1024 and s.primary_url == "http://p:9"
+    assert s.is_always_forward("/login") and s.is_passthrough("/a/b.ico")
+    bare = load_proxy(tmp_path, {"addr": ":8080", "target": ":8081", "db": "d"})
+    assert bare is not None and bare.target == "localhost:8081"  # a host to connect to
+    assert ProxySettings.from_config(None) is None
+    assert load_proxy(tmp_path, {"addr": ":8080"}) is None  # no target: no proxy (LiteFS)
+
+
+def test_settings_are_the_config_sections_fields() -> None:
+    """One owner of the keys: ProxySettings has exactly ProxyConfig's fields and defaults
+    (from_config copies them by name)."""
+    ours = {f.name: f.default for f in fields(ProxySettings) if not f.name.startswith("_")}
+    theirs = {f.name: f.default for f in fields(ProxyConfig)}
+    assert ours.keys() == theirs.keys()
+    required = {"addr", "target", "db"}
+    assert {k: v for k, v in ours.items() if k not in required} == \
+        {k: v for k, v in theirs.items() if k not in required}
 
 
 @pytest.mark.parametrize(("mapping", "message"), [
     ({"addr": ":8080", "target": "x:1", "db": "d", "max_lag": "1s"},
-     r"unknown key 'max_lag' \(did you mean 'max-lag'\?\)"),
-    ({"target": "x:1", "db": "d"}, "proxy.addr: is required"),
-    ({"addr": ":8080", "target": "x:1"}, "proxy.db: is required"),
-    ({"addr": 8080, "target": "x:1", "db": "d"}, "write ':8080'"),
-    ({"addr": ":8080", "target": "x", "db": "d"}, "proxy.target: invalid address"),
+     r"unknown key proxy\.max_lag in .*; did you mean proxy\.max-lag\?"),
+    ({"target": "x:1", "db": "d"}, r"proxy\.addr in .*: is required when proxy\.target"),
+    ({"addr": ":8080", "target": "x:1"}, r"proxy\.db in .*: is required"),
+    ({"addr": 8080, "target": "x:1", "db": "d"}, "proxy.addr in .*write ':8080'"),
+    ({"addr": ":8080", "target": "x", "db": "d"}, r"proxy\.target in .*: invalid address"),
     ({"addr": ":8080", "target": "x:1", "db": "d", "max-lag": 5},
-     "proxy.max-lag: .*needs a unit"),
+     r"proxy\.max-lag in .*needs a unit"),
+    ({"addr": ":8080", "target": "x:1", "db": "d", "passthrough": 1},
+     r"proxy\.passthrough in .*: expected a list of path patterns"),
     ({"addr": ":8080", "target": "x:1", "db": "d", "passthrough": [1]},
-     "proxy.passthrough: expected a list"),
-    ({"addr": ":8080", "target": "x:1", "db": "a/b"}, "proxy.db: expected a database"),
-    ({"addr": ":8080", "target": "https://x:1", "db": "d"}, "plain HTTP"),
+     r"proxy\.passthrough\[0\] in .*: expected a string"),
+    ({"addr": ":8080", "target": "x:1", "db": "a/b"}, r"proxy\.db in .*: invalid database"),
+    ({"addr": ":8080", "target": "https://x:1", "db": "d"}, "proxy.target in .*plain HTTP"),
+    ({"addr": ":8080", "target": "x:1", "db": "d", "max-header-size": 100},
+     r"proxy\.max-header-size in .*>= 1024"),
+    ({"addr": ":8080", "target": "x:1", "db": "d", "fly-replay": "yes"},
+     r"proxy\.fly-replay in .*true or false"),
 ])
-def test_settings_errors_name_the_key(mapping: dict[str, object], message: str) -> None:
+def test_settings_errors_name_the_key(tmp_path: Path, mapping: dict[str, object],
+                                      message: str) -> None:
     with pytest.raises(QuietError, match=message) as info:
-        parse_proxy_settings(mapping)
+        load_proxy(tmp_path, mapping)
     assert info.value.code == 3
