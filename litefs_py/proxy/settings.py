@@ -68,10 +68,6 @@ class ProxySettings:
         return any(r.match(path) for r in self._forward_re)
 
     @property
-    def target_url(self) -> str:
-        return f"http://{self.target}"
-
-    @property
     def header_timeout(self) -> float:
         """The one Hypercorn timer: head of a request, and idle keep-alive (see above)."""
         values = [t for t in (self.read_header_timeout, self.idle_timeout) if t > 0]
