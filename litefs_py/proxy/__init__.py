@@ -50,6 +50,7 @@ async def start_proxy(nursery: trio.Nursery, settings: ProxySettings, store: Sto
     if stream_server is not None:
         stream_server.info_extra["proxy"] = advertised_proxy_url(settings, advertise_url)
         stream_server.info_extra["hostname"] = hostname or socket.gethostname()
+    await nursery.start(primary.run)  # e.g. LeasePrimary follows the lease from here on
     try:
         await nursery.start(server.serve)
     except QuietError as exc:

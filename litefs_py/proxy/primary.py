@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
-from ..replication.lease.base import Holder, Lease
+from ..replication.lease.base import Holder, Lease, LeaseError
 from ..replication.stream_protocol import INFO_PATH
 
 log = logging.getLogger("litefs.proxy")
@@ -42,6 +42,9 @@ class Primary:
 
 
 class PrimarySource(ABC):
+    """Who the primary is, for the proxy. Implement `current()` (called on every request that
+    needs it: keep it cheap, no network), optionally `wait_for_change()` and `run()`."""
+
     @abstractmethod
     async def current(self) -> Primary | None:
         """The primary now; None when there is none (during a failover, or a replica given
@@ -55,6 +58,12 @@ class PrimarySource(ABC):
             if now != known:
                 return now
             await trio.sleep(0.1)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """What the source needs running beside the proxy (start_proxy starts it before the
+        proxy listens); returns at once by default."""
+        task_status.started()
 
 
 class StaticPrimary(PrimarySource):
@@ -79,12 +88,20 @@ class StaticPrimary(PrimarySource):
 
 class LeasePrimary(PrimarySource):
     """Any lease backend: the holder is the primary; it is this node when its node id is
-    ours. (The hook for elections: the mount passes its Lease and node id.)"""
+    ours (the hook for elections: the mount passes its Lease and node id).
+
+    While `run()` follows the lease (`Lease.wait_for_change`: an etcd watch, a bucket poll),
+    `current()` answers from what it last saw, so no request waits for the backend; when
+    the backend cannot be reached, `current()` asks it directly until following works again."""
+
+    RETRY = 1.0  # seconds between attempts to follow an unreachable backend
 
     def __init__(self, lease: Lease, node_id: str) -> None:
         self.lease = lease
         self.node_id = node_id
         self._holder: Holder | None = None
+        self._following = False
+        self._changed = trio.Event()
 
     def _primary(self, holder: Holder | None) -> Primary | None:
         if holder is None:
@@ -92,17 +109,48 @@ class LeasePrimary(PrimarySource):
         return Primary(local=holder.node_id == self.node_id,
                        advertise_url=holder.advertise_url, hostname=holder.hostname)
 
+    def _seen(self, holder: Holder | None) -> None:
+        if holder != self._holder:
+            self._holder = holder
+            self._changed.set()
+            self._changed = trio.Event()
+
     async def current(self) -> Primary | None:
-        self._holder = await self.lease.holder()
+        if not self._following:
+            self._seen(await self.lease.holder())
         return self._primary(self._holder)
 
     async def wait_for_change(self, known: Primary | None) -> Primary | None:
         while True:
-            holder = await self.lease.wait_for_change(self._holder)
-            self._holder = holder
-            primary = self._primary(holder)
+            primary = await self.current()
             if primary != known:
                 return primary
+            if self._following:
+                await self._changed.wait()
+            else:
+                self._seen(await self.lease.wait_for_change(self._holder))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        started = False
+        while True:
+            try:
+                self._seen(await self.lease.holder())
+                self._following = True
+                if not started:
+                    task_status.started()
+                    started = True
+                while True:
+                    self._seen(await self.lease.wait_for_change(self._holder))
+            except LeaseError as exc:
+                log.warning("proxy: cannot follow the lease (%s); asking it per request until "
+                            "it answers again", exc)
+            finally:
+                self._following = False
+            if not started:
+                task_status.started()
+                started = True
+            await trio.sleep(self.RETRY)
 
 
 @dataclass(frozen=True, slots=True)

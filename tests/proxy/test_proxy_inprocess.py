@@ -374,6 +374,52 @@ async def test_lease_primary_source() -> None:
     assert await LeasePrimary(StaticLease(is_primary=False), "x").current() is None
 
 
+class MovingLease(StaticLease):
+    """A lease whose holder the test moves (as an election would), counting backend reads."""
+
+    def __init__(self, holder: Holder | None) -> None:
+        super().__init__(is_primary=False, primary=holder)
+        self.reads = 0
+        self.moved = trio.Event()
+
+    async def holder(self) -> Holder | None:
+        self.reads += 1
+        return await super().holder()
+
+    async def wait_for_change(self, known: Holder | None) -> Holder | None:
+        await self.moved.wait()
+        self.moved = trio.Event()
+        return await super().holder()
+
+    def move(self, holder: Holder | None) -> None:
+        self._primary = holder
+        self.moved.set()
+
+
+@pytest.mark.trio
+async def test_lease_primary_follows_the_lease_without_asking_it_per_request() -> None:
+    """What the election work plugs in: LeasePrimary(lease, node_id). Run by start_proxy, it
+    follows the holder with the lease's wait_for_change; requests never wait for the backend."""
+    n1 = Holder(hostname="n1", advertise_url="http://n1:20202", node_id="n1", epoch=1)
+    n2 = Holder(hostname="n2", advertise_url="http://n2:20202", node_id="n2", epoch=2)
+    lease = MovingLease(n1)
+    source = LeasePrimary(lease, node_id="n2")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(source.run)
+        reads = lease.reads
+        for _ in range(100):
+            p = await source.current()
+            assert p is not None and not p.local and p.advertise_url == "http://n1:20202"
+        assert lease.reads == reads  # answered from what run() saw
+        with trio.fail_after(5):
+            lease.move(None)  # the primary is gone: writes wait
+            assert await source.wait_for_change(p) is None
+            lease.move(n2)  # this node won the election
+            now = await source.wait_for_change(None)
+        assert now is not None and now.local
+        nursery.cancel_scope.cancel()
+
+
 def test_cookie_parsing() -> None:
     assert parse_txid_cookie([(b"cookie", b"a=1; __txid=000000000000001f; b=2")]) == 31
     assert parse_txid_cookie([(b"cookie", b"__txid=")]) == 0
