@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -239,6 +240,7 @@ def main() -> None:
             print(f"round {r + 1}/{rounds} done", flush=True)
     finally:
         cluster.close()
+        shutil.rmtree(tmp, ignore_errors=True)  # logs, mounts' data: nothing to keep
 
     def med(xs: list[float]) -> str:
         return f"{statistics.median(xs):.3f} ({min(xs):.3f}-{max(xs):.3f})"
