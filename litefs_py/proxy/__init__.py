@@ -1,8 +1,9 @@
 """The write-forwarding HTTP proxy (LiteFS's `proxy:`) and `litefs run`'s remote side.
 
-`start_proxy` is what the mount calls: it picks the primary source (today the static lease;
-with elections, `LeasePrimary` over the mount's Lease), tells the replication API where this
-proxy listens, and serves until the mount stops.
+`start_proxy` is what the mount calls (app.py `_start_proxy`, from litefs.yml's `proxy:`): it
+is given the primary source (today `StaticPrimary`; with elections `LeasePrimary(lease,
+node_id)`, or any `PrimarySource`), tells the replication API where this proxy listens
+(`announce_proxy`), and serves until the mount stops.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .settings import ProxySettings
 log = logging.getLogger("litefs.proxy")
 
 __all__ = ["LeasePrimary", "Primary", "PrimarySource", "ProxyServer", "ProxySettings",
-           "StaticPrimary", "advertised_proxy_url", "start_proxy"]
+           "StaticPrimary", "advertised_proxy_url", "announce_proxy", "start_proxy"]
 
 
 def advertised_proxy_url(settings: ProxySettings, advertise_url: str | None) -> str:
@@ -38,6 +39,15 @@ def advertised_proxy_url(settings: ProxySettings, advertise_url: str | None) -> 
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
+def announce_proxy(stream_server: StreamServer, settings: ProxySettings, *,
+                   advertise_url: str | None, hostname: str | None) -> None:
+    """Make the primary's replication API say where its proxy is (`/litefs/v1/info`:
+    `proxy`, `hostname`), which is how replicas' proxies find it. Call it for every
+    StreamServer this node starts as primary (at start, and after a promotion)."""
+    stream_server.info_extra["proxy"] = advertised_proxy_url(settings, advertise_url)
+    stream_server.info_extra["hostname"] = hostname or socket.gethostname()
+
+
 async def start_proxy(nursery: trio.Nursery, settings: ProxySettings, store: Store, *,
                       primary: PrimarySource, lag: Callable[[], float],
                       secret: str | None, advertise_url: str | None, hostname: str | None,
@@ -48,8 +58,7 @@ async def start_proxy(nursery: trio.Nursery, settings: ProxySettings, store: Sto
     server = ProxyServer(settings, store, primary, lag=lag, secret=secret,
                          node_name=hostname or socket.gethostname())
     if stream_server is not None:
-        stream_server.info_extra["proxy"] = advertised_proxy_url(settings, advertise_url)
-        stream_server.info_extra["hostname"] = hostname or socket.gethostname()
+        announce_proxy(stream_server, settings, advertise_url=advertise_url, hostname=hostname)
     await nursery.start(primary.run)  # e.g. LeasePrimary follows the lease from here on
     try:
         await nursery.start(server.serve)
