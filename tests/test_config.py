@@ -486,6 +486,12 @@ def test_unknown_key_without_a_close_match_lists_valid_keys(tmp_path: Path) -> N
     ("proxy: {addr: ':8080', target: ':8081', db: s.db, max-lag: 5}\n",
      ["proxy.max-lag", "5s"]),
     ("proxy: [':8080']\n", ["proxy", "a mapping"]),
+    ("proxy: {addr: ':20202', target: ':8081', db: s.db}\n",
+     ["proxy.addr", "also http.addr", "its own port"]),
+    ("http: {addr: '127.0.0.1:9000'}\nproxy: {addr: ':9000', target: ':8081', db: s.db}\n",
+     ["proxy.addr", "also http.addr"]),
+    ("proxy: {addr: ':8080', target: ':8080', db: s.db}\n",
+     ["proxy.target", "the proxy itself", "application's address"]),
     ("1: x\n", ["keys must be strings"]),
 ])
 def test_wrong_types(tmp_path: Path, text: str, needles: list[str]) -> None:

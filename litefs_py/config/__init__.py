@@ -542,6 +542,8 @@ class Config:
             raise s.Problem(f"{s.show_value(self.fuse.dir)} would hide data.dir "
                             f"{s.show_value(self.data.dir)} under the mount; use separate "
                             "directories, e.g. /litefs and /var/lib/litefs", at=("fuse", "dir"))
+        if self.proxy is not None and self.proxy.target is not None:
+            _check_proxy_ports(self.proxy, self.http)
         if self.lease.hostname is not None and "lease.hostname" in NOT_SUPPORTED_YET:
             raise s.NotYet(NOT_SUPPORTED_YET["lease.hostname"], self.lease.hostname,
                            at=("lease", "hostname"))
@@ -559,6 +561,26 @@ class Config:
             return replica
         return replace(replica, access_key_id=self.access_key_id,
                             secret_access_key=self.secret_access_key)
+
+
+def _check_proxy_ports(proxy: ProxyConfig, http: HttpConfig) -> None:
+    """The proxy cannot listen where the replication API does, nor send requests to itself."""
+    def split(addr: str) -> tuple[str, str]:
+        host, _, port = addr.rpartition(":")
+        host = host.strip("[]")
+        return ("" if host in ("0.0.0.0", "::") else host), port
+
+    (p_host, p_port), (h_host, h_port) = split(proxy.addr or ""), split(http.addr)
+    if p_port == h_port and (not p_host or not h_host or p_host == h_host):
+        raise s.Problem(f"{s.show_value(proxy.addr)} is also http.addr, where the replication "
+                        "API listens; give the proxy its own port, e.g. ':8080'",
+                        at=("proxy", "addr"))
+    t_host, t_port = split(proxy.target or "")
+    if t_port == p_port and (t_host in ("localhost", "127.0.0.1", "::1")
+                             or (p_host and p_host == t_host)):
+        raise s.Problem(f"{s.show_value(proxy.target)} is the proxy itself (proxy.addr "
+                        f"{s.show_value(proxy.addr)}); target is the application's address, "
+                        "e.g. 'localhost:8081'", at=("proxy", "target"))
 
 
 SCHEMA = s.Schema(Config, (Config, FuseConfig, DataConfig, ExecCommand, LogConfig, HttpConfig,
