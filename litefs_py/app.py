@@ -14,7 +14,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyfuse3
@@ -218,7 +218,9 @@ def prepare_mount_dir(path: Path) -> None:
                              ExitCode.IO) from None
         raise QuietError(f"cannot create mount directory {path}: {exc.strerror}",
                          ExitCode.IO) from None
-    if any(os.scandir(path)):
+    with os.scandir(path) as entries:
+        occupied = any(entries)
+    if occupied:
         raise QuietError(f"mount directory {path} is not empty; litefs mounts over it and "
                          "would hide those files. Use an empty directory.", ExitCode.USAGE)
 
@@ -477,11 +479,17 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
                                   tls=http_tls.server_context(config.http.tls))
             await nursery.start(server.serve, config.http.addr)
             stream_server = server
+            from .proxy.run import RUN_PATH, make_run_endpoint
+
+            # `litefs run --on-primary` from the replicas (needs the secret).
+            server.routes["POST", RUN_PATH] = make_run_endpoint(http_secret(config))
             for db in list(ops.store.dbs.values()):
                 replicator.attach(db)
             ops.store.add_db_listener(replicator.attach)
         _serve_metrics(nursery, config, ops.store, replicator, node, stream_server)
         nursery.start_soon(_write_status, ops.store, replicator, node)
+        if config.proxy is not None:  # before the app starts: its first requests may come
+            await _start_proxy(nursery, config, ops.store, node, stream_server)
         if opts.commands:
             nursery.start_soon(_supervise, opts.commands, config.lease.candidate, sup,
                                config.exit_on_error)
@@ -494,6 +502,30 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
             if cut:
                 log.info("closed %d replication connection(s)", cut)
         nursery.cancel_scope.cancel()
+
+
+async def _start_proxy(nursery: trio.Nursery, config: Config, store: Store,
+                       node: ReplicaNode | None, stream_server: StreamServer | None) -> None:
+    """The HTTP proxy of `proxy:` (imported here: a mount without one does not load it)."""
+    from .proxy import StaticPrimary, start_proxy
+    from .proxy.settings import ProxySettings
+
+    settings = ProxySettings.from_config(config.proxy)
+    if settings is None:
+        log.info("proxy.target is not set: no HTTP proxy on this node")
+        return
+    # Who the primary is, through proxy.PrimarySource: the static lease today; the election
+    # work passes proxy.LeasePrimary(lease, node_id) (or its own PrimarySource) here instead.
+    primary = StaticPrimary(is_primary=node is None, advertise_url=config.lease.advertise_url,
+                            hostname=config.lease.hostname)
+    proxy = await start_proxy(nursery, settings, store, primary=primary,
+                              lag=node.state.lag_seconds if node is not None else lambda: 0.0,
+                              secret=http_secret(config),
+                              advertise_url=config.lease.advertise_url,
+                              hostname=config.lease.hostname, stream_server=stream_server)
+    if proxy is not None:
+        log.info("HTTP proxy on %s -> application at %s (database %s)", settings.addr,
+                 settings.target, settings.db)
 
 
 def _serve_metrics(nursery: trio.Nursery, config: Config, store: Store, replicator: Replicator,
@@ -521,8 +553,8 @@ def run_mount(opts: MountOptions) -> int:
     supervised command exits), unmount, save state. Returns the exit status to exit with:
     the supervised command's (128+N if signal N killed it), a failed start-up command's, or
     0."""
-    opts = MountOptions(resolve_mount_dir(opts.mount_dir), opts.data_dir.absolute(),
-                        opts.allow_other, opts.debug, opts.config, opts.commands)
+    opts = replace(opts, mount_dir=resolve_mount_dir(opts.mount_dir),
+                   data_dir=opts.data_dir.absolute())
     http_tls.validate(opts.config.http.tls)  # a bad certificate path fails here, named
     opts.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(opts.data_dir, quarantine_limit=opts.config.data.quarantine_limit)

@@ -668,6 +668,69 @@ def mount(mount_dir: Path | None, data_dir: Path | None, config_path: Path | Non
         sys.exit(code)
 
 
+@main.command(context_settings={"allow_interspersed_args": False})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Configuration file (default: ./litefs.yml, then /etc/litefs.yml).")
+@click.option("--mount-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The litefs mount (config: fuse.dir; default /litefs).")
+@click.option("--on-primary", is_flag=True,
+              help="On a replica, run COMMAND on the primary's node (through its replication "
+                   "API; needs http.secret) and stream its output and exit status back.")
+@click.option("--env", "env_vars", multiple=True, metavar="NAME=VALUE",
+              help="Set this variable for COMMAND (on the primary with --on-primary; repeatable).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@quiet_errors
+def run(config_path: Path | None, mount_dir: Path | None, on_primary: bool,
+        env_vars: tuple[str, ...], command: tuple[str, ...]) -> None:
+    """Run COMMAND so that its SQLite writes reach the primary (workers, cron jobs, CLIs).
+
+    \b
+    On the primary COMMAND simply runs here. On a read replica, where its writes would
+    fail, litefs refuses (exit 2) and names the primary, unless --on-primary is given:
+    then COMMAND runs on the primary's node, with the primary's environment plus --env,
+    no standard input, this working directory if it exists there (else /); its output
+    and exit status come back here, and Ctrl-C stops it there.
+
+    \b
+        litefs run -- python3 manage.py cleanup
+        litefs run --on-primary --env DAYS=30 -- python3 /app/cleanup.py
+    """
+    import os
+
+    from .app import http_secret, resolve_mount_dir
+    from .config import load_config
+    from .proxy.run import node_role, run_on_primary
+
+    env: dict[str, str] = {}
+    for item in env_vars:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise QuietError(f"--env {item!r}: expected NAME=VALUE", ExitCode.USAGE)
+        env[name] = value
+    cfg = load_config(config_path)
+    mount = resolve_mount_dir(mount_dir or Path(cfg.fuse.dir))
+    role, primary = node_role(mount)
+    if role == "primary":
+        try:
+            os.execvpe(command[0], list(command), {**os.environ, **env})
+        except OSError as exc:
+            click.echo(f"litefs: cannot run {command[0]}: {exc.strerror or exc}", err=True)
+            sys.exit(126 if isinstance(exc, PermissionError) else 127)
+    url = primary or cfg.lease.advertise_url
+    if not on_primary:
+        raise QuietError(f"this node is a read-only replica (of the primary at "
+                         f"{url or 'an unknown address'}): {command[0]} could not write "
+                         "there. Run it on the primary, or with --on-primary to run it on "
+                         "the primary's node from here", ExitCode.USAGE)
+    if url is None:
+        raise QuietError("this node is a read-only replica and knows no primary to run the "
+                         "command on (no .primary in the mount, no lease.advertise-url)",
+                         ExitCode.NOT_FOUND)
+    code = run_on_primary(url, http_secret(cfg), list(command), env)
+    if code:
+        sys.exit(code)
+
+
 def _stay_up(exc: QuietError | OSError) -> NoReturn:
     """exit-on-error: false (LiteFS's meaning): after a start-up failure, log it and keep the
     process (and the container) up so the machine can be inspected, instead of exiting into

@@ -64,6 +64,8 @@ class Target:
     replica: ReplicaConfig
     credentials: str | None  # where the keys were found (s3 only); None: the AWS chain
     label: str = field(default="")
+    # The lease is kept in the bucket (lease.type s3): conditional writes are then required.
+    lease_in_bucket: bool = False
 
 
 @dataclass
@@ -227,7 +229,7 @@ def _check_replica(report: Report, target: Target, client: ReplicaClient, label:
         return
     report.add(Check("list", OK, f"listed {client.description}", None, label))
 
-    for check in _probe(client, label):
+    for check in _probe(client, label, target.lease_in_bucket):
         report.add(check)
 
     if not is_s3:
@@ -261,7 +263,8 @@ def _check_replica(report: Report, target: Target, client: ReplicaClient, label:
         report.add(Check("clock", OK, text, None, label))
 
 
-def _probe(client: ReplicaClient, label: str) -> Iterator[Check]:
+def _probe(client: ReplicaClient, label: str, lease_in_bucket: bool = False
+           ) -> Iterator[Check]:
     """put, get, conditional writes and delete of probe objects (removed again)."""
     key = f"{PROBE_PREFIX}{secrets.token_hex(8)}"
     fresh = f"{PROBE_PREFIX}{secrets.token_hex(8)}"
@@ -287,7 +290,7 @@ def _probe(client: ReplicaClient, label: str) -> Iterator[Check]:
                 yield Check("get", FAIL, f"read {key} back but got {len(got)} different bytes",
                             "a proxy or gateway between here and the storage changes objects",
                             label)
-        yield _conditional(client, key, fresh, data, label)
+        yield _conditional(client, key, fresh, data, label, lease_in_bucket)
     finally:
         for name in (fresh, key):
             deleted: Check | None
@@ -305,22 +308,26 @@ def _probe(client: ReplicaClient, label: str) -> Iterator[Check]:
 
 
 def _conditional(client: ReplicaClient, key: str, fresh: str, data: bytes,
-                 label: str) -> Check:
+                 label: str, lease_in_bucket: bool = False) -> Check:
     name = "conditional writes"
+    # Optional, unless the lease is kept in this bucket: then two nodes could both win it.
+    missing = FAIL if lease_in_bucket else WARN
+    use_other = ("lease.type is s3, which needs them: use lease.type etcd (or static), or "
+                 "storage that honours If-None-Match/If-Match" if lease_in_bucket else
+                 "only leases kept in the bucket need conditional writes; use another lease "
+                 "type with this storage")
     try:
         refused = not client.put_object(key, b"overwritten\n", if_none_match=True)
         created = client.put_object(fresh, data, if_none_match=True)
     except StorageError as exc:
-        return Check(name, WARN, f"If-None-Match: * on PUT failed: {exc.message}",
-                     "only leases kept in the bucket need conditional writes; use another "
-                     "lease type with this storage", label)
+        return Check(name, missing, f"If-None-Match: * on PUT failed: {exc.message}",
+                     use_other, label)
     if refused and created:
         return Check(name, OK, "a create-if-absent write (S3: PUT with If-None-Match: *) is "
                      "refused for an existing object and accepted for a new one", None, label)
     if not refused:
-        return Check(name, WARN, "the server ignored If-None-Match: * and overwrote an "
-                     "existing object", "only leases kept in the bucket need conditional "
-                     "writes; use another lease type with this storage", label)
+        return Check(name, missing, "the server ignored If-None-Match: * and overwrote an "
+                     "existing object", use_other, label)
     return Check(name, FAIL, "PUT with If-None-Match: * was refused for a new object",
                  "the storage answers conditional writes wrongly; report it to its provider",
                  label)
@@ -415,8 +422,14 @@ def replica_targets(config: Config, env: Mapping[str, str]) -> list[Target]:
             continue
         seen.add(replica.url)
         targets.append(Target(replica, credentials_source(replica, config, env)
-                              if replica.type == "s3" else None))
+                              if replica.type == "s3" else None,
+                              lease_in_bucket=_lease_in_bucket(config)))
     return targets
+
+
+def _lease_in_bucket(config: Config) -> bool:
+    lease_type: str = config.lease.type  # a wider type: the Literal grows with lease types
+    return lease_type == "s3"
 
 
 def run(config: Config | None, config_error: QuietError | None, replica_url: str | None,

@@ -7,7 +7,7 @@
 #                                   with its dev extra) and its two C modules compiled
 #   bash scripts/setup.sh --test    also what the test suite needs (scripts/test.sh passes it):
 #                                   iproute2, git, CPython's test package, etcd, podman + runc,
-#                                   debootstrap
+#                                   debootstrap, chromium (Debian's; the proxy's browser test)
 #
 # Debian 12 and Ubuntu 24.04 (anything with apt-get) get the system packages installed, with
 # sudo when not run as root. Elsewhere nothing is installed: the script lists what is missing
@@ -72,6 +72,12 @@ if [ $tests = 1 ]; then
     # debootstrap and Debian's archive keys (the fresh-root and image tests build a Debian
     # root, also on Ubuntu), xz-utils (unpacking CPython's sources, below)
     want+=(iproute2 git etcd-server podman runc debootstrap debian-archive-keyring xz-utils)
+    # chromium: headless, for the browser check of the example app through a replica's proxy
+    # (tests/proxy/test_cluster.py). Debian's package; Ubuntu's `chromium-browser` is only a
+    # stub that installs a snap, so there it is left to the user (the check below names it).
+    if grep -qs '^ID=debian' /etc/os-release; then
+        want+=(chromium)
+    fi
     [ $system_python = 1 ] && [ "$has_testsuite" = 0 ] && want+=("libpython$pyver-testsuite")
 fi
 
@@ -94,6 +100,9 @@ if command -v apt-get >/dev/null && command -v dpkg-query >/dev/null; then
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
             "${missing[@]}" >/dev/null
     fi
+    if [ $tests = 1 ] && ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+        say "warning: no chromium (not installed on $(. /etc/os-release 2>/dev/null; echo "${ID:-this system}")); tests/proxy/test_cluster.py's browser check fails under CI until a chromium that runs without snap is on PATH"
+    fi
 else
     # Not Debian-like: check the commands and files, and say what to install by hand.
     problems=()
@@ -105,7 +114,7 @@ else
     [ "$has_ensurepip" = 1 ] || problems+=("Python's venv/ensurepip for $pyver")
     [ "$has_headers" = 1 ] || problems+=("Python.h for $pyver")
     if [ $tests = 1 ]; then
-        for tool in ip git etcd podman runc debootstrap; do
+        for tool in ip git etcd podman runc debootstrap chromium; do
             command -v "$tool" >/dev/null || problems+=("$tool")
         done
         [ "$has_testsuite" = 1 ] || problems+=("CPython's test package for $pyver (test.test_sqlite3)")
@@ -116,11 +125,11 @@ setup: this is not a Debian/Ubuntu system, so nothing was installed. Missing:
 $(printf '  - %s\n' "${problems[@]}")
 Install them with your package manager, then run this again. Typical names:
   Fedora/RHEL: dnf install gcc pkgconf-pkg-config fuse3 fuse3-devel python3-devel sqlite
-               (tests: iproute git etcd podman runc debootstrap python3-test)
+               (tests: iproute git etcd podman runc debootstrap python3-test chromium)
   Arch:        pacman -S gcc pkgconf fuse3 python sqlite
-               (tests: iproute2 git etcd podman runc debootstrap; Arch's python has the test package)
+               (tests: iproute2 git etcd podman runc debootstrap chromium; Arch's python has the test package)
   Alpine:      apk add gcc musl-dev pkgconf fuse3 fuse3-dev python3-dev sqlite
-               (tests: iproute2 git etcd podman runc debootstrap python3-tests)
+               (tests: iproute2 git etcd podman runc debootstrap python3-tests chromium)
 EOF
         exit 1
     fi

@@ -12,6 +12,11 @@ nothing of litefs; it opens `/litefs/store.db` (or `NOTES_DB`) like any SQLite a
     DELETE /api/notes/{id}      204, or 404
     GET    /healthz             200 {"ok": true, ...} once the database is open and migrated,
                                 else 503 (what a load balancer or a proxy polls)
+    GET    /api/notes/events    Server-Sent Events: each new note as it is added
+                                (?after=ID or Last-Event-ID to resume, ?limit=N to stop)
+    POST   /api/uploads         a streamed upload of any size (read in chunks, never held
+                                whole): 201 {"bytes", "sha256", "chunks", "note"}; records a
+                                note saying what arrived
 
 Reads are GET, writes are POST and DELETE, so a proxy in front can send writes to the primary
 and serve reads anywhere. Run it with `python app.py` (binds $NOTES_BIND, default
@@ -22,6 +27,8 @@ and serve reads anywhere. Run it with `python app.py` (binds $NOTES_BIND, defaul
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import html
 import json
 import logging
@@ -41,6 +48,9 @@ import notes_db
 log = logging.getLogger("notes")
 
 MAX_BODY_BYTES = 64 * 1024  # a request body larger than this is refused (413)
+MAX_UPLOAD_BYTES = 1 << 30  # a streamed upload larger than this is refused (413)
+EVENTS_POLL = 0.1  # seconds between looks for new notes in an event stream
+EVENTS_KEEPALIVE = 15.0  # seconds of silence before an SSE comment keeps proxies from timing out
 MAX_NOTE_CHARS = 10_000
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -108,6 +118,12 @@ def delete_note(con: sqlite3.Connection, note_id: int) -> bool:
         con.execute("ROLLBACK")
         raise
     return deleted > 0
+
+
+def notes_after(con: sqlite3.Connection, after: int, limit: int) -> list[dict[str, Any]]:
+    rows = con.execute("SELECT id, author, body, created_at FROM notes WHERE id > ? "
+                       "ORDER BY id LIMIT ?", (after, limit))
+    return [_note(r) for r in rows]
 
 
 def health(con: sqlite3.Connection) -> dict[str, Any]:
@@ -257,6 +273,105 @@ async def healthz(req: Request) -> Response:
     return json_response(200 if doc["ok"] else 503, doc)
 
 
+# ---- streaming routes (they read the request / write the response as it goes) -------------
+
+
+async def _start(send: Send, status: int, content_type: str,
+                 extra: tuple[tuple[str, str], ...] = ()) -> None:
+    headers = [(b"content-type", content_type.encode())]
+    headers += [(k.encode(), v.encode()) for k, v in extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+
+
+async def events(scope: Scope, receive: Receive, send: Send, headers: dict[str, str]) -> None:
+    """Server-Sent Events: every note added after `?after=ID` (or the Last-Event-ID a
+    reconnecting browser sends), as it appears; `?limit=N` ends the stream after N."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    after_text = query.get("after", [headers.get("last-event-id", "")])[0] or "0"
+    limit_text = query.get("limit", ["0"])[0]
+    if not after_text.isdigit() or not limit_text.isdigit():
+        resp = json_response(400, {"error": "after and limit must be numbers"})
+        await _start(send, resp.status, resp.content_type)
+        await send({"type": "http.response.body", "body": resp.body})
+        return
+    after, limit = int(after_text), int(limit_text)
+    await _start(send, 200, "text/event-stream", (("cache-control", "no-store"),))
+    # A first comment right away: the client (and every proxy between) sees the stream open.
+    await send({"type": "http.response.body", "body": b": notes\n\n", "more_body": True})
+    sent = 0
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    watcher = asyncio.ensure_future(watch())
+    quiet_since = asyncio.get_running_loop().time()
+    try:
+        while not gone.is_set() and (not limit or sent < limit):
+            batch, start = (limit - sent if limit else 100), after
+            notes = await db(lambda con, start=start, batch=batch: notes_after(con, start, batch))
+            now = asyncio.get_running_loop().time()
+            for n in notes:
+                event = f"id: {n['id']}\nevent: note\ndata: {json.dumps(n)}\n\n"
+                await send({"type": "http.response.body", "body": event.encode(),
+                            "more_body": True})
+                after, sent, quiet_since = n["id"], sent + 1, now
+            if now - quiet_since > EVENTS_KEEPALIVE:
+                await send({"type": "http.response.body", "body": b": keep-alive\n\n",
+                            "more_body": True})
+                quiet_since = now
+            if not notes:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(gone.wait(), EVENTS_POLL)
+    finally:
+        watcher.cancel()
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def upload(scope: Scope, receive: Receive, send: Send, headers: dict[str, str]) -> None:
+    """A streamed upload: hashed chunk by chunk as it arrives (never held whole), then one
+    note records its size and SHA-256 (a write: on a replica the proxy sends it here from the
+    primary's side)."""
+    digest, size, chunks = hashlib.sha256(), 0, 0
+    resp: Response | None = None
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            chunks += 1
+            if size > MAX_UPLOAD_BYTES:
+                resp = json_response(413, {"error": f"upload larger than {MAX_UPLOAD_BYTES} "
+                                                    "bytes"})
+                break
+            digest.update(chunk)
+        if not message.get("more_body"):
+            break
+    if resp is None:
+        author = (headers.get("x-author") or "uploader").strip()[:100]
+        text = f"uploaded {size} bytes (sha256 {digest.hexdigest()})"
+        try:
+            note = await db(lambda con: create_note(con, author, text))
+            resp = json_response(201, {"bytes": size, "sha256": digest.hexdigest(),
+                                       "chunks": chunks, "note": note})
+        except sqlite3.Error as exc:
+            resp = json_response(503 if _readonly(exc) else 500, {"error": str(exc)})
+    await _start(send, resp.status, resp.content_type,
+                 (("content-length", str(len(resp.body))),))
+    await send({"type": "http.response.body", "body": resp.body})
+
+
+StreamHandler = Callable[[Scope, Receive, Send, dict[str, str]], Awaitable[None]]
+STREAM_ROUTES: dict[tuple[str, str], StreamHandler] = {
+    ("GET", "/api/notes/events"): events,
+    ("POST", "/api/uploads"): upload,
+}
+
+
 Handler = Callable[..., Awaitable[Response]]
 # (path pattern, {method: handler}); a pattern's groups are passed as int arguments.
 ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
@@ -301,6 +416,10 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         return
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    streaming = STREAM_ROUTES.get((scope["method"], scope["path"]))
+    if streaming is not None:
+        await streaming(scope, receive, send, headers)
+        return
     try:
         body = await _read_body(receive, headers)
         req = Request(scope["method"], scope["path"],
@@ -392,6 +511,9 @@ def main() -> int:
     # Hypercorn's own messages go through the logging set up above (one format, one stream).
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 5.0
+    # Hypercorn's default accept backlog (100) overflows when a proxy in front opens a few
+    # hundred connections at once (the kernel then resets some); servers usually use 2048.
+    config.backlog = 2048
 
     async def run() -> None:
         stop = asyncio.Event()

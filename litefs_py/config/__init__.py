@@ -66,8 +66,6 @@ CONFIG_SEARCH_PATHS: tuple[Path, ...] = (Path("litefs.yml"), Path("/etc/litefs.y
 #: deleting its entry here is all it takes to accept the key (for lease.type: add the type
 #: to LeaseConfig.type's choices).
 NOT_SUPPORTED_YET: dict[str, str] = {
-    "proxy": "litefs-py's built-in HTTP proxy is coming (one that does not need Fly.io); "
-             "until then send requests to the app directly and writes to the primary",
     "lease.hostname": "a node's name comes with the etcd and s3 leases; leave it out (replicas "
                       "reach the primary through lease.advertise-url)",
     "lease.type": "litefs-py has only static leases for now (etcd and s3 leases are coming); "
@@ -215,21 +213,101 @@ class LeaseConfig:
     hostname: str | None = None  # NOT_SUPPORTED_YET
 
 
+def _db_name(value: object) -> str:
+    name = s.text(value)
+    if "/" in name or name in (".", ".."):
+        raise s.Problem(f"invalid database name {s.show_value(name)}; expected a file name "
+                        "without '/', e.g. store.db")
+    return name
+
+
 def _patterns(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise s.WrongType(value, "a list of path patterns")
-    return tuple(s.read_at((i,), s.text, item) for i, item in enumerate(value))
+    """LiteFS's path patterns (`*` matches anything): a list, or one pattern as a string."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise s.WrongType(value, "a list of path patterns like ['/static/*', '*.png']")
+    return tuple(s.read_at((i,), s.text, item) for i, item in enumerate(items))
+
+
+def _host_port(value: object, example: str, *, host_required: bool) -> str:
+    """`[host]:port` (or `http://host:port`, read as host:port) → `host:port`; a missing host
+    is `localhost` where one is needed (an address to connect to), else left out (bind all)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise s.WrongType(value, f"an address like {example!r}", f"; write ':{value}'")
+    text = s.text(value).strip()
+    if "://" in text:
+        parts = urlsplit(text)
+        if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+            raise s.Problem(f"{s.show_value(text)}: expected host:port (plain HTTP), "
+                            f"e.g. {example!r}")
+        text = parts.netloc
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise s.Problem(f"invalid address {s.show_value(text)}; expected [host]:port, "
+                        f"e.g. {example!r}")
+    if host_required and not host:
+        host = "localhost"
+    return f"{host}:{port}" if host else f":{port}"
+
+
+def _proxy_addr(value: object) -> str:
+    return _host_port(value, ":8080", host_required=False)
+
+
+def _proxy_target(value: object) -> str | None:
+    """Empty (e.g. `${APP_ADDR:-}`) is no target, and so no proxy on this node."""
+    return None if value == "" else _host_port(value, "localhost:8081", host_required=True)
+
+
+def _primary_proxy_url(value: object) -> str:
+    return "http://" + _host_port(value, "http://primary:8080", host_required=True)
+
+
+def _header_size(value: object) -> int:
+    nbytes = s.size(value)
+    if nbytes < 1024:
+        raise s.Problem(f"expected a number of bytes >= 1024, got {s.show_value(value)}")
+    return nbytes
 
 
 @dataclass(frozen=True)
 class ProxyConfig:
-    """LiteFS's HTTP proxy (`proxy:`): parsed, then refused for now (NOT_SUPPORTED_YET)."""
+    """The HTTP proxy in front of the app (`proxy:`, LiteFS's keys plus a few of litefs-py's
+    own: docs/proxy.md). Durations in seconds; 0 = none. proxy/settings.py turns it into the
+    running proxy's settings; without `target` there is no proxy (LiteFS's rule), and then
+    `addr` and `db` are not needed."""
 
-    addr: Annotated[str, s.address] = field(metadata=_key(missing="missing proxy.addr"))
-    target: str = field(metadata=_key(missing="missing proxy.target"))
-    db: str = field(metadata=_key(missing="missing proxy.db"))
-    max_lag: Annotated[float, s.duration] = 10.0
-    passthrough: Annotated[tuple[str, ...], _patterns] = ()
+    addr: Annotated[str | None, _proxy_addr] = None  # "[host]:port" the proxy listens on
+    target: Annotated[str | None, _proxy_target] = None  # "host:port" of the app on this node
+    db: Annotated[str | None, _db_name] = None  # whose TXID read-your-writes waits for
+    max_lag: Annotated[float, s.duration_or_0] = 10.0  # a replica further behind answers 503
+    passthrough: Annotated[tuple[str, ...], _patterns] = ()  # straight to the app
+    always_forward: Annotated[tuple[str, ...], _patterns] = ()  # to the primary, even GETs
+    primary_redirect_timeout: Annotated[float, s.duration_or_0] = 5.0  # writes wait, then 503
+    debug: bool = False  # log every request at info
+    # Time allowed between reads of the request body; a client stalling longer is cut.
+    read_timeout: Annotated[float, s.duration_or_0] = 0.0
+    # From the first byte of a request head (or a new connection) to the complete head:
+    # the slowloris bound (408, then the connection is closed).
+    read_header_timeout: Annotated[float, s.duration_or_0] = 10.0
+    write_timeout: Annotated[float, s.duration_or_0] = 0.0  # a whole response (SSE needs 0)
+    idle_timeout: Annotated[float, s.duration_or_0] = 30.0  # a kept-alive connection
+    # litefs-py's own:
+    txid_timeout: Annotated[float, s.duration_or_0] = 5.0  # read-your-writes wait, then 504
+    fly_replay: bool = False  # answer writes on a replica with `fly-replay` (Fly.io only)
+    max_header_size: Annotated[int, _header_size] = 16 * 1024  # a larger head gets 431
+    # The primary's proxy, when the primary's /info cannot say (proxy/primary.py).
+    primary_url: Annotated[str | None, _primary_proxy_url] = None
+
+    def checked(self) -> ProxyConfig:
+        if self.target is None:
+            return self
+        for key, value in (("addr", self.addr), ("db", self.db)):
+            if value is None:
+                raise s.Problem("is required when proxy.target is set (addr: where the proxy "
+                                "listens, e.g. ':8080'; db: the database name, e.g. "
+                                "'store.db')", at=(key,))
+        return self
 
 
 def _age_keys(value: object) -> tuple[str, ...]:
@@ -440,14 +518,6 @@ def _one_replica(m: dict[str, Any]) -> dict[str, Any]:
     return m
 
 
-def _db_name(value: object) -> str:
-    name = s.text(value)
-    if "/" in name or name in (".", ".."):
-        raise s.Problem(f"invalid database name {s.show_value(name)}; expected a file name "
-                        "without '/', e.g. store.db")
-    return name
-
-
 @dataclass(frozen=True)
 class DBConfig:
     _EXPECTED: ClassVar[str] = "a mapping {name: ..., replica: ...}"
@@ -486,7 +556,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     lease: LeaseConfig = field(default_factory=LeaseConfig)
-    proxy: ProxyConfig | None = None  # NOT_SUPPORTED_YET
+    proxy: ProxyConfig | None = None  # None, or no proxy.target: no proxy on this node
     replica: ReplicaConfig | None = None  # the default target for every database
     dbs: Annotated[tuple[DBConfig, ...], _dbs] = ()
     # Top-level credentials (Litestream's place for them); already copied into every s3
@@ -526,8 +596,8 @@ class Config:
             raise s.Problem(f"{s.show_value(self.fuse.dir)} would hide data.dir "
                             f"{s.show_value(self.data.dir)} under the mount; use separate "
                             "directories, e.g. /litefs and /var/lib/litefs", at=("fuse", "dir"))
-        if self.proxy is not None and "proxy" in NOT_SUPPORTED_YET:
-            raise s.NotYet(NOT_SUPPORTED_YET["proxy"], at=("proxy",))
+        if self.proxy is not None and self.proxy.target is not None:
+            _check_proxy_ports(self.proxy, self.http)
         if self.lease.hostname is not None and "lease.hostname" in NOT_SUPPORTED_YET:
             raise s.NotYet(NOT_SUPPORTED_YET["lease.hostname"], self.lease.hostname,
                            at=("lease", "hostname"))
@@ -545,6 +615,26 @@ class Config:
             return replica
         return replace(replica, access_key_id=self.access_key_id,
                             secret_access_key=self.secret_access_key)
+
+
+def _check_proxy_ports(proxy: ProxyConfig, http: HttpConfig) -> None:
+    """The proxy cannot listen where the replication API does, nor send requests to itself."""
+    def split(addr: str) -> tuple[str, str]:
+        host, _, port = addr.rpartition(":")
+        host = host.strip("[]")
+        return ("" if host in ("0.0.0.0", "::") else host), port
+
+    (p_host, p_port), (h_host, h_port) = split(proxy.addr or ""), split(http.addr)
+    if p_port == h_port and (not p_host or not h_host or p_host == h_host):
+        raise s.Problem(f"{s.show_value(proxy.addr)} is also http.addr, where the replication "
+                        "API listens; give the proxy its own port, e.g. ':8080'",
+                        at=("proxy", "addr"))
+    t_host, t_port = split(proxy.target or "")
+    if t_port == p_port and (t_host in ("localhost", "127.0.0.1", "::1")
+                             or (p_host and p_host == t_host)):
+        raise s.Problem(f"{s.show_value(proxy.target)} is the proxy itself (proxy.addr "
+                        f"{s.show_value(proxy.addr)}); target is the application's address, "
+                        "e.g. 'localhost:8081'", at=("proxy", "target"))
 
 
 SCHEMA = s.Schema(Config, (Config, FuseConfig, DataConfig, ExecCommand, LogConfig, HttpConfig,

@@ -112,6 +112,13 @@ class StreamServer:
         self.feed = ChangeFeed()
         self.subscribers = 0
         self.port: int | None = None
+        # Added to the /info answer by the layers above (e.g. where this node's HTTP proxy
+        # listens, so that replicas' proxies can forward writes to it).
+        self.info_extra: dict[str, object] = {}
+        # More endpoints behind the same secret, {(method, path): ASGI handler}, registered
+        # by the layers above (e.g. `litefs run --on-primary`).
+        self.routes: dict[tuple[str, str], Callable[[Scope, Receive, Send],
+                                                    Awaitable[None]]] = {}
         self._refusals: dict[str, tuple[float, int]] = {}  # address -> (last logged, since)
         self.endpoints: dict[str, Endpoint] = {}  # path -> endpoint, added by app.py
         for db in store.dbs.values():
@@ -246,11 +253,13 @@ class StreamServer:
             return
         path, method = scope["path"], scope["method"]
         if path == INFO_PATH and method == "GET":
-            await _reply(send, 200, {"protocol": PROTOCOL_VERSION,
+            await _reply(send, 200, {**self.info_extra, "protocol": PROTOCOL_VERSION,
                                      "primary": self.advertise_url,
                                      "dbs": format_positions(self.positions())})
         elif path == STREAM_PATH and method == "POST":
             await self._stream(scope, receive, send)
+        elif (method, path) in self.routes:
+            await self.routes[method, path](scope, receive, send)
         elif path in (INFO_PATH, STREAM_PATH):
             allow = "GET" if path == INFO_PATH else "POST"
             await _reply(send, 405, {"error": f"{_printable(method)} is not allowed on {path}; "

@@ -407,24 +407,13 @@ class FileReplicaClient(ReplicaClient):
     # ---- raw writes (litefs doctor's probe) ----------------------------------------------
 
     def put_object(self, key: str, data: bytes, *, if_none_match: bool = False) -> bool:
-        path = self._object_path(key)
-        if not if_none_match:
-            self._atomic_write(path, data)
+        if if_none_match:  # the one conditional-write path (put_object_if)
+            try:
+                self.put_object_if(key, data, if_none_match=True)
+            except PreconditionFailedError:
+                return False
             return True
-        # Create-exclusive without a partial object ever visible: a complete temporary file
-        # is hard-linked to the final name, which fails if that name exists.
-        self._ensure_dir(path.parent)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        try:
-            tmp.write_bytes(data)
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            raise self._error(exc, "writing", path) from None
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        self._atomic_write(self._object_path(key), data)
         return True
 
     def delete_object(self, key: str) -> None:

@@ -636,23 +636,17 @@ class S3ReplicaClient(ReplicaClient):
     # ---- raw writes (litefs doctor's probe) ----------------------------------------------
 
     def put_object(self, key: str, data: bytes, *, if_none_match: bool = False) -> bool:
-        full = self._key(key)
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": full, "Body": data,
-                                  "ContentLength": len(data),
-                                  "ContentType": "application/octet-stream"}
-        if if_none_match:
-            kwargs["IfNoneMatch"] = "*"
-        try:
-            self.boto_client.put_object(**kwargs)
-        except bx.ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-            # 412 PreconditionFailed: the key exists; 409 ConditionalRequestConflict: another
-            # conditional write to it is in flight (AWS). Either way nothing was written.
-            if if_none_match and (code in ("PreconditionFailed", "ConditionalRequestConflict")
-                                  or status in (409, 412)):
+        if if_none_match:  # the one conditional-write path (put_object_if)
+            try:
+                self.put_object_if(key, data, if_none_match=True)
+            except PreconditionFailedError:
                 return False
-            raise self._error(exc, "writing", full) from None
+            return True
+        full = self._key(key)
+        try:
+            self.boto_client.put_object(Bucket=self.bucket, Key=full, Body=data,
+                                        ContentLength=len(data),
+                                        ContentType="application/octet-stream")
         except _BOTO_ERRORS as exc:
             raise self._error(exc, "writing", full) from None
         return True

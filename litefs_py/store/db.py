@@ -24,6 +24,7 @@ apply), `mark_deleted`.
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -289,6 +290,17 @@ class DB:
 
     def truncate(self, kind: FileKind, size: int) -> None:
         fd = self.fd(kind)
+        if kind is FileKind.DATABASE and self._txid and (
+                size == 0 or (self.page_size and size % self.page_size)):
+            # SQLite shrinks a database only to whole pages, never to nothing; `echo x > db`
+            # or `truncate -s 0 db` would throw away committed data before any write could be
+            # refused as "not a SQLite database".
+            msg = (f"{self.name}: refusing to truncate the database to {size} bytes: it holds "
+                   f"committed data (TXID {self._txid}) and SQLite never shrinks a database "
+                   "that way. To replace it, write into it with SQLite (sqlite3 DB "
+                   "\".restore OTHER.db\") or run `litefs restore --force`; to delete it, rm it")
+            log.error(msg)
+            raise PermissionError(errno.EPERM, msg)
         if kind is FileKind.JOURNAL:
             self._rollback.truncate_journal(fd, size)
             return

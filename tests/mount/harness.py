@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from litefs_py.mountinfo import is_mounted
 
@@ -38,10 +39,10 @@ class LitefsMount:
             self.mount_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        cmd = [sys.executable, "-m", "litefs_py", "mount", "--mount-dir", str(self.mount_dir),
+        cmd = [*self.entry_point(), "--mount-dir", str(self.mount_dir),
                "--data-dir", str(self.data_dir), *self.extra_args]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                     preexec_fn=_default_signals)
+                                     preexec_fn=_default_signals, **self.popen_options())
         log.close()
         deadline = time.monotonic() + MOUNT_TIMEOUT
         while time.monotonic() < deadline:
@@ -53,6 +54,13 @@ class LitefsMount:
             time.sleep(0.05)
         self.kill()
         raise RuntimeError("litefs mount did not come up in time:\n" + self.log())
+
+    def entry_point(self) -> list[str]:
+        """The command before the mount's options (subclasses run another entry point)."""
+        return [sys.executable, "-m", "litefs_py", "mount"]
+
+    def popen_options(self) -> dict[str, Any]:
+        return {}
 
     def _serving(self) -> bool:
         # Up once a live FUSE filesystem answers at the mount point: a stale mount says

@@ -338,3 +338,34 @@ except apsw.Error as exc:
     print(f"refused: {exc}")
 con.close()
 '''
+
+
+@pytest.mark.parametrize("how", ["shell redirect", "truncate to 0", "truncate mid-page"])
+def test_truncating_a_live_database_is_refused(litefs: LitefsMount, tmp_path: Path,
+                                               how: str) -> None:
+    """`echo x > MOUNT/app.db` (open with O_TRUNC) or `truncate -s` on a database holding
+    committed data: refused with EPERM before a byte is lost; the log names the way to replace
+    a database; the database, its position and its log are unchanged, and SQLite can go on."""
+    name = "live.db"
+    _make_db(litefs, name)
+    path = litefs.db(name)
+    before = Path(path).read_bytes()
+    files, pos = ltx_files(litefs, name), litefs.pos(name)
+    with pytest.raises(PermissionError) as exc:
+        if how == "shell redirect":
+            with open(path, "w") as f:
+                f.write("x\n")
+        else:
+            os.truncate(path, 0 if how == "truncate to 0" else len(before) - 100)
+    assert exc.value.errno == errno.EPERM
+    lines = _log_lines(litefs, name, "refusing to truncate")
+    assert lines and all(".restore" in line for line in lines), litefs.log()
+    assert Path(path).read_bytes() == before
+    assert ltx_files(litefs, name) == files and litefs.pos(name) == pos
+    con = sqlite3.connect(path)
+    con.execute("INSERT INTO t(v) VALUES ('after')")
+    con.commit()
+    assert [r[0] for r in con.execute("SELECT v FROM t ORDER BY id")] == ["before", "after"]
+    con.close()
+    assert litefs.pos(name)[0] == pos[0] + 1
+    verify_capture(litefs, name, tmp_path / name)
