@@ -62,31 +62,42 @@ def test_retention_deletes_uploaded_files_and_keeps_the_spool(bucket: Bucket, ri
     for _ in range(5):
         client.txns(1)
         time.sleep(0.2)
+    # The log is deleted a whole segment at a time, never the newest one; a new segment
+    # starts at the first commit once the active one is `retention` old. So: wait that long,
+    # commit once more, and every older record (uploaded, older than 1 s) must go.
+    time.sleep(1.2)
+    client.txns(1)
     txid = m.pos("app.db")[0]
     wait_until(lambda: _in_bucket(bucket) >= txid, 5, what="the transactions in the bucket")
-    # Uploaded and older than 1 s: deleted, except the newest file.
     wait_until(lambda: local_ltx(m) == [(txid, txid)], 5,
-               what=f"only the newest local LTX file to remain (have {local_ltx(m)})")
+               what=f"only the newest local record to remain (have {local_ltx(m)})")
 
     proxy.down()
     commits = client.txns(6, hash=True)
     down_txid = commits[-1][0]
     time.sleep(3.5)  # > retention + sync-interval, several failed upload attempts
-    assert local_ltx(m) == [(t, t) for t in range(txid, down_txid + 1)], \
+    assert [r for r in local_ltx(m) if r[0] > txid] == [
+        (t, t) for t in range(txid + 1, down_txid + 1)], \
         "nothing may be deleted locally while it is not in the replica"
     assert _in_bucket(bucket) == txid
 
     # A clean stop while the endpoint is down keeps the spool; the next run ships it.
     client.close()
     m.stop()
-    assert local_ltx(m) == [(t, t) for t in range(txid, down_txid + 1)]
+    assert [r for r in local_ltx(m) if r[0] > txid] == [
+        (t, t) for t in range(txid + 1, down_txid + 1)]
     proxy.up()
     m.start()
     wait_until(lambda: _in_bucket(bucket) >= down_txid, 15,
                what="the spool in the bucket after the endpoint came back")
-    wait_until(lambda: local_ltx(m) == [(down_txid, down_txid)], 5,
-               what=f"the uploaded spool to be deleted locally (have {local_ltx(m)})")
     _check_restore(rig, bucket, down_txid, commits[-1][3], "after-spool")
+    time.sleep(1.2)  # the spool's segment is then `retention` old: the next commit rotates
+    client = rig.sql(m.db("app.db"))
+    client.txns(1)
+    client.close()
+    last = m.pos("app.db")[0]
+    wait_until(lambda: local_ltx(m) == [(last, last)], 8,
+               what=f"the uploaded spool to be deleted locally (have {local_ltx(m)})")
 
 
 @pytest.mark.time_limit(60)
@@ -137,9 +148,16 @@ def test_files_uploaded_before_a_restart_are_deleted(bucket: Bucket, rig: Rig) -
     m.stop()  # within the 2 s retention: the uploaded files are still here
     assert len(local_ltx(m)) > 1
     m.start()
-    time.sleep(4.0)  # retention (2 s) + the uploader's 1 s wake-up, twice over
-    assert local_ltx(m) == [(txid, txid)], \
-        f"uploaded files kept after a restart: {local_ltx(m)}"
+    # Whole segments go, never the newest: once the old run's segment is `retention` old, a
+    # commit starts a new one, and the old run's records (uploaded) must then be deleted.
+    time.sleep(2.2)
+    client = rig.sql(m.db("app.db"))
+    client.txns(1)
+    client.close()
+    last = m.pos("app.db")[0]
+    assert last == txid + 1
+    wait_until(lambda: local_ltx(m) == [(last, last)], 8,
+               what=f"uploaded records of the previous run to be deleted (have {local_ltx(m)})")
 
 
 @pytest.mark.time_limit(45)
