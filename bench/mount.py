@@ -65,7 +65,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -450,6 +450,8 @@ WRITE_WORKLOADS = {
     "wal_full": ("wal", "full"),
     "delete_full": ("delete", "full"),
 }
+# What --workloads selects from ("reads" is the cold and the warm reads).
+WORKLOADS = (*WRITE_WORKLOADS, "bulk", "reads")
 
 
 class Bench:
@@ -538,6 +540,8 @@ class Bench:
             order = list(targets[k:] + targets[:k])
             _log(f"run {run + 1}/{self.args.runs} (order {', '.join(order)})")
             for wl, (journal, sync) in WRITE_WORKLOADS.items():
+                if wl not in self.args.workloads:
+                    continue
                 for target in order:
                     name = f"{wl}-{run}.db"
                     spec = {"op": "txns", "path": str(dirs[target] / name), "journal": journal,
@@ -546,6 +550,8 @@ class Bench:
                     if target in self.litefs_targets:
                         self.verify(f"{wl} {target} run {run + 1}", self.data_dir(target), name)
             for target in order:
+                if "bulk" not in self.args.workloads:
+                    break
                 name = f"bulk-{run}.db"
                 spec = {"op": "bulk", "path": str(dirs[target] / name), "n": s.bulk_rows}
                 self._timed("bulk", target, spec, servers.get(target))
@@ -555,6 +561,8 @@ class Bench:
                 self.notes.append(f"litefs VmHWM after the first run's writes: "
                                   f"{proc_status(lfs.pid, 'VmHWM') / MiB:.0f} MiB")
             # Reads: cold first (remount + drop caches right before each target), then warm.
+            if "reads" not in self.args.workloads:
+                continue
             for target in order:
                 server = servers.get(target)
                 if server is not None:
@@ -834,7 +842,18 @@ def main() -> int:
                     help="also run litefs from this source tree as target litefs-base, side "
                          "by side (e.g. the commit before a change, for before/after ratios "
                          "from one run); its compiled modules must be built in it")
+    ap.add_argument("--workloads", metavar="W,W,...", default=",".join(WORKLOADS),
+                    help="the phase-A workloads to run, comma-separated (default: all of "
+                         f"{', '.join(WORKLOADS)}); on a loaded machine the fsync-bound "
+                         "delete_full can take as long as all the others together")
+    ap.add_argument("--txns", type=int, default=None,
+                    help="transactions per commit workload (default 10,000, --quick 1,000)")
     args = ap.parse_args()
+    args.workloads = {w.strip() for w in args.workloads.split(",") if w.strip()}
+    for w in args.workloads - set(WORKLOADS):
+        ap.error(f"unknown workload {w!r}: choose from {', '.join(WORKLOADS)}")
+    if args.txns is not None and args.txns < 1:
+        ap.error("--txns must be at least 1")
     if args.litefs_src:
         global LITEFS_SRC
         LITEFS_SRC = use_litefs_src(ap, args.litefs_src)
@@ -843,6 +862,8 @@ def main() -> int:
         COMPARE_SRC = use_litefs_src(ap, args.compare_src)
     args.runs = max(1, args.runs if args.runs is not None else (1 if args.quick else 3))
     scale = QUICK if args.quick else FULL
+    if args.txns is not None:
+        scale = replace(scale, txns=args.txns)
     if os.geteuid() != 0:
         _log("warning: not root: FUSE mounts may fail and caches cannot be dropped")
     root = Path(tempfile.mkdtemp(prefix="litefs-bench-", dir=args.tmp))
