@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import trio
@@ -69,13 +70,17 @@ class MountOptions:
 
 
 class Replicator:
-    """Starts one uploader per database that has a replica target."""
+    """Starts one uploader per database that has a replica target. `options(db)` adds
+    keyword arguments to each Uploader (a primary of an etcd or s3 lease: its epoch and
+    whether it may still upload, cluster.py)."""
 
-    def __init__(self, config: Config, nursery: trio.Nursery) -> None:
+    def __init__(self, config: Config, nursery: trio.Nursery, *,
+                 options: Callable[[DB], dict[str, Any]] | None = None) -> None:
         self.config = config
         self.nursery = nursery
         self.uploaders: dict[str, Uploader] = {}
         self.local_only: set[str] = set()
+        self.options = options
 
     def attach(self, db: DB) -> None:
         if db.name in self.uploaders or db.name in self.local_only:
@@ -90,10 +95,11 @@ class Replicator:
         from .replica_clients import client_for
 
         client = client_for(replica)
+        extra = self.options(db) if self.options is not None else {}
         up = Uploader(db, client, sync_interval=replica.sync_interval,
-                      batch_window=replica.batch_window,
+                      batch_window=extra.pop("batch_window", replica.batch_window),
                       retention=self.config.data.retention,
-                      spool_limit=self.config.data.spool_limit)
+                      spool_limit=self.config.data.spool_limit, **extra)
         self.uploaders[db.name] = up
         self.nursery.start_soon(up.run, name=f"uploader {db.name}")
         schedule = Schedule(replica.l1_interval, replica.l2_interval, replica.l3_interval,
@@ -349,11 +355,13 @@ def status_document(store: Store, replicator: Replicator | None,
     return doc
 
 
-async def _write_status(store: Store, replicator: Replicator,
-                        node: ReplicaNode | None = None) -> None:
+async def _write_status(store: Store, replicator: Replicator | None,
+                        node: ReplicaNode | None = None,
+                        document: Callable[[], dict[str, object]] | None = None) -> None:
     """Keep DATA/status.json current (atomically replaced) for `litefs status`."""
     while True:
-        doc = json.dumps(status_document(store, replicator, node), indent=2)
+        doc = json.dumps(document() if document is not None else
+                         status_document(store, replicator, node), indent=2)
         await trio.to_thread.run_sync(store.save_status, doc)
         await trio.sleep(STATUS_INTERVAL)
 
@@ -403,8 +411,43 @@ def bucket_databases(config: Config) -> list[tuple[str, ReplicaClient]]:
     return out
 
 
+async def _serve_cluster(ops: ReplicaOperations, opts: MountOptions,
+                         sup: Supervision) -> None:
+    """An etcd or s3 lease: the node switches between replica and primary (cluster.py)."""
+    from .cluster import Cluster
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, sup)
+        nursery.start_soon(_refuse_flush_early, opts.mount_dir)
+        fences = Fences(opts.mount_dir)
+        cluster = Cluster(opts, ops.store, ops, fences)
+        sup.before_stop.append(cluster.before_stop)  # while the fences still work
+        sup.before_stop.append(fences.close)
+        await nursery.start(cluster.run)
+
+        def document() -> dict[str, object]:
+            doc = status_document(ops.store, cluster.replicator, cluster.node)
+            doc["cluster"] = cluster.status_json()
+            return doc
+
+        nursery.start_soon(_write_status, ops.store, None, None, document)
+        if opts.commands:
+            nursery.start_soon(_supervise, opts.commands, opts.config.lease.candidate, sup,
+                               opts.config.exit_on_error)
+        await pyfuse3.main()
+        log.debug("FUSE loop ended; stopping background tasks")
+        cut = cluster.server.abort_connections()
+        if cut:
+            log.info("closed %d replication connection(s)", cut)
+        nursery.cancel_scope.cancel()
+
+
 async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -> None:
     config = opts.config
+    if config.lease.type != "static":
+        assert isinstance(ops, ReplicaOperations)
+        await _serve_cluster(ops, opts, sup)
+        return
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, sup)
         replicator = Replicator(config, nursery)
@@ -462,19 +505,34 @@ def run_mount(opts: MountOptions) -> int:
     opts.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(opts.data_dir)
     store.lock()
+    cluster = opts.config.lease.type != "static"
     replica = not opts.config.lease.candidate
     try:
-        if replica:
+        if cluster:
+            log.info("lease %s: starting as a replica; the lease decides who is primary",
+                     opts.config.lease.type)
+            if not replica:
+                restore_missing_databases(opts.config, store)
+            # Recovered as a primary would (committed WAL frames are kept), then shaped as a
+            # replica keeps its files: the mount switches roles in place from there.
+            store.open(replica=False)
+            from .store.role_switch import to_replica_shape
+
+            for db in list(store.dbs.values()):
+                to_replica_shape(db, None, None)
+        elif replica:
             log.info("read replica of %s", opts.config.lease.advertise_url
                      or "the replica bucket (no lease.advertise-url)")
+            store.open(replica=True)
         else:
             restore_missing_databases(opts.config, store)
-        store.open(replica=replica)
+            store.open(replica=False)
     except BaseException:
         store.close()
         raise
     prepare_mount_dir(opts.mount_dir)
-    ops = ReplicaOperations(store, ReplicaState()) if replica else PrimaryOperations(store)
+    ops = (ReplicaOperations(store, ReplicaState()) if replica or cluster
+           else PrimaryOperations(store))
     fuse_options = set(pyfuse3.default_options)
     fuse_options.add("fsname=litefs")
     if opts.allow_other:

@@ -16,10 +16,13 @@ from .storage.errors import StorageError
 from .storage.file import FileReplicaClient
 
 
-def client_for(replica: ReplicaConfig, env: Mapping[str, str] = os.environ) -> ReplicaClient:
+def client_for(replica: ReplicaConfig, env: Mapping[str, str] = os.environ, *,
+               request_timeout: float | None = None) -> ReplicaClient:
     """The client of one database's replica (`replica` already has the database's path).
     Credentials: `find_credentials` (config, LITEFS_*, LITESTREAM_*, then AWS's chain).
-    Nothing is contacted here: call `check()` to probe."""
+    `request_timeout`: short connect/read timeouts and two attempts (the lease's client,
+    whose calls must fail well within a TTL). Nothing is contacted here: call `check()` to
+    probe."""
     if replica.type == "file":
         return FileReplicaClient(Path(replica.path))
     if replica.bucket is None:
@@ -27,6 +30,9 @@ def client_for(replica: ReplicaConfig, env: Mapping[str, str] = os.environ) -> R
     credentials = find_credentials(replica, env)
     from .storage.s3 import S3ReplicaClient  # boto3 takes a while to import: only when needed
 
+    timeouts = {} if request_timeout is None else {
+        "connect_timeout": request_timeout, "read_timeout": request_timeout,
+        "max_attempts": 2}
     return S3ReplicaClient(
         replica.bucket,
         replica.path,
@@ -36,6 +42,7 @@ def client_for(replica: ReplicaConfig, env: Mapping[str, str] = os.environ) -> R
         access_key_id=credentials.access_key_id,
         secret_access_key=credentials.secret_access_key,
         credentials_source=credentials.source,
+        **timeouts,  # type: ignore[arg-type]
     )
 
 

@@ -8,6 +8,12 @@ every second of silence. The wire format is in stream_protocol.py.
 
 Authentication: `Authorization: Bearer <secret>`, compared in constant time. Without a
 secret the server binds to loopback only.
+
+With an etcd or s3 lease (docs/leases.md) every node runs this server: `serving()` says
+whether this node is the primary now (a replica answers the stream with 503 and where the
+primary is), `epoch()` is stamped on every frame (replicas refuse a stream from an older
+term), the hello carries each database's epoch history and the peers connected, and
+`routes` adds the cluster's own endpoints (acknowledgements, handoff).
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ HEARTBEAT_INTERVAL = 1.0
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+Route = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class ChangeFeed:
@@ -91,6 +98,15 @@ class StreamServer:
         self.feed = ChangeFeed()
         self.subscribers = 0
         self.port: int | None = None
+        # Set by the cluster (app layer) with an etcd or s3 lease; the defaults are a static
+        # primary's: always serving, epoch 0, nothing more in the hello.
+        self.serving: Callable[[], str | None] = lambda: None  # why not serving, or None
+        self.epoch: Callable[[], int] = lambda: 0
+        self.hello_extra: Callable[[], dict[str, Any]] = dict
+        self.info_extra: Callable[[], dict[str, Any]] = dict
+        self.routes: dict[tuple[str, str], Route] = {}
+        self.identities: dict[str, dict[str, Any]] = {}  # subscriber -> what it said it is
+        self._streams: set[trio.CancelScope] = set()
         for db in store.dbs.values():
             self._watch(db)
         store.add_db_listener(self._watch)
@@ -142,6 +158,14 @@ class StreamServer:
             log.warning("cannot listen on %s for replicas: %s; replicas cannot connect until "
                         "http.addr is changed", bind, group.exceptions[0])
             self.port = None
+
+    def end_streams(self) -> int:
+        """End every replica's stream (this node stops being the primary); they reconnect
+        to whoever is. Returns how many were ended."""
+        scopes, self._streams = list(self._streams), set()
+        for scope in scopes:
+            scope.cancel()
+        return len(scopes)
 
     def abort_connections(self) -> int:
         """At shutdown: shut down every accepted connection's socket. hypercorn sends in a
@@ -195,12 +219,20 @@ class StreamServer:
                         client[0])
             return
         path, method = scope["path"], scope["method"]
+        route = self.routes.get((method, path))
         if path == INFO_PATH and method == "GET":
             await _reply(send, 200, {"protocol": PROTOCOL_VERSION,
                                      "primary": self.advertise_url,
-                                     "dbs": format_positions(self.positions())})
+                                     "dbs": format_positions(self.positions()),
+                                     **self.info_extra()})
         elif path == STREAM_PATH and method == "POST":
+            refusal = self.serving()
+            if refusal is not None:
+                await _reply(send, 503, {"error": refusal, **self.info_extra()})
+                return
             await self._stream(scope, receive, send)
+        elif route is not None:
+            await route(scope, receive, send)
         else:
             await _reply(send, 404, {"error": f"no such endpoint {method} {path}"})
 
@@ -239,13 +271,20 @@ class StreamServer:
             return
         client = scope.get("client") or ("?", 0)
         who = f"{request.get('node') or client[0]}"
+        identity = request.get("identity")
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", CONTENT_TYPE.encode()),
                                 (b"cache-control", b"no-store")]})
         self.subscribers += 1
         log.info("replica %s connected", who)
+        key = f"{who}/{id(request)}"
+        if isinstance(identity, dict):
+            self.identities[key] = identity
+        stream_scope: trio.CancelScope | None = None
         try:
             async with trio.open_nursery() as nursery:
+                stream_scope = nursery.cancel_scope
+                self._streams.add(stream_scope)
                 async def watch_disconnect() -> None:
                     while (await receive())["type"] != "http.disconnect":
                         pass
@@ -258,6 +297,9 @@ class StreamServer:
             log.debug("stream to %s ended: %r", who, exc)
         finally:
             self.subscribers -= 1
+            self.identities.pop(key, None)
+            if stream_scope is not None:
+                self._streams.discard(stream_scope)
             log.info("replica %s disconnected", who)
 
 
@@ -273,6 +315,9 @@ class Subscription:
         self.who = who
 
     async def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        epoch = self.server.epoch()
+        if epoch:
+            header["epoch"] = epoch
         await self._send({"type": "http.response.body", "body": encode_frame(header, payload),
                           "more_body": True})
 
@@ -280,7 +325,8 @@ class Subscription:
         server = self.server
         await self.send({"type": "hello", "protocol": PROTOCOL_VERSION,
                          "primary": server.advertise_url,
-                         "dbs": format_positions(server.positions())})
+                         "dbs": format_positions(server.positions()),
+                         **server.hello_extra()})
         while True:
             version = server.feed.version
             for name, db in list(server.store.dbs.items()):
@@ -291,7 +337,8 @@ class Subscription:
                 await server.feed.wait_past(version)
             if scope.cancelled_caught:
                 await self.send({"type": "heartbeat", "time": int(time.time() * 1000),
-                                 "dbs": format_positions(server.positions())})
+                                 "dbs": format_positions(server.positions()),
+                                 **server.hello_extra()})
 
     async def catch_up(self, name: str, db: DB) -> None:
         rtxid, rchecksum = self.sent.get(name, ZERO_POS)

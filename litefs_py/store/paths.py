@@ -6,6 +6,8 @@
     DATA/dbs/<name>/{journal,wal,shm}
     DATA/dbs/<name>/ltx/           the local LTX log (LtxLog)
     DATA/dbs/<name>/checksums      per-page checksums saved on a clean shutdown
+    DATA/dbs/<name>/epochs         where each primary term's records begin (EpochHistory)
+    DATA/dbs/<name>/quarantine/    records of an old primary the new history does not have
     DATA/restore-tmp/<name>/       a restore being built, before Store.install_restored
 
 Pure path arithmetic: nothing here touches the filesystem.
@@ -45,6 +47,14 @@ class DBPaths:
     def page_table(self) -> Path:
         """Per-page checksums saved on clean shutdown (see PageTable.save)."""
         return self.root / "checksums"
+
+    @property
+    def epochs(self) -> Path:
+        return self.root / "epochs"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
 
 
 @dataclass(frozen=True, slots=True)
