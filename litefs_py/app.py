@@ -75,12 +75,16 @@ class Replicator:
     whether it may still upload, cluster.py)."""
 
     def __init__(self, config: Config, nursery: trio.Nursery, *,
-                 options: Callable[[DB], dict[str, Any]] | None = None) -> None:
+                 options: Callable[[DB], dict[str, Any]] | None = None,
+                 clients: Callable[[str], ReplicaClient | None] | None = None) -> None:
         self.config = config
         self.nursery = nursery
         self.uploaders: dict[str, Uploader] = {}
         self.local_only: set[str] = set()
         self.options = options
+        # Made ahead of time by the caller (boto3 takes a second to make a client: a
+        # primary elected during a failover must not stall its event loop for it).
+        self.clients = clients
 
     def attach(self, db: DB) -> None:
         if db.name in self.uploaders or db.name in self.local_only:
@@ -94,7 +98,8 @@ class Replicator:
             return
         from .replica_clients import client_for
 
-        client = client_for(replica)
+        client = (self.clients(db.name) if self.clients is not None else None) \
+            or client_for(replica)
         extra = self.options(db) if self.options is not None else {}
         up = Uploader(db, client, sync_interval=replica.sync_interval,
                       batch_window=extra.pop("batch_window", replica.batch_window),

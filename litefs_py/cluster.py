@@ -24,6 +24,7 @@ acknowledged within `commit-timeout` fails with EIO and the node steps down.
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import logging
 import socket
@@ -203,12 +204,18 @@ class Cluster:
 
     def _on_new_db(self, db: DB) -> None:
         db.commit_gate = self._gate
-        if self._nursery is not None:
-            self._nursery.start_soon(self._warm_client, db.name)
         if self.status.role is Role.PRIMARY and self.status.epoch:
             db.epochs.begin(self.status.epoch, 1)
-            if self._replicator is not None:
-                self._replicator.attach(db)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._attach_when_ready, db)
+
+    async def _attach_when_ready(self, db: DB) -> None:
+        """A new database: make its bucket client in a thread (never on the event loop: the
+        lease keeper renews there), then start its uploader if this node is primary."""
+        await self._warm_client(db.name)
+        replicator = self._replicator
+        if replicator is not None and self.status.role is Role.PRIMARY:
+            replicator.attach(db)
 
     def _set_gate(self, gate: CommitGate) -> None:
         self._gate = gate
@@ -245,6 +252,10 @@ class Cluster:
 
     async def _warm_up(self) -> None:
         """Bucket clients, and the lease's probe of conditional writes, before any failover."""
+        if self.config.replica is not None or any(d.replica for d in self.config.dbs):
+            # boto3's import takes a second: here, in a thread, rather than in the middle of
+            # a promotion on the event loop.
+            await trio.to_thread.run_sync(importlib.import_module, "litefs_py.storage.s3")
         for name in list(self.store.dbs):
             await self._warm_client(name)
         check = getattr(self.lease, "check_conditional_writes", None)
@@ -514,6 +525,8 @@ class Cluster:
         why = await self._catch_up_from_bucket()
         if why is not None:
             raise PromotionError(why)
+        for name in list(self.store.dbs):  # the uploaders' clients, off the event loop
+            await trio.to_thread.run_sync(self._client, name)
         epoch = grant.epoch
         behind = {n: t for n, t in self.node.state.primary_txids.items()
                   if n in self.store.dbs and self.store.dbs[n].txid < t}
@@ -574,7 +587,8 @@ class Cluster:
         from .app import Replicator
 
         async with trio.open_nursery() as term:
-            replicator = Replicator(self.config, term, options=self._uploader_options)
+            replicator = Replicator(self.config, term, options=self._uploader_options,
+                                    clients=self._clients.get)
             self._replicator = replicator
             for db in list(self.store.dbs.values()):
                 replicator.attach(db)

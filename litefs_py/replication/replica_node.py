@@ -222,7 +222,7 @@ class ReplicaNode:
                 diverged.append(db.name)
                 if self.hooks is not None:
                     self.hooks.quarantined(db.name, fork, moved)
-            db.epochs.adopt(primary)
+            await trio.to_thread.run_sync(db.epochs.adopt, primary)
         if diverged:
             self._connection.fail(f"reconnecting to ask for a snapshot of "
                                   f"{', '.join(diverged)} after quarantining this node's "

@@ -86,9 +86,17 @@ class Node:
     def role(self) -> str | None:
         return self.status().get("role")
 
+    def mounted(self) -> bool:
+        """A live litefs mount answers at the mount point (not the bare directory of a node
+        that is starting or stopped)."""
+        try:
+            return os.stat(self.mnt).st_dev != os.stat(self.mnt.parent).st_dev
+        except OSError:
+            return False
+
     def is_primary(self) -> bool:
         """The mount's own answer (no `.primary`, no `.lag`), as an app sees it."""
-        if not self.alive():
+        if not self.alive() or not self.mounted():
             return False
         try:
             return not (self.mnt / ".primary").exists() and not (self.mnt / ".lag").exists()
@@ -189,15 +197,28 @@ class HACluster:
             raise errors[0]
 
 
-def create_table(node: Node) -> None:
+def create_table(cluster: HACluster, timeout: float = 60.0) -> Node:
+    """Create the writer's table on the primary; on a loaded machine the first primary may
+    lose its lease right away (then its commit fails with EIO): retry on the next one.
+    Returns the primary it was created on."""
     import sqlite3
 
-    con = sqlite3.connect(node.db(), isolation_level=None, timeout=10)
-    try:
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
-    finally:
-        con.close()
+    deadline = time.monotonic() + timeout
+    while True:
+        node = cluster.wait_primary(max(1.0, deadline - time.monotonic()))
+        try:
+            con = sqlite3.connect(node.db(), isolation_level=None, timeout=10)
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, "
+                            "v TEXT NOT NULL)")
+            finally:
+                con.close()
+            return node
+        except sqlite3.Error:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def rows(node: Node, db: str = DB) -> dict[int, str]:
@@ -217,10 +238,11 @@ class Writer:
     def __init__(self, out: Path, nodes: list[Node], *, rate: float = 50.0,
                  seconds: float = 600.0) -> None:
         self.out = out
-        self.proc = subprocess.Popen(
-            [sys.executable, str(WRITER), str(out), str(rate), str(seconds), DB,
-             *(f"{n.name}={n.mnt}" for n in nodes)],
-            stdin=subprocess.DEVNULL, stderr=open(str(out) + ".err", "ab"))  # noqa: SIM115
+        with open(str(out) + ".err", "ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(WRITER), str(out), str(rate), str(seconds), DB,
+                 *(f"{n.name}={n.mnt}" for n in nodes)],
+                stdin=subprocess.DEVNULL, stderr=err)
 
     def records(self) -> list[dict[str, Any]]:
         try:
