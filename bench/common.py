@@ -190,6 +190,24 @@ def use_litefs_src(ap: argparse.ArgumentParser, path: str) -> Path:
     return src
 
 
+def filesystem_of(path: Path) -> str:
+    """`ext4 with a journal (/dev/loop0) at /mnt/x` for the filesystem holding `path`: where a
+    benchmark's files live changes what fsyncs and file creation cost."""
+    best, dev, fstype = "", "?", "?"
+    target = str(Path(path).resolve())
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 2 and (target == parts[1] or target.startswith(
+                    parts[1].rstrip("/") + "/")) and len(parts[1]) >= len(best):
+                best, dev, fstype = parts[1], parts[0], parts[2]
+    if fstype in ("ext3", "ext4"):
+        name = os.path.basename(os.path.realpath(dev))
+        journal = os.path.exists(f"/proc/fs/jbd2/{name}-8")
+        fstype += " with a journal" if journal else " without a journal"
+    return f"{fstype} ({dev}) at {best}"
+
+
 def machine_line(started: float) -> str:
     """`python 3.11.2, SQLite 3.40.1, 2 CPUs, kernel ...; 41 s total` for a report."""
     return (f"python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "

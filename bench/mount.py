@@ -74,6 +74,7 @@ from common import (  # bench/common.py (the script's directory)
     REPO,
     add_run_options,
     default_signals,
+    filesystem_of,
     git_describe,
     lazy_unmount,
     log_tail,
@@ -302,11 +303,16 @@ class Server:
 LITEFS_SRC = REPO
 
 
+# A second source tree to run side by side (--compare-src), as target "litefs-base".
+COMPARE_SRC: Path | None = None
+
+
 def litefs_server(name: str, mount_dir: Path, data_dir: Path, log_path: Path,
-                  cpu: int | None, start_timeout: float = 60.0) -> Server:
+                  cpu: int | None, start_timeout: float = 60.0,
+                  src: Path | None = None) -> Server:
     cmd = [sys.executable, "-m", "litefs_py", "mount", "--mount-dir", str(mount_dir),
            "--data-dir", str(data_dir)]
-    return Server(name, cmd, mount_dir, log_path, cpu, start_timeout, cwd=LITEFS_SRC)
+    return Server(name, cmd, mount_dir, log_path, cpu, start_timeout, cwd=src or LITEFS_SRC)
 
 
 def passthrough_server(backing: Path, mount_dir: Path, log_path: Path,
@@ -350,33 +356,39 @@ def read_through(path: Path) -> None:
 
 def verify_litefs_db(db_root: Path) -> str:
     """'ok', or what is wrong: the LTX log of DATA/dbs/<name> must be a contiguous chain whose
-    checksums link, and replaying it must give the backing database byte for byte."""
-    sys.path.insert(0, str(LITEFS_SRC))
+    checksums link, and replaying it must give the backing database byte for byte. Reads both
+    layouts: segments (seg-*.ltxs) and one file per record (older litefs-py)."""
+    import io
+
     from litefs_py.ltx import Decoder, is_ltx_filename, parse_filename
     from litefs_py.ltx.apply import apply_pages
+    from litefs_py.store.ltx_log import read_log
 
     ltx_dir = db_root / "ltx"
-    names = sorted((parse_filename(n), n) for n in os.listdir(ltx_dir) if is_ltx_filename(n))
-    if not names:
-        return "no LTX files"
+    records = [(r.range, r.name, r.read) for r in read_log(ltx_dir)]
+    if not records:
+        names = sorted((parse_filename(n), n) for n in os.listdir(ltx_dir)
+                       if is_ltx_filename(n))
+        records = [(rng, n, (ltx_dir / n).read_bytes) for rng, n in names]
+    if not records:
+        return "no LTX records"
     expected, prev_post = 1, None
     fd, tmp = tempfile.mkstemp(prefix="replay-", dir=db_root.parent.parent)
     os.close(fd)
     try:
         with open(tmp, "r+b") as out:
-            for (lo, hi), name in names:
+            for (lo, hi), name, read in records:
                 if lo != expected:
                     return f"TXID gap: expected {expected:016x}, found {name}"
-                with open(ltx_dir / name, "rb") as f:
-                    dec = Decoder(f, name=name)
-                    trailer = apply_pages(out, dec)
+                dec = Decoder(io.BytesIO(read()), name=name)
+                trailer = apply_pages(out, dec)
                 h = dec.header
                 if prev_post is not None and h.pre_apply_checksum != prev_post:
                     return (f"{name}: pre-apply checksum {h.pre_apply_checksum:016x} != "
                             f"previous post-apply {prev_post:016x}")
                 prev_post, expected = trailer.post_apply_checksum, hi + 1
         if _file_digest(Path(tmp)) != _file_digest(db_root / "database"):
-            return (f"replaying {len(names)} LTX files does not reproduce the database "
+            return (f"replaying {len(records)} LTX records does not reproduce the database "
                     f"({os.path.getsize(tmp)} vs {os.path.getsize(db_root / 'database')} bytes)")
     finally:
         os.unlink(tmp)
@@ -430,6 +442,9 @@ def _fmt_r(x: float | None) -> str:
 
 # ---- phase A: the three targets side by side ----------------------------------------------------
 
+# The targets of issue #11 (ratio to the bare passthrough, same run).
+TARGET_VS_PASSTHROUGH = {"wal_normal": 1.6, "wal_full": 1.6, "delete_full": 1.15, "bulk": 1.25}
+
 WRITE_WORKLOADS = {
     "wal_normal": ("wal", "normal"),
     "wal_full": ("wal", "full"),
@@ -448,9 +463,20 @@ class Bench:
         self.servers: list[Server] = []
 
     # targets of phase A
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return TARGETS + (("litefs-base",) if COMPARE_SRC is not None else ())
+
+    @property
+    def litefs_targets(self) -> tuple[str, ...]:
+        return tuple(t for t in self.targets if t.startswith("litefs"))
+
     def dirs(self) -> dict[str, Path]:
         return {"native": self.root / "native", "passthrough": self.root / "pt-mnt",
-                "litefs": self.root / "lfs-mnt"}
+                "litefs": self.root / "lfs-mnt", "litefs-base": self.root / "base-mnt"}
+
+    def data_dir(self, target: str) -> Path:
+        return self.root / ("lfs-data" if target == "litefs" else "base-data")
 
     def client(self, spec: Spec) -> Spec:
         return run_client(spec, self.cpu)
@@ -470,7 +496,8 @@ class Bench:
     def phase_a(self) -> None:
         s = self.scale
         root = self.root
-        for d in ("native", "pt-back", "pt-mnt", "lfs-data", "lfs-mnt", "seed"):
+        for d in ("native", "pt-back", "pt-mnt", "lfs-data", "lfs-mnt", "seed", "base-data",
+                  "base-mnt"):
             (root / d).mkdir(parents=True, exist_ok=True)
 
         _log(f"building the {s.read_db_bytes // MiB} MiB read database natively ...")
@@ -482,8 +509,9 @@ class Bench:
         self.read_db_info = (grown["bytes"], max_id)
         shutil.copy(seed_db, root / "native" / "read.db")
         shutil.copy(seed_db, root / "pt-back" / "read.db")
-        (root / "lfs-data" / "dbs" / "read.db").mkdir(parents=True)
-        shutil.copy(seed_db, root / "lfs-data" / "dbs" / "read.db" / "database")
+        for target in self.litefs_targets:
+            (self.data_dir(target) / "dbs" / "read.db").mkdir(parents=True)
+            shutil.copy(seed_db, self.data_dir(target) / "dbs" / "read.db" / "database")
         seed_db.unlink()
 
         pt = passthrough_server(root / "pt-back", root / "pt-mnt", root / "passthrough.log",
@@ -491,15 +519,23 @@ class Bench:
         lfs = litefs_server("litefs", root / "lfs-mnt", root / "lfs-data", root / "litefs.log",
                             self.cpu, start_timeout=600)
         self.servers += [pt, lfs]
-        pt.start()
-        lfs.start()
+        servers = {"passthrough": pt, "litefs": lfs}
+        if COMPARE_SRC is not None:
+            base = litefs_server("litefs-base", root / "base-mnt", root / "base-data",
+                                 root / "litefs-base.log", self.cpu, start_timeout=600,
+                                 src=COMPARE_SRC)
+            self.servers.append(base)
+            servers["litefs-base"] = base
+        for server in servers.values():
+            server.start()
         self.notes.append(f"litefs mount start with the {grown['bytes'] / MiB:.0f} MiB read "
                           f"database to record as a snapshot: {lfs.start_seconds:.1f} s")
-        servers = {"passthrough": pt, "litefs": lfs}
         dirs = self.dirs()
+        targets = self.targets
 
         for run in range(self.args.runs):
-            order = list(TARGETS[run % 3:] + TARGETS[:run % 3])
+            k = run % len(targets)
+            order = list(targets[k:] + targets[:k])
             _log(f"run {run + 1}/{self.args.runs} (order {', '.join(order)})")
             for wl, (journal, sync) in WRITE_WORKLOADS.items():
                 for target in order:
@@ -507,14 +543,14 @@ class Bench:
                     spec = {"op": "txns", "path": str(dirs[target] / name), "journal": journal,
                             "sync": sync, "n": s.txns}
                     self._timed(wl, target, spec, servers.get(target))
-                    if target == "litefs":
-                        self.verify(f"{wl} run {run + 1}", root / "lfs-data", name)
+                    if target in self.litefs_targets:
+                        self.verify(f"{wl} {target} run {run + 1}", self.data_dir(target), name)
             for target in order:
                 name = f"bulk-{run}.db"
                 spec = {"op": "bulk", "path": str(dirs[target] / name), "n": s.bulk_rows}
                 self._timed("bulk", target, spec, servers.get(target))
-                if target == "litefs":
-                    self.verify(f"bulk run {run + 1}", root / "lfs-data", name)
+                if target in self.litefs_targets:
+                    self.verify(f"bulk {target} run {run + 1}", self.data_dir(target), name)
             if run == 0:
                 self.notes.append(f"litefs VmHWM after the first run's writes: "
                                   f"{proc_status(lfs.pid, 'VmHWM') / MiB:.0f} MiB")
@@ -536,11 +572,14 @@ class Bench:
 
         if self.args.py_spy:
             self.profile(servers, dirs)
-        self.lfs_log_problems = lfs.log_problems()
-        pt.stop()
-        lfs.stop()
+        self.lfs_log_problems = [p for s in servers.values() if s is not pt
+                                 for p in s.log_problems()]
+        for server in servers.values():
+            server.stop()
         if not self.args.no_verify:
-            self.verify("read.db (snapshot at mount start)", root / "lfs-data", "read.db")
+            for target in self.litefs_targets:
+                self.verify(f"read.db {target} (snapshot at mount start)", self.data_dir(target),
+                            "read.db")
 
     def _timed(self, workload: str, target: str, spec: Spec, server: Server | None) -> None:
         cpu0 = proc_cpu_seconds(server.pid) if server is not None else 0.0
@@ -655,9 +694,10 @@ class Bench:
         lines.append(f"scale: {s.name}; {self.args.runs} runs; "
                      f"{'client and servers pinned to CPU 0' if self.args.pin else 'unpinned'}")
         lines.append("")
-        lines.append("| workload | native s | passthrough s | litefs s | litefs/passthrough "
-                     "(min–max) | litefs/native | passthrough/native | target | met? |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---|---|")
+        lines.append("| workload | litefs | native s | passthrough s | litefs s | "
+                     "litefs/passthrough (min–max) | litefs/native | passthrough/native | "
+                     "target | met? |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---|---|")
         desc = {
             "wal_normal": f"{s.txns:,} txns WAL+NORMAL",
             "wal_full": f"{s.txns:,} txns WAL+FULL",
@@ -669,22 +709,24 @@ class Bench:
         for wl, text in desc.items():
             if wl not in r.seconds:
                 continue
-            lp = r.ratio(wl, "litefs", "passthrough")
-            rng = r.ratio_range(wl, "litefs", "passthrough")
-            ln = r.ratio(wl, "litefs", "native")
-            pn = r.ratio(wl, "passthrough", "native")
-            if wl in WRITE_WORKLOADS or wl == "bulk":
-                target, ok = "≤ 1.3× passthrough", lp is not None and lp <= 1.3
-            elif wl == "reads_warm":
-                target, ok = "≤ 1.1× native", ln is not None and ln <= 1.1
-            else:
-                target, ok = "-", None
-            rng_s = f" ({rng[0]:.2f}–{rng[1]:.2f})" if rng else ""
-            lines.append(
-                f"| {text} | {_fmt_s(r.median(wl, 'native'))} | "
-                f"{_fmt_s(r.median(wl, 'passthrough'))} | {_fmt_s(r.median(wl, 'litefs'))} | "
-                f"{_fmt_r(lp)}{rng_s} | {_fmt_r(ln)} | {_fmt_r(pn)} | {target} | "
-                f"{'-' if ok is None else ('yes' if ok else 'NO')} |")
+            for lt in self.litefs_targets:
+                lp = r.ratio(wl, lt, "passthrough")
+                rng = r.ratio_range(wl, lt, "passthrough")
+                ln = r.ratio(wl, lt, "native")
+                pn = r.ratio(wl, "passthrough", "native")
+                limit = TARGET_VS_PASSTHROUGH.get(wl)
+                if limit is not None:
+                    target, ok = f"≤ {limit}× passthrough", lp is not None and lp <= limit
+                elif wl == "reads_warm":
+                    target, ok = "≤ 1.1× native", ln is not None and ln <= 1.1
+                else:
+                    target, ok = "-", None
+                rng_s = f" ({rng[0]:.2f}–{rng[1]:.2f})" if rng else ""
+                lines.append(
+                    f"| {text} | {lt} | {_fmt_s(r.median(wl, 'native'))} | "
+                    f"{_fmt_s(r.median(wl, 'passthrough'))} | {_fmt_s(r.median(wl, lt))} | "
+                    f"{_fmt_r(lp)}{rng_s} | {_fmt_r(ln)} | {_fmt_r(pn)} | {target} | "
+                    f"{'-' if ok is None else ('yes' if ok else 'NO')} |")
         if "size_big" in r.seconds:
             lines.append("")
             lines.append("| commit cost vs size | native s | litefs s | litefs/native |")
@@ -722,15 +764,22 @@ class Bench:
         cpu = r.server_cpu
         if cpu:
             lines.append("")
-            lines.append("server CPU (median seconds of the FUSE server process per workload):")
+            lines.append("server CPU (median seconds of the FUSE server process per workload; "
+                         "ratio: median of the per-run ratios to the passthrough):")
             for wl in desc:
-                if wl in cpu:
-                    p = cpu[wl].get("passthrough")
-                    lf = cpu[wl].get("litefs")
-                    if p and lf:
-                        mp, ml = statistics.median(p), statistics.median(lf)
-                        lines.append(f"  {wl:<12} passthrough {mp:7.2f}  litefs {ml:7.2f}  "
-                                     f"({ml / mp if mp else float('nan'):.2f}×)")
+                if wl not in cpu:
+                    continue
+                p = cpu[wl].get("passthrough")
+                if not p:
+                    continue
+                parts = [f"passthrough {statistics.median(p):7.2f}"]
+                for lt in self.litefs_targets:
+                    lf = cpu[wl].get(lt)
+                    if lf:
+                        rs = [a / b for a, b in zip(lf, p, strict=False) if b > 0]
+                        rr = f"{statistics.median(rs):.2f}×" if rs else "-"
+                        parts.append(f"{lt} {statistics.median(lf):7.2f} ({rr})")
+                lines.append(f"  {wl:<12} " + "  ".join(parts))
         if self.notes:
             lines.append("")
             lines.extend(f"note: {n}" for n in self.notes)
@@ -781,10 +830,17 @@ def main() -> int:
                             "data you care about; default: the system temp dir)",
                     litefs_src=f"{LITEFS_SRC_HELP[:-1]}, e.g. `git archive HEAD litefs_py | "
                                "tar -x -C DIR` for a fixed commit); default: this repository")
+    ap.add_argument("--compare-src", metavar="DIR", default=None,
+                    help="also run litefs from this source tree as target litefs-base, side "
+                         "by side (e.g. the commit before a change, for before/after ratios "
+                         "from one run); its compiled modules must be built in it")
     args = ap.parse_args()
     if args.litefs_src:
         global LITEFS_SRC
         LITEFS_SRC = use_litefs_src(ap, args.litefs_src)
+    if args.compare_src:
+        global COMPARE_SRC
+        COMPARE_SRC = use_litefs_src(ap, args.compare_src)
     args.runs = max(1, args.runs if args.runs is not None else (1 if args.quick else 3))
     scale = QUICK if args.quick else FULL
     if os.geteuid() != 0:
@@ -801,6 +857,9 @@ def main() -> int:
 
     run_in_workdir(root, args.keep, run, bench.stop_all, mounts="*mnt")
     print(f"litefs from {LITEFS_SRC}{git_describe(LITEFS_SRC)}")
+    if COMPARE_SRC is not None:
+        print(f"litefs-base from {COMPARE_SRC}{git_describe(COMPARE_SRC)}")
+    print(f"work directory on {filesystem_of(root.parent)}")
     print(machine_line(t0))
     print(f"read database: {bench.read_db_info[0] / MiB:.0f} MiB, "
           f"{bench.read_db_info[1]:,} rows")

@@ -9,7 +9,7 @@
 One `moto_server` is started on 127.0.0.1 (tests/s3_server.py); every run gets its own bucket.
 Litestream is the real binary (.venv/bin/litestream, run without AWS_CA_BUNDLE); litefs-py is
 `python -m litefs_py mount` / `restore`. Both use their default settings (sync-interval 1s,
-L1 compaction every 30 s, ...). Three measurements:
+L1 compaction every 30 s, ...). Four measurements:
 
 1. Commit -> object-visible lag. The same client (`bench/replication.py _client`, its own
    process) commits single-row INSERTs at a fixed rate (20/s; WAL, synchronous=NORMAL) (a) on
@@ -32,16 +32,16 @@ L1 compaction every 30 s, ...). Three measurements:
    A second workload commits 1,000 [200] transactions as fast as possible (a burst), once per
    tool.
 
-2. Restore time of the same database. A ~100 MiB database (10 MiB with --quick; rows of
-   orders with text, an index) is built natively in WAL mode, then replicated by Litestream
+2. Restore time of the same database, at two sizes: ~11 MiB and ~100 MiB (rows of orders
+   with text, an index), each built natively in WAL mode, then replicated by Litestream
    to one bucket and by litefs (database placed in its data directory, recorded as a snapshot
    at mount start) to another, followed by 50 [20] single-row commits at 20/s through each
    tool. Each bucket is then restored by both `litefs restore -o OUT URL` and
    `litestream restore -o OUT URL` (wall time of the whole command, start-up included, into a
    fresh empty directory; `sync` before each; CPU time of the process from wait4), runs
-   rotating over the four pairs; median of 3 [1]. The floor is bare HTTP GETs of the objects
-   litefs's restore plan names (`litefs restore --dry-run --json`), bytes discarded. Every
-   output is checked: the same bytes from both tools per bucket, the row count, and
+   rotating over the four pairs; median of 3 [1] per size. The floor is bare HTTP GETs of
+   the objects litefs's restore plan names (`litefs restore --dry-run --json`), bytes
+   discarded. Every output is checked: the same bytes from both tools per bucket, the row count, and
    `PRAGMA quick_check`. The target compares the two tools on the bucket Litestream wrote.
 
 3. Requests per 1,000 transactions (cost). moto logs every HTTP request it serves (werkzeug's
@@ -53,6 +53,12 @@ L1 compaction every 30 s, ...). Three measurements:
    are all included. S3 bills PUT, POST, COPY and LIST alike ("class A"). Compaction work
    that starts inside the window but finishes after it is counted only in part.
 
+4. The lag-vs-requests curve of litefs's request budget (replica.upload-rate, a token bucket
+   of L0 uploads per second): litefs alone at the same 20 commits/s under a few other
+   budgets (no limit, 10/s, 2/s, 1/s; 500 [200] commits each), next to its default (the
+   steady runs of 1.) and Litestream, with maintenance PUTs per level and the dollars a day
+   of that load costs one database.
+
 Percentiles are over all commits of all rounds of a tool; ratios are Litestream / litefs on
 the same measure from the same run.
 """
@@ -61,6 +67,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import http.client
@@ -92,6 +99,7 @@ from common import (  # bench/common.py (the script's directory)
     add_run_options,
     default_signals,
     fill_orders,
+    free_port,
     git_describe,
     insert_paced,
     lazy_unmount,
@@ -118,6 +126,7 @@ POLL_INTERVAL = 0.010
 FULL_LIST_INTERVAL = 1.0
 ROW_CHARS = 100
 TOOLS = ("litefs", "litestream")
+S3_CLASS_A_PER_1000 = 0.005  # US$ per 1,000 PUT/COPY/POST/LIST requests (S3 Standard)
 LABEL = {"litefs": "litefs-py", "litestream": "Litestream 0.5.17"}
 
 
@@ -128,13 +137,15 @@ class Scale:
     steady_txns: int  # per round
     rate: float  # commits per second
     burst_txns: int
-    restore_db_bytes: int
+    restore_db_sizes: tuple[int, ...]  # one restore database (and pair of buckets) per size
     restore_runs: int
     followup_txns: int = 50
+    budget_txns: int = 500  # per point of the lag-vs-requests curve
+    budget_rates: tuple[float, ...] = (0.0, 10.0, 2.0, 1.0)  # + the default (steady runs)
 
 
-FULL = Scale("full", 2, 500, 20.0, 1000, 100 * MiB, 3)
-QUICK = Scale("quick", 1, 80, 20.0, 200, 10 * MiB, 1, 20)
+FULL = Scale("full", 2, 500, 20.0, 1000, (10 * MiB, 100 * MiB), 3)
+QUICK = Scale("quick", 1, 80, 20.0, 200, (10 * MiB, 100 * MiB), 1, 20, budget_txns=200)
 
 # Where `python -m litefs_py` runs from (--litefs-src); the repository by default.
 LITEFS_SRC = REPO
@@ -318,7 +329,12 @@ def count_requests(log_path: Path, start: int, end: int, bucket: str,
                 c["PUT part"] += 1
             else:
                 parsed = parse_ltx_key(key)
-                c["PUT L0" if parsed and parsed[0] == 0 else "PUT other"] += 1
+                if parsed and parsed[0] == 0:
+                    c["PUT L0"] += 1
+                else:
+                    c["PUT other"] += 1  # compaction (L1-L3), snapshots (L9), anything else
+                    if parsed:
+                        c[f"PUT L{parsed[0]}"] += 1
         elif method == "GET":
             c["LIST" if not key else "GET"] += 1
         else:
@@ -503,8 +519,10 @@ def max_row_id(image: bytes) -> int:
 class Replicator:
     """A `litefs mount` or a `litestream replicate` process for one database and bucket."""
 
-    def __init__(self, tool: str, root: Path, endpoint: str, bucket: str) -> None:
+    def __init__(self, tool: str, root: Path, endpoint: str, bucket: str,
+                 replica_settings: dict[str, str] | None = None) -> None:
         self.tool = tool
+        self.replica_settings = dict(replica_settings or {})  # litefs: extra replica keys
         self.root = root
         self.endpoint = endpoint
         self.bucket = bucket
@@ -544,8 +562,12 @@ class Replicator:
         env = tool_env()
         if self.tool == "litefs":
             cfg = self.root / "litefs.yml"
+            extra = "".join(f"      {k}: {v}\n" for k, v in self.replica_settings.items())
+            # A free port for the replica API: the default :20202 may be taken on a shared
+            # machine (nothing here connects to it).
             cfg.write_text(f"dbs:\n  - name: {DB_NAME}\n    replica:\n"
-                           f"      url: \"{self.url}\"\nlog:\n  level: info\n")
+                           f"      url: \"{self.url}\"\n{extra}log:\n  level: info\n"
+                           f"http:\n  addr: \"127.0.0.1:{free_port()}\"\n")
             self.mount_dir.mkdir(parents=True, exist_ok=True)
             self.data_dir.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-m", "litefs_py", "mount", "--mount-dir",
@@ -620,6 +642,21 @@ class RunResult:
     pos_mismatches: int | None = None
     invisible: int = 0
     problems: list[str] = field(default_factory=list)
+    upload_rate: float | None = None  # litefs's replica.upload-rate; None: the default
+
+
+@dataclass
+class RestoreCase:
+    """The restores of one database size: both buckets, both tools, every run."""
+
+    restores: dict[tuple[str, str], list[float]] = field(
+        default_factory=lambda: defaultdict(list))  # (bucket written by, restored by) -> s
+    restore_cpu: dict[tuple[str, str], list[float]] = field(
+        default_factory=lambda: defaultdict(list))
+    floors: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    restore_info: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source_bytes: int = 0
+    source_rows: int = 0
 
 
 class Bench:
@@ -630,11 +667,8 @@ class Bench:
         self.moto = MotoServer()
         self.replicators: list[Replicator] = []
         self.runs: list[RunResult] = []
-        self.restores: dict[tuple[str, str], list[float]] = defaultdict(list)
-        self.restore_cpu: dict[tuple[str, str], list[float]] = defaultdict(list)
-        self.floors: dict[str, list[float]] = defaultdict(list)
+        self.restore_cases: list[RestoreCase] = []
         self.dump: list[dict[str, Any]] = []
-        self.restore_info: dict[str, dict[str, Any]] = {}
         self.problems: list[str] = []
         self.notes: list[str] = []
         self.buckets = 0
@@ -652,10 +686,11 @@ class Bench:
 
     # ---- one workload on one tool ----
     def lag_run(self, tool: str, workload: str, rnd: int, n: int, rate: float | None,
-                seed: int) -> RunResult:
+                seed: int, upload_rate: float | None = None) -> RunResult:
         bucket = self.new_bucket(f"{workload}-{tool}-{rnd}")
+        settings = {"upload-rate": f"{upload_rate:g}"} if upload_rate is not None else {}
         rep = Replicator(tool, self.root / f"{workload}-{tool}-{rnd}", self.moto.endpoint,
-                         bucket)
+                         bucket, settings)
         self.replicators.append(rep)
         poller = Poller(self.moto.port, bucket, rep.l0_prefix).start()
         problems: list[str] = []
@@ -717,7 +752,7 @@ class Bench:
                         len(poller.objects) - first_key_count,
                         count_requests(self.moto.log_path, log_start, log_end, bucket),
                         1000 * statistics.median(periods) if periods else float("nan"),
-                        pos_mismatch, invisible, problems)
+                        pos_mismatch, invisible, problems, upload_rate)
         self.problems += problems
         if self.args.dump:
             self.dump.append({
@@ -743,20 +778,33 @@ class Bench:
         order = TOOLS if s.steady_rounds % 2 == 0 else TOOLS[::-1]
         for tool in order:
             self.runs.append(self.lag_run(tool, "burst", 1, s.burst_txns, None, seed=999))
+        # The lag-vs-requests curve: litefs at the same steady rate under other budgets (the
+        # default's point is the steady runs above).
+        for i, upload_rate in enumerate(s.budget_rates):
+            self.runs.append(self.lag_run("litefs", "budget", i + 1, s.budget_txns, s.rate,
+                                          seed=300 + i, upload_rate=upload_rate))
 
     # ---- phase 2: restore ----
     def phase_restore(self) -> None:
+        for target in self.scale.restore_db_sizes:
+            case = RestoreCase()
+            self.restore_cases.append(case)
+            self.restore_case(target, case)
+
+    def restore_case(self, target: int, case: RestoreCase) -> None:
         s = self.scale
-        src = self.root / "restore-src" / DB_NAME
+        tag = f"{target // MiB}m"
+        src = self.root / f"restore-src-{tag}" / DB_NAME
         src.parent.mkdir(parents=True)
         t0 = time.perf_counter()
-        build_database(src, s.restore_db_bytes)
+        build_database(src, target)
         size = src.stat().st_size
         _log(f"built a {size / MiB:.1f} MiB database in {time.perf_counter() - t0:.1f} s")
         urls: dict[str, str] = {}
         for tool in TOOLS:
-            bucket = self.new_bucket(f"restore-{tool}")
-            rep = Replicator(tool, self.root / f"restore-{tool}", self.moto.endpoint, bucket)
+            bucket = self.new_bucket(f"restore-{tag}-{tool}")
+            rep = Replicator(tool, self.root / f"restore-{tag}-{tool}", self.moto.endpoint,
+                             bucket)
             self.replicators.append(rep)
             rep.place_database(src)
             t0 = time.perf_counter()
@@ -794,28 +842,28 @@ class Bench:
                 if parsed:
                     levels[parsed[0]] += 1
                     level_bytes[parsed[0]] += obj["Size"]
-            self.restore_info[tool] = {
+            case.restore_info[tool] = {
                 "bucket": bucket, "upload_s": upload_s, "levels": dict(levels),
                 "level_bytes": dict(level_bytes)}
             _log(f"  {tool} replicated the database in {upload_s:.1f} s; bucket: "
                  + ", ".join(f"L{lv}: {levels[lv]} ({level_bytes[lv] / MiB:.1f} MiB)"
                              for lv in sorted(levels)))
         con = sqlite3.connect(f"file:{src}?mode=ro", uri=True)
-        self.source_rows = con.execute("SELECT count(*) FROM orders").fetchone()[0]
+        case.source_rows = con.execute("SELECT count(*) FROM orders").fetchone()[0]
         expected_rows = con.execute("SELECT count(*) FROM t").fetchone()[0] + s.followup_txns
         con.close()
-        self.source_bytes = size
+        case.source_bytes = size
         digests: dict[tuple[str, str], set[str]] = defaultdict(set)
         pairs = [(b, t) for b in TOOLS for t in TOOLS]
         n_runs = max(1, self.args.restore_runs or s.restore_runs)
         for run in range(n_runs):
             for bucket_tool in TOOLS:
                 secs, nobj, nbytes = self.download_floor(urls[bucket_tool])
-                self.floors[bucket_tool].append(secs)
-                self.restore_info[bucket_tool]["plan"] = (nobj, nbytes)
+                case.floors[bucket_tool].append(secs)
+                case.restore_info[bucket_tool]["plan"] = (nobj, nbytes)
             order = pairs[run % 4:] + pairs[:run % 4]
             for bucket_tool, restorer in order:
-                out_dir = self.root / f"out-{run}-{bucket_tool}-{restorer}"
+                out_dir = self.root / f"out-{tag}-{run}-{bucket_tool}-{restorer}"
                 out_dir.mkdir()
                 out = out_dir / DB_NAME
                 os.sync()
@@ -826,8 +874,8 @@ class Bench:
                     shutil.rmtree(out_dir, ignore_errors=True)
                     continue
                 secs, cpu = timed
-                self.restores[(bucket_tool, restorer)].append(secs)
-                self.restore_cpu[(bucket_tool, restorer)].append(cpu)
+                case.restores[(bucket_tool, restorer)].append(secs)
+                case.restore_cpu[(bucket_tool, restorer)].append(cpu)
                 digests[(bucket_tool, restorer)].add(_digest(out))
                 if run == 0:
                     check = check_restored(out, expected_rows)
@@ -840,13 +888,12 @@ class Bench:
         for bucket_tool in TOOLS:
             ds = [digests[(bucket_tool, t)] for t in TOOLS if digests[(bucket_tool, t)]]
             same = len(set().union(*ds)) == 1 if ds else False
-            self.restore_info[bucket_tool]["identical"] = same
+            case.restore_info[bucket_tool]["identical"] = same
             if not same:
                 self.notes.append(f"restores of the {bucket_tool} bucket are not byte-identical "
                                   "across tools/runs")
-        self.urls = urls
         if self.args.py_spy:
-            self.profile_restores(urls)
+            self.profile_restores(urls, tag)
 
     def restore_once(self, tool: str, url: str, out: Path,
                      prefix: list[str] | None = None) -> tuple[float, float] | None:
@@ -891,15 +938,15 @@ class Bench:
             s3.close()
         return secs, len(plan["files"]), total
 
-    def profile_restores(self, urls: dict[str, str]) -> None:
+    def profile_restores(self, urls: dict[str, str], tag: str) -> None:
         found = py_spy_setup(self.args.py_spy, self.notes)
         if found is None:
             return
         py_spy, out_dir = found
         for bucket_tool, url in urls.items():
             for fmt, ext in (("raw", "txt"), ("flamegraph", "svg")):
-                prof = out_dir / f"restore-{bucket_tool}-bucket.{ext}"
-                out = self.root / f"prof-{bucket_tool}-{fmt}" / DB_NAME
+                prof = out_dir / f"restore-{tag}-{bucket_tool}-bucket.{ext}"
+                out = self.root / f"prof-{tag}-{bucket_tool}-{fmt}" / DB_NAME
                 out.parent.mkdir()
                 timed = self.restore_once("litefs", url, out,
                                           [py_spy, "record", "--rate", "250", "--idle",
@@ -907,9 +954,9 @@ class Bench:
                 shutil.rmtree(out.parent, ignore_errors=True)
                 if timed is None:
                     self.notes.append(f"py-spy run of the {bucket_tool} restore failed")
-            txt = out_dir / f"restore-{bucket_tool}-bucket.txt"
+            txt = out_dir / f"restore-{tag}-{bucket_tool}-bucket.txt"
             if txt.exists():
-                summary = out_dir / f"restore-{bucket_tool}-bucket-summary.txt"
+                summary = out_dir / f"restore-{tag}-{bucket_tool}-bucket-summary.txt"
                 summary.write_text(summarize_collapsed(txt))
                 self.notes.append(f"py-spy profile of litefs restoring the {bucket_tool} "
                                   f"bucket: {summary}")
@@ -964,6 +1011,7 @@ class Bench:
                          f"{sum(mism)} commit(s); {inv} commit(s) never became visible")
         if self.runs:
             self.report_requests(L)
+            self.report_budget(L)
         self.report_restores(L)
         if self.notes:
             L.append("")
@@ -1008,54 +1056,140 @@ class Bench:
                 L.append(f"{workload}: litefs-py makes {mine / theirs:.1f}× Litestream's "
                          "PUT+POST requests")
 
-    def report_restores(self, L: list[str]) -> None:
+    def report_budget(self, L: list[str]) -> None:
+        """The lag-vs-requests curve: litefs under several request budgets, the default and
+        Litestream, all at the steady rate; maintenance requests counted per level; what a
+        day of this load costs at S3's class A price."""
         s = self.scale
-        if self.restores:
+        points: list[tuple[str, list[RunResult]]] = []
+        default = [r for r in self.runs if r.workload == "steady" and r.tool == "litefs"]
+        if default:
+            points.append((f"{default_upload_rate():g}/s (default)", default))
+        for rate in sorted({r.upload_rate for r in self.runs if r.workload == "budget"
+                            and r.upload_rate is not None}, key=lambda x: (x == 0, -x)):
+            rs = [r for r in self.runs if r.workload == "budget" and r.upload_rate == rate]
+            points.append(("no limit" if rate == 0 else f"{rate:g}/s", rs))
+        theirs = [r for r in self.runs if r.workload == "steady" and r.tool == "litestream"]
+        if len(points) < 2:
+            return
+        if theirs:
+            points.append((LABEL["litestream"], theirs))
+        L.append("")
+        L.append(f"### Lag vs requests: litefs-py's request budget (replica.upload-rate) at "
+                 f"{s.rate:g} commits/s")
+        L.append("")
+        L.append("Requests per 1,000 transactions from the moto access log during the "
+                 "workload; maintenance = compaction (L1-L3) and snapshot (L9) PUTs. Cost: "
+                 f"class A requests (PUT, POST, LIST) at ${S3_CLASS_A_PER_1000} per 1,000, "
+                 f"for one database committing {s.rate:g}/s all day.")
+        L.append("")
+        L.append("| budget | commits | lag p50 ms | p99 ms | L0 PUTs | maintenance PUTs "
+                 "(L1/L2/L3/L9) | POST | PUT+POST | × Litestream | Litestream p50 / this "
+                 "| $ per day |")
+        L.append("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+        base_p50 = _p([x for r in theirs for x in r.lags], 50) if theirs else float("nan")
+        base_req = None
+        rows = []
+        for label, rs in points:
+            c: Counter[str] = Counter()
+            for r in rs:
+                c.update(r.requests)
+            commits = sum(r.commits for r in rs)
+            k = 1000 / commits
+            put_post = (c["PUT L0"] + c["PUT other"] + c["PUT part"] + c["POST"]) * k
+            class_a = put_post + c["LIST"] * k
+            lags = [x for r in rs for x in r.lags]
+            rows.append((label, rs, c, commits, k, put_post, class_a, lags))
+            if label == LABEL["litestream"]:
+                base_req = put_post
+        for label, _rs, c, commits, k, put_post, class_a, lags in rows:
+            maint = "/".join(f"{c[f'PUT L{lv}'] * k:.0f}" for lv in (1, 2, 3, 9))
+            times = f"{put_post / base_req:.1f}×" if base_req else "-"
+            p50 = _p(lags, 50)
+            faster = f"{base_p50 / p50:.1f}×" if p50 > 0 else "-"
+            dollars = class_a / 1000 * s.rate * 86400 / 1000 * S3_CLASS_A_PER_1000
+            L.append(f"| {label} | {commits:,} | {_ms(p50)} | {_ms(_p(lags, 99))} | "
+                     f"{c['PUT L0'] * k:.0f} | {maint} | {c['POST'] * k:.0f} | "
+                     f"{put_post:.0f} | {times} | {faster} | {dollars:.2f} |")
+        if default and base_req:
+            _label, _rs, _c, _n, _k, mine, *_ = rows[0]
+            p50 = _p([x for r in default for x in r.lags], 50)
             L.append("")
-            L.append(f"### Restore of the same {self.source_bytes / MiB:.0f} MiB database "
-                     f"({self.source_rows:,} orders, then {s.followup_txns} single-row commits)")
+            req_ok = "met" if mine <= 3 * base_req else "MISSED"
+            lag_ok = "met" if base_p50 >= 5 * p50 else "MISSED"
+            L.append(f"Default settings: litefs-py makes {mine / base_req:.1f}× Litestream's "
+                     f"PUT+POST requests (target ≤ 3×: {req_ok}) with a lag p50 "
+                     f"{base_p50 / p50:.1f}× lower (target ≥ 5×: {lag_ok})")
+
+    def report_restores(self, L: list[str]) -> None:
+        summary: list[str] = []
+        for case in self.restore_cases:
+            self.report_restore_case(L, case, summary)
+        if len(summary) > 1:
+            L.append("")
+            L.append("Restore of the bucket Litestream wrote, litefs-py / Litestream (median of "
+                     "each): " + "; ".join(summary))
+
+    def report_restore_case(self, L: list[str], case: RestoreCase, summary: list[str]) -> None:
+        s = self.scale
+        if case.restores:
+            L.append("")
+            L.append(f"### Restore of the same {case.source_bytes / MiB:.0f} MiB database "
+                     f"({case.source_rows:,} orders, then {s.followup_txns} single-row commits)")
             L.append("")
             L.append("| bucket written by | objects in the bucket | restored by | median s "
                      "(min–max) | CPU s | litefs-py / Litestream | same bytes |")
             L.append("|---|---|---|---:|---:|---:|---|")
             for bt in TOOLS:
-                info = self.restore_info.get(bt, {})
+                info = case.restore_info.get(bt, {})
                 lv = info.get("levels", {})
                 lb = info.get("level_bytes", {})
                 objs = ", ".join(f"L{x}: {lv[x]} ({lb[x] / MiB:.1f} MiB)" for x in sorted(lv))
                 for rt in TOOLS:
-                    xs = self.restores.get((bt, rt), [])
+                    xs = case.restores.get((bt, rt), [])
                     if not xs:
                         L.append(f"| {LABEL[bt]} | {objs} | {LABEL[rt]} | failed | - | - | - |")
                         continue
                     ratio = "-"
                     if rt == "litefs":
-                        ys = self.restores.get((bt, "litestream"), [])
+                        ys = case.restores.get((bt, "litestream"), [])
                         if ys:
                             ratio = f"{statistics.median(xs) / statistics.median(ys):.2f}×"
                     L.append(f"| {LABEL[bt]} | {objs} | {LABEL[rt]} | "
                              f"{statistics.median(xs):.2f} ({min(xs):.2f}–{max(xs):.2f}) | "
-                             f"{statistics.median(self.restore_cpu[(bt, rt)]):.2f} | {ratio} | "
+                             f"{statistics.median(case.restore_cpu[(bt, rt)]):.2f} | {ratio} | "
                              f"{'yes' if info.get('identical') else 'NO'} |")
-                fl = self.floors.get(bt)
+                fl = case.floors.get(bt)
                 if fl and "plan" in info:
                     nobj, nbytes = info["plan"]
                     L.append(f"| {LABEL[bt]} | | floor: bare GETs of the {nobj} planned objects "
                              f"({nbytes / MiB:.1f} MiB) | {statistics.median(fl):.2f} "
                              f"({min(fl):.2f}–{max(fl):.2f}) | - | - | - |")
-            xs = self.restores.get(("litestream", "litefs"), [])
-            ys = self.restores.get(("litestream", "litestream"), [])
+            xs = case.restores.get(("litestream", "litefs"), [])
+            ys = case.restores.get(("litestream", "litestream"), [])
             if xs and ys:
                 same = statistics.median(xs) / statistics.median(ys)
+                cpu = (statistics.median(case.restore_cpu[("litestream", "litefs")])
+                       / statistics.median(case.restore_cpu[("litestream", "litestream")]))
+                summary.append(f"{case.source_bytes / MiB:.0f} MiB {same:.2f}× "
+                               f"({'met' if same <= 1.0 else 'MISSED'}; CPU {cpu:.2f}×)")
                 L.append("")
                 L.append(f"Same bucket (written by Litestream): litefs-py restore takes "
-                         f"{same:.2f}× Litestream's — target ≤ 1.0×: "
-                         f"{'met' if same <= 1.0 else 'MISSED'}")
+                         f"{same:.2f}× Litestream's wall time (CPU time {cpu:.2f}×) — target "
+                         f"≤ 1.0×: {'met' if same <= 1.0 else 'MISSED'}")
             for bt in TOOLS:
-                if bt in self.restore_info:
-                    info = self.restore_info[bt]
-                    L.append(f"{LABEL[bt]} replicated the {self.source_bytes / MiB:.0f} MiB "
+                if bt in case.restore_info:
+                    info = case.restore_info[bt]
+                    L.append(f"{LABEL[bt]} replicated the {case.source_bytes / MiB:.0f} MiB "
                              f"database (first upload) in {info['upload_s']:.1f} s")
+
+
+def default_upload_rate() -> float:
+    """replica.upload-rate's default in the litefs being measured."""
+    from litefs_py.config import ReplicaConfig
+
+    fields = {f.name: f for f in dataclasses.fields(ReplicaConfig)}
+    return float(fields["upload_rate"].default) if "upload_rate" in fields else 0.0
 
 
 def _p(xs: list[float], p: float) -> float:
@@ -1149,6 +1283,11 @@ def main() -> int:
     ap.add_argument("--restore-runs", type=int, default=None,
                     help="restores per (bucket, tool) pair; the median is reported "
                          "(default 3, --quick 1)")
+    ap.add_argument("--budget-rates", metavar="R,R,...", default=None,
+                    help="upload-rate values (per second; 0 = no limit) for the lag-vs-requests "
+                         "curve (default 0,10,2,1); an empty string skips the curve")
+    ap.add_argument("--budget-txns", type=int, default=None,
+                    help="commits per point of the curve (default 500, --quick 200)")
     ap.add_argument("--py-spy", metavar="DIR",
                     help="after the timed restores, profile one litefs restore of each bucket "
                          "with py-spy (flame graph, collapsed stacks and a summary in DIR)")
@@ -1162,10 +1301,16 @@ def main() -> int:
     if not LITESTREAM.exists():
         ap.error(f"{LITESTREAM} not found")
     scale = QUICK if args.quick else FULL
+    if args.budget_rates is not None:
+        rates = tuple(float(x) for x in args.budget_rates.split(",") if x.strip())
+        scale = dataclasses.replace(scale, budget_rates=rates)
+    if args.budget_txns is not None:
+        scale = dataclasses.replace(scale, budget_txns=args.budget_txns)
     if os.geteuid() != 0:
         _log("warning: not root: the FUSE mount may fail")
     root = Path(tempfile.mkdtemp(prefix="litefs-repl-bench-", dir=args.tmp))
     bench = Bench(args, scale, root)
+    load_start = os.getloadavg()[0]
     _log(f"work directory {root}")
     t0 = time.perf_counter()
 
@@ -1192,6 +1337,8 @@ def main() -> int:
                                 env=tool_env()).stdout.strip()
     print(f"litefs from {LITEFS_SRC}{git_describe(LITEFS_SRC)}; Litestream {ls_version}")
     print(machine_line(t0))
+    print(f"load average at start {load_start:.1f}, at the end {os.getloadavg()[0]:.1f} "
+          f"(a busy machine slows a mostly single-threaded process more than Go's)")
     print(bench.report())
     return 1 if bench.problems else 0
 

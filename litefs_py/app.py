@@ -12,7 +12,7 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,8 @@ from .errors import ExitCode, QuietError
 from .fuse.ops import PrimaryOperations
 from .fuse.replica_ops import ReplicaKernelCache, ReplicaOperations
 from .mountinfo import is_mounted
+from .replication import http_tls
+from .replication.budget import RequestBudget
 from .replication.maintenance import ReplicaMaintainer, Schedule
 from .replication.replica_node import ReplicaNode
 from .replication.stream_server import StreamServer
@@ -33,6 +35,7 @@ from .storage.base import ReplicaClient
 from .storage.errors import StorageError
 from .store.apply_fence import ApplyFence
 from .store.db import DB
+from .store.quarantine import QuarantineUsage
 from .store.replica_state import ReplicaState
 from .store.store import Store, valid_db_name
 
@@ -103,6 +106,7 @@ class Replicator:
         extra = self.options(db) if self.options is not None else {}
         up = Uploader(db, client, sync_interval=replica.sync_interval,
                       batch_window=extra.pop("batch_window", replica.batch_window),
+                      budget=RequestBudget(replica.upload_rate, replica.upload_burst),
                       retention=self.config.data.retention,
                       spool_limit=self.config.data.spool_limit, **extra)
         self.uploaders[db.name] = up
@@ -325,12 +329,19 @@ async def _supervise(commands: tuple[AppCommand, ...], candidate: bool,
 
 
 def status_document(store: Store, replicator: Replicator | None,
-                    node: ReplicaNode | None = None) -> dict[str, object]:
-    """What `litefs status` prints: per database, position, replica position, lag, spool."""
+                    node: ReplicaNode | None = None,
+                    quarantine: Mapping[str, QuarantineUsage] | None = None
+                    ) -> dict[str, object]:
+    """What `litefs status` prints: per database, position, replica position, lag, spool,
+    and what its quarantine holds (`quarantine`: from Store.quarantine_usage)."""
     dbs: dict[str, object] = {}
     for name, db in sorted(store.dbs.items()):
         entry: dict[str, object] = {"txid": f"{db.txid:016x}", "checksum": f"{db.checksum:016x}",
                                     "deleted": db.deleted}
+        kept = (quarantine or {}).get(name)
+        if kept is not None:
+            entry["quarantine"] = {"entries": kept.entries, "bytes": kept.bytes,
+                                   "path": str(store.quarantine(name).directory)}
         up = replicator.uploaders.get(name) if replicator is not None else None
         if up is not None:
             st = up.status
@@ -342,6 +353,7 @@ def status_document(store: Store, replicator: Replicator | None,
                 "spool_files": st.spool_files,
                 "uploads": st.uploads,
                 "put_requests": st.put_requests,
+                "upload_budget": up.budget.to_json(),
                 **st.retry.to_json(),  # last_error, whether it needs a fix, errors by kind
             }
         dbs[name] = entry
@@ -362,11 +374,13 @@ def status_document(store: Store, replicator: Replicator | None,
 
 async def _write_status(store: Store, replicator: Replicator | None,
                         node: ReplicaNode | None = None,
-                        document: Callable[[], dict[str, object]] | None = None) -> None:
+                        document: Callable[[Mapping[str, QuarantineUsage]],
+                                           dict[str, object]] | None = None) -> None:
     """Keep DATA/status.json current (atomically replaced) for `litefs status`."""
     while True:
-        doc = json.dumps(document() if document is not None else
-                         status_document(store, replicator, node), indent=2)
+        quarantine = await trio.to_thread.run_sync(store.quarantine_usage)
+        doc = json.dumps(document(quarantine) if document is not None else
+                         status_document(store, replicator, node, quarantine), indent=2)
         await trio.to_thread.run_sync(store.save_status, doc)
         await trio.sleep(STATUS_INTERVAL)
 
@@ -430,8 +444,8 @@ async def _serve_cluster(ops: ReplicaOperations, opts: MountOptions,
         sup.before_stop.append(fences.close)
         await nursery.start(cluster.run)
 
-        def document() -> dict[str, object]:
-            doc = status_document(ops.store, cluster.replicator, cluster.node)
+        def document(quarantine: Mapping[str, QuarantineUsage]) -> dict[str, object]:
+            doc = status_document(ops.store, cluster.replicator, cluster.node, quarantine)
             doc["cluster"] = cluster.status_json()
             return doc
 
@@ -467,7 +481,9 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
                 ops.store, ops.state, primary_url=config.lease.advertise_url,
                 secret=http_secret(config), fence_for=fences.get,
                 cache=ReplicaKernelCache(ops),
-                bucket_dbs=(lambda: bucket_databases(config)) if has_bucket else None)
+                bucket_dbs=(lambda: bucket_databases(config)) if has_bucket else None,
+                tls=http_tls.client_context(config.http.tls),
+                allow_insecure=config.http.allow_insecure)
             nursery.start_soon(node.run, name="replication from the primary")
 
             def trim(db: DB) -> None:
@@ -479,12 +495,14 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
             ops.store.add_db_listener(trim)
         else:
             server = StreamServer(ops.store, secret=http_secret(config),
-                                  advertise_url=config.lease.advertise_url)
+                                  advertise_url=config.lease.advertise_url,
+                                  tls=http_tls.server_context(config.http.tls))
             await nursery.start(server.serve, config.http.addr)
             stream_server = server
             for db in list(ops.store.dbs.values()):
                 replicator.attach(db)
             ops.store.add_db_listener(replicator.attach)
+        _serve_metrics(nursery, config, ops.store, replicator, node, stream_server)
         nursery.start_soon(_write_status, ops.store, replicator, node)
         if opts.commands:
             nursery.start_soon(_supervise, opts.commands, config.lease.candidate, sup,
@@ -500,6 +518,26 @@ async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -
         nursery.cancel_scope.cancel()
 
 
+def _serve_metrics(nursery: trio.Nursery, config: Config, store: Store, replicator: Replicator,
+                   node: ReplicaNode | None, server: StreamServer | None) -> None:
+    """GET /metrics: on the primary's replication API, or on a replica's own listener."""
+    from .replication.metrics import (
+        METRICS_PATH,
+        MetricsEndpoint,
+        MountMetrics,
+        serve_metrics_only,
+    )
+
+    endpoint = MetricsEndpoint(
+        MountMetrics(store, uploaders=replicator.uploaders, node=node, server=server),
+        public=config.http.metrics_public)
+    if server is not None:
+        server.endpoints[METRICS_PATH] = endpoint
+    else:
+        nursery.start_soon(serve_metrics_only, endpoint, config.http.addr, http_secret(config),
+                           name="metrics listener")
+
+
 def run_mount(opts: MountOptions) -> int:
     """Restore and recover every database, mount, serve until a signal (or until the
     supervised command exits), unmount, save state. Returns the exit status to exit with:
@@ -507,8 +545,9 @@ def run_mount(opts: MountOptions) -> int:
     0."""
     opts = MountOptions(resolve_mount_dir(opts.mount_dir), opts.data_dir.absolute(),
                         opts.allow_other, opts.debug, opts.config, opts.commands)
+    http_tls.validate(opts.config.http.tls)  # a bad certificate path fails here, named
     opts.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(opts.data_dir)
+    store = Store(opts.data_dir, quarantine_limit=opts.config.data.quarantine_limit)
     store.lock()
     cluster = opts.config.lease.type != "static"
     replica = not opts.config.lease.candidate

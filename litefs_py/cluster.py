@@ -37,6 +37,7 @@ import trio
 
 from .fuse.replica_ops import ReplicaKernelCache, ReplicaOperations
 from .ltx import HEADER_SIZE, Header
+from .replication import http_tls
 from .replication.bucket_follower import BucketFollower
 from .replication.commit_acks import CommitAcks
 from .replication.elector import Elector
@@ -148,7 +149,9 @@ class Cluster:
         self.primary_info = PrimaryInfo()
         self.acks = CommitAcks(cfg.replication.commit, cfg.replication.commit_timeout)
         self.cache = ReplicaKernelCache(ops)
-        self.server = StreamServer(store, secret=self.secret, advertise_url=self.advertise_url)
+        self._tls_client = http_tls.client_context(cfg.http.tls)
+        self.server = StreamServer(store, secret=self.secret, advertise_url=self.advertise_url,
+                                   tls=http_tls.server_context(cfg.http.tls))
         self.server.serving = self._serving_refusal
         self.server.epoch = lambda: self.status.epoch
         self.server.hello_extra = self._hello_extra
@@ -157,7 +160,9 @@ class Cluster:
                               ("POST", HANDOFF_PATH): self._handoff_route,
                               ("POST", TAKEOVER_PATH): self._takeover_route}
         self.node = ReplicaNode(store, ops.state, primary_url=None, secret=self.secret,
-                                fence_for=fences.get, cache=self.cache, hooks=self)
+                                fence_for=fences.get, cache=self.cache, hooks=self,
+                                tls=self._tls_client,
+                                allow_insecure=cfg.http.allow_insecure)
         self.elector = Elector(self.lease, settings, self.status, self)
         self._gate: CommitGate = ClosedGate(0, "this node is a replica")
         self._lease_gate: LeaseGate | None = None
@@ -228,7 +233,7 @@ class Cluster:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        async with httpx.AsyncClient(timeout=PEER_TIMEOUT) as http, \
+        async with httpx.AsyncClient(timeout=PEER_TIMEOUT, verify=self._tls_client) as http, \
                 trio.open_nursery() as nursery:
             self._http = http
             self._nursery = nursery

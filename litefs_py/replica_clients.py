@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import ReplicaConfig, find_credentials, parse_replica_url
 from .errors import ExitCode
@@ -15,18 +16,47 @@ from .storage.base import ReplicaClient
 from .storage.errors import StorageError
 from .storage.file import FileReplicaClient
 
+if TYPE_CHECKING:
+    from .storage.s3 import S3ReplicaClient
+
 
 def client_for(replica: ReplicaConfig, env: Mapping[str, str] = os.environ, *,
-               request_timeout: float | None = None) -> ReplicaClient:
+               reading: bool = False, request_timeout: float | None = None) -> ReplicaClient:
     """The client of one database's replica (`replica` already has the database's path).
     Credentials: `find_credentials` (config, LITEFS_*, LITESTREAM_*, then AWS's chain).
+    Nothing is contacted here: call `check()` to probe.
+
+    `reading`: the caller mostly reads (`litefs restore`, a short process): an S3 replica
+    gets the small signed-HTTP reader (storage/s3_reader.py), which starts without importing
+    boto3 and hands any write to a boto3 client built on first use, whenever the reader can
+    serve it as boto3 would (plain keys, no proxy).
+
     `request_timeout`: short connect/read timeouts and two attempts (the lease's client,
-    whose calls must fail well within a TTL). Nothing is contacted here: call `check()` to
-    probe."""
+    whose calls must fail well within a TTL); always a boto3 client."""
     if replica.type == "file":
         return FileReplicaClient(Path(replica.path))
     if replica.bucket is None:
         raise StorageError("an s3 replica needs a bucket", ExitCode.CONFIG)
+    credentials = find_credentials(replica, env)
+    if reading and request_timeout is None:
+        from .storage.s3_reader import S3ReaderClient, reader_credentials
+
+        keys = reader_credentials(replica.endpoint, replica.region, credentials.access_key_id,
+                                  credentials.secret_access_key, env)
+        if keys is not None:
+            source = (credentials.source if credentials.access_key_id is not None
+                      else "AWS_ACCESS_KEY_ID")
+            return S3ReaderClient(
+                replica.bucket, replica.path, credentials=keys, endpoint=replica.endpoint,
+                region=replica.region, force_path_style=replica.force_path_style,
+                credentials_source=source, env=env,
+                writer=lambda: _boto_client(replica, env))
+    return _boto_client(replica, env, request_timeout)
+
+
+def _boto_client(replica: ReplicaConfig, env: Mapping[str, str],
+                 request_timeout: float | None = None) -> S3ReplicaClient:
+    assert replica.bucket is not None
     credentials = find_credentials(replica, env)
     from .storage.s3 import S3ReplicaClient  # boto3 takes a while to import: only when needed
 
@@ -46,7 +76,8 @@ def client_for(replica: ReplicaConfig, env: Mapping[str, str] = os.environ, *,
     )
 
 
-def client_for_url(url: str, env: Mapping[str, str] = os.environ) -> ReplicaClient:
+def client_for_url(url: str, env: Mapping[str, str] = os.environ, *,
+                   reading: bool = False) -> ReplicaClient:
     """The client for a replica URL (`s3://bucket/path?endpoint=...`, `file:///dir`, `/dir`);
     the path is used as given. Raises QuietError (CONFIG) for a bad URL."""
-    return client_for(parse_replica_url(url), env)
+    return client_for(parse_replica_url(url), env, reading=reading)

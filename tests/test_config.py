@@ -444,6 +444,14 @@ def test_unknown_key_without_a_close_match_lists_valid_keys(tmp_path: Path) -> N
     ("data: {spool-limit: true}\n", ["data.spool-limit", "a size"]),
     ("replica: {type: s3, bucket: b, sync-interval: 0s}\n", ["replica.sync-interval",
                                                               "longer than 0"]),
+    ("replica: {type: s3, bucket: b, upload-rate: fast}\n", ["replica.upload-rate", "'fast'",
+                                                              "N/s, N/m, N/h"]),
+    ("replica: {type: s3, bucket: b, upload-rate: -1}\n", ["replica.upload-rate", "0 (no "
+                                                            "limit) or more"]),
+    ("replica: {type: s3, bucket: b, upload-rate: true}\n", ["replica.upload-rate", "a rate"]),
+    ("replica: {type: s3, bucket: b, upload-burst: 0}\n", ["replica.upload-burst", "1 or more"]),
+    ("replica: {type: s3, bucket: b, upload-burst: 2.5}\n", ["replica.upload-burst",
+                                                            "a whole number"]),
     ("log: {level: verbose}\n", ["log.level", "'verbose'", "debug, info, warn, error"]),
     ("log: {format: xml}\n", ["log.format", "text, json"]),
     ("lease: {type: consul}\n", ["lease.type", "Consul", "type: etcd", "type: s3"]),
@@ -906,7 +914,7 @@ def test_every_error_is_a_one_line_config_error(tmp_path: Path, text: str) -> No
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "config.md"
 PACKAGE = Path(config_mod.__file__).resolve().parent.parent
-SECTIONS = {"fuse", "data", "log", "http", "lease", "replication"}
+SECTIONS = {"fuse", "data", "log", "http", "http.tls", "lease", "replication"}
 BASE = "replica:\n  type: s3\n  bucket: b\n"  # what the replica keys' entries add to
 
 # key: (a file that sets it to a value other than its default, what that value becomes,
@@ -927,6 +935,9 @@ BEHAVIOUR: dict[str, tuple[str, object, object, str]] = {
                        "app.py: config.data.retention"),
     "data.spool-limit": ("data: {spool-limit: 1MiB}", lambda c: c.data.spool_limit, 1 << 20,
                          "app.py: spool_limit=self.config.data.spool_limit"),
+    "data.quarantine-limit": ("data: {quarantine-limit: 1MiB}",
+                              lambda c: c.data.quarantine_limit, 1 << 20,
+                              "app.py: quarantine_limit=opts.config.data.quarantine_limit"),
     "exit-on-error": ("exit-on-error: false", lambda c: c.exit_on_error, False,
                       "cli.py: if cfg.exit_on_error"),
     "exec": ("exec: app", lambda c: c.exec[0].argv, ("app",), "cli.py: cfg.exec"),
@@ -940,6 +951,24 @@ BEHAVIOUR: dict[str, tuple[str, object, object, str]] = {
     "http.addr": ("http: {addr: ':9'}", lambda c: c.http.addr, ":9", "app.py: config.http.addr"),
     "http.secret": ("http: {secret: s}", lambda c: c.http.secret, "s",
                     "app.py: config.http.secret"),
+    "http.allow-insecure": ("http: {allow-insecure: true}", lambda c: c.http.allow_insecure,
+                            True, "app.py: allow_insecure=config.http.allow_insecure"),
+    "http.tls.cert": ("http: {tls: {cert: /c, key: /k}}", lambda c: c.http.tls.cert, "/c",
+                      "http_tls.py: tls.cert"),
+    "http.tls.key": ("http: {tls: {cert: /c, key: /k}}", lambda c: c.http.tls.key, "/k",
+                     "http_tls.py: tls.key"),
+    "http.tls.ca": ("http: {tls: {ca: /a}}", lambda c: c.http.tls.ca, "/a",
+                    "http_tls.py: tls.ca"),
+    "http.tls.client-ca": ("http: {tls: {cert: /c, key: /k, client-ca: /a}}",
+                           lambda c: c.http.tls.client_ca, "/a", "http_tls.py: tls.client_ca"),
+    "http.tls.client-cert": ("http: {tls: {client-cert: /c, client-key: /k}}",
+                             lambda c: c.http.tls.client_cert, "/c",
+                             "http_tls.py: tls.client_cert"),
+    "http.tls.client-key": ("http: {tls: {client-cert: /c, client-key: /k}}",
+                            lambda c: c.http.tls.client_key, "/k",
+                            "http_tls.py: tls.client_key"),
+    "http.metrics-public": ("http: {metrics-public: true}", lambda c: c.http.metrics_public,
+                            True, "app.py: config.http.metrics_public"),
     "lease.candidate": ("lease: {candidate: false, advertise-url: 'p:1'}",
                         lambda c: c.lease.candidate, False, "app.py: config.lease.candidate"),
     "lease.advertise-url": ("lease: {advertise-url: 'p:1'}", lambda c: c.lease.advertise_url,
@@ -1009,6 +1038,12 @@ BEHAVIOUR: dict[str, tuple[str, object, object, str]] = {
     "replica.batch-window": (BASE + "  batch-window: 0s",
                              lambda c: c.replica_for("x").batch_window, 0.0,
                              "app.py: \"batch_window\", replica.batch_window"),
+    "replica.upload-rate": (BASE + "  upload-rate: 300/m",
+                            lambda c: c.replica_for("x").upload_rate, 5.0,
+                            "app.py: RequestBudget(replica.upload_rate"),
+    "replica.upload-burst": (BASE + "  upload-burst: 2",
+                             lambda c: c.replica_for("x").upload_burst, 2,
+                             "app.py: replica.upload_burst)"),
     "replica.retention": (BASE + "  retention: 1h", lambda c: c.replica_for("x").retention,
                           3600.0, "app.py: replica.retention"),
     "replica.snapshot-interval": (BASE + "  snapshot-interval: 1h",
@@ -1078,3 +1113,27 @@ def test_every_key_changes_behaviour_or_is_refused(tmp_path: Path, key: str) -> 
     module, code = consumer.split(": ", 1)
     found = any(code in p.read_text() for p in PACKAGE.rglob(module))
     assert found or key in PENDING, f"nothing in {module} reads {key} ({code!r})"
+
+
+@pytest.mark.parametrize(("text", "needles"), [
+    ("http: {tls: {cert: /c}}\n", ["http.tls.key", "http.tls.cert is set", "both or neither"]),
+    ("http: {tls: {key: /k}}\n", ["http.tls.cert", "http.tls.key is set"]),
+    ("http: {tls: {client-key: /k}}\n", ["http.tls.client-cert", "both or neither"]),
+    ("http: {tls: {client-ca: /a}}\n", ["http.tls.client-ca", "need TLS on the server"]),
+    ("http: {tls: {cert: 5, key: /k}}\n", ["http.tls.cert", "a string"]),
+    ("http: {tls: {crt: /c}}\n", ["unknown key http.tls.crt", "http.tls.cert"]),
+    ("http: {allow-insecure: 'yes'}\n", ["http.allow-insecure", "true or false"]),
+])
+def test_http_tls_rules(tmp_path: Path, text: str, needles: list[str]) -> None:
+    msg = load_error(tmp_path, text)
+    assert all(n in msg for n in needles), msg
+
+
+def test_http_tls_defaults_and_full_form(tmp_path: Path) -> None:
+    assert Config().http.tls.cert is None and Config().http.allow_insecure is False
+    cfg = load(tmp_path, "http: {allow-insecure: true, tls: {cert: /c, key: /k, ca: /a, "
+                         "client-ca: /b, client-cert: /d, client-key: /e}}\n")
+    tls = cfg.http.tls
+    assert (tls.cert, tls.key, tls.ca, tls.client_ca, tls.client_cert, tls.client_key) == (
+        "/c", "/k", "/a", "/b", "/d", "/e")
+    assert cfg.http.allow_insecure and "/k" not in repr(cfg) and "/e" not in repr(cfg)

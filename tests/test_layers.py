@@ -23,7 +23,7 @@ LAYERS: dict[str, int] = {
 }
 # Third-party libraries that belong to one layer only (docs/design.md).
 CONFINED = {"boto3": {"storage.s3"}, "botocore": {"storage.s3"},
-            "pyfuse3": {"fuse", "app"}}
+            "pyfuse3": {"fuse", "app"}, "prometheus_client": {"replication.metrics"}}
 PURE = {"ltx", "sqlite"}  # no trio, pyfuse3, boto3
 
 

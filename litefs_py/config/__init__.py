@@ -39,6 +39,7 @@ __all__ = [
     "ExecCommand",
     "FuseConfig",
     "HttpConfig",
+    "HttpTlsConfig",
     "LeaseConfig",
     "LogConfig",
     "ProxyConfig",
@@ -97,6 +98,8 @@ class DataConfig:
     # seconds local LTX files are kept after upload (0: as soon as they are uploaded)
     retention: Annotated[float, s.duration_or_0] = 600.0
     spool_limit: Annotated[int, s.size] = GiB  # bytes of not-yet-uploaded LTX kept locally
+    # bytes each database's quarantine keeps (what recovery set aside instead of deleting)
+    quarantine_limit: Annotated[int, s.size] = GiB
 
 
 @dataclass(frozen=True)
@@ -130,9 +133,56 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class HttpTlsConfig:
+    """`http.tls`: TLS on the replication API. File paths (PEM); nothing is read here
+    (replication/http_tls.py loads them at start and names the key of a file it cannot use).
+
+    The serving node uses `cert`/`key` (and `client-ca` to require client certificates); a
+    node that connects uses `ca` (else the system's trusted CAs) and `client-cert`/
+    `client-key` when the server asks for one. One file can hold both roles' keys, since a
+    node may be either after a failover."""
+
+    cert: str | None = None  # this node's certificate chain, served on http.addr
+    key: str | None = field(default=None, repr=False)  # its private key
+    ca: str | None = None  # CA bundle that verifies the primary's certificate
+    client_ca: str | None = None  # CA bundle that verifies replicas' client certificates
+    client_cert: str | None = None  # certificate this node presents as a client (mTLS)
+    client_key: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_file_keys(cls, m: dict[str, Any]) -> dict[str, Any]:
+        for a, b in (("cert", "key"), ("client-cert", "client-key")):
+            have_a, have_b = (s.read_at((k,), s.opt_text, m.get(k, "")) is not None
+                              for k in (a, b))
+            if have_a != have_b:
+                have, missing = (a, b) if have_a else (b, a)
+
+                def detail(here: str, have: str = have, missing: str = missing) -> str:
+                    return (f"{s.join(here, have)} is set but {s.join(here, missing)} is not; "
+                            "set both or neither")
+
+                raise s.Problem(detail, at=(missing,))
+        if s.read_at(("client-ca",), s.opt_text, m.get("client-ca", "")) is not None \
+                and "cert" not in m:
+            raise s.Problem(lambda here: f"asks for client certificates but "
+                                         f"{s.join(here, 'cert')}/{s.join(here, 'key')} are "
+                                         "not set: client certificates need TLS on the server",
+                            at=("client-ca",))
+        return m
+
+    @property
+    def serves(self) -> bool:
+        return self.cert is not None
+
+
+@dataclass(frozen=True)
 class HttpConfig:
     addr: Annotated[str, s.address] = ":20202"
     secret: str | None = field(default=None, repr=False)
+    # Send the secret over plain http:// to a host that is not loopback (otherwise refused).
+    allow_insecure: bool = False
+    tls: HttpTlsConfig = field(default_factory=HttpTlsConfig)
+    metrics_public: bool = False  # GET /metrics without the secret (app.py)
 
 
 def _http_url(value: object) -> str | None:
@@ -307,9 +357,14 @@ class ReplicaConfig:
     access_key_id: str | None = None
     secret_access_key: str | None = field(default=None, repr=False)
     sync_interval: Annotated[float, s.duration] = 1.0
-    # After a commit wakes the uploader, wait this long for more commits to share the PUT:
-    # trades a little lag for far fewer requests (cost) at steady load.
-    batch_window: Annotated[float, s.duration_or_0] = 0.05
+    # After a commit wakes the uploader, wait this long for more commits to share the PUT.
+    # 0 by default: the request budget below batches steady load without delaying a
+    # sporadic commit.
+    batch_window: Annotated[float, s.duration_or_0] = 0.0
+    # The request budget (replication/budget.py): L0 uploads per second sustained, and how
+    # many may go at once after a quiet spell; 0 = no limit (docs/config.md: the dollars).
+    upload_rate: Annotated[float, s.rate_or_0] = 4.0
+    upload_burst: Annotated[int, s.count] = 5
     retention: Annotated[float, s.duration] = 86400.0
     snapshot_interval: Annotated[float, s.duration] = 86400.0
     l1_interval: Annotated[float, s.duration] = 30.0
@@ -545,6 +600,7 @@ class Config:
 
 
 SCHEMA = s.Schema(Config, (Config, FuseConfig, DataConfig, ExecCommand, LogConfig, HttpConfig,
+                           HttpTlsConfig,
                            LeaseConfig, EtcdLeaseConfig, S3LeaseConfig, ReplicationConfig,
                            ProxyConfig, ReplicaConfig, DBConfig))
 

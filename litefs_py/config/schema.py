@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import UnionType
 from typing import (
+    TYPE_CHECKING,
     Annotated,
     Any,
     Literal,
@@ -34,9 +36,10 @@ from typing import (
     get_type_hints,
 )
 
-import yaml
-
 from ..errors import ExitCode, QuietError
+
+if TYPE_CHECKING:
+    import yaml
 
 
 def error(message: str) -> QuietError:
@@ -258,6 +261,32 @@ def duration(value: object, *, positive: bool = True) -> float:
 
 def duration_or_0(value: object) -> float:
     return duration(value, positive=False)
+
+
+def rate_or_0(value: object) -> float:
+    """Events per second: a number (`4.5`), or `N/s`, `N/m`, `N/h`; 0 means no limit."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise WrongType(value, "a rate like 4.5, 5/s or 300/m")
+    per = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+    text_value = str(value).strip().lower().replace(" ", "")
+    number, _, unit = text_value.partition("/")
+    try:
+        rate = float(number) / per[unit or "s"]
+    except (ValueError, KeyError):
+        raise Problem(f"invalid rate {show_value(value)}; expected a number per second, or "
+                      "N/s, N/m, N/h (0: no limit)") from None
+    if not rate >= 0 or rate == float("inf"):
+        raise Problem(f"must be 0 (no limit) or more, got {show_value(value)}")
+    return rate
+
+
+def count(value: object) -> int:
+    """A whole number of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise WrongType(value, "a whole number like 5")
+    if value < 1:
+        raise Problem(f"must be 1 or more, got {show_value(value)}")
+    return int(value)
 
 
 def size(value: object) -> int:
@@ -538,34 +567,39 @@ def _expand(value: str, key: str, env: Mapping[str, str], where: str) -> str:
     return Expanded(result) if substituted else result
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+@functools.cache
+def _unique_key_loader() -> type[yaml.SafeLoader]:
     """yaml.SafeLoader that rejects a key given twice in one mapping (YAML would keep the last
-    silently, e.g. a second `replica:` replacing the first)."""
+    silently, e.g. a second `replica:` replacing the first). Built on first use: PyYAML is
+    imported only when a file is read, not by every command that touches the config module
+    (`litefs restore URL` starts without it)."""
+    import yaml
 
+    def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+        loader.flatten_mapping(node)
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # construct_mapping reports this one
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                first = seen[key].line + 1
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} on line {line} (first on line {first})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark
+        return loader.construct_mapping(node, deep=True)
 
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: dict[Any, yaml.Mark] = {}
-    for key_node, _value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            hash(key)
-        except TypeError:
-            continue  # construct_mapping reports this one
-        if key in seen:
-            line = key_node.start_mark.line + 1
-            first = seen[key].line + 1
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} on line {line} (first on line {first})",
-                key_node.start_mark,
-            )
-        seen[key] = key_node.start_mark
-    return loader.construct_mapping(node, deep=True)
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
 
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
-)
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                    construct_mapping)
+    return UniqueKeyLoader
 
 
 def read_yaml(path: Path) -> object:
@@ -580,9 +614,11 @@ def read_yaml(path: Path) -> object:
         raise error(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise error(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    import yaml
+
     try:
         # A yaml.SafeLoader subclass: as safe as yaml.safe_load, plus duplicate-key errors.
-        return yaml.load(content, Loader=_UniqueKeyLoader)
+        return yaml.load(content, Loader=_unique_key_loader())
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -45,6 +45,7 @@ from typing import Any
 
 import trio
 
+from ..ltx import FLAG_V3_NO_CHECKSUM, HEADER_SIZE, Header, LTXError
 from ..storage import aio
 from ..storage.base import SNAPSHOT_LEVEL, LtxFileInfo, ReplicaClient
 from ..storage.errors import ObjectNotFoundError, StorageError
@@ -61,7 +62,10 @@ __all__ = ["ApplyFn", "BucketFollower", "FollowerStatus"]
 
 log = logging.getLogger("litefs.replication")
 
-ApplyFn = Callable[[bytes], Awaitable[None]]  # applies one whole LTX file (its bytes)
+# Applies one whole LTX file (its bytes). When the file carries no post-apply checksum of its
+# own (flag 0x2: snapshots and compacted files) and the bucket's metadata has one, it is
+# passed as a second argument: the apply must produce exactly that checksum.
+ApplyFn = Callable[..., Awaitable[None]]
 
 BRIDGE_LEVELS = (1, 2, 3)
 MAX_BACKOFF = 30.0
@@ -263,7 +267,11 @@ class BucketFollower:
     async def _apply_file(self, info: LtxFileInfo, pos: int) -> int:
         """Download and apply one file; return the new position (checked)."""
         data = await aio.run(self.client.read_ltx, info)
-        await self._apply(data)
+        expected = await self._expected_checksum(info, data)
+        if expected is None:
+            await self._apply(data)
+        else:
+            await self._apply(data, expected)
         self.status.files_applied += 1
         new = self._position()
         if new < info.max_txid:
@@ -273,6 +281,21 @@ class BucketFollower:
                 "does not advance the position")
         log.debug("%s: applied %s, now at TXID %016x", self.name, _span(info), new)
         return new
+
+    async def _expected_checksum(self, info: LtxFileInfo, data: bytes) -> int | None:
+        """The database checksum after `info` when the file itself has none to check (flag
+        0x2), from the object's metadata (a HEAD when the listing lacked it)."""
+        try:
+            flags = Header.decode(data[:HEADER_SIZE]).flags
+        except LTXError:
+            return None  # the apply names the damage
+        if not flags & FLAG_V3_NO_CHECKSUM or info.level == 0:
+            # The trailer carries it (the apply checks it), or a level-0 file continues the
+            # replica's checked position: no HEAD request per transaction.
+            return None
+        if info.post_apply_checksum is None:
+            info = await aio.run(self.client.ltx_metadata, info)
+        return info.post_apply_checksum
 
     async def _apply_contiguous(self, files: list[LtxFileInfo], pos: int) -> int:
         """Apply the listed level-0 files that continue `pos`, in order."""

@@ -17,6 +17,7 @@ position (`hooks.applied`) so that a primary waiting for replicas can be acknowl
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from ..storage.retry import RetryPolicy, RetryState
 from ..store.apply_fence import FenceTimeout
 from ..store.db import DB
 from ..store.epochs import EpochStart
-from ..store.quarantine import Quarantined, quarantine_from
+from ..store.quarantine import Quarantined, quarantine_divergent
 from ..store.replica_apply import (
     Fence,
     KernelCache,
@@ -96,10 +97,13 @@ class ReplicaNode:
                  cache: KernelCache | None,
                  bucket_dbs: Callable[[], list[tuple[str, ReplicaClient]]] | None = None,
                  follow_after: float = FOLLOW_BUCKET_AFTER,
-                 hooks: ClusterHooks | None = None) -> None:
+                 hooks: ClusterHooks | None = None,
+                 tls: ssl.SSLContext | None = None, allow_insecure: bool = False) -> None:
         self.store = store
         self.hooks = hooks
         self._redirected = trio.Event()
+        self.tls = tls  # http_tls.client_context: verifies an https:// primary
+        self.allow_insecure = allow_insecure
         self.state = state
         self.primary_url = primary_url
         self.secret = secret
@@ -217,7 +221,8 @@ class ReplicaNode:
             if fork is not None:
                 lock = self._locks.setdefault(db.name, trio.Lock())
                 async with lock:
-                    moved = await trio.to_thread.run_sync(quarantine_from, db, fork)
+                    moved = await trio.to_thread.run_sync(
+                        quarantine_divergent, db, fork, self.store.quarantine(db.name))
                 self._needs_snapshot.add(db.name)
                 diverged.append(db.name)
                 if self.hooks is not None:
@@ -281,7 +286,8 @@ class ReplicaNode:
                 continue
             stream = PrimaryStream(self.primary_url, self.secret, self.positions,
                                    self._on_frame,
-                                   self.hooks.identity() if self.hooks is not None else None)
+                                   self.hooks.identity() if self.hooks is not None else None,
+                                   tls=self.tls, allow_insecure=self.allow_insecure)
             self._healthy = False
             kind = "stream"
             try:
@@ -502,9 +508,9 @@ async def _keep_running(follower: BucketFollower) -> None:
         await trio.sleep(MAX_BACKOFF)
 
 
-def _bound_apply(node: ReplicaNode, name: str) -> Callable[[bytes], Awaitable[None]]:
-    async def apply(data: bytes) -> None:
-        await node.apply(name, data)
+def _bound_apply(node: ReplicaNode, name: str) -> Callable[..., Awaitable[None]]:
+    async def apply(data: bytes, expected_checksum: int | None = None) -> None:
+        await node.apply(name, data, expected_checksum)
         node.state.note_position(True)
 
     return apply

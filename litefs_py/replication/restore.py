@@ -32,14 +32,17 @@ WAL mode and creates its -wal/-shm files as usual.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import queue
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias
 
 from ..errors import ExitCode, QuietError
 from ..ltx import (
@@ -50,7 +53,6 @@ from ..ltx import (
 from ..storage.base import LtxFileInfo, ReplicaClient
 from ..storage.errors import ObjectNotFoundError
 from ..store.page_table import PageTable
-from .legacy_v03 import LegacyPlan, apply_legacy_plan, has_generations, plan_legacy
 from .progress import NullProgress
 from .restore_output import (
     STATUS_DB_EXISTS,
@@ -70,7 +72,6 @@ from .restore_plan import (
     RestorePlan,
     RestoreTarget,
     describe_file,
-    metadata_loader,
     plan_restore,
     read_plan_headers,
 )
@@ -98,9 +99,15 @@ __all__ = [
 if TYPE_CHECKING:
     from ..store.store import Store
 
+    # Litestream 0.3 restores are rare: legacy_v03 (and the WAL reader it needs) is imported
+    # only when one happens, which keeps it off every restore's start-up.
+    from .legacy_v03 import LegacyPlan
+
 log = logging.getLogger("litefs.restore")
 
-AnyPlan = RestorePlan | LegacyPlan
+WRITE_BUFFER = 1 << 20
+PREFETCH_CHUNKS = 32  # chunks (1 MiB from S3) downloaded ahead of the decoder
+AnyPlan: TypeAlias = "RestorePlan | LegacyPlan"
 STATUS_PLAN = "plan"
 
 
@@ -233,8 +240,12 @@ def make_plan(request: RestoreRequest) -> AnyPlan:
         try:
             return plan_restore(client, request.target)
         except NoBackupsError:
+            from .legacy_v03 import has_generations
+
             if not has_generations(client):
                 raise
+    from .legacy_v03 import plan_legacy
+
     if request.txid is not None:
         raise QuietError(f"the backups at {client.description} are Litestream 0.3 "
                          "generations, which have no TXIDs: use --timestamp, or "
@@ -298,6 +309,91 @@ class _ChunkReader:
             close()
 
 
+class _Prefetch:
+    """The plan's objects, downloaded in order by one worker thread while the caller
+    decodes and writes the previous bytes (at most PREFETCH_CHUNKS chunks ahead).
+
+    Without it the server waited on our decoding and we on the server, object after
+    object; with it the download streams on (socket reads release the GIL). The worker
+    also completes each object's checksum metadata (from the GET's headers on S3). Its
+    errors are raised in the caller where the object's bytes would have been; closing (also
+    on an error of the caller) stops it and joins it."""
+
+    def __init__(self, client: ReplicaClient, infos: Sequence[LtxFileInfo]) -> None:
+        self._client = client
+        self._infos = infos
+        self._q: queue.Queue[tuple[str, Any]] = queue.Queue(PREFETCH_CHUNKS)
+        self._stop = threading.Event()
+        self._open = False  # the caller is between an object's "info" and its "end"
+        self._thread = threading.Thread(target=self._run, name="restore-prefetch",
+                                        daemon=True)
+
+    def __enter__(self) -> Iterator[tuple[LtxFileInfo, Iterator[bytes]]]:
+        self._thread.start()
+        return self._objects()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):  # unblock a worker waiting to put
+                self._q.get(timeout=0.05)
+        self._thread.join()
+
+    def _put(self, item: tuple[str, Any]) -> bool:
+        while not self._stop.is_set():
+            with contextlib.suppress(queue.Full):
+                self._q.put(item, timeout=0.1)
+                return True
+        return False
+
+    def _run(self) -> None:
+        try:
+            for planned in self._infos:
+                # The checksum metadata: S3 listings carry none, the GET's headers do.
+                if planned.metadata:
+                    info, chunks = planned, self._client.open_ltx(planned)
+                else:
+                    info, chunks = self._client.open_ltx_with_metadata(planned)
+                if not self._put(("info", info)):
+                    return
+                stream = iter(chunks)
+                try:
+                    for chunk in stream:
+                        if not self._put(("chunk", chunk)):
+                            return
+                finally:
+                    close = getattr(stream, "close", None)
+                    if close is not None:
+                        close()
+                self._put(("end", None))
+        except BaseException as exc:  # handed to the caller, raised there
+            self._put(("error", exc))
+
+    def _next(self) -> tuple[str, Any]:
+        kind, value = self._q.get()
+        if kind == "error":
+            raise value
+        return kind, value
+
+    def _objects(self) -> Iterator[tuple[LtxFileInfo, Iterator[bytes]]]:
+        for _ in self._infos:
+            kind, info = self._next()
+            assert kind == "info", kind
+            self._open = True
+            yield info, self._chunks()
+            while self._open:  # the caller stopped before the end: skip the rest
+                if self._next()[0] == "end":
+                    self._open = False
+
+    def _chunks(self) -> Iterator[bytes]:
+        while self._open:
+            kind, value = self._next()
+            if kind == "end":
+                self._open = False
+                return
+            yield value
+
+
 # --------------------------------------------------------------------------------------------
 # Applying a plan with an incremental rolling checksum
 # --------------------------------------------------------------------------------------------
@@ -316,9 +412,9 @@ class _ApplyState:
     keys: list[str] = field(default_factory=list)
 
 
-def _apply_file(client: ReplicaClient, info: LtxFileInfo, f: BinaryIO, state: _ApplyState,
+def _apply_file(chunks: Iterator[bytes], info: LtxFileInfo, f: BinaryIO, state: _ApplyState,
                 progress: NullProgress, where: str) -> Header:
-    reader = _ChunkReader(iter(client.open_ltx(info)), progress)
+    reader = _ChunkReader(chunks, progress)
     try:
         try:
             dec = Decoder(reader, name=info.key)  # type: ignore[arg-type]
@@ -351,9 +447,16 @@ def _apply_file(client: ReplicaClient, info: LtxFileInfo, f: BinaryIO, state: _A
             ps = h.page_size
             old_count = rolling.page_count
             seek, write, setck = f.seek, f.write, rolling.set_page
+            # Seek only when the next page is not where the last one ended: a seek flushes
+            # the write buffer, so seeking before every page of a snapshot (pages in order)
+            # made one write(2) per page.
+            at = -1
             for pgno, data in dec.pages():
-                seek((pgno - 1) * ps)
+                pos = (pgno - 1) * ps
+                if pos != at:
+                    seek(pos)
                 write(data)
+                at = pos + len(data)
                 setck(pgno, data)
         except LTXError as exc:
             problem = exc.message if exc.offset is None else \
@@ -395,12 +498,10 @@ def apply_plan(client: ReplicaClient, plan: RestorePlan, f: BinaryIO, *,
     each file is verified when its last byte has been read.
     """
     progress = progress or NullProgress()
-    resolve = metadata_loader(client)
     state = _ApplyState()
-    for info in plan.files:
-        # The checksum metadata may need a HEAD (S3 listings carry no metadata).
-        info = resolve(info)
-        _apply_file(client, info, f, state, progress, plan.replica)
+    with _Prefetch(client, plan.files) as objects:
+        for info, chunks in objects:
+            _apply_file(chunks, info, f, state, progress, plan.replica)
     if state.commit == 0:
         last = plan.files[-1]
         raise DatabaseDeletedError(
@@ -478,10 +579,10 @@ def _restore_file(request: RestoreRequest, plan: AnyPlan | None) -> RestoreResul
         if plan is None:
             return RestoreResult(STATUS_NO_REPLICA, out, where)
     result = RestoreResult(STATUS_RESTORED, out, where)
-    if isinstance(plan, LegacyPlan):
-        _install_legacy(request, out, plan, result)
-    else:
+    if isinstance(plan, RestorePlan):
         _install_ltx(request, out, plan, result, replan=replan)
+    else:
+        _install_legacy(request, out, plan, result)
     result.seconds = time.monotonic() - started
     log.info("%s", result.summary())
     return result
@@ -496,7 +597,9 @@ def _install_ltx(request: RestoreRequest, out: Path, plan: RestorePlan, result: 
         attempt = 1
         while True:
             try:
-                with open(tmp, "w+b") as f:
+                # A large buffer: pages arrive one by one, 4 KiB writes would be a syscall
+                # each.
+                with open(tmp, "w+b", buffering=WRITE_BUFFER) as f:
                     state = apply_plan(client, plan, f, progress=request.progress)
                     f.flush()
                     os.fsync(f.fileno())
@@ -529,6 +632,8 @@ def _install_ltx(request: RestoreRequest, out: Path, plan: RestorePlan, result: 
 
 def _install_legacy(request: RestoreRequest, out: Path, plan: LegacyPlan,
                     result: RestoreResult) -> None:
+    from .legacy_v03 import apply_legacy_plan
+
     client = request.client
     result.format = "litestream-0.3"
     built = build_and_install(

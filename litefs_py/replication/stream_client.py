@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 
 import httpx
 
 from ..types import Pos
+from .http_tls import InsecureSecretError, check_secret_transport
 from .stream_protocol import (
     CONTENT_TYPE,
     PROTOCOL_VERSION,
@@ -39,16 +41,20 @@ class NotPrimaryError(StreamError):
 
 
 class AuthError(StreamError):
-    """The primary refused the secret: reconnecting will not help until it is fixed."""
+    """The primary refused the secret (or this node refuses to send it, or TLS rejected a
+    certificate): reconnecting will not help until it is fixed."""
 
 
 class PrimaryStream:
     def __init__(self, url: str, secret: str | None,
                  positions: Callable[[], dict[str, Pos]],
                  on_frame: Callable[[Frame], Awaitable[None]],
-                 identity: dict[str, object] | None = None) -> None:
+                 identity: dict[str, object] | None = None, *,
+                 tls: ssl.SSLContext | None = None, allow_insecure: bool = False) -> None:
         self.url = url.rstrip("/")
         self.secret = secret
+        self.tls = tls  # verifies an https:// primary (None: the system's CAs)
+        self.allow_insecure = allow_insecure
         self.positions = positions
         self.on_frame = on_frame
         self.identity = identity  # who this replica is (etcd/s3 leases: for peers, acks)
@@ -57,6 +63,10 @@ class PrimaryStream:
     async def run_once(self) -> None:
         """One connection: returns when the primary closes the stream, raises StreamError
         when it cannot be reached or misbehaves."""
+        try:
+            check_secret_transport(self.url, self.secret, self.allow_insecure)
+        except InsecureSecretError as exc:
+            raise AuthError(str(exc)) from None
         headers = {"accept": CONTENT_TYPE}
         if self.secret:
             headers["authorization"] = f"Bearer {self.secret}"
@@ -67,7 +77,7 @@ class PrimaryStream:
         timeout = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
         reader = FrameReader()
         try:
-            async with httpx.AsyncClient(timeout=timeout) as client, \
+            async with httpx.AsyncClient(timeout=timeout, verify=self.tls or True) as client, \
                     client.stream("POST", self.url + STREAM_PATH, json=body,
                                   headers=headers) as response:
                 if response.status_code == 401:
@@ -87,6 +97,22 @@ class PrimaryStream:
         except httpx.TimeoutException:
             raise StreamError(f"no data from {self.url} for {READ_TIMEOUT:g} s (the primary "
                               "sends a heartbeat every second)") from None
+        except httpx.TransportError as exc:
+            problem = _tls_problem(exc)
+            if problem is None:
+                raise StreamError(f"cannot stream from {self.url}: {_describe(exc)}"
+                                  f"{self._tls_hint()}") from None
+            if isinstance(problem, ssl.SSLCertVerificationError):
+                raise AuthError(f"{self.url} did not prove who it is: "
+                                f"{problem.verify_message}; set http.tls.ca to the CA that "
+                                "signed the primary's certificate") from None
+            if "CERTIFICATE" in str(problem).upper():
+                raise AuthError(f"{self.url} refused this replica's TLS certificate "
+                                f"({problem.reason or problem}): set http.tls.client-cert/"
+                                "client-key to one signed by the primary's "
+                                "http.tls.client-ca") from None
+            raise StreamError(f"TLS with {self.url} failed: {problem.reason or problem}"
+                              f"{self._tls_hint()}") from None
         except httpx.HTTPError as exc:
             raise StreamError(f"cannot stream from {self.url}: {exc or type(exc).__name__}"
                               ) from None
@@ -96,3 +122,35 @@ class PrimaryStream:
             self.connected = False
         if reader.pending:
             raise StreamError(f"{self.url} closed the stream in the middle of a frame")
+
+    def _tls_hint(self) -> str:
+        """With TLS 1.3 a server that rejects the client's certificate (or its lack of one)
+        just closes the connection after the handshake: say what that may mean."""
+        if not self.url.startswith("https:") or self.connected:
+            return ""
+        return (" (if the primary requires client certificates (http.tls.client-ca), set "
+                "http.tls.client-cert/client-key to one signed by that CA)")
+
+
+def _tls_problem(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error under an httpx error (httpx wraps httpcore's, which wraps ssl's)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    """An httpx error's message, or the one under it (some have none of their own)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if str(seen):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return type(exc).__name__

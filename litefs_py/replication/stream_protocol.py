@@ -15,10 +15,12 @@ positions, sent when there was nothing else to send for a second).
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any
 
+from ..store.store import valid_db_name
 from ..types import Pos
 
 PROTOCOL_VERSION = 1
@@ -91,17 +93,27 @@ def format_positions(positions: dict[str, Pos]) -> dict[str, dict[str, str]]:
             for name, (txid, checksum) in positions.items()}
 
 
+MAX_DBS = 100_000  # positions in one request or hello
+_HEX64 = re.compile(r"[0-9a-fA-F]{1,16}")
+
+
 def parse_positions(value: object) -> dict[str, Pos]:
-    """The `dbs` object of a request or hello: name -> position."""
+    """The `dbs` object of a request or hello: name -> position. Names must be database
+    names and TXIDs/checksums 1 to 16 hex digits (a u64): anything else is a ProtocolError
+    (the server answers 400), never a position that means something else."""
     if not isinstance(value, dict):
         raise ProtocolError("'dbs' must be an object of database positions")
+    if len(value) > MAX_DBS:
+        raise ProtocolError(f"'dbs' has {len(value)} entries (at most {MAX_DBS})")
     out: dict[str, Pos] = {}
     for name, pos in value.items():
+        if not valid_db_name(str(name)):
+            raise ProtocolError(f"invalid database name {str(name)[:80]!r}")
         if not isinstance(pos, dict):
             raise ProtocolError(f"position of {name!r} must be an object")
-        try:
-            out[str(name)] = Pos(int(str(pos.get("txid", "0")), 16),
-                                 int(str(pos.get("checksum", "0")), 16))
-        except ValueError:
-            raise ProtocolError(f"position of {name!r} is not hexadecimal") from None
+        txid, checksum = pos.get("txid", "0"), pos.get("checksum", "0")
+        if not all(isinstance(v, str) and _HEX64.fullmatch(v) for v in (txid, checksum)):
+            raise ProtocolError(f"position of {name!r} must be 'txid' and 'checksum' of 1 to "
+                                "16 hexadecimal digits")
+        out[str(name)] = Pos(int(txid, 16), int(checksum, 16))
     return out

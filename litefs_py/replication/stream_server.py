@@ -6,8 +6,10 @@ longer in the local log, when it is ahead of the primary or when its checksum sh
 diverged (the frame says which). Then every new transaction as it commits, and a heartbeat
 every second of silence. The wire format is in stream_protocol.py.
 
-Authentication: `Authorization: Bearer <secret>`, compared in constant time. Without a
-secret the server binds to loopback only.
+Authentication: `Authorization: Bearer <secret>`, compared in constant time (`_authorized`,
+the one check), and/or a client certificate when TLS asks for one (http_tls.py). Without
+either the server binds to loopback only. With `http.tls` it serves HTTPS (http_tls.py builds
+the context; `serve` hands it to hypercorn).
 
 With an etcd or s3 lease (docs/leases.md) every node runs this server: `serving()` says
 whether this node is the primary now (a replica answers the stream with 503 and where the
@@ -18,12 +20,14 @@ term), the hello carries each database's epoch history and the peers connected, 
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
 import logging
 import os
 import socket as pysocket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -50,11 +54,22 @@ from .stream_protocol import (
 log = logging.getLogger("litefs.http")
 
 HEARTBEAT_INTERVAL = 1.0
+# Hostile or broken clients (#14): each is bounded so it costs one connection, never a stall
+# of other streams.
+REQUEST_TIMEOUT = 10.0  # a stream request's body must arrive within this (else 408)
+IDLE_TIMEOUT = 10.0  # a connection with no request under way (incl. unfinished headers)
+TLS_HANDSHAKE_TIMEOUT = 10.0
+MAX_HEADERS = 16 * 1024  # bytes of request line + headers; more gets the connection closed
+SEND_TIMEOUT = 30.0  # a subscriber that accepts no bytes for this long is cut off
+REFUSAL_LOG_INTERVAL = 60.0  # at most one "refused" line per client address per this long
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Route = Callable[[Scope, Receive, Send], Awaitable[None]]
+#: Another endpoint on this server (e.g. /metrics): called with whether the request carried
+#: the secret, it decides itself whether it needs it.
+Endpoint = Callable[[Scope, Send, bool], Awaitable[None]]
 
 
 class ChangeFeed:
@@ -74,11 +89,12 @@ class ChangeFeed:
             await self._event.wait()
 
 
-def bind_address(addr: str, secret: str | None) -> tuple[str, bool]:
-    """(host:port to bind, whether it is loopback-only because there is no secret)."""
+def bind_address(addr: str, secret: str | None, client_certs: bool = False) -> tuple[str, bool]:
+    """(host:port to bind, whether it is loopback-only because nothing authenticates
+    clients: no secret and no required client certificate)."""
     host, _, port = addr.rpartition(":")
     host = host.strip("[]")
-    if secret:
+    if secret or client_certs:
         return f"{host or '0.0.0.0'}:{port}", False
     try:
         if host and ipaddress.ip_address(host).is_loopback:
@@ -90,9 +106,14 @@ def bind_address(addr: str, secret: str | None) -> tuple[str, bool]:
 
 class StreamServer:
     def __init__(self, store: Store, *, secret: str | None, advertise_url: str | None = None,
-                 heartbeat: float = HEARTBEAT_INTERVAL) -> None:
+                 heartbeat: float = HEARTBEAT_INTERVAL,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.store = store
         self.secret = secret
+        # The secret as a digest: compared with the digest of what a client sends, so the
+        # comparison takes the same time whatever the length of either.
+        self._secret_digest = _digest(b"Bearer " + secret.encode()) if secret else None
+        self.tls = tls
         self.advertise_url = advertise_url
         self.heartbeat = heartbeat
         self.feed = ChangeFeed()
@@ -107,6 +128,8 @@ class StreamServer:
         self.routes: dict[tuple[str, str], Route] = {}
         self.identities: dict[str, dict[str, Any]] = {}  # subscriber -> what it said it is
         self._streams: set[trio.CancelScope] = set()
+        self._refusals: dict[str, tuple[float, int]] = {}  # address -> (last logged, since)
+        self.endpoints: dict[str, Endpoint] = {}  # path -> endpoint, added by app.py
         for db in store.dbs.values():
             self._watch(db)
         store.add_db_listener(self._watch)
@@ -127,15 +150,21 @@ class StreamServer:
         from hypercorn.config import Config as HypercornConfig
         from hypercorn.trio import serve
 
-        bind, narrowed = bind_address(addr, self.secret)
+        client_certs = self.tls is not None and self.tls.verify_mode == ssl.CERT_REQUIRED
+        bind, narrowed = bind_address(addr, self.secret, client_certs)
         if narrowed:
             log.info("http.secret is not set: the replication API listens on %s only "
                         "(set http.secret, or LITEFS_SECRET, to serve other hosts)", bind)
-        cfg = HypercornConfig()
+        elif self.tls is None and self.secret:
+            log.warning("the replication API serves plain HTTP on %s: replicas send "
+                        "http.secret in clear text; set http.tls.cert/key to serve HTTPS", bind)
+        cfg = _hypercorn_config(HypercornConfig, self.tls)
         cfg.bind = [bind]
         cfg.accesslog = None
         cfg.errorlog = logging.getLogger("litefs.http.server")
-        cfg.keep_alive_timeout = 75
+        cfg.keep_alive_timeout = IDLE_TIMEOUT
+        cfg.ssl_handshake_timeout = TLS_HANDSHAKE_TIMEOUT
+        cfg.h11_max_incomplete_size = MAX_HEADERS
         cfg.graceful_timeout = 0.5
         try:
             listener = trio.socket.socket()
@@ -149,7 +178,9 @@ class StreamServer:
             task_status.started(None)
             return
         self.port = int(port)
-        log.info("replication API on http://%s (protocol %d)", bind, PROTOCOL_VERSION)
+        log.info("replication API on %s://%s (protocol %d%s)", "https" if self.tls else "http",
+                 bind, PROTOCOL_VERSION, ", client certificates required" if client_certs
+                 else "")
         task_status.started(bind)
         try:
             await serve(self.app, cfg)  # type: ignore[arg-type]
@@ -167,11 +198,11 @@ class StreamServer:
             scope.cancel()
         return len(scopes)
 
-    def abort_connections(self) -> int:
-        """At shutdown: shut down every accepted connection's socket. hypercorn sends in a
-        shielded cancel scope with no timeout, so a replica that stopped reading (paused,
-        partitioned) would otherwise keep the primary from ever exiting. Returns how many
-        connections were cut."""
+    def abort_connections(self, peer: tuple[str, int] | None = None) -> int:
+        """At shutdown: shut down every accepted connection's socket (or only the one from
+        `peer`). hypercorn sends in a shielded cancel scope with no timeout, so a replica that
+        stopped reading (paused, partitioned) would otherwise keep the primary from ever
+        exiting, or hold its stream's task forever. Returns how many connections were cut."""
         if self.port is None:
             return 0
         cut = 0
@@ -193,7 +224,9 @@ class StreamServer:
                             or sock.type != pysocket.SOCK_STREAM
                             or sock.getsockname()[1] != self.port):
                         continue
-                    sock.getpeername()  # accepted connections only, not the listener
+                    got = sock.getpeername()  # accepted connections only, not the listener
+                    if peer is not None and (got[0], got[1]) != tuple(peer):
+                        continue
                     sock.shutdown(pysocket.SHUT_RDWR)
                     cut += 1
                 except OSError:
@@ -211,12 +244,29 @@ class StreamServer:
                     return
         if scope["type"] != "http":
             return
+        try:
+            await self._handle(scope, receive, send)
+        except (trio.BrokenResourceError, trio.BusyResourceError, trio.ClosedResourceError,
+                OSError) as exc:
+            # The client went away (or broke the connection) while it was answered: its
+            # problem, not an error of the server's.
+            log.debug("a client connection ended while it was answered: %r", exc)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = scope.get("headers", [])
+        if len(headers) > 100 or sum(len(k) + len(v) for k, v in headers) > MAX_HEADERS:
+            # hypercorn bounds only headers that arrive in pieces; whole ones are bounded here.
+            await _reply(send, 431, {"error": f"request headers larger than {MAX_HEADERS} "
+                                              "bytes or more than 100 of them"})
+            return
+        endpoint = self.endpoints.get(scope["path"])
+        if endpoint is not None:
+            await endpoint(scope, send, self._authorized(scope))
+            return
         if not self._authorized(scope):
             await _reply(send, 401, {"error": "wrong or missing secret: send 'Authorization: "
                                               "Bearer <http.secret>'"})
-            client = scope.get("client") or ("?", 0)
-            log.warning("refused a replication request from %s: wrong or missing secret",
-                        client[0])
+            self._log_refusal(scope)
             return
         path, method = scope["path"], scope["method"]
         route = self.routes.get((method, path))
@@ -233,30 +283,59 @@ class StreamServer:
             await self._stream(scope, receive, send)
         elif route is not None:
             await route(scope, receive, send)
+        elif path in (INFO_PATH, STREAM_PATH):
+            allow = "GET" if path == INFO_PATH else "POST"
+            await _reply(send, 405, {"error": f"{_printable(method)} is not allowed on {path}; "
+                                              f"use {allow}"}, [(b"allow", allow.encode())])
         else:
-            await _reply(send, 404, {"error": f"no such endpoint {method} {path}"})
+            await _reply(send, 404, {"error": f"no such endpoint {_printable(method)} "
+                                              f"{_printable(path)}"})
+
+    def _log_refusal(self, scope: Scope) -> None:
+        """One warning per client address per REFUSAL_LOG_INTERVAL: a client hammering the
+        API with wrong secrets cannot flood the log."""
+        address = str((scope.get("client") or ("?", 0))[0])
+        now = time.monotonic()
+        last, since = self._refusals.get(address, (-REFUSAL_LOG_INTERVAL, 0))
+        if now - last < REFUSAL_LOG_INTERVAL:
+            self._refusals[address] = (last, since + 1)
+            return
+        more = f" ({since} more since the last such line)" if since else ""
+        log.warning("refused a replication request from %s: wrong or missing secret%s",
+                    address, more)
+        if len(self._refusals) > 1024:  # many addresses: forget the old ones
+            self._refusals.clear()
+        self._refusals[address] = (now, 0)
 
     def _authorized(self, scope: Scope) -> bool:
-        if not self.secret:
+        """The one authentication check (a client certificate, when required, was checked
+        by TLS before any request was read)."""
+        if self._secret_digest is None:
             return True
-        for key, value in scope.get("headers", []):
-            if key.lower() == b"authorization":
-                expected = b"Bearer " + self.secret.encode()
-                return hmac.compare_digest(bytes(value), expected)
-        return False
+        sent = [bytes(v) for k, v in scope.get("headers", []) if k.lower() == b"authorization"]
+        # Exactly one header; its digest compared in constant time (no early exit on the
+        # first differing byte, and no hint of the secret's length).
+        got = _digest(sent[0]) if len(sent) == 1 else b""
+        return hmac.compare_digest(got, self._secret_digest) and len(sent) == 1
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > MAX_REQUEST:
-                await _reply(send, 413, {"error": "request too large"})
-                return
-            if not message.get("more_body"):
-                break
+        with trio.move_on_after(REQUEST_TIMEOUT) as reading:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if len(body) > MAX_REQUEST:
+                    await _reply(send, 413, {"error": f"request larger than {MAX_REQUEST} "
+                                                      "bytes"})
+                    return
+                if not message.get("more_body"):
+                    break
+        if reading.cancelled_caught:
+            await _reply(send, 408, {"error": f"the request body did not arrive within "
+                                              f"{REQUEST_TIMEOUT:g} s"})
+            return
         try:
             request = json.loads(bytes(body) or b"{}")
             if not isinstance(request, dict):
@@ -270,7 +349,7 @@ class StreamServer:
             await _reply(send, 400, {"error": str(exc)})
             return
         client = scope.get("client") or ("?", 0)
-        who = f"{request.get('node') or client[0]}"
+        who = _printable(str(request.get("node") or client[0]))
         identity = request.get("identity")
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", CONTENT_TYPE.encode()),
@@ -291,7 +370,11 @@ class StreamServer:
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(watch_disconnect)
-                await Subscription(self, positions, send, who).run()
+                subscription = Subscription(self, positions, send, who)
+                peer = scope.get("client")
+                if peer is not None:
+                    nursery.start_soon(self._watch_stalls, subscription, tuple(peer))
+                await subscription.run()
                 nursery.cancel_scope.cancel()
         except Exception as exc:  # the replica went away mid-send: it reconnects
             log.debug("stream to %s ended: %r", who, exc)
@@ -301,6 +384,19 @@ class StreamServer:
             if stream_scope is not None:
                 self._streams.discard(stream_scope)
             log.info("replica %s disconnected", who)
+
+
+    async def _watch_stalls(self, subscription: Subscription, peer: tuple[str, int]) -> None:
+        """Cut off a subscriber that has accepted no bytes for SEND_TIMEOUT: hypercorn's
+        send cannot be cancelled, so its socket is shut down. Others are never held up."""
+        while True:
+            await trio.sleep(1.0)
+            started = subscription.sending_since
+            if started is not None and time.monotonic() - started > SEND_TIMEOUT:
+                log.warning("replica %s accepted no data for %.0f s; closing its stream (it "
+                            "reconnects when it reads again)", subscription.who, SEND_TIMEOUT)
+                self.abort_connections(peer)
+                return
 
 
 class Subscription:
@@ -313,13 +409,18 @@ class Subscription:
         self.sent = dict(positions)
         self._send = send
         self.who = who
+        self.sending_since: float | None = None  # when the send under way started
 
     async def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
         epoch = self.server.epoch()
         if epoch:
             header["epoch"] = epoch
-        await self._send({"type": "http.response.body", "body": encode_frame(header, payload),
-                          "more_body": True})
+        self.sending_since = time.monotonic()
+        try:
+            await self._send({"type": "http.response.body",
+                              "body": encode_frame(header, payload), "more_body": True})
+        finally:
+            self.sending_since = None
 
     async def run(self) -> None:
         server = self.server
@@ -409,9 +510,34 @@ class Subscription:
         return None
 
 
-async def _reply(send: Send, status: int, doc: dict[str, Any]) -> None:
+def _digest(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
+def _hypercorn_config(config_class: type[Any], tls: ssl.SSLContext | None) -> Any:
+    """hypercorn's Config serving `tls` (http_tls.server_context), the only TLS set-up."""
+
+    class Config(config_class):  # type: ignore[misc]
+        def create_ssl_context(self) -> ssl.SSLContext | None:
+            return tls
+
+        @property
+        def ssl_enabled(self) -> bool:
+            return tls is not None
+
+    return Config()
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    """A client-chosen string fit for a log line or an error: no control characters."""
+    text = "".join(c if c.isprintable() else "?" for c in text[:limit])
+    return text + ("..." if len(text) == limit else "")
+
+
+async def _reply(send: Send, status: int, doc: dict[str, Any],
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = json.dumps(doc).encode() + b"\n"
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})

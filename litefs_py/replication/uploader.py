@@ -3,10 +3,12 @@
 One `Uploader` per database runs as a trio task:
 
 - It wakes when the database records a transaction (or every `sync_interval` as a fallback),
-  waits `batch_window` (50 ms) for more commits, merges every local LTX file after the
-  replica's high-water mark into one L0 object (an upload may span several TXIDs, as in
-  Litestream 0.5), and PUTs it. While a PUT is in flight new commits accumulate, so batches
-  grow with load; the window bounds the PUT rate at steady load for little lag.
+  waits `batch_window` (0 by default) for more commits, asks the request budget
+  (budget.py: a token bucket of L0 uploads per second) when it may upload, merges every
+  local LTX file after the replica's high-water mark into one L0 object (an upload may span
+  several TXIDs, as in Litestream 0.5), and PUTs it. A sporadic commit goes out at once; a
+  steady stream is batched at the budget's rate; while a PUT is in flight new commits
+  accumulate, so batches grow with load.
 - Failures are retried forever under storage/retry.py's policy; the local log is the spool,
   so nothing is lost while the endpoint is down. Retryable ones back off exponentially with
   jitter up to 30 s; ones that need a fix (bad credentials, no such bucket, permission denied)
@@ -46,6 +48,7 @@ from ..store.db import DB
 from ..store.ltx_log import LtxLog
 from ..store.snapshot import take_snapshot
 from ..types import EncodedLtx, TxRange
+from .budget import RequestBudget
 
 log = logging.getLogger("litefs.replication")
 
@@ -91,6 +94,7 @@ class Uploader:
                  spool_limit: int = 1 << 30,
                  on_upload: Callable[[int, int], None] | None = None,
                  retry: RetryPolicy | None = None,
+                 budget: RequestBudget | None = None,
                  may_upload: Callable[[], str | None] | None = None,
                  epoch: Callable[[], int] | None = None) -> None:
         self.db = db
@@ -100,6 +104,8 @@ class Uploader:
         self.retention = retention
         self.spool_limit = spool_limit
         self.status = UploaderStatus(retry=RetryState(retry or RetryPolicy()))
+        # L0 uploads per second (budget.py): decides only *when* an upload goes out.
+        self.budget = budget if budget is not None else RequestBudget(0)
         self._wake = trio.Event()
         self._on_upload = on_upload
         self._spool_warned = False
@@ -160,6 +166,22 @@ class Uploader:
             self._wake = trio.Event()
             if self.batch_window > 0:
                 await trio.sleep(self.batch_window)  # let a burst share one PUT
+            await self._await_budget()
+
+    async def _await_budget(self) -> None:
+        """Steady streams batch: with no upload left in the budget, wait for the next one.
+        If commits kept coming meanwhile, wait up to `budget.grace` for one more so the
+        object ends with the newest commit; a stream that stopped goes out at once."""
+        wait = self.budget.delay()
+        if wait <= 0 or self.status.oldest_unuploaded_at is None:
+            return
+        self.budget.deferred += 1
+        await trio.sleep(wait)
+        if self._wake.is_set():  # a commit came while we waited: the stream goes on
+            self._wake = trio.Event()
+            with trio.move_on_after(self.budget.grace):
+                await self._wake.wait()
+        self._wake = trio.Event()
 
     def _failed(self, exc: Exception) -> float:
         """Count the failure, log it once, and return the seconds to wait."""
@@ -270,6 +292,7 @@ class Uploader:
         self._check_may_upload()  # as late as possible before the PUT
         self._unacked = TxRange(lo, hi)
         self.status.put_requests += 1
+        self.budget.spend()
         await aio.run(self.client.write_ltx, 0, lo, hi, merged.data, meta)
         self._unacked = None
         self.status.uploads += 1

@@ -166,6 +166,12 @@ class ReplicaClient(ABC):
     def open_ltx(self, info: LtxFileInfo) -> Iterator[bytes]:
         """Stream an LTX file in chunks (for large snapshots)."""
 
+    def open_ltx_with_metadata(self, info: LtxFileInfo) -> tuple[LtxFileInfo, Iterator[bytes]]:
+        """`info` completed with its stored metadata (as `ltx_metadata`), and its bytes (as
+        `open_ltx`). Backends whose GET answer carries the metadata override it to save the
+        separate metadata request (S3: a HEAD per object of a restore)."""
+        return self.ltx_metadata(info), self.open_ltx(info)
+
     @abstractmethod
     def write_ltx(self, level: int, min_txid: int, max_txid: int, data: bytes,
                   metadata: dict[str, str]) -> LtxFileInfo:

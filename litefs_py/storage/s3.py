@@ -29,12 +29,10 @@ import base64
 import contextlib
 import email.utils
 import hashlib
-import re
+import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import boto3
 import botocore.config
@@ -42,7 +40,7 @@ import botocore.exceptions as bx
 import urllib3.exceptions
 
 from ..errors import ExitCode
-from ..ltx.filename import format_filename, is_ltx_filename, parse_filename
+from ..ltx.filename import format_filename, is_ltx_filename
 from .base import (
     MAX_LEVEL,
     META_TIMESTAMP,
@@ -57,71 +55,31 @@ from .base import (
 )
 from .endpoint import normalize_endpoint
 from .errors import (
-    AccessDeniedError,
     EndpointUnreachableError,
     InvalidCredentialsError,
-    NoSuchBucketError,
     ObjectNotFoundError,
     PreconditionFailedError,
     StorageError,
     TransientStorageError,
 )
-
-DEFAULT_REGION = "us-east-1"
-CONNECT_TIMEOUT = 5.0  # seconds
-READ_TIMEOUT = 10.0  # seconds without a byte from the server
-MAX_ATTEMPTS = 3  # per request, including the first
-CHUNK_SIZE = 1 << 20
-HEAD_CONCURRENCY = 8
-DELETE_BATCH = 1000  # DeleteObjects' limit
-
-_CREDENTIAL_CODES = frozenset({
-    "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
-    "TokenRefreshRequired", "InvalidSecurity", "InvalidClientTokenId",
-    "UnrecognizedClientException",
-})
-_DENIED_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "Forbidden", "403"})
-_REGION_CODES = frozenset({"AuthorizationHeaderMalformed", "PermanentRedirect", "301",
-                           "IllegalLocationConstraintException"})
-_TRANSIENT_CODES = frozenset({
-    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
-    "Throttling", "ThrottlingException", "TooManyRequests", "RequestLimitExceeded",
-    "BandwidthLimitExceeded", "OperationAborted", "500", "502", "503", "504",
-})
-_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
-_CONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
-
-# Hosts that name their region: (pattern, group holding the region).
-_REGION_HOSTS = (
-    re.compile(r"(?:.+\.)?s3\.([a-z0-9-]+)\.backblazeb2\.com"),
-    re.compile(r"(?:.+\.)?([a-z0-9-]+)\.digitaloceanspaces\.com"),
-    re.compile(r"(?:.+\.)?([a-z0-9-]+)\.linodeobjects\.com"),
-    re.compile(r"(?:.+\.)?s3\.([a-z0-9-]+)\.scw\.cloud"),
-    re.compile(r"(?:.+\.)?s3[.-](?:dualstack\.)?([a-z]{2}(?:-gov)?-[a-z]+-\d)\.amazonaws\.com"),
+from .s3_common import (
+    CHUNK_SIZE,
+    CONDITION_CODES,
+    CONNECT_TIMEOUT,
+    DEFAULT_REGION,
+    DELETE_BATCH,
+    HEAD_CONCURRENCY,
+    MAX_ATTEMPTS,
+    NOT_FOUND_CODES,
+    READ_TIMEOUT,
+    credentials_hint,
+    error_for_code,
+    guess_region,
+    is_aws_endpoint,
+    ltx_infos,
+    start_after_key,
 )
-
-
-def is_aws_endpoint(endpoint: str | None) -> bool:
-    """None (AWS's default) or a host under amazonaws.com."""
-    if endpoint is None:
-        return True
-    host = (urlsplit(endpoint).hostname or "").lower()
-    return host == "amazonaws.com" or host.endswith(".amazonaws.com")
-
-
-def guess_region(endpoint: str | None) -> str | None:
-    """The region a provider's host name states (`s3.us-west-002.backblazeb2.com` →
-    `us-west-002`), `auto` for Cloudflare R2, else None."""
-    if endpoint is None:
-        return None
-    host = (urlsplit(endpoint).hostname or "").lower().rstrip(".")
-    if host.endswith(".r2.cloudflarestorage.com"):
-        return "auto"
-    for pattern in _REGION_HOSTS:
-        m = pattern.fullmatch(host)
-        if m is not None:
-            return m.group(1)
-    return None
+from .s3_common import with_metadata as completed_metadata
 
 
 def _content_md5_instead_of_crc(request: Any, **_kwargs: Any) -> None:
@@ -140,6 +98,19 @@ def _content_md5_instead_of_crc(request: Any, **_kwargs: Any) -> None:
 
 def _mask(key_id: str) -> str:
     return key_id if len(key_id) <= 8 else f"{key_id[:4]}…{key_id[-4:]}"
+
+
+class _SharedClient:
+    """A boto3 client (thread-safe) and how many S3ReplicaClients use it."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.region: str = client.meta.region_name
+        self.users = 0
+
+
+_SHARED: dict[tuple[object, ...], _SharedClient] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 class S3ReplicaClient(ReplicaClient):
@@ -172,9 +143,7 @@ class S3ReplicaClient(ReplicaClient):
         if credentials_source is None:
             credentials_source = ("the given access key" if access_key_id is not None else
                                   "the AWS default chain")
-        self._credentials_hint = (
-            f"key {_mask(access_key_id)} from {credentials_source}"
-            if access_key_id is not None else f"credentials from {credentials_source}")
+        self._credentials_hint = credentials_hint(access_key_id, credentials_source)
         query = f"?endpoint={self.endpoint}" if self.endpoint is not None else ""
         self.description = f"s3://{bucket}/{self.path}{query}"
 
@@ -193,8 +162,28 @@ class S3ReplicaClient(ReplicaClient):
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             tcp_keepalive=True,
-            max_pool_connections=HEAD_CONCURRENCY + 2,
+            # Shared by every database of the mount (below): room for a few at once.
+            max_pool_connections=max(HEAD_CONCURRENCY + 2, 16),
         )
+        # One boto3 client per endpoint and credentials, shared by every database's client:
+        # each boto3 session loads its own copy of the S3 model (~12 MiB), so a mount with
+        # 100 databases used over 1 GiB before (#14, tests/replication/test_scale.py).
+        self._shared_key = (access_key_id, secret_access_key, self.endpoint, region,
+                            addressing, connect_timeout, read_timeout, max_attempts)
+        with _SHARED_LOCK:
+            shared = _SHARED.get(self._shared_key)
+            if shared is None:
+                shared = _SharedClient(self._new_boto_client(
+                    access_key_id, secret_access_key, region, config))
+                _SHARED[self._shared_key] = shared
+            shared.users += 1
+        self.region: str = shared.region
+        self.boto_client: Any = shared.client
+        self.endpoint_url: str = str(self.boto_client.meta.endpoint_url)
+        self._closed = False
+
+    def _new_boto_client(self, access_key_id: str | None, secret_access_key: str | None,
+                         region: str | None, config: botocore.config.Config) -> Any:
         try:
             session = boto3.session.Session(aws_access_key_id=access_key_id,
                                             aws_secret_access_key=secret_access_key)
@@ -202,18 +191,28 @@ class S3ReplicaClient(ReplicaClient):
                 region = guess_region(self.endpoint)
             if region is None:
                 region = (session.region_name if self.endpoint is None else None) or DEFAULT_REGION
-            self.region: str = region
-            self.boto_client: Any = session.client(
-                "s3", endpoint_url=self.endpoint, region_name=region, config=config)
+            client = session.client("s3", endpoint_url=self.endpoint, region_name=region,
+                                    config=config)
         except bx.BotoCoreError as exc:
             raise StorageError(f"cannot set up the S3 client for {self.description}: {exc}",
                                ExitCode.CONFIG) from None
-        self.boto_client.meta.events.register("before-sign.s3.DeleteObjects",
-                                              _content_md5_instead_of_crc)
-        self.endpoint_url: str = str(self.boto_client.meta.endpoint_url)
+        client.meta.events.register("before-sign.s3.DeleteObjects", _content_md5_instead_of_crc)
+        return client
 
     def close(self) -> None:
-        """Close the pooled connections (the client must not be used afterwards)."""
+        """Close the pooled connections once the last client sharing them closes (this
+        client must not be used afterwards)."""
+        if self._closed:
+            return
+        self._closed = True
+        with _SHARED_LOCK:
+            shared = _SHARED.get(self._shared_key)
+            if shared is None or shared.client is not self.boto_client:
+                return
+            shared.users -= 1
+            if shared.users > 0:
+                return
+            del _SHARED[self._shared_key]
         self.boto_client.close()
 
     # ---- keys ----------------------------------------------------------------------------
@@ -235,42 +234,11 @@ class S3ReplicaClient(ReplicaClient):
         what = f"s3://{self.bucket}/{key}" if key is not None else f"bucket {self.bucket}"
         if isinstance(exc, bx.ClientError):
             error = exc.response.get("Error", {})
-            code = str(error.get("Code", ""))
-            message = str(error.get("Message", "")).strip()
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-            detail = f"{code}: {message}" if message else (code or f"HTTP {status}")
-            if code == "NoSuchBucket":
-                return NoSuchBucketError(f"bucket {self.bucket} does not exist at {ep}; create "
-                                         f"it or fix replica.bucket")
-            if code in _NOT_FOUND_CODES:
-                return ObjectNotFoundError(f"{what} does not exist at {ep} (deleted by "
-                                           f"retention or compaction?)")
-            if code == "RequestTimeTooSkewed":
-                return TransientStorageError(
-                    f"{ep} refused the request because this machine's clock is off by more "
-                    f"than 15 minutes ({detail}): fix the system time (NTP)")
-            if code in _CREDENTIAL_CODES:
-                return InvalidCredentialsError(
-                    f"credentials rejected by {ep} ({detail}; {self._credentials_hint}): check "
-                    f"LITEFS_ACCESS_KEY_ID/LITEFS_SECRET_ACCESS_KEY (or the replica's "
-                    f"access-key-id/secret-access-key)")
-            if code in _DENIED_CODES or status == 403:
-                return AccessDeniedError(
-                    f"access denied by {ep} while {doing} {what} ({detail}; "
-                    f"{self._credentials_hint}): check LITEFS_ACCESS_KEY_ID/"
-                    f"LITEFS_SECRET_ACCESS_KEY and that this key may list, read, write and "
-                    f"delete in bucket {self.bucket}")
-            if code in _REGION_CODES or status == 301:
-                return StorageError(
-                    f"{ep} refused region {self.region} for bucket {self.bucket} ({detail}): "
-                    f"set replica.region (or ?region= in the URL) to the bucket's region",
-                    ExitCode.CONFIG)
-            if code in _TRANSIENT_CODES or status >= 500 or status == 429:
-                return TransientStorageError(f"{ep} is failing ({detail}) while {doing} "
-                                             f"{what}; will retry")
-            if code == "NotImplemented":
-                return StorageError(f"{ep} does not support {doing} ({detail})")
-            return StorageError(f"{doing} {what} at {ep} failed ({detail})")
+            return error_for_code(str(error.get("Code", "")),
+                                  str(error.get("Message", "")).strip(), status, endpoint=ep,
+                                  bucket=self.bucket, region=self.region, doing=doing,
+                                  what=what, credentials=self._credentials_hint)
         if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
             return InvalidCredentialsError(
                 f"no credentials for {ep}: set LITEFS_ACCESS_KEY_ID and "
@@ -326,39 +294,19 @@ class S3ReplicaClient(ReplicaClient):
 
     def ltx_files(self, level: int, *, with_metadata: bool = False) -> list[LtxFileInfo]:
         infos = self._ltx_listing(level)
-        if with_metadata and infos:
-            with ThreadPoolExecutor(min(HEAD_CONCURRENCY, len(infos))) as pool:
-                completed = list(pool.map(self._metadata_or_none, infos))
-            infos = [i for i in completed if i is not None]  # deleted while listing: gone
-        return infos
+        return completed_metadata(infos, self._metadata_or_none) if with_metadata else infos
 
     def ltx_files_after(self, level: int, txid: int) -> list[LtxFileInfo]:
-        """ListObjectsV2 with StartAfter `<level>/<txid>-ffffffffffffffff.ltx`: names are
-        fixed-width lowercase hex, so every key with min TXID <= `txid` sorts at or before it
-        and the server skips them. A caught-up poll lists no key at all."""
+        """ListObjectsV2 with StartAfter `<level>/<txid>-ffffffffffffffff.ltx` (see
+        s3_common.start_after_key): a caught-up poll lists no key at all."""
         return self._ltx_listing(level, after=txid)
 
     def _ltx_listing(self, level: int, after: int | None = None) -> list[LtxFileInfo]:
         prefix = self.level_prefix(level)
-        start_after = None
-        if after is not None and after >= 0:
-            start_after = prefix + format_filename(min(after, _MAX_TXID), _MAX_TXID)
-        infos = []
-        for page in self._list(prefix, start_after=start_after):
-            for obj in page.get("Contents", []):
-                key = str(obj["Key"])
-                name = key[len(prefix):]
-                if not is_ltx_filename(name):
-                    continue
-                lo, hi = parse_filename(name)
-                if after is not None and lo <= after:
-                    continue  # a provider that ignores StartAfter
-                last_modified: datetime = obj["LastModified"]
-                infos.append(LtxFileInfo(level=level, min_txid=lo, max_txid=hi,
-                                         size=int(obj["Size"]), timestamp=last_modified,
-                                         key=key))
-        infos.sort(key=lambda i: (i.min_txid, i.max_txid))
-        return infos
+        objects = ((str(obj["Key"]), int(obj["Size"]), obj["LastModified"])
+                   for page in self._list(prefix, start_after=start_after_key(prefix, after))
+                   for obj in page.get("Contents", []))
+        return ltx_infos(level, prefix, objects, after)
 
     def _metadata_or_none(self, info: LtxFileInfo) -> LtxFileInfo | None:
         try:
@@ -407,11 +355,26 @@ class S3ReplicaClient(ReplicaClient):
         key = self.ltx_key(info.level, info.min_txid, info.max_txid)
         return self._stream(key)
 
-    def _stream(self, key: str) -> Iterator[bytes]:
+    def open_ltx_with_metadata(self, info: LtxFileInfo) -> tuple[LtxFileInfo, Iterator[bytes]]:
+        """One GetObject: its answer carries the metadata a HEAD would."""
+        key = self.ltx_key(info.level, info.min_txid, info.max_txid)
+        resp = self._get(key)
+        metadata = {str(k): str(v) for k, v in resp.get("Metadata", {}).items()}
+        base = LtxFileInfo(level=info.level, min_txid=info.min_txid, max_txid=info.max_txid,
+                           size=int(resp.get("ContentLength", info.size)),
+                           timestamp=resp.get("LastModified", info.timestamp), key=key)
+        return info_with_metadata(base, metadata), self._body(key, resp)
+
+    def _get(self, key: str) -> Any:
         try:
-            resp = self.boto_client.get_object(Bucket=self.bucket, Key=key)
+            return self.boto_client.get_object(Bucket=self.bucket, Key=key)
         except _BOTO_ERRORS as exc:
             raise self._error(exc, "reading", key) from None
+
+    def _stream(self, key: str) -> Iterator[bytes]:
+        yield from self._body(key, self._get(key))
+
+    def _body(self, key: str, resp: Any) -> Iterator[bytes]:
         with contextlib.closing(resp["Body"]) as body:
             chunks = body.iter_chunks(CHUNK_SIZE)
             while True:
@@ -474,7 +437,7 @@ class S3ReplicaClient(ReplicaClient):
         try:
             self.boto_client.delete_object(Bucket=self.bucket, Key=key)
         except bx.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND_CODES:
+            if exc.response.get("Error", {}).get("Code") in NOT_FOUND_CODES:
                 return
             raise self._error(exc, "deleting", key) from None
         except _BOTO_ERRORS as exc:
@@ -538,8 +501,8 @@ class S3ReplicaClient(ReplicaClient):
             code = str(error.get("Code", ""))
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
             # If-Match on a key that is gone: 404 NoSuchKey, the condition failed all the same.
-            gone = if_match is not None and (code in _NOT_FOUND_CODES or status == 404)
-            if code in _CONDITION_CODES or status in (409, 412) or gone:
+            gone = if_match is not None and (code in NOT_FOUND_CODES or status == 404)
+            if code in CONDITION_CODES or status in (409, 412) or gone:
                 condition = "If-None-Match: *" if if_none_match else f"If-Match: {if_match}"
                 raise PreconditionFailedError(
                     f"s3://{self.bucket}/{full} was written by someone else ({condition} "
@@ -601,7 +564,6 @@ class S3ReplicaClient(ReplicaClient):
             return None
 
 
-_MAX_TXID = (1 << 64) - 1
 _BOTO_ERRORS = (bx.BotoCoreError, bx.ClientError, urllib3.exceptions.HTTPError, OSError)
 
 

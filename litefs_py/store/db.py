@@ -67,7 +67,7 @@ class DB:
         self.name = name
         self.paths = DBPaths(root)
         root.mkdir(parents=True, exist_ok=True)
-        self.ltx = LtxLog(self.paths.ltx_dir)
+        self.ltx = LtxLog(self.paths.ltx_dir, quarantine=self.paths.quarantine)
         self._file = {kind: self.paths.file(kind) for kind in FileKind if kind.backed}
         self._fds: dict[FileKind, int] = {}
         self._handles = dict.fromkeys(FileKind, 0)  # open FUSE handles per kind

@@ -4,10 +4,13 @@
     DATA/status.json               what `litefs status` prints (written by the mount)
     DATA/dbs/<name>/database       the database as SQLite sees it
     DATA/dbs/<name>/{journal,wal,shm}
-    DATA/dbs/<name>/ltx/           the local LTX log (LtxLog)
+    DATA/dbs/<name>/ltx/           the local LTX log (LtxLog): segments seg-<n>.ltxs (and, in
+                                   data directories from before segments, <min>-<max>.ltx)
     DATA/dbs/<name>/checksums      per-page checksums saved on a clean shutdown
     DATA/dbs/<name>/epochs         where each primary term's records begin (EpochHistory)
-    DATA/dbs/<name>/quarantine/    records of an old primary the new history does not have
+    DATA/dbs/<name>/quarantine/    what recovery would have deleted, and an old primary's
+                                   records the new history does not have (quarantine.py)
+    DATA/dbs/<name>/litefs-import/ LiteFS's LTX files while they are imported (litefs_import.py)
     DATA/restore-tmp/<name>/       a restore being built, before Store.install_restored
 
 Pure path arithmetic: nothing here touches the filesystem.
@@ -44,6 +47,16 @@ class DBPaths:
         return self.root / "ltx"
 
     @property
+    def quarantine(self) -> Path:
+        """Files recovery judged torn, stale or superseded (see quarantine.py)."""
+        return self.root / "quarantine"
+
+    @property
+    def import_staging(self) -> Path:
+        """LiteFS's original LTX files, gathered while they are converted (litefs_import.py)."""
+        return self.root / "litefs-import"
+
+    @property
     def page_table(self) -> Path:
         """Per-page checksums saved on clean shutdown (see PageTable.save)."""
         return self.root / "checksums"
@@ -51,10 +64,6 @@ class DBPaths:
     @property
     def epochs(self) -> Path:
         return self.root / "epochs"
-
-    @property
-    def quarantine(self) -> Path:
-        return self.root / "quarantine"
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,12 @@
    truncated away).
 3. The database checksum is checked against the last LTX file. On a clean restart the saved
    page checksums are trusted and nothing is rescanned.
+
+Nothing recovery judges torn or stale is deleted: the torn newest record, a record whose
+commit never reached the WAL and the hot journal (stale, or rolled back) go to the database's
+quarantine (quarantine.py), and the log line names where. What SQLite itself discards as part
+of a committed operation is not kept: the pages a committed shrink cut off (finishing the
+truncate), and the files of a database whose deletion the log records.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ExitCode, QuietError
-from ..ltx import FLAG_V3_NO_CHECKSUM, Decoder, LTXError
+from ..ltx import FLAG_V3_NO_CHECKSUM
 from ..sqlite import (
     WALReader,
     database_size_in_pages,
@@ -31,6 +37,7 @@ from ..sqlite.wal import WALTransaction
 from ..types import NO_WAL, FileKind, Pos, WalRange
 from .db import DB
 from .page_table import PageTable
+from .quarantine import Quarantine
 
 log = logging.getLogger("litefs.store")
 
@@ -42,10 +49,14 @@ class DatabaseDivergedError(QuietError):
         super().__init__(message, ExitCode.FAILED)
 
 
-def recover(db: DB, *, accept_current: bool = False) -> None:
+def recover(db: DB, *, accept_current: bool = False,
+            quarantine: Quarantine | None = None) -> None:
     """Recover `db`; with `accept_current`, a database that no longer matches its LTX log is
-    recorded as it is now, as one more transaction holding every page (`litefs recover`)."""
+    recorded as it is now, as one more transaction holding every page (`litefs recover`).
+    What it sets aside goes to `quarantine` (default: the database's, with the default
+    limit)."""
     paths = db.paths
+    q = quarantine if quarantine is not None else Quarantine(paths.root)
     saved = PageTable.load(paths.page_table)
     if saved is not None and saved.fingerprint != db.fingerprint():
         log.warning("%s: the database or WAL file changed while litefs was not running; "
@@ -54,7 +65,8 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
     # The saved table is good for exactly one start; a crash after this must not trust it.
     paths.page_table.unlink(missing_ok=True)
 
-    _drop_torn_newest(db)
+    # A record torn by a crash (its request never returned) was cut off when the log was
+    # opened (LtxLog, kept in the quarantine directory).
     unknown_checksum = False
     last = db.ltx.last()
     pos = Pos(0, db.checksum)
@@ -80,7 +92,7 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
         return
 
     fd = db.fd(FileKind.DATABASE)
-    journal_action = _hot_journal(db, fd, pos if last is not None else None)
+    journal_action = _hot_journal(db, fd, pos if last is not None else None, q)
     first_page = os.pread(fd, 100, 0)
     ps = page_size_or_zero(first_page)
     file_pages = database_size_in_pages(first_page, os.fstat(fd).st_size, ps) if ps else 0
@@ -99,11 +111,9 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
             if not any(t.end_offset == captured_end for t in txns):
                 # The last record was written for a commit frame that never reached the WAL:
                 # the process died in between, so that commit was never acknowledged.
-                log.warning("%s: removing %s: its transaction's commit frame never reached "
-                            "the WAL (crash before the commit completed)", db.name,
-                            db.ltx.describe(last.range))
-                db.ltx.delete(last.range)
-                recover(db, accept_current=accept_current)
+                db.ltx.quarantine(last.range, f"{db.name}: its transaction's commit frame "
+                                  "never reached the WAL (crash before the commit completed)")
+                recover(db, accept_current=accept_current, quarantine=q)
                 return
         for t in txns:
             (captured if t.end_offset <= captured_end else new).append(t)
@@ -191,21 +201,6 @@ def recover(db: DB, *, accept_current: bool = False) -> None:
     db.ltx.sync()
 
 
-def _drop_torn_newest(db: DB) -> None:
-    """A crash while an LTX record was being written leaves it incomplete; its transaction
-    was not acknowledged (the request that would have completed it never returned)."""
-    last = db.ltx.last_range()
-    if last is None:
-        return
-    try:
-        with db.ltx.open(last) as f:
-            Decoder(f, name=db.ltx.describe(last)).verify()
-    except LTXError as exc:
-        log.warning("%s: removing %s, torn by a crash before its transaction completed (%s)",
-                    db.name, db.ltx.describe(last), exc.message)
-        db.ltx.delete(last)
-
-
 def _finish_interrupted_truncate(db: DB, fd: int, header: bytes, ps: int) -> None:
     """Cut a rollback-mode database file down to its committed size.
 
@@ -263,18 +258,20 @@ def _read_wal(path: Path) -> tuple[WALReader, list[WALTransaction]] | None:
     return reader, txns
 
 
-def roll_back_hot_journal(db: DB) -> bool:
+def roll_back_hot_journal(db: DB, quarantine: Quarantine | None = None) -> bool:
     """Roll back a hot journal of a transaction that never committed (a primary turning
     into a replica in place), as recovery does at start; True if the database changed."""
     last = db.ltx.last()
     logged = None if last is None else Pos(last.header.max_txid,
                                            last.trailer.post_apply_checksum)
-    return _hot_journal(db, db.fd(FileKind.DATABASE), logged)
+    q = quarantine if quarantine is not None else Quarantine(db.paths.root)
+    return _hot_journal(db, db.fd(FileKind.DATABASE), logged, q)
 
 
-def _hot_journal(db: DB, fd: int, logged: Pos | None) -> bool:
+def _hot_journal(db: DB, fd: int, logged: Pos | None, q: Quarantine) -> bool:
     """Deal with a hot journal; True if the database file was changed. `logged` is the
-    position of the last LTX record, if any."""
+    position of the last LTX record, if any. The journal is kept in the quarantine either
+    way (a hard link: it costs nothing)."""
     header = os.pread(fd, 100, 0)
     ps = page_size_or_zero(header)
     path = db.path(FileKind.JOURNAL)
@@ -288,8 +285,9 @@ def _hot_journal(db: DB, fd: int, logged: Pos | None) -> bool:
     if logged is not None and ps:
         now = PageTable.scan(fd, ps, database_size_in_pages(header, os.fstat(fd).st_size, ps))
         if now.checksum == logged.checksum:
-            log.info("%s: the last transaction was recorded before the crash; removing its "
-                     "journal instead of rolling back", db.name)
+            q.keep(path, "stale-journal", link=True,
+                   why="the last transaction was recorded before the crash; removing its "
+                       "journal instead of rolling back")
             db.discard_journal()
             return False
     try:
@@ -301,6 +299,9 @@ def _hot_journal(db: DB, fd: int, logged: Pos | None) -> bool:
         os.pwrite(fd, page, (pgno - 1) * rb.page_size)
     os.ftruncate(fd, rb.page_count * rb.page_size)
     os.fsync(fd)
+    q.keep(path, "rolled-back-journal", link=True,
+           why="the hot journal of a transaction that was never recorded, rolled back as "
+               "SQLite would")
     db.discard_journal()
     log.info("%s: rolled back a hot journal (%d pages)", db.name, len(rb.pages))
     return True

@@ -49,6 +49,7 @@ class WalCapture:
         commit, undo = tracker.process(offset, data, self._read_frame_header)
         if commit is None:
             return os.pwrite(fd, data, offset)
+        assert undo is not None
         try:
             written = self.commit(commit, offset, data)
         except BaseException:

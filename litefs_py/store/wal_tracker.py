@@ -18,9 +18,16 @@ pyfuse3 cannot see SQLite's locks, so commits are recognised from the file opera
 - After a checkpoint the next writer rewrites the WAL header (new salts) and writes frames from
   offset 32 again; truncating the WAL below its header also starts afresh.
 
-Frames whose salts differ from the WAL header's are ignored. `process()` updates the state and
-returns an `Undo` so that a caller that fails to record the commit (LTX write failed) can refuse
-the write and put the tracker back exactly as it was.
+Frames whose salts differ from the WAL header's are ignored. `process()` updates the state and,
+with a commit, returns an `Undo` so that a caller that fails to record the commit (the LTX
+append failed) can refuse the write and put the tracker back exactly as it was.
+
+Almost every write is SQLite appending the next frame in order: its header right after the
+last pending frame (or the last commit), then its page (which the kernel may split in two).
+`process()` handles exactly those writes with a few comparisons and no allocation beyond the
+new frame (and, at a commit, the commit itself); anything else — a header at another place,
+a write spanning several frames, a rewrite of the current transaction, a new WAL header —
+takes the general path, which handles every case.
 """
 
 from __future__ import annotations
@@ -108,12 +115,60 @@ class WalTracker:
         self.committed_frames = committed_frames
 
     def process(self, offset: int, data: bytes | memoryview,
-                read_header: ReadHeader) -> tuple[WalCommit | None, Undo]:
-        """Account for a write of `data` at `offset`; return the commit it completes, if any.
+                read_header: ReadHeader) -> tuple[WalCommit | None, Undo | None]:
+        """Account for a write of `data` at `offset`; return the commit it completes, if any,
+        with the undo that takes it back (None without a commit).
 
         `read_header(i)` returns the stored 24 header bytes of frame i; it is used only when a
         write ends inside a frame header without covering all of it.
         """
+        salts = self.salts
+        if salts is not None and offset >= WAL_HEADER_SIZE and self._deferred_commit is None:
+            fs = FRAME_HEADER_SIZE + self.page_size
+            i, within = divmod(offset - WAL_HEADER_SIZE, fs)
+            last = self._last
+            n = len(data)
+            if within == 0 and n == FRAME_HEADER_SIZE:
+                # The header of the next frame, in order.
+                if i == (last + 1 if last >= 0 else self.committed_frames):
+                    pgno, cmt, s1, s2 = _FRAME_HEADER.unpack_from(data)
+                    if pgno and s1 == salts[0] and s2 == salts[1]:
+                        self._pending[i] = _Frame(pgno, cmt)
+                        self._last = i
+                        return None, None
+            elif i == last and within >= FRAME_HEADER_SIZE and within + n <= fs:
+                # (Part of) the page of the newest pending frame.
+                if within + n < fs:
+                    return None, None  # its end is still to come
+                frame = self._pending[i]
+                if not frame.unsalted:
+                    if not frame.commit:
+                        frame.page_written = True
+                        return None, None
+                    return self._commit_in_order(i, frame)
+        return self._process(offset, data, read_header)
+
+    def _commit_in_order(self, i: int, frame: _Frame) -> tuple[WalCommit, Undo]:
+        """The page of commit frame `i`, the newest pending frame, was written."""
+        pending = self._pending
+        undo = Undo(self.page_size, self.salts, self.committed_frames, None, pending,
+                    {i: _Frame(frame.pgno, frame.commit, frame.page_written, False)})
+        frame.page_written = True
+        if len(pending) == 1:
+            frames = {frame.pgno: i}
+        else:
+            frames = {}
+            for k in sorted(pending):  # all <= i: i is the newest
+                frames[pending[k].pgno] = k
+        commit = WalCommit(self.committed_frames, i, frame.commit, frames)
+        self.committed_frames = i + 1
+        self._pending = {}
+        self._last = -1
+        return commit, undo
+
+    def _process(self, offset: int, data: bytes | memoryview,
+                 read_header: ReadHeader) -> tuple[WalCommit | None, Undo | None]:
+        """`process` for any write (the general path)."""
         undo = Undo(self.page_size, self.salts, self.committed_frames,
                     self._deferred_commit, self._pending)
         end = offset + len(data)
@@ -126,7 +181,7 @@ class WalTracker:
                 self.page_size = page_size
                 self.salts = (s1, s2)
         if end <= WAL_HEADER_SIZE or self.salts is None:
-            return None, undo
+            return None, None
         fs = self.frame_size
         commit: WalCommit | None = None
         first = (max(offset, WAL_HEADER_SIZE) - WAL_HEADER_SIZE) // fs
@@ -145,7 +200,8 @@ class WalTracker:
             self._pending = {k: v for k, v in self._pending.items() if k > commit.commit_frame}
             self._last = max(self._pending, default=-1)
             self._deferred_commit = None
-        return commit, undo
+            return commit, undo
+        return None, None
 
     def _touch(self, i: int, undo: Undo) -> None:
         if i not in undo.touched:

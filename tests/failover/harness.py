@@ -3,6 +3,7 @@ the failover tests share: configs, waiting for a primary, the writer's log, the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -251,10 +252,8 @@ class Writer:
             return []
         out = []
         for line in lines:
-            try:
+            with contextlib.suppress(ValueError):  # a line being written
                 out.append(json.loads(line))
-            except ValueError:
-                pass  # a line being written
         return out
 
     def acked(self) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ OUT + ".stop" appears.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -81,10 +82,8 @@ def main() -> None:
                    "error": str(exc)}
             stale = conns.pop(node, None)
             if stale is not None:
-                try:
+                with contextlib.suppress(sqlite3.Error):
                     stale.close()
-                except sqlite3.Error:
-                    pass
         out.write(json.dumps(rec) + "\n")
     out.close()
 

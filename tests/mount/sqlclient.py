@@ -7,7 +7,7 @@ does what the JSON spec on stdin says, printing a JSON report on stdout:
   `[sql, params]`), executed in autocommit mode (`isolation_level=None`, so BEGIN/COMMIT,
   SAVEPOINT and ROLLBACK TO are explicit). After each step the report records the rows of its
   last statement, the error if one was expected (`expect_error`: a substring), the number of
-  LTX files in `ltx_dir` and the TXID in `<db>-pos` (read through the mount); `allow_error`
+  LTX records in `ltx_dir` and the TXID in `<db>-pos` (read through the mount); `allow_error`
   tolerates an error without requiring one. A step with
   `"kill": true` SIGKILLs the client right after it ran (a crashed writer).
 - kind "writer": run `txns` (lists of statements) each as `BEGIN IMMEDIATE ... COMMIT`, or
@@ -38,7 +38,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from litefs_py.store.ltx_log import LoggedRecord
 
 CLIENT = Path(__file__).resolve()
 
@@ -81,8 +84,10 @@ def _execute(con: sqlite3.Connection, stmt: Any) -> list[Any]:
 def _position(spec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if spec.get("ltx_dir"):
+        from litefs_py.store.ltx_log import read_log
+
         try:
-            out["ltx"] = sum(1 for n in os.listdir(spec["ltx_dir"]) if n.endswith(".ltx"))
+            out["ltx"] = len(read_log(Path(spec["ltx_dir"])))
         except FileNotFoundError:
             out["ltx"] = 0
     if spec.get("pos"):
@@ -254,28 +259,31 @@ def ltx_dir(m: Any, name: str) -> Path:
     return Path(m.data_dir) / "dbs" / name / "ltx"
 
 
-def ltx_files(m: Any, name: str) -> list[Path]:
-    from litefs_py.ltx import is_ltx_filename, parse_filename
+def ltx_files(m: Any, name: str) -> list[LoggedRecord]:
+    """The records of database `name`'s local log, in TXID order (read without changing the
+    log; each has the `.name` it would have as a file of its own)."""
+    from litefs_py.store.ltx_log import read_log
 
     d = ltx_dir(m, name)
     if not d.exists():
         return []
-    files = [p for p in d.iterdir() if is_ltx_filename(p.name)]
-    return sorted(files, key=lambda p: parse_filename(p.name))
+    return read_log(d)
 
 
 @dataclass
 class Replay:
     path: Path
-    files: list[Path]
+    files: list[LoggedRecord]
     txid: int
     checksum: int
     page_size: int
     commit: int
 
 
-def replay_chain(files: list[Path], out: Path, *, check_each: bool = True) -> Replay:
-    """Apply every LTX file in order to an empty file; check the chain as it goes."""
+def replay_chain(files: list[LoggedRecord], out: Path, *, check_each: bool = True) -> Replay:
+    """Apply every LTX record in order to an empty file; check the chain as it goes."""
+    import io
+
     from litefs_py.ltx import EMPTY_DATABASE_CHECKSUM, Decoder, apply_pages, database_checksum
 
     assert files, "no LTX files"
@@ -284,8 +292,8 @@ def replay_chain(files: list[Path], out: Path, *, check_each: bool = True) -> Re
     page_size = commit = 0
     with open(out, "w+b") as db:
         for path in files:
-            with open(path, "rb") as f:
-                dec = Decoder(f, name=str(path))
+            with io.BytesIO(path.read()) as f:
+                dec = Decoder(f, name=path.name)
                 h = dec.header
                 assert h.min_txid == txid + 1, f"gap before {path.name} (at TXID {txid})"
                 if h.min_txid == 1:
@@ -313,8 +321,10 @@ def replay_chain(files: list[Path], out: Path, *, check_each: bool = True) -> Re
     return Replay(out, files, txid, checksum, page_size, commit)
 
 
-def ltx_verify_cli(files: list[Path]) -> None:
-    """`litefs ltx verify` on every file (in batches to keep argv short)."""
+def ltx_verify_cli(records: list[LoggedRecord]) -> None:
+    """`litefs ltx verify` on every segment (or file) holding the records (in batches to keep
+    argv short)."""
+    files = list(dict.fromkeys(r.path for r in records))
     for i in range(0, len(files), 500):
         batch = [str(p) for p in files[i:i + 500]]
         r = subprocess.run([sys.executable, "-m", "litefs_py", "ltx", "verify", "-q", *batch],

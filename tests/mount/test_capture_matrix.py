@@ -311,7 +311,7 @@ def test_delete_and_recreate(litefs: LitefsMount, tmp_path: Path, mode: str) -> 
     assert not os.path.exists(litefs.db(name) + "-pos")
     files = ltx_files(litefs, name)
     assert len(files) == before + 1
-    with open(files[-1], "rb") as f:
+    with files[-1].open() as f:
         dec = Decoder(f)
         assert dec.header.commit == 0
         assert (dec.header.min_txid, dec.header.max_txid) == (txid + 1, txid + 1)
@@ -359,7 +359,7 @@ def test_shrinking_commit_records_the_new_size(litefs_factory: type[LitefsMount]
     report = run_client(steps_spec(m, name, steps, setup=setup))
     _check_deltas(report, steps, 0)
     pages = _rows(report, "pages")[0][0]
-    with open(ltx_files(m, name)[-1], "rb") as f:
+    with ltx_files(m, name)[-1].open() as f:
         last_commit = Decoder(f).header.commit
     try:
         assert last_commit == pages, f"last LTX says {last_commit} pages, SQLite says {pages}"
@@ -471,7 +471,7 @@ def test_cross_lock_page(litefs: LitefsMount, tmp_path: Path) -> None:
         f.seek((pages - 1) * ps)
         assert f.read(ps) != bytes(ps)  # past the lock page: real content
     for path in replay.files:
-        with open(path, "rb") as f:
+        with path.open() as f:
             assert all(pgno != lock for pgno, _ in Decoder(f).pages()), path.name
     check = run_client({"kind": "steps", "db": f"file:{replay.path}?immutable=1", "uri": True,
                         "steps": [sql("PRAGMA integrity_check")]})

@@ -37,9 +37,9 @@ import pytest
 from litefs_py.ltx import (
     EMPTY_DATABASE_CHECKSUM,
     Decoder,
-    is_ltx_filename,
     parse_filename,
 )
+from litefs_py.store.ltx_log import LoggedRecord, read_log
 from tests.mount.harness import LitefsMount
 from tests.needs import cpython_suite_hint, missing
 
@@ -98,21 +98,20 @@ def bad(doc: dict[str, Any]) -> set[str]:
     return set(doc["failures"]) | set(doc["errors"])
 
 
-def ltx_files(db_dir: Path) -> list[Path]:
+def ltx_files(db_dir: Path) -> list[LoggedRecord]:
     ltx_dir = db_dir / "ltx"
     if not ltx_dir.is_dir():
         return []
-    files = [p for p in ltx_dir.iterdir() if is_ltx_filename(p.name)]
-    return sorted(files, key=lambda p: parse_filename(p.name))
+    return read_log(ltx_dir)
 
 
-def check_chain(files: list[Path]) -> None:
+def check_chain(files: list[LoggedRecord]) -> None:
     """TXIDs 1..N without gaps; each file's pre-apply checksum is the previous post-apply one."""
     prev_max, prev_checksum = 0, None
     for p in files:
         lo, hi = parse_filename(p.name)
         assert lo == prev_max + 1, f"{p}: TXID gap after {prev_max}"
-        with p.open("rb") as f:
+        with p.open() as f:
             dec = Decoder(f, name=str(p))
             trailer = dec.verify()
         h = dec.header
@@ -178,20 +177,21 @@ def test_cpython_sqlite3_suite_on_mount(litefs: LitefsMount, tmp_path: Path) -> 
     if mounted["testfn_undecodable"] is not None:
         created.add(os.fsencode(mounted["testfn_undecodable"]))
     assert created <= set(db_dirs), sorted(db_dirs)
-    all_files: list[Path] = []
+    all_files: list[LoggedRecord] = []
     for name, db_dir in db_dirs.items():
         files = ltx_files(db_dir)
         assert files or name not in created, f"{name!r}: no LTX files"
         check_chain(files)
         if name in created:
             # The suite unlinked it at the end: the last LTX file records the deletion.
-            with files[-1].open("rb") as f:
+            with files[-1].open() as f:
                 dec = Decoder(f, name=str(files[-1]))
                 trailer = dec.verify()
             assert dec.header.commit == 0
             assert trailer.post_apply_checksum == EMPTY_DATABASE_CHECKSUM
         all_files += files
-    verify = subprocess.run([str(LITEFS), "ltx", "verify", "-q", *map(str, all_files)],
+    segments = dict.fromkeys(str(r.path) for r in all_files)
+    verify = subprocess.run([str(LITEFS), "ltx", "verify", "-q", *segments],
                             capture_output=True, text=True, errors="replace", timeout=60,
                             check=False)
     assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import random
 import sqlite3
@@ -48,10 +49,10 @@ from litefs_py.ltx import (
     apply_pages,
     database_checksum,
     is_ltx_filename,
-    parse_filename,
 )
 from litefs_py.sqlite import WALReader
 from litefs_py.sqlite.errors import SQLiteFormatError
+from litefs_py.store.ltx_log import LoggedRecord, is_segment_name, read_log
 from tests.mount.harness import LitefsMount, is_mounted
 
 CLIENT = Path(__file__).with_name("crash_client.py")
@@ -200,7 +201,8 @@ class Replayer:
 
     def reset(self) -> None:
         self.out.write_bytes(b"")
-        self.applied: list[tuple[str, int, int]] = []  # name, size, mtime_ns
+        # name, where (segment, offset, length), digest of the bytes
+        self.applied: list[tuple[str, tuple[str, int, int], str]] = []
         self.txid = 0
         self.checksum = EMPTY_DATABASE_CHECKSUM
         self.page_size = 0
@@ -208,21 +210,23 @@ class Replayer:
     def replay(self, full: bool) -> None:
         if full:
             self.reset()
-        names = sorted(n for n in os.listdir(self.ltx_dir) if is_ltx_filename(n))
+        records = read_log(self.ltx_dir)
         done = len(self.applied)
-        for (name, size, mtime), now in zip(self.applied, names, strict=False):
-            st = os.stat(self.ltx_dir / now)
-            assert (now, st.st_size, st.st_mtime_ns) == (name, size, mtime), \
-                f"LTX file {name} changed or vanished after it was replayed"
-        assert len(names) >= done, "LTX files vanished"
+        for (name, where, digest), now in zip(self.applied, records, strict=False):
+            data = now.read()
+            assert (now.name, (now.path.name, now.offset, now.length),
+                    hashlib.blake2b(data).hexdigest()) == (name, where, digest), \
+                f"LTX record {name} changed or vanished after it was replayed"
+        assert len(records) >= done, "LTX records vanished"
         with open(self.out, "r+b") as out:
-            for name in names[done:]:
-                path = self.ltx_dir / name
-                lo, hi = parse_filename(name)
+            for rec in records[done:]:
+                name = rec.name
+                lo, hi = rec.range
                 assert lo == self.txid + 1, \
                     f"LTX chain broken: {name} follows TXID {self.txid:016x}"
-                with open(path, "rb") as f:
-                    dec = Decoder(f, name=str(path))
+                data = rec.read()
+                with io.BytesIO(data) as f:
+                    dec = Decoder(f, name=f"{rec.path}@{rec.offset}")
                     h = dec.header
                     assert (h.min_txid, h.max_txid) == (lo, hi), f"{name}: header TXIDs differ"
                     if lo > 1:
@@ -230,8 +234,8 @@ class Replayer:
                             f"{name}: pre-apply checksum {h.pre_apply_checksum:016x} != "
                             f"post-apply {self.checksum:016x} of TXID {self.txid:016x}")
                     trailer = apply_pages(out, dec)
-                st = os.stat(path)
-                self.applied.append((name, st.st_size, st.st_mtime_ns))
+                self.applied.append((name, (rec.path.name, rec.offset, rec.length),
+                                     hashlib.blake2b(data).hexdigest()))
                 self.txid, self.checksum, self.page_size = hi, trailer.post_apply_checksum, \
                     h.page_size
             out.seek(0)
@@ -239,7 +243,7 @@ class Replayer:
                 EMPTY_DATABASE_CHECKSUM
         assert actual == self.checksum, (
             f"replayed database checksum {actual:016x} != post-apply checksum "
-            f"{self.checksum:016x} of the last LTX file (TXID {self.txid:016x})")
+            f"{self.checksum:016x} of the last LTX record (TXID {self.txid:016x})")
 
 
 def live_image(root: Path) -> bytes:
@@ -350,7 +354,8 @@ def verify(m: LitefsMount, hist: History, *, absent: frozenset[int] = frozenset(
         assert not (root / "ltx").exists() or not any((root / "ltx").iterdir())
         return
 
-    junk = [p.name for p in (root / "ltx").iterdir() if not is_ltx_filename(p.name)]
+    junk = [p.name for p in (root / "ltx").iterdir()
+            if not is_ltx_filename(p.name) and not is_segment_name(p.name)]
     assert not junk, f"left-over files in the LTX directory after recovery: {junk}"
 
     # The LTX chain, replayed, is the position the mount shows and the live database.
@@ -431,13 +436,13 @@ KNOWN_BUGS = {
 }
 
 
-def replay_files(ltx_dir: Path, names: list[str], out: Path) -> tuple[bytes, int]:
-    """Apply `names` in order to an empty file, without chain checks; (bytes, page size)."""
+def replay_files(records: list[LoggedRecord], out: Path) -> tuple[bytes, int]:
+    """Apply `records` in order to an empty file, without chain checks; (bytes, page size)."""
     ps = 0
     with open(out, "w+b") as f:
-        for name in names:
-            with open(ltx_dir / name, "rb") as src:
-                dec = Decoder(src, name=name)
+        for rec in records:
+            with rec.open() as src:
+                dec = Decoder(src, name=rec.name)
                 apply_pages(f, dec)
                 ps = dec.header.page_size
     return out.read_bytes(), ps
@@ -465,14 +470,13 @@ def _pages(db: bytes, ps: int) -> list[bytes]:
 def diagnose_refusal(root: Path, scratch: Path) -> list[str] | None:
     """Which known bugs explain why litefs refused the database in `root`, or None if the
     data directory does not match their signatures exactly."""
-    ltx_dir = root / "ltx"
-    names = sorted(n for n in os.listdir(ltx_dir) if is_ltx_filename(n))
+    names = read_log(root / "ltx")
     if not names:
         return None
     image = live_image(root)
-    replayed, ps = replay_files(ltx_dir, names, scratch)
-    with open(ltx_dir / names[-1], "rb") as f:
-        last = Decoder(f, name=names[-1]).header
+    replayed, ps = replay_files(names, scratch)
+    with names[-1].open() as f:
+        last = Decoder(f, name=names[-1].name).header
     if image == replayed:
         # Nothing diverged. recover-wal: the last LTX file carries no WAL position (written by
         # `litefs recover`) while the WAL holds committed transactions.
@@ -507,7 +511,7 @@ def diagnose_refusal(root: Path, scratch: Path) -> list[str] | None:
         except (FileNotFoundError, SQLiteFormatError):
             pass
         if h.wal_size and h.wal_offset + h.wal_size not in ends:
-            before, _ = replay_files(ltx_dir, names[:-1], scratch)
+            before, _ = replay_files(names[:-1], scratch)
             if before == image:
                 found = ["wal-ltx-ahead"]
                 replayed = image
@@ -768,8 +772,8 @@ def test_kill_after_ltx_before_commit_write(mode: str, litefs_factory: type[Lite
         finally:
             crash(m, client)
         assert m.proc.returncode == -9, m.log()
-        ltx = [n for n in os.listdir(backing(m, "ltx")) if is_ltx_filename(n)]
-        assert len(ltx) == 25, f"killed after {len(ltx)} LTX files, not 25"
+        ltx = read_log(backing(m, "ltx"))
+        assert len(ltx) == 25, f"killed after {len(ltx)} LTX records, not 25"
         restart(m)
         verify(m, hist)
         if mode != "WAL":

@@ -6,6 +6,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from litefs_py.store.ltx_log import read_log
+
 
 def test_local_log_is_trimmed_without_a_replica(tmp_path: Path, litefs_factory) -> None:
     config = tmp_path / "litefs.yml"
@@ -19,17 +21,19 @@ def test_local_log_is_trimmed_without_a_replica(tmp_path: Path, litefs_factory) 
         con.execute("INSERT INTO t VALUES (?)", (i,))
         con.commit()
     ltx = tmp_path / "data" / "dbs" / "r.db" / "ltx"
-    assert len(list(ltx.iterdir())) == 6
+    assert [r.range for r in read_log(ltx)] == [(t, t) for t in range(1, 7)]
+    time.sleep(1.5)  # records 1-6 are older than the retention; their segment is the newest
+    assert len(read_log(ltx)) == 6
+    con.execute("INSERT INTO t VALUES (99)")  # starts a new segment (one per retention)
+    con.commit()
+    con.close()
+    assert m.pos("r.db")[0] == 7
     deadline = time.monotonic() + 15
     while len(list(ltx.iterdir())) > 1:
         assert time.monotonic() < deadline, sorted(p.name for p in ltx.iterdir())
         time.sleep(0.2)
-    assert [p.name for p in ltx.iterdir()] == ["0000000000000006-0000000000000006.ltx"]
-    con.execute("INSERT INTO t VALUES (99)")
-    con.commit()
-    con.close()
-    assert m.pos("r.db")[0] == 7
+    assert [r.range for r in read_log(ltx)] == [(7, 7)]
     m.stop()
-    m.start()  # recovery works from the newest file alone
+    m.start()  # recovery works from the newest record alone
     assert m.pos("r.db")[0] == 7
     assert sqlite3.connect(m.db("r.db")).execute("SELECT count(*) FROM t").fetchone() == (6,)

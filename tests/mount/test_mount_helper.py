@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from litefs_py.store.ltx_log import read_log
 from tests.mount.harness import force_unmount, is_mounted
 from tests.s3_server import free_port
 
@@ -84,7 +85,7 @@ def test_fstab_options_reach_litefs(tmp_path: Path) -> None:
         con.execute("CREATE TABLE t(x)")
         con.commit()
         con.close()  # an open file keeps the mount busy
-        assert list((data / "dbs" / "app.db" / "ltx").glob("*.ltx"))
+        assert read_log(data / "dbs" / "app.db" / "ltx")
         assert not (tmp_path / "data-from-file").exists()
         assert f"mounted {mnt}" in log.read_text()
         unmount_and_wait(mnt)

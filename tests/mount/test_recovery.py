@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from litefs_py.ltx import Decoder, apply_pages, database_checksum
+from litefs_py.ltx.segment import encode_frame
+from litefs_py.store.ltx_log import read_log
 from tests.mount.harness import LitefsMount
 
 
@@ -21,10 +23,11 @@ def litefs_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def replay(ltx_dir: Path, out: Path) -> tuple[int, int]:
-    """Apply every LTX file in order; return (last post-apply checksum, checksum of result)."""
+    """Apply every LTX record in order; return (last post-apply checksum, checksum of
+    result)."""
     with out.open("w+b") as f:
-        for p in sorted(ltx_dir.iterdir()):
-            with p.open("rb") as src:
+        for p in read_log(ltx_dir):
+            with p.open() as src:
                 dec = Decoder(src, name=str(p))
                 trailer = apply_pages(f, dec)
                 page_size = dec.header.page_size
@@ -84,7 +87,7 @@ def test_recover_on_a_matching_database_changes_nothing(tmp_path: Path, litefs_f
     done = litefs_cli("recover", "--data-dir", str(tmp_path / "data"), "y.db")
     assert done.returncode == 0, done.stderr
     assert "nothing to do" in done.stdout
-    assert len(list((tmp_path / "data" / "dbs" / "y.db" / "ltx").iterdir())) == 2
+    assert len(read_log(tmp_path / "data" / "dbs" / "y.db" / "ltx")) == 2
 
 
 def test_data_directory_cannot_be_used_twice(tmp_path: Path, litefs: LitefsMount) -> None:
@@ -110,19 +113,25 @@ def test_clean_restart_resumes_without_rescanning(tmp_path: Path, litefs_factory
     assert m.pos("w.db")[0] == 5
 
 
-def test_a_torn_newest_ltx_file_is_removed_at_start(tmp_path: Path, litefs_factory) -> None:
-    """A crash while writing an LTX file leaves it short; its transaction never completed
-    (no journal deletion, no WAL commit frame), so recovery drops the file."""
+def test_a_torn_newest_ltx_record_is_cut_at_start(tmp_path: Path, litefs_factory) -> None:
+    """A crash while appending an LTX record leaves it short; its transaction never
+    completed (no journal deletion, no WAL commit frame), so recovery cuts it off the
+    segment and keeps the bytes in the quarantine directory."""
     m = litefs_factory(tmp_path / "mnt", tmp_path / "data", tmp_path / "log")
     m.start()
     write_rows(m.db("v.db"), 1, 2)
     m.kill()
     ltx = tmp_path / "data" / "dbs" / "v.db" / "ltx"
-    torn = ltx / "0000000000000004-0000000000000004.ltx"
-    good = (ltx / "0000000000000003-0000000000000003.ltx").read_bytes()
-    torn.write_bytes(good[: len(good) // 2])
+    last = read_log(ltx)[-1]
+    assert last.range == (3, 3)
+    size = last.path.stat().st_size
+    torn = encode_frame(last.length) + last.read()[: last.length // 2]
+    with last.path.open("ab") as f:
+        f.write(torn)
     m.start()
-    assert not torn.exists()
+    assert last.path.stat().st_size == size
+    (q,) = (tmp_path / "data" / "dbs" / "v.db" / "quarantine").iterdir()
+    assert q.read_bytes() == torn
     assert "torn by a crash" in m.log()
     assert m.pos("v.db")[0] == 3
     write_rows(m.db("v.db"), 3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from litefs_py.store.ltx_log import read_log
 from tests.mount.harness import LitefsMount
 
 
@@ -17,6 +18,7 @@ def test_commit_creates_ltx_and_pos(litefs: LitefsMount) -> None:
     con.commit()
     assert litefs.pos("a.db")[0] == 2
     con.close()
-    ltx = sorted((litefs.data_dir / "dbs" / "a.db" / "ltx").iterdir())
-    assert [p.name for p in ltx] == ["0000000000000001-0000000000000001.ltx",
-                                     "0000000000000002-0000000000000002.ltx"]
+    log = litefs.data_dir / "dbs" / "a.db" / "ltx"
+    assert [p.name for p in log.iterdir()] == ["seg-00000001.ltxs"]  # one file for both
+    assert [r.name for r in read_log(log)] == ["0000000000000001-0000000000000001.ltx",
+                                               "0000000000000002-0000000000000002.ltx"]

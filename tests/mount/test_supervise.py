@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from litefs_py.store.ltx_log import read_log
 from tests.mount.harness import force_unmount, is_mounted
 
 APP = """
@@ -46,8 +47,7 @@ def test_exit_code_of_the_application_is_returned(tmp_path: Path) -> None:
         force_unmount(tmp_path / "mnt")
     assert proc.returncode == 3, out.decode()
     assert not is_mounted(tmp_path / "mnt")
-    assert (tmp_path / "data" / "dbs" / "a.db" / "ltx" /
-            "0000000000000001-0000000000000001.ltx").exists()
+    assert [r.range for r in read_log(tmp_path / "data" / "dbs" / "a.db" / "ltx")] == [(1, 1)]
 
 
 def test_sigterm_goes_to_the_application_before_unmounting(tmp_path: Path) -> None:

@@ -35,8 +35,12 @@ def write_config(path: Path, *, candidate: bool, port: int, advertise_url: str |
         doc["http"]["secret"] = secret  # type: ignore[index]
     if replica_url is not None:
         doc["replica"] = {"url": replica_url}
-    if extra:
-        doc.update(extra)
+    for key, value in (extra or {}).items():
+        section = doc.get(key)
+        if isinstance(value, dict) and isinstance(section, dict):
+            section.update(value)  # e.g. http: {tls: ...} keeps http.addr
+        else:
+            doc[key] = value
     path.write_text(yaml.safe_dump(doc))
     return path
 
@@ -48,10 +52,11 @@ class Cluster:
         self.root = root
         self.nodes: list[LitefsMount] = []
         self.port = free_port()
+        self.scheme = "http"  # "https" when the primary serves http.tls
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def node(self, name: str, config: Path) -> LitefsMount:
         m = LitefsMount(self.root / name / "mnt", self.root / name / "data",

@@ -25,6 +25,7 @@ from tests.replica.harness import (
     write_config,
 )
 from tests.replica.netns import NetnsMount, VethPair, netns_unavailable
+from tests.replica.tls_certs import TestCA
 
 DB = "app.db"
 SECRET = "netns-secret"
@@ -55,11 +56,17 @@ def nodes(net: VethPair, tmp_path: Path) -> Iterator[Nodes]:
     """A primary in `net.ns_a` and its replica in `net.ns_b`, stopped before the namespaces
     are deleted (the `net` fixture is torn down after this one)."""
     port = free_port()
-    url = f"http://{net.addr_a}:{port}"
+    # Across a real link the secret travels only inside TLS (#14): a CA made here signs the
+    # primary's certificate for its address, and the replica trusts that CA.
+    ca = TestCA(tmp_path / "pki")
+    cert = ca.issue("primary", net.addr_a)
+    url = f"https://{net.addr_a}:{port}"
     pcfg = write_config(tmp_path / "primary.yml", candidate=True, port=port,
-                        advertise_url=url, secret=SECRET)
+                        advertise_url=url, secret=SECRET,
+                        extra={"http": {"tls": {"cert": str(cert.cert), "key": str(cert.key)}}})
     rcfg = write_config(tmp_path / "replica.yml", candidate=False, port=free_port(),
-                        advertise_url=url, secret=SECRET)
+                        advertise_url=url, secret=SECRET,
+                        extra={"http": {"tls": {"ca": str(ca.ca_pem)}}})
     primary = NetnsMount(net.ns_a, tmp_path / "primary" / "mnt", tmp_path / "primary" / "data",
                          tmp_path / "primary.log", ["--config", str(pcfg)])
     replica = NetnsMount(net.ns_b, tmp_path / "replica" / "mnt", tmp_path / "replica" / "data",
@@ -96,6 +103,7 @@ def test_replication_across_namespaces_survives_a_link_drop(
         net: VethPair, nodes: Nodes) -> None:
     primary, replica, port = nodes.primary, nodes.replica, nodes.port
     assert "http.secret is not set" not in primary.log()
+    assert "replication API on https://" in primary.log()
     # The replica's only way to the primary is the veth pair: nothing listens on its own
     # loopback, and the primary is at another namespace's address.
     listening = net.run(net.ns_b, "ss", "-Htln").stdout
@@ -109,7 +117,7 @@ def test_replication_across_namespaces_survives_a_link_drop(
     wait_same_pos(primary, replica, DB)
     assert rows(replica) == rows(primary)
     assert (replica.mount_dir / ".primary").read_text().strip() == \
-        f"http://{net.addr_a}:{port}"
+        f"https://{net.addr_a}:{port}"
     established = net.run(net.ns_b, "ss", "-Htn", "state", "established").stdout
     assert f"{net.addr_a}:{port}" in established, established
     wait_for(lambda: replica_status(replica).get("source") == "primary", 10, "status")

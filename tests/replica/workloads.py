@@ -14,13 +14,13 @@ imported at the top so a client starts fast.
     check
         Opens a *new* connection per request and closes it after:
           {"op": "digest", "db": path, "integrity": bool} -> {"digest": ..., "integrity": [...]}
-    bank-writer DB SECONDS PER_TXN PAUSE
+    bank-writer DB SECONDS PER_TXN PAUSE [BUSY_MS]
         Transactions of PER_TXN transfers between accounts, each bumping meta.v and adding one
         history row, for SECONDS (sleeping PAUSE s between transactions); prints a summary.
     hog-reader DB SECONDS HOLD
         Back-to-back read transactions (`SELECT max(v) FROM t`), each held open for HOLD s;
         prints iterations, the versions seen, busy errors and other errors.
-    bank-reader DB SECONDS
+    bank-reader DB SECONDS [BUSY_MS]
         Loops read transactions (meta.v, sum of balances, history count) and PRAGMA quick_check
         for SECONDS with busy_timeout=5000; prints a summary: iterations, distinct versions,
         busy errors (SQLITE_BUSY after the busy timeout), other errors, broken invariants.
@@ -151,8 +151,9 @@ def _busy(exc: sqlite3.Error) -> bool:
     return getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
 
-def bank_writer(db: str, seconds: float, per_txn: int, pause: float) -> None:
-    con = connect(db, 5000)
+def bank_writer(db: str, seconds: float, per_txn: int, pause: float,
+                busy_ms: int = 5000) -> None:
+    con = connect(db, busy_ms)
     rng = random.Random(os.getpid())
     deadline = time.monotonic() + seconds
     started = time.monotonic()
@@ -189,8 +190,8 @@ def bank_writer(db: str, seconds: float, per_txn: int, pause: float) -> None:
           "txn_per_s": round(commits / elapsed, 1)})
 
 
-def bank_reader(db: str, seconds: float) -> None:
-    con = connect(db, 5000)
+def bank_reader(db: str, seconds: float, busy_ms: int = 5000) -> None:
+    con = connect(db, busy_ms)
     deadline = time.monotonic() + seconds
     versions: set[int] = set()
     errors: list[str] = []
@@ -271,9 +272,10 @@ def main(argv: list[str]) -> None:
     elif mode == "check":
         check()
     elif mode == "bank-writer":
-        bank_writer(argv[2], float(argv[3]), int(argv[4]), float(argv[5]))
+        bank_writer(argv[2], float(argv[3]), int(argv[4]), float(argv[5]),
+                    *(int(a) for a in argv[6:7]))
     elif mode == "bank-reader":
-        bank_reader(argv[2], float(argv[3]))
+        bank_reader(argv[2], float(argv[3]), *(int(a) for a in argv[4:5]))
     elif mode == "hog-reader":
         hog_reader(argv[2], float(argv[3]), float(argv[4]))
     else:

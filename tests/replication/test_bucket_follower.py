@@ -30,7 +30,7 @@ from litefs_py.ltx import FLAG_V3_NO_CHECKSUM, HEADER_SIZE, Encoder, Header, app
 from litefs_py.replica_clients import client_for_url
 from litefs_py.replication.bucket_follower import BucketFollower
 from litefs_py.replication.maintenance import ReplicaMaintainer, Schedule
-from litefs_py.storage.base import LtxFileInfo, ObjectInfo, ReplicaClient
+from litefs_py.storage.base import META_CHECKSUM, LtxFileInfo, ObjectInfo, ReplicaClient
 from litefs_py.storage.errors import EndpointUnreachableError
 from litefs_py.storage.file import FileReplicaClient
 from litefs_py.storage.s3 import S3ReplicaClient
@@ -59,12 +59,14 @@ class Replica:
         self.kinds: list[str] = []  # "snapshot" | "next" | "overlap" per applied file
         self.commits: list[int] = []  # the header's commit (database size in pages)
         self.reject: Callable[[Header], str | None] | None = None  # a test's mismatch rule
+        self.expected: list[int | None] = []  # the checksum the follower asked for, per file
 
     def position(self) -> int:
         return self.pos
 
-    async def apply(self, data: bytes) -> None:
+    async def apply(self, data: bytes, expected: int | None = None) -> None:
         h = Header.decode(data[:HEADER_SIZE])
+        self.expected.append(expected)
         if self.reject is not None and (why := self.reject(h)) is not None:
             raise Mismatch(why)
         if h.min_txid == 1:
@@ -251,6 +253,10 @@ async def test_catch_up_from_empty_takes_the_snapshot(world: World) -> None:
     p = world.primary
     p.commits(5)  # TXIDs 1..6
     await world.maintainer.snapshot()  # L9 1-6
+    # The snapshot's metadata names the checksum it must produce (flag 0x2: none inside).
+    snap = world.writer.ltx_files(9)[0]
+    world.writer.write_ltx(9, 1, 6, world.writer.read_ltx(snap),
+                           {META_CHECKSUM: "0123456789abcdef"})
     p.drop(0, 1, 4)  # retention removed the oldest L0 files
     p.commits(2)  # 7, 8
     f = world.follower()
@@ -259,6 +265,9 @@ async def test_catch_up_from_empty_takes_the_snapshot(world: World) -> None:
     assert world.replica.kinds == ["snapshot", "next", "next"]
     assert world.client.calls.count(("read_ltx", (9, 1, 6))) == 1
     world.check_replica()
+    # The snapshot has no checksum of its own (flag 0x2): the follower asks the apply for
+    # the one in its metadata; the L0 files carry theirs in their trailers.
+    assert world.replica.expected == [0x0123456789ABCDEF, None, None]
     assert f.status.snapshots_applied == 1
     assert f.status.files_applied == 3
     assert f.status.remote_txid == 8

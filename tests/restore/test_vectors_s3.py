@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from .conftest import (
     run_cli,
 )
 
+REPO = Path(__file__).resolve().parents[2]
 CHECKS = [(s, c["txid"], c["dump_sha256"]) for s in LTX_SETS for c in expected(s)["txid_checks"]]
 
 
@@ -242,3 +246,25 @@ def test_restored_database_is_usable(vector_bucket: VectorBucket, tmp_path: Path
     finally:
         conn.close()
     assert integrity(out) == "ok"
+
+
+def test_cli_restore_never_imports_boto3(vector_bucket: VectorBucket, tmp_path: Path) -> None:
+    """`litefs restore` reads through storage/s3_reader.py: start-up without boto3, botocore
+    or PyYAML (the bulk of its import time); the result is the same database."""
+    exp = expected(LTX_SETS[0])
+    out = tmp_path / "out.db"
+    code = ("import sys\n"
+            "from litefs_py.cli import main\n"
+            "try:\n    main(['restore', '-o', sys.argv[1], sys.argv[2]])\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'boto3', 'botocore', 's3transfer', 'urllib3', 'yaml'})\n"
+            "print('HEAVY', heavy)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LITEFS_"))}
+    env.update(CLI_ENV)
+    p = subprocess.run([sys.executable, "-c", code, str(out),
+                        vector_bucket.url(exp["prefix"])], capture_output=True, text=True,
+                       env=env, cwd=REPO, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().endswith("HEAVY []"), p.stdout
+    assert dump_sha256(out) == exp["dump_sha256"]

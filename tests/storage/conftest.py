@@ -16,9 +16,10 @@ from litefs_py.replica_clients import client_for_url
 from litefs_py.storage.base import ReplicaClient
 from litefs_py.storage.file import FileReplicaClient
 from litefs_py.storage.s3 import S3ReplicaClient
+from litefs_py.storage.s3_reader import S3ReaderClient
 from tests.s3_server import S3Bucket, boto_client, raw_keys
 
-BACKENDS = ("file", "s3")
+BACKENDS = ("file", "s3", "s3-reader")  # s3-reader: what `litefs restore` reads with
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,9 @@ def _file_backend(root: Path) -> Backend:
                    lambda rel: str(root / rel), put, keys)
 
 
-def _s3_backend(bucket: S3Bucket, path: str) -> Backend:
-    client = client_for_url(bucket.url(path))
-    assert isinstance(client, S3ReplicaClient)
+def _s3_backend(bucket: S3Bucket, path: str, reading: bool = False) -> Backend:
+    client = client_for_url(bucket.url(path), reading=reading)
+    assert isinstance(client, S3ReaderClient if reading else S3ReplicaClient)
     raw = boto_client(bucket.endpoint)
 
     def put(rel: str, data: bytes) -> None:
@@ -64,8 +65,8 @@ def _s3_backend(bucket: S3Bucket, path: str) -> Backend:
     def keys() -> list[str]:
         return [k[len(path) + 1:] for k in raw_keys(bucket.endpoint, bucket.name, f"{path}/")]
 
-    return Backend("s3", client, lambda level: f"{level:04x}/", lambda rel: f"{path}/{rel}",
-                   put, keys)
+    return Backend("s3-reader" if reading else "s3", client, lambda level: f"{level:04x}/",
+                   lambda rel: f"{path}/{rel}", put, keys)
 
 
 @pytest.fixture
@@ -82,7 +83,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     if request.param == "file":
         b = _file_backend(tmp_path / "backups" / "app.db")  # created on first write
     else:
-        b = _s3_backend(request.getfixturevalue("s3_bucket"), "backups/app.db")
+        b = _s3_backend(request.getfixturevalue("s3_bucket"), "backups/app.db",
+                        reading=request.param == "s3-reader")
     yield b
     close = getattr(b.client, "close", None)
     if close is not None:

@@ -84,6 +84,10 @@ def test_metadata_round_trip(backend: Backend) -> None:
     assert full.metadata[META_TIMESTAMP] == "2026-01-01T00:00:00.123Z"
     assert full.metadata[META_CHECKSUM] == "fedcba9876543210"
     assert c.ltx_metadata(lazy) == full
+    # A restore gets the metadata with the bytes (S3: from the GET's headers, no HEAD).
+    with_bytes, chunks = c.open_ltx_with_metadata(lazy)
+    assert with_bytes == full
+    assert b"".join(chunks) == ltx_bytes(5, 7, TS)
 
 
 def test_timestamp_from_ltx_header_when_metadata_has_none(backend: Backend) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from pathlib import Path
 
 from litefs_py.ltx import EMPTY_DATABASE_CHECKSUM, Decoder, apply_pages, database_checksum
 from litefs_py.store.db import DB
@@ -61,7 +60,3 @@ def assert_captured(db: DB) -> Replayed:
     assert (got.txid, got.checksum) == db.pos
     assert got.data == database_file(db)
     return got
-
-
-def record_names(db: DB) -> list[str]:
-    return [Path(db.ltx.describe(r)).name for r in db.ltx]

@@ -215,24 +215,33 @@ def test_wal_write_without_shm_is_refused(vfs: StoreVFS, store: Store) -> None:
     assert db.pos == pos
 
 
-def test_failed_ltx_write_refuses_the_commit(vfs: StoreVFS, store: Store) -> None:
-    """If the record cannot be written, the operation that would commit is refused and
-    nothing changes; SQLite rolls the transaction back and later commits are captured.
-    (synchronous=OFF: no fsync, so the first thing to fail is the record's write.)"""
+def test_failed_ltx_write_refuses_the_commit(vfs: StoreVFS, store: Store,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the record cannot be appended (here the disk fills up half-way through the append),
+    the operation that would commit is refused with the append's error, the segment is cut
+    back to where it was and nothing changes; SQLite rolls the transaction back and later
+    commits are captured. (synchronous=OFF: no fsync, so the first thing to fail is the
+    record's append.)"""
     con = vfs.connect("app.db", synchronous="OFF")
     execute(con, "CREATE TABLE t(v)", "INSERT INTO t VALUES (1)")
     db = _db(store, "app.db")
     pos = db.pos
-    ltx_dir = db.paths.ltx_dir
-    away = ltx_dir.with_name("ltx.away")
-    ltx_dir.rename(away)
-    try:
-        with pytest.raises(apsw.IOError):
-            execute(con, "INSERT INTO t VALUES (2)")
-        assert isinstance(vfs.errors[-1], FileNotFoundError)
-        assert db.pos == pos
-    finally:
-        away.rename(ltx_dir)
+    segments = sorted(db.paths.ltx_dir.iterdir())
+    sizes = [p.stat().st_size for p in segments]
+    real = os.pwritev
+
+    def disk_full(fd: int, buffers: list[bytes], offset: int) -> int:
+        os.pwrite(fd, b"".join(buffers)[:100], offset)  # part of it reached the file
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwritev", disk_full)
+    with pytest.raises(apsw.IOError):  # through the mount: ENOSPC, SQLITE_FULL
+        execute(con, "INSERT INTO t VALUES (2)")
+    assert vfs.errors[-1].errno == errno.ENOSPC
+    assert db.pos == pos
+    assert sorted(db.paths.ltx_dir.iterdir()) == segments
+    assert [p.stat().st_size for p in segments] == sizes  # the torn append was cut off
+    monkeypatch.setattr(os, "pwritev", real)
     assert db.exists(FileKind.JOURNAL)  # still hot: SQLite rolls it back
     execute(con, "INSERT INTO t VALUES (3)")
     assert db.txid == pos.txid + 1

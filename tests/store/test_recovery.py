@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from litefs_py.ltx import Decoder
+from litefs_py.ltx.segment import FRAME_SIZE, encode_frame
 from litefs_py.store.db import DB
+from litefs_py.store.ltx_log import read_log
 from litefs_py.store.recovery import DatabaseDivergedError, recover
 from litefs_py.store.store import Store
 from litefs_py.types import FileKind
@@ -41,6 +43,13 @@ def image_before_journal_delete(vfs: StoreVFS, store: Store, dest: Path) -> list
 
 def reopen(data: Path, name: str = "app.db") -> DB:
     return DB(name, data / "dbs" / name)
+
+
+def quarantined(data: Path, reason: str, name: str = "app.db") -> Path:
+    """The one quarantine entry kept for `reason` (recovery deletes nothing)."""
+    found = sorted((data / "dbs" / name / "quarantine").glob(f"*Z-{reason}-*"))
+    assert len(found) == 1, f"expected one {reason} entry, found {found}"
+    return found[0]
 
 
 @pytest.fixture
@@ -90,12 +99,18 @@ def test_torn_newest_record_is_dropped(vfs: StoreVFS, store: Store, tmp_path: Pa
     execute(con, "INSERT INTO t(v) VALUES ('torn')")
     last = db.ltx.last_range()
     assert images and last == (before.txid + 1, before.txid + 1)
-    record = Path(db.ltx.describe(last))
-    (images[0] / "dbs" / "app.db" / "ltx" / record.name).write_bytes(record.read_bytes()[:60])
+    newest = read_log(db.paths.ltx_dir)[-1]
+    assert newest.range == last
+    # The image's segment got the new record's frame and its first 60 bytes, no more.
+    with open(images[0] / "dbs" / "app.db" / "ltx" / newest.path.name, "ab") as seg:
+        seg.write(encode_frame(newest.length) + newest.read()[:60])
     db2 = reopen(images[0])
     recover(db2)
     assert "torn by a crash" in logs.text
     assert db2.pos == before and db2.ltx.last_range() == (before.txid, before.txid)
+    quarantined = list((images[0] / "dbs" / "app.db" / "quarantine").iterdir())
+    assert [p.read_bytes() for p in quarantined] == [encode_frame(newest.length)
+                                                     + newest.read()[:60]]
     assert db2.path(FileKind.DATABASE).read_bytes() == content
     assert_captured(db2)
 
@@ -110,8 +125,10 @@ def test_hot_journal_of_an_unrecorded_transaction_is_rolled_back(
     assert images and db.txid == pos.txid + 1
     db2 = reopen(images[0])
     assert db2.path(FileKind.JOURNAL).exists()
+    journal = db2.path(FileKind.JOURNAL).read_bytes()
     recover(db2)
     assert "rolled back a hot journal" in logs.text
+    assert quarantined(images[0], "rolled-back-journal").read_bytes() == journal
     assert db2.pos == pos and not db2.exists(FileKind.JOURNAL)
     assert db2.path(FileKind.DATABASE).read_bytes() == content
     assert_captured(db2)
@@ -136,6 +153,7 @@ def test_hot_journal_of_a_recorded_transaction_is_removed(
     db2 = reopen(data)
     recover(db2)
     assert "removing its journal instead of rolling back" in logs.text
+    assert quarantined(data, "stale-journal").read_bytes() == journals[-1]
     assert db2.pos == db.pos and not db2.exists(FileKind.JOURNAL)
     assert_captured(db2)
 
@@ -148,8 +166,9 @@ def test_committed_wal_transactions_missing_from_the_log_are_recorded(
     pos = db.pos
     data = image(store, tmp_path / "img")
     log_dir = data / "dbs" / "app.db" / "ltx"
-    for r in db.ltx.ranges(pos.txid - 2):  # the last two records are lost
-        (log_dir / Path(db.ltx.describe(r)).name).unlink()
+    lost = read_log(log_dir)[-2]  # the last two records are lost (never reached the disk)
+    assert lost.range == (pos.txid - 1, pos.txid - 1)
+    os.truncate(lost.path, lost.offset - FRAME_SIZE)
     db2 = reopen(data)
     recover(db2)
     assert logs.text.count("recorded committed WAL transaction") == 2
@@ -166,6 +185,7 @@ def test_record_whose_commit_frame_never_reached_the_wal_is_removed(
     execute(con, "INSERT INTO t(v) VALUES ('lost')")
     last = db.ltx.last()
     assert last is not None and last.header.wal_offset
+    record = db.ltx.read(last.range)
     data = image(store, tmp_path / "img")
     # The record was written, then the process died before the commit frame's write.
     os.truncate(data / "dbs" / "app.db" / "wal", last.header.wal_offset)
@@ -173,6 +193,7 @@ def test_record_whose_commit_frame_never_reached_the_wal_is_removed(
     recover(db2)
     assert "never reached the WAL" in logs.text
     assert db2.pos == before
+    assert quarantined(data, "uncommitted-ltx").read_bytes() == record
 
 
 def test_database_changed_outside_litefs(vfs: StoreVFS, store: Store, tmp_path: Path,
@@ -288,8 +309,20 @@ def test_replica_repairs_an_interrupted_apply_or_drops_its_copy(vfs: StoreVFS, s
         f.seek((untouched - 1) * last.header.page_size + 100)
         f.write(os.urandom(100))
     (data / "dbs" / "app.db" / "checksums").unlink(missing_ok=True)
+    damaged = (data / "dbs" / "app.db" / "database").read_bytes()
+    records = sorted(p.name for p in (data / "dbs" / "app.db" / "ltx").iterdir())
     replica = Store(data)
     replica.open(replica=True)
     assert "app.db" not in replica.dbs
-    assert not (data / "dbs" / "app.db").exists()
+    # The copy is kept, whole, in the quarantine; nothing else is left of it.
+    copy = quarantined(data, "replica-copy")
+    assert (copy / "database").read_bytes() == damaged
+    assert sorted(p.name for p in (copy / "ltx").iterdir()) == records
+    assert sorted(p.name for p in (data / "dbs" / "app.db").iterdir()) == ["quarantine"]
     replica.close()
+    # The next start finds no copy (a snapshot will come) and keeps the quarantine.
+    again = Store(data)
+    again.open(replica=True)
+    assert again.get("app.db") is None and again.dbs["app.db"].txid == 0
+    assert again.quarantine_usage()["app.db"].entries == 1
+    again.close()
