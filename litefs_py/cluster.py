@@ -125,6 +125,18 @@ def position_key(epoch: int, txid: int) -> tuple[int, int]:
     return (epoch, txid)
 
 
+PEERS_FILE = "peers.json"
+
+
+def _load_peers(path: Any) -> list[dict[str, Any]]:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return [p for p in raw.get("peers", []) if isinstance(p, dict)] \
+        if isinstance(raw, dict) else []
+
+
 class Cluster:
     def __init__(self, opts: MountOptions, store: Store, ops: ReplicaOperations,
                  fences: Fences) -> None:
@@ -180,6 +192,14 @@ class Cluster:
         self._ack_wake = trio.Event()
         self._primary_epoch = 0
         self._lease_free_since: float | None = None
+        # Peers outlive a restart (DATA/peers.json): a node that comes back must be able to
+        # ask the others whether they are further on before it campaigns, even if the
+        # primary it would have learned them from is gone.
+        self._peers_path = store.data_dir / PEERS_FILE
+        for raw in _load_peers(self._peers_path):
+            peer = peer_from(raw)
+            if peer is not None and peer.advertise_url != (self.advertise_url or "").rstrip("/"):
+                self.status.peers.setdefault(peer.node_id, raw)
         if self.acks.waiting:
             ops.after_commit = self._after_commit
         for db in store.dbs.values():
@@ -308,6 +328,11 @@ class Cluster:
                                          holder.node_id, is_self))
         if not is_self:
             self.node.follow(holder.advertise_url, holder.hostname)
+            if holder.node_id not in self.status.peers and holder.advertise_url:
+                self.status.peers[holder.node_id] = {
+                    "node_id": holder.node_id, "hostname": holder.hostname,
+                    "advertise_url": holder.advertise_url, "candidate": True}
+                self._save_peers()
 
     def known_epoch(self) -> int:
         return self.status.known_epoch
@@ -327,9 +352,29 @@ class Cluster:
         me = peer_from(hello.get("identity"))
         if me is not None:
             self.status.peers[me.node_id] = hello["identity"]
+        self._save_peers()
         target = hello.get("handoff_to")
         if isinstance(target, str) and target != self.node_id:
             self.elector.suspend(HANDOFF_TIMEOUT)
+
+    def _save_peers(self) -> None:
+        """Keep DATA/peers.json current: one entry per advertise URL, the newest identity
+        seen there (small, written only when it changes)."""
+        by_url: dict[str, dict[str, Any]] = {}
+        for raw in list(self.status.peers.values()):
+            peer = peer_from(raw)
+            if peer is not None and peer.node_id != self.node_id:
+                by_url[peer.advertise_url] = raw
+        text = json.dumps({"peers": [by_url[u] for u in sorted(by_url)]}, sort_keys=True)
+        if text == getattr(self, "_peers_saved", None):
+            return
+        self._peers_saved = text
+        tmp = self._peers_path.with_name(PEERS_FILE + ".tmp")
+        try:
+            tmp.write_text(text)
+            tmp.replace(self._peers_path)
+        except OSError as exc:
+            log.warning("cannot save the known peers to %s: %s", self._peers_path, exc)
 
     def applied(self, name: str, pos: Pos) -> None:
         if self._acks_wanted and self.settings.candidate:
@@ -389,12 +434,37 @@ class Cluster:
             known_epoch=self.status.known_epoch)
 
     async def eligibility(self) -> str | None:
+        stale = self._stale_defer()
+        if stale is not None:
+            return stale
         started = lease_clock()
         why = await self._peer_ahead()
         log.debug("peers checked in %.3fs: %s", lease_clock() - started, why)
         if why is not None:
             return why
         return await self._catch_up_from_bucket()
+
+    def _stale_defer(self) -> str | None:
+        """A node that has seen a newer term than any its copies hold (it was down or cut
+        off while another primary served) may be missing what that term wrote, and its
+        peers may not all be known or reachable: it lets the lease stay free for one more
+        TTL so that a caught-up candidate wins first. If none does, nobody newer is alive
+        and this node may take it (what it lacks then reached nobody it can find)."""
+        known = self.status.known_epoch
+        newest = max((db.epochs.last_epoch for db in self.store.dbs.values() if db.txid),
+                     default=known)
+        if newest >= known or self._lease_free_since is None:
+            return None
+        ttl = self._ttl()
+        waited = lease_clock() - self._lease_free_since
+        if waited >= ttl:
+            return None
+        return (f"this node's copies end in epoch {newest} but it has seen epoch {known}: "
+                f"letting a caught-up candidate win first ({ttl - waited:.1f}s more)")
+
+    def _ttl(self) -> float:
+        lease = self.settings.etcd or self.settings.s3
+        return lease.ttl if lease is not None else 10.0
 
     async def _peer_info(self, peer: Peer) -> dict[str, Any] | None:
         if self._http is None:
@@ -408,13 +478,15 @@ class Cluster:
         return doc if resp.status_code == 200 and isinstance(doc, dict) else None
 
     def _peers(self, *, candidates_only: bool) -> list[Peer]:
-        out = []
+        """Known peers, one per advertise URL (the identity seen last there)."""
+        mine = (self.advertise_url or "").rstrip("/")
+        by_url: dict[str, Peer] = {}
         for raw in list(self.status.peers.values()):
             peer = peer_from(raw)
             if peer is not None and peer.node_id != self.node_id and \
-                    (peer.candidate or not candidates_only):
-                out.append(peer)
-        return out
+                    peer.advertise_url != mine and (peer.candidate or not candidates_only):
+                by_url[peer.advertise_url] = peer
+        return list(by_url.values())
 
     async def _peer_ahead(self) -> str | None:
         """Why this node is not the most caught-up reachable candidate, or None."""
@@ -432,8 +504,10 @@ class Cluster:
         mine = self._keys()
         for peer in peers:
             doc = answers.get(peer.node_id)
-            if doc is None or doc.get("node_id") != peer.node_id:
-                continue  # unreachable, or another process there now: not a live copy
+            if doc is None or not doc.get("node_id") or doc.get("node_id") == self.node_id:
+                # Unreachable (or this very node): not a live copy. A peer restarted since
+                # (another node ID at the same URL) is still a copy to compare with.
+                continue
             try:
                 theirs = parse_positions(doc.get("dbs", {}))
             except ValueError:

@@ -81,6 +81,7 @@ def run_kills(tmp_path: Path, cluster: HACluster, kills: int, rate: float = 50.0
     summary = {"kills": kills, "failover_s": [round(t, 2) for t in times],
                "median_s": round(statistics.median(times), 2), "acked": len(acked),
                "failed": len(writer.records()) - len(acked), "lost": len(lost),
+               "stuck_kills": sum(n.stuck_kills for n in cluster.nodes),
                "quarantined": {n.name: n.status().get("quarantined_transactions")
                                for n in cluster.nodes}}
     print(json.dumps(summary))
