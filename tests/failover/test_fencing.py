@@ -91,6 +91,11 @@ def test_paused_primary_never_commits_after_waking(tmp_path: Path, etcd: EtcdClu
         old_epoch = max(int(r.get("epoch") or 0) for r in writer.acked()
                         if r["node"] == old.name)
         assert old_epoch > 0
+        # A transaction of this process's own is open on the old primary across the pause;
+        # its COMMIT comes after waking.
+        pending = sqlite3.connect(old.db(), isolation_level=None, timeout=10)
+        pending.execute("BEGIN IMMEDIATE")
+        pending.execute("INSERT INTO t(k, v) VALUES (?, ?)", (7, "in-flight-across-the-pause"))
         stopped_at = time.time()
         old.signal(signal.SIGSTOP)
         try:
@@ -114,6 +119,11 @@ def test_paused_primary_never_commits_after_waking(tmp_path: Path, etcd: EtcdClu
         finally:
             woke_at = time.time()
             old.signal(signal.SIGCONT)
+        with pytest.raises(sqlite3.Error) as refused:
+            pending.execute("COMMIT")
+        pending.close()
+        assert "I/O" in str(refused.value) or "readonly" in str(refused.value).replace(
+            "-", ""), refused.value
         # The writer was stuck on the paused mount (an app there would be too); it carries
         # on, and finds the new primary.
         wait_for(lambda: any(r["node"] == new.name and r["t0"] > woke_at
@@ -145,6 +155,7 @@ def test_paused_primary_never_commits_after_waking(tmp_path: Path, etcd: EtcdClu
         final = rows(new)
         assert rows(old) == final
         assert final[1] == "on-the-new-primary"
+        assert "in-flight-across-the-pause" not in final.values()
         # Nothing the old primary acknowledged was dropped silently: it is in the new
         # history, or in the old primary's quarantine.
         for r in records:
