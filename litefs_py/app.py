@@ -557,13 +557,16 @@ def run_mount(opts: MountOptions) -> int:
                      opts.config.lease.type)
             if not replica:
                 restore_missing_databases(opts.config, store)
-            # Recovered as a primary would (committed WAL frames are kept), then shaped as a
-            # replica keeps its files: the mount switches roles in place from there.
-            store.open(replica=False)
+            # A node that was primary last is recovered as a primary would be (committed
+            # WAL frames are kept), then shaped as a replica keeps its files; a node that
+            # was a replica is recovered as one (an apply cut short is redone). The mount
+            # switches roles in place from there.
+            store.open(replica=not store.was_primary)
             from .store.role_switch import to_replica_shape
 
             for db in list(store.dbs.values()):
                 to_replica_shape(db, None, None)
+            store.mark_primary(None)  # a replica from here on, until a lease says otherwise
         elif replica:
             log.info("read replica of %s", opts.config.lease.advertise_url
                      or "the replica bucket (no lease.advertise-url)")

@@ -126,6 +126,8 @@ def position_key(epoch: int, txid: int) -> tuple[int, int]:
 
 
 PEERS_FILE = "peers.json"
+PEER_REFRESH = 2.0  # seconds between refreshes of the list of peers
+UNREACHABLE_TTLS = 2  # TTLs of free lease an unreachable candidate peer is waited for
 
 
 def _load_peers(path: Any) -> list[dict[str, Any]]:
@@ -192,6 +194,7 @@ class Cluster:
         self._ack_wake = trio.Event()
         self._primary_epoch = 0
         self._lease_free_since: float | None = None
+        self._last_holder_url: str | None = None  # the lease's last holder seen
         # Peers outlive a restart (DATA/peers.json): a node that comes back must be able to
         # ask the others whether they are further on before it campaigns, even if the
         # primary it would have learned them from is gone.
@@ -263,6 +266,7 @@ class Cluster:
             nursery.start_soon(self.elector.run, name="lease elector")
             nursery.start_soon(self._ack_sender, name="acknowledgements")
             nursery.start_soon(self._trim_while_replica, name="local retention")
+            nursery.start_soon(self._refresh_peers, name="peers")
             task_status.started()
 
     async def _warm_client(self, name: str) -> None:
@@ -323,6 +327,7 @@ class Cluster:
                 self.primary_info.set(None)
             return  # keep streaming from the last primary's URL until a new one is known
         self._lease_free_since = None
+        self._last_holder_url = holder.advertise_url.rstrip("/")
         is_self = holder.node_id == self.node_id
         self.primary_info.set(PrimaryRef(holder.hostname, holder.advertise_url, holder.epoch,
                                          holder.node_id, is_self))
@@ -356,6 +361,28 @@ class Cluster:
         target = hello.get("handoff_to")
         if isinstance(target, str) and target != self.node_id:
             self.elector.suspend(HANDOFF_TIMEOUT)
+
+    async def _refresh_peers(self) -> None:
+        """Keep the list of peers current: a replica asks the primary whom it streams to
+        (the hello only says who was connected then), the primary takes its subscribers.
+        A candidate must know every other candidate to compare positions before it may
+        campaign, even after a restart (DATA/peers.json)."""
+        while True:
+            await trio.sleep(PEER_REFRESH)
+            if self.status.role is Role.PRIMARY:
+                found: list[Any] = list(self.server.identities.values())
+            else:
+                holder = self.status.holder
+                if holder is None or holder.node_id == self.node_id:
+                    continue
+                doc = await self._peer_info(Peer(holder.node_id, holder.hostname,
+                                                 holder.advertise_url, True))
+                found = doc.get("peers", []) if doc is not None else []
+            for raw in found if isinstance(found, list) else []:
+                peer = peer_from(raw)
+                if peer is not None and peer.node_id != self.node_id:
+                    self.status.peers[peer.node_id] = raw
+            self._save_peers()
 
     def _save_peers(self) -> None:
         """Keep DATA/peers.json current: one entry per advertise URL, the newest identity
@@ -502,11 +529,15 @@ class Cluster:
             for peer in peers:
                 nursery.start_soon(ask, peer)
         mine = self._keys()
+        unreachable: list[Peer] = []
         for peer in peers:
             doc = answers.get(peer.node_id)
             if doc is None or not doc.get("node_id") or doc.get("node_id") == self.node_id:
                 # Unreachable (or this very node): not a live copy. A peer restarted since
-                # (another node ID at the same URL) is still a copy to compare with.
+                # (another node ID at the same URL) is still a copy to compare with. The
+                # last holder is expected to be gone (that is why the lease is free).
+                if doc is None and peer.advertise_url != self._last_holder_url:
+                    unreachable.append(peer)
                 continue
             try:
                 theirs = parse_positions(doc.get("dbs", {}))
@@ -519,6 +550,16 @@ class Cluster:
                     have = mine.get(name, (0, 0))
                     return (f"{peer.hostname} is further on {name} (epoch {key[0]} TXID "
                             f"{key[1]:016x}; this node: epoch {have[0]} TXID {have[1]:016x})")
+        if unreachable and self._lease_free_since is not None:
+            # A candidate that does not answer (paused, partitioned, restarting) may hold
+            # what the last primary acknowledged: give it UNREACHABLE_TTLS TTLs of free
+            # lease to come back before campaigning without it.
+            wait = UNREACHABLE_TTLS * self._ttl()
+            waited = lease_clock() - self._lease_free_since
+            if waited < wait:
+                names = ", ".join(sorted(p.hostname for p in unreachable))
+                return (f"cannot reach {names} to compare positions; campaigning without "
+                        f"it in {wait - waited:.1f}s")
         return None
 
     async def _header(self, client: ReplicaClient, info: LtxFileInfo) -> Header:
@@ -617,6 +658,7 @@ class Cluster:
         self.node.state.primary_txids = {}
         for db in list(self.store.dbs.values()):
             await trio.to_thread.run_sync(db.epochs.begin, epoch, db.txid + 1)
+        await trio.to_thread.run_sync(self.store.mark_primary, epoch)
         gate = LeaseGate(keeper)
         self._lease_gate = gate
         self.acks.reset()
@@ -709,8 +751,9 @@ class Cluster:
         # Writes held by a handoff are refused now (EROFS): their transactions end and
         # release SQLite's locks, which the fold below needs.
         self.ops.resume_writes()
-        for db in list(self.store.dbs.values()):
-            await self._fold(db)
+        folded = [await self._fold(db) for db in list(self.store.dbs.values())]
+        if all(folded):  # else the WAL still holds this term's frames: recover as a primary
+            await trio.to_thread.run_sync(self.store.mark_primary, None)
         self.status.demoted(why)
         if loss.reason is not LossReason.STOPPED:
             log.info("now a replica: %s", why)
@@ -731,12 +774,13 @@ class Cluster:
             await trio.sleep(0.005)
         return False
 
-    async def _fold(self, db: DB) -> None:
+    async def _fold(self, db: DB) -> bool:
+        """Shape `db` as a replica keeps it; False if readers kept it from being done."""
         fence = self.fences.get(db) if db.exists(FileKind.DATABASE) else None
         for attempt in range(SHAPE_ATTEMPTS):
             try:
                 await trio.to_thread.run_sync(to_replica_shape, db, fence, self.cache)
-                return
+                return True
             except FenceTimeout as exc:
                 if attempt == 0:
                     log.warning("%s; retrying", exc)
@@ -744,6 +788,7 @@ class Cluster:
         log.error("%s: readers kept the database locked; the next snapshot from the primary "
                   "replaces it", db.name)
         self.node.needs_snapshot(db.name)
+        return False
 
     async def _after_commit(self, db: DB) -> None:
         """replication.commit replica/bucket: the FUSE request that completed the commit
@@ -787,6 +832,7 @@ class Cluster:
         return {"node_id": self.node_id, "hostname": self.hostname,
                 "role": self.status.role.value, "epoch": self.status.epoch,
                 "known_epoch": self.status.known_epoch,
+                "peers": list(self.server.identities.values()),
                 "db_epochs": {name: db.epochs.last_epoch
                               for name, db in self.store.dbs.items() if db.txid}}
 

@@ -2,6 +2,8 @@
 
     DATA/lock                      held by the running litefs process (Store.lock)
     DATA/status.json               what `litefs status` prints (written by the mount)
+    DATA/primary-term              present while this node is (or last was) an etcd/s3
+                                   lease's primary: how it recovers at the next start
     DATA/dbs/<name>/database       the database as SQLite sees it
     DATA/dbs/<name>/{journal,wal,shm}
     DATA/dbs/<name>/ltx/           the local LTX log (LtxLog): segments seg-<n>.ltxs (and, in
@@ -81,6 +83,10 @@ class DataDirPaths:
     @property
     def status(self) -> Path:
         return self.root / "status.json"
+
+    @property
+    def primary_term(self) -> Path:
+        return self.root / "primary-term"
 
     @property
     def restore_staging(self) -> Path:
