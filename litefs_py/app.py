@@ -12,10 +12,10 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyfuse3
 import trio
@@ -38,6 +38,9 @@ from .store.db import DB
 from .store.quarantine import QuarantineUsage
 from .store.replica_state import ReplicaState
 from .store.store import Store, valid_db_name
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
 
 log = logging.getLogger("litefs")
 
@@ -443,6 +446,7 @@ async def _serve_cluster(ops: ReplicaOperations, opts: MountOptions,
         sup.before_stop.append(cluster.before_stop)  # while the fences still work
         sup.before_stop.append(fences.close)
         await nursery.start(cluster.run)
+        _serve_cluster_metrics(cluster, opts.config)
 
         def document(quarantine: Mapping[str, QuarantineUsage]) -> dict[str, object]:
             doc = status_document(ops.store, cluster.replicator, cluster.node, quarantine)
@@ -459,6 +463,37 @@ async def _serve_cluster(ops: ReplicaOperations, opts: MountOptions,
         if cut:
             log.info("closed %d replication connection(s)", cut)
         nursery.cancel_scope.cancel()
+
+
+class _TermUploaders(Mapping[str, Uploader]):
+    """The current term's uploaders of a lease cluster (none while a replica), read live."""
+
+    def __init__(self, current: Callable[[], Replicator | None]) -> None:
+        self.current = current
+
+    def _map(self) -> Mapping[str, Uploader]:
+        replicator = self.current()
+        return replicator.uploaders if replicator is not None else {}
+
+    def __getitem__(self, name: str) -> Uploader:
+        return self._map()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict(self._map()))
+
+    def __len__(self) -> int:
+        return len(self._map())
+
+
+def _serve_cluster_metrics(cluster: Cluster, config: Config) -> None:
+    """GET /metrics on every node of a lease cluster: its replication API serves it in both
+    roles (the uploaders while primary, the replica node's stats while a replica)."""
+    from .replication.metrics import METRICS_PATH, MetricsEndpoint, MountMetrics
+
+    cluster.server.endpoints[METRICS_PATH] = MetricsEndpoint(
+        MountMetrics(cluster.store, uploaders=_TermUploaders(lambda: cluster.replicator),
+                     node=cluster.node, server=cluster.server),
+        public=config.http.metrics_public)
 
 
 async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -> None:

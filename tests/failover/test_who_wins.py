@@ -15,6 +15,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from tests.failover.harness import HACluster, LeaseSpec, create_table, rows
@@ -85,6 +86,12 @@ def test_stale_candidate_never_wins(tmp_path: Path, etcd: EtcdCluster, lease_key
         assert lost == [], f"{len(lost)} acknowledged transactions lost: {lost[:3]}"
         for n in cluster.nodes:
             assert rows(n) == final, n.name
+            # /metrics on every node, primary or replica, from its replication API.
+            with urllib.request.urlopen(n.url + "/metrics", timeout=10) as resp:
+                text = resp.read().decode()
+            line = next(ln for ln in text.splitlines()
+                        if ln.startswith('litefs_db_txid{db="app.db"}'))
+            assert float(line.split()[-1]) == want[0], (n.name, line)
     finally:
         cluster.close()
 
