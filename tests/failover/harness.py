@@ -82,6 +82,8 @@ class Node:
         except subprocess.TimeoutExpired:
             pass
         self.stuck_kills += 1
+        print(f"{self.name}: still exiting 5 s after SIGKILL: {kernel_stacks(proc.pid)}",
+              file=sys.stderr)
         abort_fuse_connection(self.mnt)
         proc.wait(20)
 
@@ -134,9 +136,26 @@ class Node:
         return sorted(d.glob("*-divergent-*.ltx")) if d.is_dir() else []
 
 
+def kernel_stacks(pid: int) -> str:
+    """Where each thread of `pid` waits in the kernel (for a report of a stuck process)."""
+    out = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        try:
+            state = (task / "stat").read_text().split(")")[-1].split()[0]
+            stack = (task / "stack").read_text().strip().replace("\n", " | ")
+        except OSError:
+            continue
+        out.append(f"[{task.name} {state}] {stack[:300]}")
+    return "\n".join(out)
+
+
 def abort_fuse_connection(mount_dir: Path) -> bool:
-    """Abort the FUSE connection of the mount at `mount_dir` (/sys/fs/fuse/connections)."""
+    """Abort the FUSE connection of the mount at `mount_dir` (/sys/fs/fuse/connections;
+    the fusectl filesystem is mounted there first if it is not, as systemd does at boot)."""
     want = os.path.abspath(mount_dir)
+    if not any(Path("/sys/fs/fuse/connections").glob("*")):
+        subprocess.run(["mount", "-t", "fusectl", "none", "/sys/fs/fuse/connections"],
+                       capture_output=True, timeout=10)
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
