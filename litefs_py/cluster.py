@@ -461,15 +461,19 @@ class Cluster:
             known_epoch=self.status.known_epoch)
 
     async def eligibility(self) -> str | None:
+        # The bucket first: what it holds after this node's position (a newer term's
+        # history included) is applied before positions are compared, so a peer whose
+        # extra transactions are of an older, abandoned term does not look further on.
+        why = await self._catch_up_from_bucket()
+        if why is not None:
+            return why
         stale = self._stale_defer()
         if stale is not None:
             return stale
         started = lease_clock()
         why = await self._peer_ahead()
         log.debug("peers checked in %.3fs: %s", lease_clock() - started, why)
-        if why is not None:
-            return why
-        return await self._catch_up_from_bucket()
+        return why
 
     def _stale_defer(self) -> str | None:
         """A node that has seen a newer term than any its copies hold (it was down or cut
