@@ -8,7 +8,8 @@ writing until its next failed renew).
   acknowledges nothing after waking, it turns into a replica of the new primary (`.primary`
   names it on every replica), and what it committed that the new primary does not have is
   in its quarantine, not dropped;
-- freeze etcd itself: the primary cannot renew, so its commits fail (EIO) from the end of
+- freeze etcd (or the S3 server for the s3 lease): the primary cannot renew, so its
+  commits fail (EIO) from the end of
   its lease's validity on; when etcd is back, writes resume under a newer epoch and no two
   nodes ever accepted commits at once.
 """
@@ -34,6 +35,7 @@ from tests.failover.harness import (
 )
 from tests.lease.etcd_server import EtcdCluster
 from tests.replica.harness import wait_for
+from tests.s3_server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer, create_bucket
 
 TTL = 2.0
 LOCK_DELAY = 1.0
@@ -201,6 +203,68 @@ def test_primary_cut_from_etcd_stops_accepting_commits(tmp_path: Path, own_etcd:
         # etcd back: a primary again (any node), writes resume in a newer epoch.
         wait_for(lambda: any(r["ok"] and r["t0"] > frozen_until for r in writer.records()),
                  30, f"commits after etcd is back\n{cluster.logs_tail()}")
+        time.sleep(0.5)
+        writer.stop()
+        records = writer.records()
+        before = [int(r.get("epoch") or 0) for r in records if r["ok"] and r["t1"] < cut_at]
+        resumed = [int(r.get("epoch") or 0) for r in records
+                   if r["ok"] and r["t0"] > frozen_until and r.get("epoch")]
+        assert resumed and min(resumed) > max(before), (max(before), resumed[:3])
+        assert_no_overlap(records)
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def own_moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
+    monkeypatch.setenv("LITEFS_ACCESS_KEY_ID", ACCESS_KEY_ID)
+    monkeypatch.setenv("LITEFS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
+    with MotoServer() as server:
+        yield server
+
+
+def test_primary_cut_from_the_bucket_stops_accepting_commits(
+        tmp_path: Path, own_moto: MotoServer, lease_key: str) -> None:
+    """The s3 lease: the bucket frozen (SIGSTOP of the S3 server) is the primary cut from
+    its lease: its commits fail with EIO from the end of its validity, it steps down (later
+    than with etcd: the renewal hangs on the frozen server until its request timeouts),
+    nobody is primary until the bucket answers, then commits resume in a newer epoch with
+    no overlap."""
+    bucket = create_bucket(own_moto.endpoint)
+    cluster = HACluster(tmp_path, LeaseSpec("s3", key=lease_key),
+                        bucket_url=f"s3://{bucket}/db?endpoint={own_moto.endpoint}",
+                        commit="local")
+    assert own_moto.proc is not None
+    try:
+        start_nodes(cluster)
+        first = create_table(cluster)
+        writer = cluster.writer(tmp_path / "writer.jsonl", rate=50)
+        wait_for(lambda: sum(1 for r in writer.acked() if r["node"] == first.name) >= 20, 30,
+                 f"commits on {first.name}\n{cluster.logs_tail()}")
+        cut_at = time.time()
+        own_moto.proc.send_signal(signal.SIGSTOP)
+        try:
+            # Commits are refused from the end of the lease's validity on, whatever the
+            # renewal (hung on a frozen server) is doing; the node then steps down.
+            wait_for(lambda: not first.is_primary() or any(
+                not r["ok"] and r["t0"] > cut_at + TTL for r in writer.records()),
+                TTL + 5, f"a refused commit on {first.name}\n{cluster.logs_tail()}",
+                interval=0.05)
+            wait_for(lambda: not first.is_primary(), 5 * TTL,
+                     f"{first.name} stepping down\n{cluster.logs_tail()}", interval=0.05)
+            with pytest.raises(sqlite3.Error):
+                commit_on(first, 1, "written-without-a-lease")
+            assert not any(n.is_primary() for n in cluster.nodes), "a primary without a lease"
+            frozen_until = time.time()
+        finally:
+            own_moto.proc.send_signal(signal.SIGCONT)
+        refused = [r for r in writer.records() if not r["ok"] and r["t0"] > cut_at + TTL]
+        assert all("I/O" in r.get("error", "") for r in refused if r["node"] == first.name), \
+            refused[:3]
+        late = [r for r in writer.records() if r["ok"] and r["t1"] > cut_at + TTL]
+        assert late == [], f"commits acknowledged with no lease to prove: {late[:3]}"
+        wait_for(lambda: any(r["ok"] and r["t0"] > frozen_until for r in writer.records()),
+                 60, f"commits after the bucket is back\n{cluster.logs_tail()}")
         time.sleep(0.5)
         writer.stop()
         records = writer.records()
