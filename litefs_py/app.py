@@ -13,9 +13,10 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pyfuse3
 import trio
@@ -39,6 +40,9 @@ from .store.db import DB
 from .store.quarantine import QuarantineUsage
 from .store.replica_state import ReplicaState
 from .store.store import Store, valid_db_name
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
 
 log = logging.getLogger("litefs")
 
@@ -75,16 +79,24 @@ class MountOptions:
 
 class Replicator:
     """Starts one uploader per database that has a replica target (and its maintainer, and
-    its restore drill when `validation-interval` is set)."""
+    its restore drill when `validation-interval` is set). `options(db)` adds keyword
+    arguments to each Uploader (a primary of an etcd or s3 lease: its epoch and whether it
+    may still upload, cluster.py)."""
 
     def __init__(self, config: Config, nursery: trio.Nursery,
-                 data_dir: Path | None = None) -> None:
+                 data_dir: Path | None = None, *,
+                 options: Callable[[DB], dict[str, Any]] | None = None,
+                 clients: Callable[[str], ReplicaClient | None] | None = None) -> None:
         self.config = config
         self.nursery = nursery
         self.data_dir = data_dir if data_dir is not None else Path(config.data.dir)
         self.uploaders: dict[str, Uploader] = {}
         self.drills: dict[str, RestoreDrill] = {}
         self.local_only: set[str] = set()
+        self.options = options
+        # Made ahead of time by the caller (boto3 takes a second to make a client: a
+        # primary elected during a failover must not stall its event loop for it).
+        self.clients = clients
 
     def attach(self, db: DB) -> None:
         if db.name in self.uploaders or db.name in self.local_only:
@@ -98,12 +110,14 @@ class Replicator:
             return
         from .replica_clients import client_for
 
-        client = client_for(replica)
+        client = (self.clients(db.name) if self.clients is not None else None) \
+            or client_for(replica)
+        extra = self.options(db) if self.options is not None else {}
         up = Uploader(db, client, sync_interval=replica.sync_interval,
-                      batch_window=replica.batch_window,
+                      batch_window=extra.pop("batch_window", replica.batch_window),
                       budget=RequestBudget(replica.upload_rate, replica.upload_burst),
                       retention=self.config.data.retention,
-                      spool_limit=self.config.data.spool_limit)
+                      spool_limit=self.config.data.spool_limit, **extra)
         self.uploaders[db.name] = up
         self.nursery.start_soon(up.run, name=f"uploader {db.name}")
         schedule = Schedule(replica.l1_interval, replica.l2_interval, replica.l3_interval,
@@ -390,12 +404,15 @@ def status_document(store: Store, replicator: Replicator | None,
     return doc
 
 
-async def _write_status(store: Store, replicator: Replicator,
-                        node: ReplicaNode | None = None) -> None:
+async def _write_status(store: Store, replicator: Replicator | None,
+                        node: ReplicaNode | None = None,
+                        document: Callable[[Mapping[str, QuarantineUsage]],
+                                           dict[str, object]] | None = None) -> None:
     """Keep DATA/status.json current (atomically replaced) for `litefs status`."""
     while True:
         quarantine = await trio.to_thread.run_sync(store.quarantine_usage)
-        doc = json.dumps(status_document(store, replicator, node, quarantine), indent=2)
+        doc = json.dumps(document(quarantine) if document is not None else
+                         status_document(store, replicator, node, quarantine), indent=2)
         await trio.to_thread.run_sync(store.save_status, doc)
         await trio.sleep(STATUS_INTERVAL)
 
@@ -445,8 +462,75 @@ def bucket_databases(config: Config) -> list[tuple[str, ReplicaClient]]:
     return out
 
 
+async def _serve_cluster(ops: ReplicaOperations, opts: MountOptions,
+                         sup: Supervision) -> None:
+    """An etcd or s3 lease: the node switches between replica and primary (cluster.py)."""
+    from .cluster import Cluster
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, sup)
+        nursery.start_soon(_refuse_flush_early, opts.mount_dir)
+        fences = Fences(opts.mount_dir)
+        cluster = Cluster(opts, ops.store, ops, fences)
+        sup.before_stop.append(cluster.before_stop)  # while the fences still work
+        sup.before_stop.append(fences.close)
+        await nursery.start(cluster.run)
+        _serve_cluster_metrics(cluster, opts.config)
+
+        def document(quarantine: Mapping[str, QuarantineUsage]) -> dict[str, object]:
+            doc = status_document(ops.store, cluster.replicator, cluster.node, quarantine)
+            doc["cluster"] = cluster.status_json()
+            return doc
+
+        nursery.start_soon(_write_status, ops.store, None, None, document)
+        if opts.commands:
+            nursery.start_soon(_supervise, opts.commands, opts.config.lease.candidate, sup,
+                               opts.config.exit_on_error)
+        await pyfuse3.main()
+        log.debug("FUSE loop ended; stopping background tasks")
+        cut = cluster.server.abort_connections()
+        if cut:
+            log.info("closed %d replication connection(s)", cut)
+        nursery.cancel_scope.cancel()
+
+
+class _TermUploaders(Mapping[str, Uploader]):
+    """The current term's uploaders of a lease cluster (none while a replica), read live."""
+
+    def __init__(self, current: Callable[[], Replicator | None]) -> None:
+        self.current = current
+
+    def _map(self) -> Mapping[str, Uploader]:
+        replicator = self.current()
+        return replicator.uploaders if replicator is not None else {}
+
+    def __getitem__(self, name: str) -> Uploader:
+        return self._map()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict(self._map()))
+
+    def __len__(self) -> int:
+        return len(self._map())
+
+
+def _serve_cluster_metrics(cluster: Cluster, config: Config) -> None:
+    """GET /metrics on every node of a lease cluster: its replication API serves it in both
+    roles (the uploaders while primary, the replica node's stats while a replica)."""
+    from .replication.metrics import METRICS_PATH, MetricsEndpoint, MountMetrics
+
+    cluster.server.endpoints[METRICS_PATH] = MetricsEndpoint(
+        MountMetrics(cluster.store, uploaders=_TermUploaders(lambda: cluster.replicator),
+                     node=cluster.node, server=cluster.server),
+        public=config.http.metrics_public)
+
+
 async def _serve(ops: PrimaryOperations, opts: MountOptions, sup: Supervision) -> None:
     config = opts.config
+    if config.lease.type != "static":
+        assert isinstance(ops, ReplicaOperations)
+        await _serve_cluster(ops, opts, sup)
+        return
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, sup)
         replicator = Replicator(config, nursery, ops.store.data_dir)
@@ -559,19 +643,37 @@ def run_mount(opts: MountOptions) -> int:
     opts.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(opts.data_dir, quarantine_limit=opts.config.data.quarantine_limit)
     store.lock()
+    cluster = opts.config.lease.type != "static"
     replica = not opts.config.lease.candidate
     try:
-        if replica:
+        if cluster:
+            log.info("lease %s: starting as a replica; the lease decides who is primary",
+                     opts.config.lease.type)
+            if not replica:
+                restore_missing_databases(opts.config, store)
+            # A node that was primary last is recovered as a primary would be (committed
+            # WAL frames are kept), then shaped as a replica keeps its files; a node that
+            # was a replica is recovered as one (an apply cut short is redone). The mount
+            # switches roles in place from there.
+            store.open(replica=not store.was_primary)
+            from .store.role_switch import to_replica_shape
+
+            for db in list(store.dbs.values()):
+                to_replica_shape(db, None, None)
+            store.mark_primary(None)  # a replica from here on, until a lease says otherwise
+        elif replica:
             log.info("read replica of %s", opts.config.lease.advertise_url
                      or "the replica bucket (no lease.advertise-url)")
+            store.open(replica=True)
         else:
             restore_missing_databases(opts.config, store)
-        store.open(replica=replica)
+            store.open(replica=False)
     except BaseException:
         store.close()
         raise
     prepare_mount_dir(opts.mount_dir)
-    ops = ReplicaOperations(store, ReplicaState()) if replica else PrimaryOperations(store)
+    ops = (ReplicaOperations(store, ReplicaState()) if replica or cluster
+           else PrimaryOperations(store))
     fuse_options = set(pyfuse3.default_options)
     fuse_options.add("fsname=litefs")
     if opts.allow_other:

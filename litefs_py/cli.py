@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -597,6 +598,12 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     handler.setFormatter(JsonFormatter() if _json_logs else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
+    if level != "debug":
+        # httpx logs every request at INFO: with a lease that is several lines a second.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    for name in filter(None, os.environ.get("TMPDEBUG", "").split(",")):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+
 
 
 @main.command()
@@ -1125,6 +1132,50 @@ def _restore_report(as_json: bool, doc: dict[str, Any], text: str) -> None:
 
 
 @main.command()
+@click.argument("node", required=False)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Configuration file (default: ./litefs.yml, then /etc/litefs.yml).")
+@click.option("--url", help="The HTTP API of any node of the cluster (default: this host's "
+                            "http.addr from the configuration).")
+@quiet_errors
+def handoff(node: str | None, config_path: Path | None, url: str | None) -> None:
+    """Move the primary's lease to another candidate, NODE (its lease.hostname or node id),
+    or to the most caught-up one.
+
+    The primary holds new transactions (those under way finish), waits until the target has
+    every transaction, and releases the lease to it; writes pause for well under a second and
+    then go to the new primary (the old one answers EROFS, and `.primary` names the new one).
+    Needs lease.type etcd or s3. Exits 0 once handed over; 1 when it could not be (the
+    primary stays primary: no candidate connected, or it did not catch up in 5 s); 5 when
+    no node answered.
+    """
+    import httpx
+
+    from .config import load_config
+
+    cfg = load_config(config_path)
+    if cfg.lease.type == "static":
+        raise QuietError("litefs handoff needs lease.type etcd or s3 (with a static lease the "
+                         "primary is chosen in the configuration)", ExitCode.USAGE)
+    if url is None:
+        host, _, port = cfg.http.addr.rpartition(":")
+        host = host.strip("[]")
+        url = f"http://{host if host and host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}"
+    secret = cfg.http.secret or os.environ.get("LITEFS_SECRET")
+    headers = {"authorization": f"Bearer {secret}"} if secret else {}
+    try:
+        resp = httpx.post(url.rstrip("/") + "/litefs/v1/handoff", json={"to": node},
+                          headers=headers, timeout=30)
+        doc = resp.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise QuietError(f"cannot reach {url}: {exc}", ExitCode.IO) from None
+    if resp.status_code != 200:
+        raise QuietError(f"handoff refused: {doc.get('error', resp.text)}", ExitCode.FAILED)
+    click.echo(f"handed the lease of epoch {doc.get('epoch')} to {doc.get('to')} in "
+               f"{doc.get('seconds')}s")
+
+
+@main.command()
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="litefs data directory (config: data.dir; default /var/lib/litefs).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -1154,6 +1205,9 @@ def status(data_dir: Path | None, config_path: Path | None, as_json: bool) -> No
         click.echo(json.dumps(doc, indent=2))
     else:
         click.echo(f"litefs mount pid {doc.get('pid')}, status updated {age:.1f}s ago")
+        cluster = doc.get("cluster")
+        if cluster:
+            click.echo(_cluster_line(cluster))
         node = doc.get("replica_of")
         if node:
             line = (f"read replica of {node.get('primary') or 'the bucket'}: following "
@@ -1202,6 +1256,23 @@ def _drill_line(drill: dict[str, Any]) -> str:
     if drill.get("last_failure"):
         text += f"; last failure at {drill['last_failure_at']}: {drill['last_failure']}"
     return text
+
+
+def _cluster_line(c: dict[str, Any]) -> str:
+    """Role, epoch, lease holder and why this node is not the primary (etcd/s3 leases)."""
+    holder = c.get("holder")
+    held = (f"held by {holder['hostname']} ({holder['advertise_url']}) in epoch "
+            f"{holder['epoch']}" if holder else "free")
+    if c.get("role") == "primary":
+        line = f"{c.get('hostname')}: primary of epoch {c.get('epoch')}"
+    else:
+        line = (f"{c.get('hostname')}: {c.get('role')}, not primary: "
+                f"{c.get('why_not_primary') or '?'}")
+    line += f"; lease {held} ({c.get('lease')}); commit mode {c.get('commit_mode')}"
+    if c.get("quarantined_transactions"):
+        line += (f"; {c['quarantined_transactions']} transaction(s) quarantined since the "
+                 "mount started")
+    return line
 
 
 def _retry_note(doc: dict[str, Any]) -> str:

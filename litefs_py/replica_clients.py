@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def client_for(replica: ReplicaConfig, env: Mapping[str, str] = os.environ, *,
-               reading: bool = False) -> ReplicaClient:
+               reading: bool = False, request_timeout: float | None = None) -> ReplicaClient:
     """The client of one database's replica (`replica` already has the database's path),
     encrypting and decrypting with age when `replica.age` is set. Credentials:
     `find_credentials` (config, LITEFS_*, LITESTREAM_*, then AWS's chain). Nothing is
@@ -31,23 +31,27 @@ def client_for(replica: ReplicaConfig, env: Mapping[str, str] = os.environ, *,
     gets the small signed-HTTP reader (storage/s3_reader.py), which starts without importing
     boto3 and hands any write to a boto3 client built on first use, whenever the reader can
     serve it as boto3 would (plain keys, no proxy). age wraps whichever client that is: it
-    only sees LTX bytes, so the reader and boto3 serve encrypted replicas alike."""
-    client = _plain_client_for(replica, env, reading)
-    if replica.age is not None:
+    only sees LTX bytes, so the reader and boto3 serve encrypted replicas alike.
+
+    `request_timeout`: short connect/read timeouts and two attempts (the lease's client,
+    whose calls must fail well within a TTL); always a plain boto3 client (the lease object
+    is not LTX: never encrypted)."""
+    client = _plain_client_for(replica, env, reading, request_timeout)
+    if replica.age is not None and request_timeout is None:
         from .storage.age import AgeReplicaClient
 
         return AgeReplicaClient(client, replica.age.keys)
     return client
 
 
-def _plain_client_for(replica: ReplicaConfig, env: Mapping[str, str],
-                      reading: bool) -> ReplicaClient:
+def _plain_client_for(replica: ReplicaConfig, env: Mapping[str, str], reading: bool,
+                      request_timeout: float | None) -> ReplicaClient:
     if replica.type == "file":
         return FileReplicaClient(Path(replica.path))
     if replica.bucket is None:
         raise StorageError("an s3 replica needs a bucket", ExitCode.CONFIG)
     credentials = find_credentials(replica, env)
-    if reading:
+    if reading and request_timeout is None:
         from .storage.s3_reader import S3ReaderClient, reader_credentials
 
         keys = reader_credentials(replica.endpoint, replica.region, credentials.access_key_id,
@@ -60,14 +64,18 @@ def _plain_client_for(replica: ReplicaConfig, env: Mapping[str, str],
                 region=replica.region, force_path_style=replica.force_path_style,
                 credentials_source=source, env=env,
                 writer=lambda: _boto_client(replica, env))
-    return _boto_client(replica, env)
+    return _boto_client(replica, env, request_timeout)
 
 
-def _boto_client(replica: ReplicaConfig, env: Mapping[str, str]) -> S3ReplicaClient:
+def _boto_client(replica: ReplicaConfig, env: Mapping[str, str],
+                 request_timeout: float | None = None) -> S3ReplicaClient:
     assert replica.bucket is not None
     credentials = find_credentials(replica, env)
     from .storage.s3 import S3ReplicaClient  # boto3 takes a while to import: only when needed
 
+    timeouts = {} if request_timeout is None else {
+        "connect_timeout": request_timeout, "read_timeout": request_timeout,
+        "max_attempts": 2}
     return S3ReplicaClient(
         replica.bucket,
         replica.path,
@@ -77,6 +85,7 @@ def _boto_client(replica: ReplicaConfig, env: Mapping[str, str]) -> S3ReplicaCli
         access_key_id=credentials.access_key_id,
         secret_access_key=credentials.secret_access_key,
         credentials_source=credentials.source,
+        **timeouts,  # type: ignore[arg-type]
     )
 
 

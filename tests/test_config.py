@@ -242,25 +242,10 @@ PROXY = """proxy: {addr: ":8080", target: "localhost:8081", db: store.db, max-la
 """
 
 
-@pytest.mark.parametrize(("text", "key", "instead"), [
-    ("lease: {hostname: n1}\n", "lease.hostname 'n1'", "lease.advertise-url"),
-    ("lease: {type: etcd}\n", "lease.type 'etcd'", "type: static"),
-    ("lease: {type: consul}\n", "lease.type 'consul'", "etcd and s3 leases are coming"),
-])
-def test_not_supported_yet_is_refused_with_what_to_do(
-    tmp_path: Path, text: str, key: str, instead: str
-) -> None:
-    msg = load_error(tmp_path, text)
-    assert msg.startswith(f"not supported yet: {key} in {tmp_path / 'litefs.yml'} — ")
-    assert instead in msg
-
-
-def test_refused_keys_are_parsed_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A refused key is still checked (mistakes are named, not hidden by the refusal), and
-    deleting its NOT_SUPPORTED_YET entry is all it takes to accept it."""
-    assert "lease.hostname" in load_error(tmp_path, "lease: {hostname: 5}\n")
-    monkeypatch.delitem(config_mod.NOT_SUPPORTED_YET, "lease.hostname")
-    assert load(tmp_path, "lease: {hostname: n1}\n").lease.hostname == "n1"
+def test_nothing_is_refused_as_not_supported_yet() -> None:
+    """Every documented key works: the proxy and the etcd/s3 leases have landed (consul is
+    refused by LeaseConfig itself, naming etcd and s3)."""
+    assert config_mod.NOT_SUPPORTED_YET == {}
 
 
 def test_proxy_section(tmp_path: Path) -> None:
@@ -475,7 +460,18 @@ def test_unknown_key_without_a_close_match_lists_valid_keys(tmp_path: Path) -> N
                                                             "a whole number"]),
     ("log: {level: verbose}\n", ["log.level", "'verbose'", "debug, info, warn, error"]),
     ("log: {format: xml}\n", ["log.format", "text, json"]),
-    ("lease: {type: consul}\n", ["lease.type", "'consul'", "static"]),
+    ("lease: {type: consul}\n", ["lease.type", "Consul", "type: etcd", "type: s3"]),
+    ("lease: {type: zookeeper}\n", ["lease.type", "'zookeeper'", "static, etcd, s3"]),
+    ("lease: {type: etcd, advertise-url: 'n:1'}\n", ["lease.etcd", "endpoints"]),
+    ("lease: {type: etcd, advertise-url: 'n:1', etcd: {endpoints: [a:1], ttl: 1s}}\n",
+     ["lease.etcd.ttl", "too short", "2s"]),
+    ("lease: {type: etcd, etcd: {endpoints: [a:1]}}\n", ["lease.advertise-url", "candidate"]),
+    ("lease: {type: etcd, advertise-url: 'n:1', etcd: {endpoints: 'ftp://x'}}\n",
+     ["lease.etcd.endpoints", "host:port"]),
+    ("lease: {advertise-url: 'n:1', s3: {ttl: 5s}}\n", ["lease.s3", "lease.type: s3"]),
+    ("lease: {type: s3, advertise-url: 'n:1'}\n", ["lease.type", "replica.url"]),
+    ("replication: {commit: sync}\n", ["replication.commit", "local, replica, bucket"]),
+    ("replication: {commit: bucket}\n", ["replication.commit", "lease.type etcd or s3"]),
     ("dbs: {name: store.db}\n", ["dbs", "a list"]),
     ("dbs: [store.db]\n", ["dbs[0]", "a mapping", "'store.db'"]),
     ("dbs: [{replica: {url: 's3://b'}}]\n", ["dbs[0]", "missing name"]),
@@ -934,7 +930,7 @@ def test_every_error_is_a_one_line_config_error(tmp_path: Path, text: str) -> No
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "config.md"
 PACKAGE = Path(config_mod.__file__).resolve().parent.parent
-SECTIONS = {"fuse", "data", "log", "http", "http.tls", "lease"}
+SECTIONS = {"fuse", "data", "log", "http", "http.tls", "lease", "replication"}
 BASE = "replica:\n  type: s3\n  bucket: b\n"  # what the replica keys' entries add to
 _AGE_IDENTITY = pyrage.x25519.Identity.generate()  # replica.age needs keys that parse
 AGE_PUBLIC, AGE_SECRET = str(_AGE_IDENTITY.to_public()), str(_AGE_IDENTITY)
@@ -952,6 +948,10 @@ def server_settings(cfg: Config) -> ProxySettings:
 # key: (a file that sets it to a value other than its default, what that value becomes,
 # the value, and the code that acts on it: "module.py: text"). Keys in NOT_SUPPORTED_YET
 # are checked to be refused instead.
+ETCD_OPEN = ("lease:\n  type: etcd\n  advertise-url: 'n1:20202'\n"
+             "  etcd: {endpoints: ['e:2379']")  # entries add `, key: value}`
+ETCD = ETCD_OPEN + "}"
+S3L = BASE + "lease: {type: s3, advertise-url: 'n1:20202', s3: {"  # entries add `k: v}}`
 BEHAVIOUR: dict[str, tuple[str, object, object, str]] = {
     "fuse.dir": ("fuse: {dir: /m}", lambda c: c.fuse.dir, "/m", "cli.py: cfg.fuse.dir"),
     "fuse.allow-other": ("fuse: {allow-other: true}", lambda c: c.fuse.allow_other, True,
@@ -1001,6 +1001,43 @@ BEHAVIOUR: dict[str, tuple[str, object, object, str]] = {
                         lambda c: c.lease.candidate, False, "app.py: config.lease.candidate"),
     "lease.advertise-url": ("lease: {advertise-url: 'p:1'}", lambda c: c.lease.advertise_url,
                             "http://p:1", "app.py: config.lease.advertise_url"),
+    "lease.type": (ETCD, lambda c: c.lease.settings.type, "etcd",
+                   "settings.py: if settings.type == \"etcd\""),
+    "lease.hostname": (ETCD + "\n  hostname: n1", lambda c: c.lease.settings.hostname, "n1",
+                       "cluster.py: settings.hostname"),
+    "lease.promote": (ETCD + "\n  promote: true", lambda c: c.lease.settings.promote, True,
+                      "elector.py: self.settings.promote"),
+    "lease.demote-delay": (ETCD + "\n  demote-delay: 3s",
+                           lambda c: c.lease.settings.demote_delay, 3.0,
+                           "elector.py: self.settings.demote_delay"),
+    "lease.etcd": (ETCD, lambda c: c.lease.settings.etcd.endpoints, ("http://e:2379",),
+                   "settings.py: e = settings.etcd"),
+    "lease.etcd.endpoints": (ETCD, lambda c: c.lease.settings.etcd.endpoints,
+                             ("http://e:2379",), "settings.py: EtcdLease(e.endpoints"),
+    "lease.etcd.key": (ETCD_OPEN + ", key: k/p}", lambda c: c.lease.settings.etcd.key, "k/p",
+                       "settings.py: e.key"),
+    "lease.etcd.ttl": (ETCD_OPEN + ", ttl: 3s}", lambda c: c.lease.settings.etcd.ttl, 3.0,
+                       "settings.py: ttl=e.ttl"),
+    "lease.etcd.lock-delay": (ETCD_OPEN + ", lock-delay: 2s}",
+                              lambda c: c.lease.settings.etcd.lock_delay, 2.0,
+                              "settings.py: lock_delay=e.lock_delay"),
+    "lease.s3": (S3L + "}}", lambda c: c.lease.settings.s3.key, "litefs-lease.json",
+                 "settings.py: s = settings.s3"),
+    "lease.s3.key": (S3L + "key: l.json}}", lambda c: c.lease.settings.s3.key, "l.json",
+                     "settings.py: BucketLease(bucket, s.key"),
+    "lease.s3.ttl": (S3L + "ttl: 4s}}", lambda c: c.lease.settings.s3.ttl, 4.0,
+                     "settings.py: ttl=s.ttl"),
+    "lease.s3.lock-delay": (S3L + "lock-delay: 0s}}", lambda c: c.lease.settings.s3.lock_delay,
+                            0.0, "settings.py: lock_delay=s.lock_delay"),
+    "lease.s3.max-clock-skew": (S3L + "max-clock-skew: 2s}}",
+                                lambda c: c.lease.settings.s3.max_clock_skew, 2.0,
+                                "settings.py: max_clock_skew=s.max_clock_skew"),
+    "replication.commit": (ETCD + "\nreplication: {commit: replica}",
+                           lambda c: c.replication.commit, "replica",
+                           "cluster.py: cfg.replication.commit"),
+    "replication.commit-timeout": (ETCD + "\nreplication: {commit-timeout: 2s}",
+                                   lambda c: c.replication.commit_timeout, 2.0,
+                                   "cluster.py: cfg.replication.commit_timeout"),
     "replica": (BASE, lambda c: c.replica_for("x.db").bucket, "b",
                 "app.py: config.replica_for("),
     "replicas": ("replicas: [{url: 's3://b'}]", lambda c: c.replica_for("x.db").bucket, "b",
@@ -1028,7 +1065,7 @@ BEHAVIOUR: dict[str, tuple[str, object, object, str]] = {
                               "app.py: sync_interval=replica.sync_interval"),
     "replica.batch-window": (BASE + "  batch-window: 0s",
                              lambda c: c.replica_for("x").batch_window, 0.0,
-                             "app.py: batch_window=replica.batch_window"),
+                             "app.py: \"batch_window\", replica.batch_window"),
     "replica.upload-rate": (BASE + "  upload-rate: 300/m",
                             lambda c: c.replica_for("x").upload_rate, 5.0,
                             "app.py: RequestBudget(replica.upload_rate"),
@@ -1116,7 +1153,7 @@ BEHAVIOUR: dict[str, tuple[str, object, object, str]] = {
 }
 BEHAVIOUR["secret-access-key"] = BEHAVIOUR["access-key-id"]
 BEHAVIOUR["replica.secret-access-key"] = BEHAVIOUR["replica.access-key-id"]
-REFUSED = {"lease.hostname": "lease: {hostname: n1}", "lease.type": "lease: {type: etcd}"}
+REFUSED: dict[str, str] = {}  # keys in NOT_SUPPORTED_YET, with a config using each
 # Keys whose code lives in another change that is not merged here yet: the key is parsed and
 # exposed, and the named change acts on it. Remove an entry when that change is merged.
 PENDING: dict[str, str] = {}

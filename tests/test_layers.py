@@ -18,7 +18,7 @@ LAYERS: dict[str, int] = {
     "replication": 4,
     "fuse": 5,
     "config": 6, "replica_clients": 6,
-    "app": 7, "doctor": 7, "proxy": 7,
+    "app": 7, "doctor": 7, "proxy": 7, "cluster": 7,
     "cli": 8, "__main__": 8,
 }
 # Third-party libraries that belong to one layer only (docs/design.md).

@@ -40,6 +40,7 @@ __all__ = [
     "Credentials",
     "DBConfig",
     "DataConfig",
+    "EtcdLeaseConfig",
     "ExecCommand",
     "FuseConfig",
     "HttpConfig",
@@ -48,6 +49,8 @@ __all__ = [
     "LogConfig",
     "ProxyConfig",
     "ReplicaConfig",
+    "ReplicationConfig",
+    "S3LeaseConfig",
     "find_credentials",
     "load_config",
     "normalize_endpoint",
@@ -63,14 +66,8 @@ __all__ = [
 CONFIG_SEARCH_PATHS: tuple[Path, ...] = (Path("litefs.yml"), Path("/etc/litefs.yml"))
 
 #: Keys that parse and are then refused, with what to do instead. When a feature arrives,
-#: deleting its entry here is all it takes to accept the key (for lease.type: add the type
-#: to LeaseConfig.type's choices).
+#: deleting its entry here is all it takes to accept the key.
 NOT_SUPPORTED_YET: dict[str, str] = {
-    "lease.hostname": "a node's name comes with the etcd and s3 leases; leave it out (replicas "
-                      "reach the primary through lease.advertise-url)",
-    "lease.type": "litefs-py has only static leases for now (etcd and s3 leases are coming); "
-                  "write type: static, with candidate: true on the primary and false on "
-                  "replicas",
 }
 
 LogLevel = Literal["debug", "info", "warn", "error"]
@@ -204,13 +201,111 @@ def _http_url(value: object) -> str | None:
     return url.rstrip("/")
 
 
+def _lease_type(value: object) -> str:
+    """`lease.type`: static, etcd or s3 (any case). Consul is refused for good, naming what to
+    use instead (there is no Consul server to test against)."""
+    got = s.text(value).strip().lower()
+    if got == "consul":
+        raise s.Problem("Consul is not supported by litefs-py (there is no Consul server to "
+                        "test it against); use type: etcd (lease.etcd.endpoints: your etcd "
+                        "cluster) or type: s3 (the lease is an object in the replica bucket)")
+    if got not in ("static", "etcd", "s3"):
+        raise s.Problem(f"invalid value {s.show_value(value)}; expected one of: static, etcd, "
+                        "s3")
+    return got
+
+
+def _etcd_endpoints(value: object) -> tuple[str, ...]:
+    """A list of client URLs, or one string with commas (as etcdctl takes them)."""
+    if isinstance(value, str):
+        items: list[object] = [e for e in value.split(",") if e.strip()]
+    elif isinstance(value, list):
+        items = list(value)
+    else:
+        raise s.WrongType(value, "a list of etcd client URLs, e.g. [http://10.0.0.5:2379]")
+    if not items:
+        raise s.Problem("list the etcd cluster's client URLs, e.g. [http://10.0.0.5:2379]")
+    return tuple(s.read_at((i,), s.text, e).strip() for i, e in enumerate(items))
+
+
+@dataclass(frozen=True)
+class EtcdLeaseConfig:
+    """`lease.etcd` (the shape of LiteFS's `lease.consul`)."""
+
+    endpoints: Annotated[tuple[str, ...], _etcd_endpoints] = field(metadata=_key(
+        missing="missing endpoints (the etcd cluster's client URLs, e.g. "
+                "[http://10.0.0.5:2379])"))
+    key: str = "litefs/primary"
+    ttl: Annotated[float, s.duration] = 10.0
+    lock_delay: Annotated[float, s.duration_or_0] = 1.0
+
+
+@dataclass(frozen=True)
+class S3LeaseConfig:
+    """`lease.s3`: the lease object in the default replica's location."""
+
+    key: str = "litefs-lease.json"
+    ttl: Annotated[float, s.duration] = 10.0
+    lock_delay: Annotated[float, s.duration_or_0] = 1.0
+    max_clock_skew: Annotated[float, s.duration_or_0] = 1.0
+
+
+LeaseType = Literal["static", "etcd", "s3"]
+
+
 @dataclass(frozen=True)
 class LeaseConfig:
-    type: Annotated[Literal["static"], s.choice("static", coming=dict.fromkeys(
-        ("etcd", "s3", "consul"), NOT_SUPPORTED_YET["lease.type"]))] = "static"
+    type: Annotated[LeaseType, _lease_type] = "static"
     candidate: bool = True
     advertise_url: Annotated[str | None, _http_url] = None
-    hostname: str | None = None  # NOT_SUPPORTED_YET
+    hostname: str | None = None  # the name replicas show in .primary; default: the host name
+    promote: bool = False
+    demote_delay: Annotated[float, s.duration_or_0] = 10.0
+    etcd: EtcdLeaseConfig | None = None
+    s3: S3LeaseConfig | None = None
+    # The backend's settings, checked by the lease package's own rules (replication/lease).
+    settings: Any = field(default=None, metadata=_key(""), compare=False, repr=False)
+
+    def checked(self) -> LeaseConfig:
+        """The lease package's rules (TTL at least 2 s, endpoints, advertise-url for a
+        candidate, a section that matches the type), worded for this file."""
+        from ..replication.lease import LeaseConfigError, parse_lease_settings
+
+        raw: dict[str, object] = {"type": self.type, "candidate": self.candidate,
+                                  "promote": self.promote, "demote-delay": self.demote_delay}
+        if self.advertise_url is not None:
+            raw["advertise-url"] = self.advertise_url
+        if self.hostname is not None:
+            raw["hostname"] = self.hostname
+        if self.etcd is not None:
+            e = self.etcd
+            raw["etcd"] = {"endpoints": list(e.endpoints), "key": e.key, "ttl": e.ttl,
+                           "lock-delay": e.lock_delay}
+        if self.s3 is not None:
+            b = self.s3
+            raw["s3"] = {"key": b.key, "ttl": b.ttl, "lock-delay": b.lock_delay,
+                         "max-clock-skew": b.max_clock_skew}
+        if self.type == "etcd" and self.etcd is None:
+            raise s.Problem("type etcd needs lease.etcd.endpoints (the etcd cluster's client "
+                            "URLs, e.g. [http://10.0.0.5:2379])", at=("etcd",))
+        try:
+            settings = parse_lease_settings(raw, parse_duration=float)
+        except LeaseConfigError as exc:
+            key, _, detail = exc.message.partition(": ")
+            path = tuple(key.split(".")[1:]) if key.startswith("lease.") else ()
+            raise s.Problem(detail if path else exc.message, at=path) from None
+        return replace(self, settings=settings)
+
+
+CommitMode = Literal["local", "replica", "bucket"]
+
+
+@dataclass(frozen=True)
+class ReplicationConfig:
+    """`replication`: when a commit is acknowledged to the application (docs/leases.md)."""
+
+    commit: Annotated[CommitMode, s.choice("local", "replica", "bucket")] = "local"
+    commit_timeout: Annotated[float, s.duration] = 5.0
 
 
 def _db_name(value: object) -> str:
@@ -555,7 +650,8 @@ class Config:
     exec: Annotated[tuple[ExecCommand, ...], _commands] = ()
     log: LogConfig = field(default_factory=LogConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
-    lease: LeaseConfig = field(default_factory=LeaseConfig)
+    lease: LeaseConfig = field(default_factory=lambda: LeaseConfig().checked())
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
     proxy: ProxyConfig | None = None  # None, or no proxy.target: no proxy on this node
     replica: ReplicaConfig | None = None  # the default target for every database
     dbs: Annotated[tuple[DBConfig, ...], _dbs] = ()
@@ -587,7 +683,8 @@ class Config:
     def checked(self) -> Config:
         """The rules between sections, once every section has been read."""
         has_bucket = self.replica is not None or any(d.replica for d in self.dbs)
-        if not self.lease.candidate and self.lease.advertise_url is None and not has_bucket:
+        if (self.lease.type == "static" and not self.lease.candidate
+                and self.lease.advertise_url is None and not has_bucket):
             raise s.Problem("false makes this mount a read replica, but it has nothing to "
                             "follow: set lease.advertise-url to the primary's URL, or a replica "
                             "bucket (replica.url) to follow the bucket", at=("lease", "candidate"))
@@ -598,9 +695,18 @@ class Config:
                             "directories, e.g. /litefs and /var/lib/litefs", at=("fuse", "dir"))
         if self.proxy is not None and self.proxy.target is not None:
             _check_proxy_ports(self.proxy, self.http)
-        if self.lease.hostname is not None and "lease.hostname" in NOT_SUPPORTED_YET:
-            raise s.NotYet(NOT_SUPPORTED_YET["lease.hostname"], self.lease.hostname,
-                           at=("lease", "hostname"))
+        if self.lease.type == "s3" and self.replica is None:
+            raise s.Problem("s3 keeps the lease in the default replica's bucket, but there is "
+                            "no replica: set replica.url (or use type: etcd)",
+                            at=("lease", "type"))
+        if self.replication.commit != "local" and self.lease.type == "static":
+            raise s.Problem(f"{self.replication.commit} needs lease.type etcd or s3 (the "
+                            "acknowledgements come with the cluster's lease); with a static "
+                            "lease use commit: local", at=("replication", "commit"))
+        if self.replication.commit == "bucket" and not has_bucket:
+            raise s.Problem("bucket waits for each commit to reach the replica bucket, but "
+                            "there is none: set replica.url, or use commit: local or replica",
+                            at=("replication", "commit"))
         if self.access_key_id is None:
             return self
         # Litestream's rule: the top-level keys serve every s3 replica without its own.
@@ -639,7 +745,8 @@ def _check_proxy_ports(proxy: ProxyConfig, http: HttpConfig) -> None:
 
 SCHEMA = s.Schema(Config, (Config, FuseConfig, DataConfig, ExecCommand, LogConfig, HttpConfig,
                            HttpTlsConfig,
-                           LeaseConfig, ProxyConfig, ReplicaConfig, AgeConfig, DBConfig))
+                           LeaseConfig, EtcdLeaseConfig, S3LeaseConfig, ReplicationConfig,
+                           ProxyConfig, ReplicaConfig, AgeConfig, DBConfig))
 
 
 def schema_keys() -> list[str]:

@@ -12,7 +12,7 @@ import functools
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import pyfuse3
@@ -27,6 +27,7 @@ log = logging.getLogger("litefs.fuse")
 
 ROOT = pyfuse3.ROOT_INODE
 POS_SIZE = 34  # "%016x/%016x\n"
+POS_EPOCH_SIZE = 51  # "%016x/%016x/%016x\n": with an etcd or s3 lease, the epoch third
 CACHE_TIMEOUT = 300.0  # every change goes through this process, so the kernel may cache
 FSYNC_INLINE_LTX_FILES = 4  # fsyncs with more unsynced LTX files run in a worker thread
 
@@ -39,7 +40,13 @@ class Handle:
 
 
 def pos_text(db: DB) -> bytes:
+    """`TXID/CHECKSUM` as LiteFS writes it; a database with an epoch history (an etcd or s3
+    lease) adds `/EPOCH`, the newest term of its history (the primary's own term on the
+    primary), so a client can tell which term its commit landed in."""
     txid, checksum = db.pos
+    epoch = db.epochs.last_epoch
+    if epoch:
+        return f"{txid:016x}/{checksum:016x}/{epoch:016x}\n".encode()
     return f"{txid:016x}/{checksum:016x}\n".encode()
 
 
@@ -61,6 +68,15 @@ class PrimaryOperations(pyfuse3.Operations):
         self._next_fh = 1
         # Tells the kernel a name is gone (pyfuse3's; the kernel-less tests pass their own).
         self._invalidate_entry = invalidate_entry
+        #: Awaited after a request that committed a transaction, before it is answered
+        #: (replication.commit: replica/bucket wait for the acknowledgement there); raises
+        #: OSError (the application sees it) when the commit cannot be acknowledged.
+        self.after_commit: Callable[[DB], Awaitable[None]] | None = None
+
+    async def _committed(self, db: DB, before: int) -> None:
+        """Called after a changing request with the TXID it started from."""
+        if self.after_commit is not None and db.txid != before:
+            await self.after_commit(db)
 
     # ---- names and inodes ----------------------------------------------------------------
 
@@ -119,7 +135,7 @@ class PrimaryOperations(pyfuse3.Operations):
         if kind is FileKind.POS:
             st = db.stat(FileKind.DATABASE)
             a.st_mode = stat.S_IFREG | 0o444
-            a.st_size = POS_SIZE
+            a.st_size = POS_EPOCH_SIZE if db.epochs.last_epoch else POS_SIZE
             a.attr_timeout = 0.0
             a.entry_timeout = 0.0
         else:
@@ -172,7 +188,9 @@ class PrimaryOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EPERM)
         if fields.update_size:
             await self._writes_allowed(db, kind)
+            before = db.txid
             db.truncate(kind, attr.st_size)
+            await self._committed(db, before)
         times = None
         if fields.update_atime or fields.update_mtime:
             self._times.pop(inode, None)  # an explicit utime: report the new times
@@ -259,7 +277,9 @@ class PrimaryOperations(pyfuse3.Operations):
         db.fd(kind)
         if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
             await self._writes_allowed(db, kind)
+            before = db.txid
             db.truncate(kind, 0)
+            await self._committed(db, before)
         return pyfuse3.FileInfo(fh=self._new_handle(db, kind, inode), keep_cache=True)
 
     @fuse_boundary
@@ -286,7 +306,9 @@ class PrimaryOperations(pyfuse3.Operations):
         db.fd(kind, create=True, mode=stat.S_IMODE(mode))
         if flags & os.O_TRUNC:
             await self._writes_allowed(db, kind)
+            before = db.txid
             db.truncate(kind, 0)
+            await self._committed(db, before)
         inode = self._inode(db_name, kind)
         fh = self._new_handle(db, kind, inode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._attrs(db, kind, inode)
@@ -307,7 +329,12 @@ class PrimaryOperations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EACCES)
             if h.db.gate.held:
                 await self._writes_allowed(h.db, h.kind)
-            return h.db.write(h.kind, off, buf)
+            if self.after_commit is None:
+                return h.db.write(h.kind, off, buf)
+            before = h.db.txid
+            n = h.db.write(h.kind, off, buf)
+            await self._committed(h.db, before)
+            return n
         except Exception as exc:
             raise to_fuse_error(exc, "write") from None
 
@@ -374,7 +401,9 @@ class PrimaryOperations(pyfuse3.Operations):
             await self._writes_allowed(db, kind)
         if db is None or not db.exists(kind):
             raise pyfuse3.FUSEError(errno.ENOENT)
+        before = db.txid
         db.unlink(kind)
+        await self._committed(db, before)
         if kind is FileKind.DATABASE and db.txid == 0:
             self.store.forget(db_name)  # never committed anything: leave no empty log behind
         gone = (kind, FileKind.POS) if kind is FileKind.DATABASE else (kind,)

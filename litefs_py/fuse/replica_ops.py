@@ -9,8 +9,13 @@ The filesystem process itself opens databases read-write through the mount (its 
 fence takes SQLite's write locks, which need a writable descriptor), so requests from this
 process are let through.
 
-Two more virtual files: `.primary` (the primary's advertise URL; absent while the replica
-follows the bucket only) and `.lag` (seconds the replica is behind, e.g. "0.012").
+Two more virtual files: `.primary` (the primary's hostname with an etcd or s3 lease, its
+advertise URL with a static one; absent while the replica follows the bucket only) and `.lag`
+(seconds the replica is behind, e.g. "0.012").
+
+With an etcd or s3 lease the same object serves both roles: `primary_mode` switches it in
+place (no remount; open files stay open). As primary it is `PrimaryOperations` in every
+request, and `.primary` and `.lag` are absent, as on a primary; as replica it refuses writes.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import time
 from collections.abc import Callable
 
 import pyfuse3
+import trio
 
 from ..store.db import DB
 from ..store.replica_state import ReplicaState
@@ -52,6 +58,21 @@ class ReplicaOperations(PrimaryOperations):
         self._writable: set[int] = set()  # handles this process opened for writing
         self._refusals: dict[str, float] = {}
         self._virtual_fh: dict[int, int] = {}  # open handles of the virtual files
+        #: True while this node is the primary (lease.type etcd/s3 switch it in place).
+        self.primary_mode = False
+        self._write_pause: trio.Event | None = None
+
+    def pause_writes(self) -> None:
+        """A handoff: writes that would start a transaction wait (those of a transaction
+        under way go on) until `resume_writes`; if the node is no longer the primary by
+        then, they are refused (EROFS) and the application retries on the new primary."""
+        if self._write_pause is None:
+            self._write_pause = trio.Event()
+
+    def resume_writes(self) -> None:
+        pause, self._write_pause = self._write_pause, None
+        if pause is not None:
+            pause.set()
 
     def _ours(self, ctx: pyfuse3.RequestContext) -> bool:
         """Whether a request comes from this process (ctx.pid is the calling *thread's* id:
@@ -61,9 +82,11 @@ class ReplicaOperations(PrimaryOperations):
     # ---- the virtual files ---------------------------------------------------------------
 
     def _virtual_text(self, name: str) -> bytes | None:
+        if self.primary_mode:
+            return None  # as on a primary: no .primary (LiteFS's contract), no .lag
         if name == PRIMARY_FILE:
-            url = self.state.primary_url
-            return f"{url}\n".encode() if url and self.state.source != "bucket" else None
+            shown = self.state.primary_hostname or self.state.primary_url
+            return f"{shown}\n".encode() if shown and self.state.source != "bucket" else None
         return f"{self.state.lag_seconds():.3f}\n".encode()
 
     def _virtual_attrs(self, name: str) -> pyfuse3.EntryAttributes:
@@ -116,7 +139,7 @@ class ReplicaOperations(PrimaryOperations):
         if inode in self._virtual_name:
             raise pyfuse3.FUSEError(errno.EROFS)
         db, kind = self._lookup_node(inode)
-        if kind is not FileKind.SHM and not self._ours(ctx):
+        if kind is not FileKind.SHM and not self.primary_mode and not self._ours(ctx):
             raise self._refuse_write(db.name)
         return await super().setattr(inode, attr, fields, fh, ctx)
 
@@ -129,6 +152,8 @@ class ReplicaOperations(PrimaryOperations):
             return pyfuse3.FileInfo(fh=self._virtual_handle(inode), direct_io=True,
                                     keep_cache=False)
         db, kind = self._lookup_node(inode)
+        if self.primary_mode:
+            return await super().open(inode, flags, ctx)
         writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
         if writing and kind not in (FileKind.SHM, FileKind.POS) and not self._ours(ctx):
             # SQLite always tries read-write first and falls back to read-only: not worth
@@ -151,6 +176,8 @@ class ReplicaOperations(PrimaryOperations):
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        if self.primary_mode:
+            return await super().create(parent_inode, name, mode, flags, ctx)
         db_name, kind = self._resolve(parent_inode, name)
         if kind is not FileKind.SHM or self.store.get(db_name) is None:
             raise self._refuse_write(db_name)
@@ -166,6 +193,15 @@ class ReplicaOperations(PrimaryOperations):
         return await super().read(fh, off, size)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
+        if self.primary_mode:
+            pause = self._write_pause
+            if pause is not None:
+                h = self._handles.get(fh)
+                if h is not None and h.kind is not FileKind.SHM and not h.db.in_transaction:
+                    await pause.wait()
+                    if not self.primary_mode:
+                        raise self._refuse_write(h.db.name)
+            return await super().write(fh, off, buf)
         try:
             h = self._handles[fh]
             if h.kind is not FileKind.SHM:
@@ -176,7 +212,9 @@ class ReplicaOperations(PrimaryOperations):
 
     @fuse_boundary
     async def fsync(self, fh: int, datasync: bool) -> None:
-        return None  # nothing an application writes here needs to be durable (-shm only)
+        if self.primary_mode and fh not in self._virtual_fh:
+            await super().fsync(fh, datasync)
+        # A replica: nothing an application writes here needs to be durable (-shm only).
 
     @fuse_boundary
     async def release(self, fh: int) -> None:
@@ -187,11 +225,16 @@ class ReplicaOperations(PrimaryOperations):
 
     @fuse_boundary
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if self.primary_mode:
+            return await super().unlink(parent_inode, name, ctx)
         db_name, _kind = self._resolve(parent_inode, name)
         raise self._refuse_write(db_name)
 
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        if self.primary_mode:
+            return await super().rename(parent_inode_old, name_old, parent_inode_new,
+                                        name_new, flags, ctx)
         raise self._refuse_write(os.fsdecode(name_old))
 
 

@@ -44,8 +44,8 @@ def announce_proxy(stream_server: StreamServer, settings: ProxySettings, *,
     """Make the primary's replication API say where its proxy is (`/litefs/v1/info`:
     `proxy`, `hostname`), which is how replicas' proxies find it. Call it for every
     StreamServer this node starts as primary (at start, and after a promotion)."""
-    stream_server.info_extra["proxy"] = advertised_proxy_url(settings, advertise_url)
-    stream_server.info_extra["hostname"] = hostname or socket.gethostname()
+    stream_server.info_fields["proxy"] = advertised_proxy_url(settings, advertise_url)
+    stream_server.info_fields["hostname"] = hostname or socket.gethostname()
 
 
 async def start_proxy(nursery: trio.Nursery, settings: ProxySettings, store: Store, *,

@@ -6,6 +6,12 @@ store/replica_apply.py in a worker thread, one at a time per database.
 Recovery needs no operator: a file that does not fit the replica's position (it diverged, is
 ahead of a restarted primary, or the primary's local log no longer has what it needs) marks
 the database for a snapshot and the stream reconnects asking for one; the reason is logged.
+
+With an etcd or s3 lease (`hooks` given, docs/leases.md) the node follows whoever holds the
+lease (`follow`), refuses a stream from an epoch older than the newest it has seen, compares
+its epoch history with the primary's at each hello and quarantines its own transactions the
+primary's history does not have (then asks for a snapshot), and reports every applied
+position (`hooks.applied`) so that a primary waiting for replicas can be acknowledged.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import trio
 
@@ -23,6 +30,8 @@ from ..storage.base import ReplicaClient
 from ..storage.retry import RetryPolicy, RetryState
 from ..store.apply_fence import FenceTimeout
 from ..store.db import DB
+from ..store.epochs import EpochStart
+from ..store.quarantine import Quarantined, quarantine_divergent
 from ..store.replica_apply import (
     Fence,
     KernelCache,
@@ -34,7 +43,7 @@ from ..store.replica_state import ReplicaState
 from ..store.store import Store, valid_db_name
 from ..types import ZERO_POS, FileKind, Pos
 from .bucket_follower import BucketFollower
-from .stream_client import AuthError, PrimaryStream, StreamError
+from .stream_client import AuthError, NotPrimaryError, PrimaryStream, StreamError
 from .stream_protocol import Frame, ProtocolError, parse_positions
 
 log = logging.getLogger("litefs.replica")
@@ -45,6 +54,30 @@ MAX_BACKOFF = 5.0
 # MAX_BACKOFF (the primary may be restarted with the right one).
 STREAM_RETRY = RetryPolicy(initial=0.1, cap=MAX_BACKOFF, slow=(MAX_BACKOFF, MAX_BACKOFF))
 BUCKET_RESCAN = 30.0  # seconds between looks for new databases in the bucket
+
+
+class ClusterHooks(Protocol):
+    """What a replica of an etcd or s3 lease cluster tells, and asks, the node around it."""
+
+    def known_epoch(self) -> int:
+        """The newest epoch this node has seen (a primary of an older one is refused)."""
+        ...
+
+    def identity(self) -> dict[str, Any]:
+        """Sent with each stream request: node id, hostname, advertise URL, candidate."""
+        ...
+
+    def saw_primary(self, hello: dict[str, Any]) -> None:
+        """A hello or heartbeat from the primary (its epoch, peers, commit mode)."""
+        ...
+
+    def applied(self, name: str, pos: Pos) -> None:
+        """A file from the primary was applied (and its LTX record is durable)."""
+        ...
+
+    def quarantined(self, name: str, fork: int, moved: Quarantined | None) -> None:
+        """This node's records of `name` from TXID `fork` on were set aside."""
+        ...
 
 
 @dataclass
@@ -64,8 +97,11 @@ class ReplicaNode:
                  cache: KernelCache | None,
                  bucket_dbs: Callable[[], list[tuple[str, ReplicaClient]]] | None = None,
                  follow_after: float = FOLLOW_BUCKET_AFTER,
+                 hooks: ClusterHooks | None = None,
                  tls: ssl.SSLContext | None = None, allow_insecure: bool = False) -> None:
         self.store = store
+        self.hooks = hooks
+        self._redirected = trio.Event()
         self.tls = tls  # http_tls.client_context: verifies an https:// primary
         self.allow_insecure = allow_insecure
         self.state = state
@@ -83,6 +119,26 @@ class ReplicaNode:
         self._healthy = False  # this connection applied something or idled normally
         self._connection = Connection(self, None)
         state.primary_url = primary_url
+
+    def needs_snapshot(self, name: str) -> None:
+        """Ask for a snapshot of `name` on the next connection (its copy cannot be
+        trusted)."""
+        self._needs_snapshot.add(name)
+
+    def follow(self, url: str | None, hostname: str | None = None) -> None:
+        """Follow another primary (the lease changed hands): the current stream ends and the
+        next one goes to `url` (None: wait for one)."""
+        self.state.primary_hostname = hostname
+        if url == self.primary_url:
+            return
+        log.info("following the primary %s%s", url or "(none yet)",
+                 f" ({hostname})" if hostname else "")
+        self.primary_url = url
+        self.state.primary_url = url
+        if self._connection.nursery is not None:
+            self._connection.fail(f"the primary is now {url or 'unknown'}")
+        self._redirected.set()
+        self._redirected = trio.Event()
 
     # ---- applying ------------------------------------------------------------------------
 
@@ -115,6 +171,7 @@ class ReplicaNode:
             self.stats.apply_seconds += time.monotonic() - started
             if result.skipped:
                 return
+            _note_epochs(db, files)
             self._needs_snapshot.discard(name)
             self.stats.applied_files += result.files
             self.stats.apply_batches += 1
@@ -136,9 +193,53 @@ class ReplicaNode:
 
     # ---- the primary's stream ------------------------------------------------------------
 
+    def _check_epoch(self, h: dict[str, Any]) -> None:
+        if self.hooks is None:
+            return
+        epoch = h.get("epoch")
+        known = self.hooks.known_epoch()
+        if known and (not isinstance(epoch, int) or epoch < known):
+            raise StreamError(f"{self.primary_url} streams for epoch {epoch}, older than epoch "
+                              f"{known} this node has seen: refusing it (a primary that lost "
+                              "its lease)")
+
+    async def _reconcile(self, histories: object) -> None:
+        """Compare each database's epoch history with the primary's; quarantine what this
+        node wrote that the primary's history does not have, then take its history."""
+        if not isinstance(histories, dict):
+            return
+        diverged = []
+        for name, raw in histories.items():
+            db = self.store.dbs.get(str(name))
+            if db is None or not isinstance(raw, list):
+                continue
+            try:
+                primary = [EpochStart(int(e), int(t)) for e, t in raw]
+            except (TypeError, ValueError):
+                raise ProtocolError(f"bad epoch history for {name!r}") from None
+            fork = db.epochs.fork_point(primary, db.txid)
+            if fork is not None:
+                lock = self._locks.setdefault(db.name, trio.Lock())
+                async with lock:
+                    moved = await trio.to_thread.run_sync(
+                        quarantine_divergent, db, fork, self.store.quarantine(db.name))
+                self._needs_snapshot.add(db.name)
+                diverged.append(db.name)
+                if self.hooks is not None:
+                    self.hooks.quarantined(db.name, fork, moved)
+            await trio.to_thread.run_sync(db.epochs.adopt, primary)
+        if diverged:
+            self._connection.fail(f"reconnecting to ask for a snapshot of "
+                                  f"{', '.join(diverged)} after quarantining this node's "
+                                  "transactions the primary does not have")
+
     async def _on_frame(self, frame: Frame) -> None:
         h = frame.header
+        self._check_epoch(h)
         if frame.type == "hello":
+            if self.hooks is not None:
+                self.hooks.saw_primary(h)
+                await self._reconcile(h.get("epochs"))
             self.state.primary_txids = {n: t for n, (t, _c) in
                                         parse_positions(h.get("dbs", {})).items()}
             if self.state.source != "primary":
@@ -159,6 +260,8 @@ class ReplicaNode:
             await self._connection.queue(name).send(LtxToApply(frame.payload, expected))
             return  # the applier notes the position once the file is applied
         elif frame.type == "heartbeat":
+            if self.hooks is not None:
+                self.hooks.saw_primary(h)
             self._healthy = True
             self.state.primary_txids = {n: t for n, (t, _c) in
                                         parse_positions(h.get("dbs", {})).items()}
@@ -166,21 +269,25 @@ class ReplicaNode:
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
-            if self.primary_url is None:
+            if self.primary_url is None and self.hooks is None:
                 self.state.source = "bucket"
                 await self._follow_bucket()
                 return
             await self._follow_primary(nursery)
 
     async def _follow_primary(self, nursery: trio.Nursery) -> None:
-        assert self.primary_url is not None
         retry = RetryState(STREAM_RETRY)
         down_since: float | None = None
         last_reason = None
         while True:
+            if self.primary_url is None:  # no primary known yet (a lease being elected)
+                self.state.source = "none"
+                await self._redirected.wait()
+                continue
             stream = PrimaryStream(self.primary_url, self.secret, self.positions,
-                                   self._on_frame, tls=self.tls,
-                                   allow_insecure=self.allow_insecure)
+                                   self._on_frame,
+                                   self.hooks.identity() if self.hooks is not None else None,
+                                   tls=self.tls, allow_insecure=self.allow_insecure)
             self._healthy = False
             kind = "stream"
             try:
@@ -190,6 +297,8 @@ class ReplicaNode:
             except AuthError as exc:
                 reason = str(exc)
                 kind = "auth"  # a wrong secret: waiting does not fix it
+            except NotPrimaryError as exc:
+                reason = str(exc)  # the lease moved on: `follow` redirects
             except StreamError as exc:
                 reason = str(exc)
             except OSError as exc:  # e.g. readers held their locks too long: retry
@@ -215,7 +324,8 @@ class ReplicaNode:
                 log.warning("the primary has been unreachable for %.0f s; following the "
                             "bucket until it is back", now - down_since)
                 nursery.start_soon(self._follow_bucket_while_down)
-            await trio.sleep(failure.delay)
+            with trio.move_on_after(failure.delay):
+                await self._redirected.wait()  # a new primary: connect at once
 
     async def _connect(self, stream: PrimaryStream) -> None:
         """One connection with its appliers; an error of the stream or of an applier is
@@ -328,6 +438,10 @@ class Connection:
                 return
             node._healthy = True
             node.state.note_position(node._caught_up())
+            if node.hooks is not None:
+                db = node.store.dbs.get(name)
+                if db is not None:
+                    node.hooks.applied(name, db.pos)
 
     async def _apply_with_retry(self, name: str,
                                 batch: list[LtxToApply]) -> bool:
@@ -366,6 +480,15 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     for exc in group.exceptions:
         out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
     return out
+
+
+def _note_epochs(db: DB, files: list[LtxToApply]) -> None:
+    """A record of a newer term than the history knows (from the bucket, which carries no
+    history) starts that term's entry."""
+    for f in files:
+        header = Header.decode(f.data[:100])
+        if header.node_id > db.epochs.last_epoch and header.min_txid > 1:
+            db.epochs.begin(header.node_id, header.min_txid)
 
 
 def _is_deletion(data: bytes) -> bool:

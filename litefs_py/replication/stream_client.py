@@ -36,6 +36,10 @@ class StreamError(Exception):
     """The stream could not be opened or ended abnormally; the message says why."""
 
 
+class NotPrimaryError(StreamError):
+    """The node asked is not the primary (any more): follow the lease's holder instead."""
+
+
 class AuthError(StreamError):
     """The primary refused the secret (or this node refuses to send it, or TLS rejected a
     certificate): reconnecting will not help until it is fixed."""
@@ -44,7 +48,8 @@ class AuthError(StreamError):
 class PrimaryStream:
     def __init__(self, url: str, secret: str | None,
                  positions: Callable[[], dict[str, Pos]],
-                 on_frame: Callable[[Frame], Awaitable[None]], *,
+                 on_frame: Callable[[Frame], Awaitable[None]],
+                 identity: dict[str, object] | None = None, *,
                  tls: ssl.SSLContext | None = None, allow_insecure: bool = False) -> None:
         self.url = url.rstrip("/")
         self.secret = secret
@@ -52,6 +57,7 @@ class PrimaryStream:
         self.allow_insecure = allow_insecure
         self.positions = positions
         self.on_frame = on_frame
+        self.identity = identity  # who this replica is (etcd/s3 leases: for peers, acks)
         self.connected = False
 
     async def run_once(self) -> None:
@@ -64,8 +70,10 @@ class PrimaryStream:
         headers = {"accept": CONTENT_TYPE}
         if self.secret:
             headers["authorization"] = f"Bearer {self.secret}"
-        body = {"protocol": PROTOCOL_VERSION, "node": socket.gethostname(),
-                "dbs": format_positions(self.positions())}
+        body: dict[str, object] = {"protocol": PROTOCOL_VERSION, "node": socket.gethostname(),
+                                   "dbs": format_positions(self.positions())}
+        if self.identity is not None:
+            body["identity"] = self.identity
         timeout = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
         reader = FrameReader()
         try:
@@ -75,6 +83,9 @@ class PrimaryStream:
                 if response.status_code == 401:
                     raise AuthError(f"{self.url} refused this replica's secret (HTTP 401): "
                                     "set the same http.secret (or LITEFS_SECRET) on both")
+                if response.status_code == 503:
+                    text = (await response.aread()).decode(errors="replace").strip()
+                    raise NotPrimaryError(f"{self.url} is not the primary: {text[:200]}")
                 if response.status_code != 200:
                     text = (await response.aread()).decode(errors="replace").strip()
                     raise StreamError(f"{self.url} answered HTTP {response.status_code}: "

@@ -10,6 +10,12 @@ Authentication: `Authorization: Bearer <secret>`, compared in constant time (`_a
 the one check), and/or a client certificate when TLS asks for one (http_tls.py). Without
 either the server binds to loopback only. With `http.tls` it serves HTTPS (http_tls.py builds
 the context; `serve` hands it to hypercorn).
+
+With an etcd or s3 lease (docs/leases.md) every node runs this server: `serving()` says
+whether this node is the primary now (a replica answers the stream with 503 and where the
+primary is), `epoch()` is stamped on every frame (replicas refuse a stream from an older
+term), the hello carries each database's epoch history and the peers connected, and
+`routes` adds the cluster's own endpoints (acknowledgements, handoff).
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ REFUSAL_LOG_INTERVAL = 60.0  # at most one "refused" line per client address per
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+Route = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: Another endpoint on this server (e.g. /metrics): called with whether the request carried
 #: the secret, it decides itself whether it needs it.
 Endpoint = Callable[[Scope, Send, bool], Awaitable[None]]
@@ -112,13 +119,18 @@ class StreamServer:
         self.feed = ChangeFeed()
         self.subscribers = 0
         self.port: int | None = None
-        # Added to the /info answer by the layers above (e.g. where this node's HTTP proxy
-        # listens, so that replicas' proxies can forward writes to it).
-        self.info_extra: dict[str, object] = {}
-        # More endpoints behind the same secret, {(method, path): ASGI handler}, registered
-        # by the layers above (e.g. `litefs run --on-primary`).
-        self.routes: dict[tuple[str, str], Callable[[Scope, Receive, Send],
-                                                    Awaitable[None]]] = {}
+        # Fixed fields of the /info answer, set by the layers above (e.g. where this node's
+        # HTTP proxy listens, so that replicas' proxies can forward writes to it).
+        self.info_fields: dict[str, object] = {}
+        # Set by the cluster (app layer) with an etcd or s3 lease; the defaults are a static
+        # primary's: always serving, epoch 0, nothing more in the hello.
+        self.serving: Callable[[], str | None] = lambda: None  # why not serving, or None
+        self.epoch: Callable[[], int] = lambda: 0
+        self.hello_extra: Callable[[], dict[str, Any]] = dict
+        self.info_extra: Callable[[], dict[str, Any]] = dict
+        self.routes: dict[tuple[str, str], Route] = {}
+        self.identities: dict[str, dict[str, Any]] = {}  # subscriber -> what it said it is
+        self._streams: set[trio.CancelScope] = set()
         self._refusals: dict[str, tuple[float, int]] = {}  # address -> (last logged, since)
         self.endpoints: dict[str, Endpoint] = {}  # path -> endpoint, added by app.py
         for db in store.dbs.values():
@@ -180,6 +192,14 @@ class StreamServer:
             log.warning("cannot listen on %s for replicas: %s; replicas cannot connect until "
                         "http.addr is changed", bind, group.exceptions[0])
             self.port = None
+
+    def end_streams(self) -> int:
+        """End every replica's stream (this node stops being the primary); they reconnect
+        to whoever is. Returns how many were ended."""
+        scopes, self._streams = list(self._streams), set()
+        for scope in scopes:
+            scope.cancel()
+        return len(scopes)
 
     def abort_connections(self, peer: tuple[str, int] | None = None) -> int:
         """At shutdown: shut down every accepted connection's socket (or only the one from
@@ -252,14 +272,20 @@ class StreamServer:
             self._log_refusal(scope)
             return
         path, method = scope["path"], scope["method"]
+        route = self.routes.get((method, path))
         if path == INFO_PATH and method == "GET":
-            await _reply(send, 200, {**self.info_extra, "protocol": PROTOCOL_VERSION,
+            await _reply(send, 200, {**self.info_fields, "protocol": PROTOCOL_VERSION,
                                      "primary": self.advertise_url,
-                                     "dbs": format_positions(self.positions())})
+                                     "dbs": format_positions(self.positions()),
+                                     **self.info_extra()})
         elif path == STREAM_PATH and method == "POST":
+            refusal = self.serving()
+            if refusal is not None:
+                await _reply(send, 503, {"error": refusal, **self.info_extra()})
+                return
             await self._stream(scope, receive, send)
-        elif (method, path) in self.routes:
-            await self.routes[method, path](scope, receive, send)
+        elif route is not None:
+            await route(scope, receive, send)
         elif path in (INFO_PATH, STREAM_PATH):
             allow = "GET" if path == INFO_PATH else "POST"
             await _reply(send, 405, {"error": f"{_printable(method)} is not allowed on {path}; "
@@ -327,13 +353,20 @@ class StreamServer:
             return
         client = scope.get("client") or ("?", 0)
         who = _printable(str(request.get("node") or client[0]))
+        identity = request.get("identity")
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", CONTENT_TYPE.encode()),
                                 (b"cache-control", b"no-store")]})
         self.subscribers += 1
         log.info("replica %s connected", who)
+        key = f"{who}/{id(request)}"
+        if isinstance(identity, dict):
+            self.identities[key] = identity
+        stream_scope: trio.CancelScope | None = None
         try:
             async with trio.open_nursery() as nursery:
+                stream_scope = nursery.cancel_scope
+                self._streams.add(stream_scope)
                 async def watch_disconnect() -> None:
                     while (await receive())["type"] != "http.disconnect":
                         pass
@@ -350,6 +383,9 @@ class StreamServer:
             log.debug("stream to %s ended: %r", who, exc)
         finally:
             self.subscribers -= 1
+            self.identities.pop(key, None)
+            if stream_scope is not None:
+                self._streams.discard(stream_scope)
             log.info("replica %s disconnected", who)
 
 
@@ -379,6 +415,9 @@ class Subscription:
         self.sending_since: float | None = None  # when the send under way started
 
     async def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        epoch = self.server.epoch()
+        if epoch:
+            header["epoch"] = epoch
         self.sending_since = time.monotonic()
         try:
             await self._send({"type": "http.response.body",
@@ -390,7 +429,8 @@ class Subscription:
         server = self.server
         await self.send({"type": "hello", "protocol": PROTOCOL_VERSION,
                          "primary": server.advertise_url,
-                         "dbs": format_positions(server.positions())})
+                         "dbs": format_positions(server.positions()),
+                         **server.hello_extra()})
         while True:
             version = server.feed.version
             for name, db in list(server.store.dbs.items()):
@@ -401,7 +441,8 @@ class Subscription:
                 await server.feed.wait_past(version)
             if scope.cancelled_caught:
                 await self.send({"type": "heartbeat", "time": int(time.time() * 1000),
-                                 "dbs": format_positions(server.positions())})
+                                 "dbs": format_positions(server.positions()),
+                                 **server.hello_extra()})
 
     async def catch_up(self, name: str, db: DB) -> None:
         rtxid, rchecksum = self.sent.get(name, ZERO_POS)

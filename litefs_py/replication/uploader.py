@@ -33,6 +33,11 @@ One `Uploader` per database runs as a trio task:
 
 Blocking work (reading and merging local files, boto3 calls) runs in worker threads; the
 bookkeeping that touches the store runs in the trio thread.
+
+With an etcd or s3 lease (docs/leases.md) the uploader asks `may_upload()` before every PUT
+(a primary that cannot prove its lease uploads nothing more), never continues a bucket whose
+newest file carries an epoch newer than its own (`epoch()`), and never puts records of two
+epochs into one object, so that the bucket shows exactly where each term began.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..ltx import TRAILER_SIZE, LTXError, Trailer, compact
+from ..ltx import HEADER_SIZE, TRAILER_SIZE, Header, LTXError, Trailer, compact
 from ..storage import aio
 from ..storage.base import (
     META_CHECKSUM,
@@ -142,6 +147,11 @@ def _writer_of(info: LtxFileInfo) -> str:
     return "written without litefs-writer metadata: Litestream, or another tool"
 
 
+class NotUploadingError(StorageError):
+    """This node may not upload now (it does not hold the lease, or the bucket belongs to a
+    newer term); the message says why."""
+
+
 class Uploader:
     def __init__(self, db: DB, client: ReplicaClient, *, sync_interval: float = 1.0,
                  batch_window: float = 0.05, retention: float = 600.0,
@@ -149,7 +159,9 @@ class Uploader:
                  on_upload: Callable[[int, int], None] | None = None,
                  retry: RetryPolicy | None = None,
                  budget: RequestBudget | None = None,
-                 writer_check_interval: float | None = None) -> None:
+                 writer_check_interval: float | None = None,
+                 may_upload: Callable[[], str | None] | None = None,
+                 epoch: Callable[[], int] | None = None) -> None:
         self.db = db
         self.client = client
         self.sync_interval = sync_interval
@@ -173,13 +185,31 @@ class Uploader:
         self._check_floors: collections.deque[int] = collections.deque(maxlen=2)
         self._last_writer_check = 0.0
         self.foreign_writer: str | None = None  # set while another writer blocks uploads
+        self._may_upload = may_upload
+        self._epoch = epoch
+        self._stopped = False
         db.add_commit_listener(self._on_commit)
+
+    def stop(self) -> None:
+        """This node stopped being the primary: no more uploads, ever (the task is cancelled
+        by its owner; this also stops commit listening from doing anything)."""
+        self._stopped = True
+
+    def _check_may_upload(self) -> None:
+        if self._stopped:
+            raise NotUploadingError(f"{self.db.name}: this node is no longer the primary")
+        if self._may_upload is not None:
+            why = self._may_upload()
+            if why is not None:
+                raise NotUploadingError(f"{self.db.name}: not uploading: {why}")
 
     def wake(self) -> None:
         self._wake.set()
 
     # Called from the FUSE handler (trio thread) after each recorded transaction.
     def _on_commit(self, txid: int) -> None:
+        if self._stopped:
+            return
         now = time.monotonic()
         if self.status.oldest_unuploaded_at is None:
             self.status.oldest_unuploaded_at = now
@@ -245,6 +275,15 @@ class Uploader:
         for level in await aio.run(self.client.levels):
             infos.extend(await aio.run(self.client.ltx_files, level))
         remote = max((i.max_txid for i in infos), default=0)
+        if self._epoch is not None and infos:
+            newest = max(infos, key=lambda i: (i.max_txid, -i.level))
+            data = await aio.run(self.client.read_ltx, newest)
+            theirs = Header.decode(data[:HEADER_SIZE]).node_id
+            if theirs > self._epoch():
+                raise NotUploadingError(
+                    f"the newest file in {self.client.description} (TXID {newest.max_txid:016x}) "
+                    f"was written in epoch {theirs}, after this node's epoch {self._epoch()}: "
+                    "a newer primary owns this bucket; this node uploads nothing")
         local = self.db.txid
         if remote > local:
             raise RemoteAheadError(
@@ -336,6 +375,7 @@ class Uploader:
             self._written[TxRange(info.min_txid, info.max_txid)] = _Written(info.etag, info.size)
 
     async def _upload_snapshot(self) -> None:
+        self._check_may_upload()
         db = self.db
         log.warning("%s: replica %s is missing transactions no longer in the local log; "
                     "uploading a snapshot at TXID %016x", db.name, self.client.description,
@@ -396,11 +436,14 @@ class Uploader:
         if (self.foreign_writer is not None or time.monotonic() - self._last_writer_check
                 >= self.writer_check_interval):
             await self._check_writers()
+        if self._epoch is not None:
+            pending = await trio.to_thread.run_sync(_one_epoch, db.ltx, pending)
         merged = await trio.to_thread.run_sync(_merge_records, db.ltx, pending)
         lo, hi = merged.min_txid, merged.max_txid
         meta = {META_TIMESTAMP: format_timestamp(merged.timestamp), META_WRITER: self.writer_id}
         if merged.checksum:
             meta[META_CHECKSUM] = f"{merged.checksum:016x}"
+        self._check_may_upload()  # as late as possible before the PUT
         self._unacked = TxRange(lo, hi)
         self.status.put_requests += 1
         self.budget.spend()
@@ -440,6 +483,25 @@ class Uploader:
         r = self.db.ltx.install_merged(merged)
         log.info("%s: merged %d local LTX records into TXIDs %016x-%016x", self.db.name,
                  len(merged.parts), r.min_txid, r.max_txid)
+
+
+def _one_epoch(ltx: LtxLog, ranges: list[TxRange]) -> list[TxRange]:
+    """The leading records of `ranges` written in the same epoch as the first (epochs never
+    decrease along the log, so a binary search finds where the next term began)."""
+    def epoch(i: int) -> int:
+        return ltx.header(ranges[i]).node_id
+
+    first = epoch(0)
+    if epoch(len(ranges) - 1) == first:
+        return ranges
+    lo, hi = 0, len(ranges) - 1  # epoch(lo) == first != epoch(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if epoch(mid) == first:
+            lo = mid
+        else:
+            hi = mid
+    return ranges[:hi]
 
 
 def _merge_records(ltx: LtxLog, ranges: list[TxRange]) -> EncodedLtx:

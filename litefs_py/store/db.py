@@ -37,6 +37,8 @@ from typing import BinaryIO, NoReturn
 from ..ltx import EMPTY_DATABASE_CHECKSUM, Encoder, Header, encode_bytes
 from ..sqlite import DATABASE_MAGIC, page_size_or_zero
 from ..types import NO_WAL, FileKind, Pos, TxRange, WalRange
+from .epochs import EpochHistory
+from .fencing import OPEN_GATE, CommitGate, FencedError
 from .gate import WriteGate
 from .ltx_log import LtxLog
 from .page_table import PageTable, TableUndo
@@ -80,6 +82,10 @@ class DB:
         #: Held while a snapshot reads the files in a worker thread (see gate.py).
         self.gate = WriteGate()
         self._refused = False
+        #: Whether commits may be accepted, and the epoch records carry (store/fencing.py).
+        self.commit_gate: CommitGate = OPEN_GATE
+        #: Where each primary term's records begin (store/epochs.py).
+        self.epochs = EpochHistory(self.paths.epochs)
 
     # ---- state (read-only outside this class) ---------------------------------------------
 
@@ -368,11 +374,17 @@ class DB:
         txid = self._txid + 1
         if not changed and commit == old_count and txid > 1:
             return None
+        try:
+            epoch = self._gate_epoch()
+        except BaseException:
+            table.undo(undo)
+            raise
         header = Header(
             page_size=page_size, commit=commit, min_txid=txid, max_txid=txid,
             timestamp=int(time.time() * 1000),
             pre_apply_checksum=0 if txid == 1 else self._checksum,
             wal_offset=wal[0], wal_size=wal[1], wal_salt1=wal[2], wal_salt2=wal[3],
+            node_id=epoch,
         )
         r = TxRange(txid, txid)
         try:
@@ -389,6 +401,16 @@ class DB:
         for listener in self._commit_listeners:
             listener(txid)
         return recorded
+
+    def _gate_epoch(self) -> int:
+        """The epoch to stamp on a record about to be written; FencedError (EIO) if this node
+        may not accept commits now (store/fencing.py)."""
+        gate = self.commit_gate
+        if not gate.can_commit():
+            msg = f"{self.name}: commit refused: {gate.refusal()}"
+            log.warning("%s", msg)
+            raise FencedError(msg)
+        return gate.epoch
 
     def take_back(self, recorded: Recorded) -> None:
         """Undo `record` after the operation that completes the commit failed."""
@@ -411,6 +433,7 @@ class DB:
             timestamp=int(time.time() * 1000),
             pre_apply_checksum=0 if txid == 1 else self._checksum,
             wal_offset=wal[0], wal_size=wal[1], wal_salt1=wal[2], wal_salt2=wal[3],
+            node_id=self._gate_epoch(),
         )
         lock = table.lock_pgno
 
@@ -461,7 +484,7 @@ class DB:
             ps = self.page_size or 4096
             header = Header(page_size=ps, commit=0, min_txid=txid, max_txid=txid,
                             timestamp=int(time.time() * 1000),
-                            pre_apply_checksum=self._checksum)
+                            pre_apply_checksum=self._checksum, node_id=self._gate_epoch())
             buf = io.BytesIO()
             Encoder(buf, header, name=f"{self.name} TXID {txid}").finish(EMPTY_DATABASE_CHECKSUM)
             self.ltx.write(TxRange(txid, txid), buf.getvalue())

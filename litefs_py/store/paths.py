@@ -2,13 +2,16 @@
 
     DATA/lock                      held by the running litefs process (Store.lock)
     DATA/status.json               what `litefs status` prints (written by the mount)
+    DATA/primary-term              present while this node is (or last was) an etcd/s3
+                                   lease's primary: how it recovers at the next start
     DATA/dbs/<name>/database       the database as SQLite sees it
     DATA/dbs/<name>/{journal,wal,shm}
     DATA/dbs/<name>/ltx/           the local LTX log (LtxLog): segments seg-<n>.ltxs (and, in
                                    data directories from before segments, <min>-<max>.ltx)
-    DATA/dbs/<name>/quarantine/    bytes recovery cut off the log (torn or never committed)
     DATA/dbs/<name>/checksums      per-page checksums saved on a clean shutdown
-    DATA/dbs/<name>/quarantine/    what recovery would have deleted (quarantine.py)
+    DATA/dbs/<name>/epochs         where each primary term's records begin (EpochHistory)
+    DATA/dbs/<name>/quarantine/    what recovery would have deleted, and an old primary's
+                                   records the new history does not have (quarantine.py)
     DATA/dbs/<name>/litefs-import/ LiteFS's LTX files while they are imported (litefs_import.py)
     DATA/restore-tmp/<name>/       a restore being built, before Store.install_restored
 
@@ -60,6 +63,10 @@ class DBPaths:
         """Per-page checksums saved on clean shutdown (see PageTable.save)."""
         return self.root / "checksums"
 
+    @property
+    def epochs(self) -> Path:
+        return self.root / "epochs"
+
 
 @dataclass(frozen=True, slots=True)
 class DataDirPaths:
@@ -76,6 +83,10 @@ class DataDirPaths:
     @property
     def status(self) -> Path:
         return self.root / "status.json"
+
+    @property
+    def primary_term(self) -> Path:
+        return self.root / "primary-term"
 
     @property
     def restore_staging(self) -> Path:

@@ -21,6 +21,14 @@ single entry larger than the limit is kept, with a warning, until the next one).
 status` and `/metrics` show what each database's quarantine holds.
 
 A move is a rename within the database's directory, so it costs no space and no copying.
+
+Failover uses the same quarantine for an old primary's transactions that the new primary's
+history does not have (`quarantine_divergent`): each local LTX record from the fork point on
+becomes an entry `<stamp>-divergent-<epoch>-<txid>.ltx` (`<epoch>-<min>-<max>.ltx` for a
+record holding several transactions; TXIDs in hex as everywhere, the epoch in decimal) and
+leaves the log. The entries are ordinary LTX files: `litefs ltx dump` shows their pages, and
+an operator can re-apply what matters by hand. The caller then replaces the database by a
+snapshot of the new history.
 """
 
 from __future__ import annotations
@@ -33,9 +41,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ..types import TxRange
 from .ltx_log import fsync_dir
 from .paths import DBPaths
+
+if TYPE_CHECKING:
+    from .db import DB
 
 log = logging.getLogger("litefs.store")
 
@@ -219,6 +232,55 @@ class Quarantine:
                         "(data.quarantine-limit): its newest entry %s alone is that large; it "
                         "is kept until the next entry arrives, or delete it by hand",
                         self.name, total, self.limit, keep)
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """What one `quarantine_divergent` call moved aside."""
+
+    files: list[Path]
+    transactions: int  # TXIDs held by the moved records
+    first_txid: int
+    last_txid: int
+    epochs: list[int]
+
+
+def divergent_name(epoch: int, r: TxRange) -> str:
+    if r.min_txid == r.max_txid:
+        return f"{epoch}-{r.min_txid:016x}.ltx"
+    return f"{epoch}-{r.min_txid:016x}-{r.max_txid:016x}.ltx"
+
+
+def quarantine_divergent(db: DB, txid: int, q: Quarantine) -> Quarantined | None:
+    """Move every local record holding a TXID at or after `txid` into `q` (the database's
+    quarantine) and out of the log (blocking: run it in a worker thread). None if there is
+    none. Each entry is durable before its record leaves the log."""
+    records = [r for r in db.ltx.ranges(txid - 1) if r.max_txid >= txid]
+    if not records:
+        return None
+    files: list[Path] = []
+    epochs: list[int] = []
+    for r in records:
+        epoch = db.ltx.header(r).node_id
+        files.append(q.keep(db.ltx.read(r), "divergent", name=divergent_name(epoch, r),
+                            why=f"TXIDs {r.min_txid:016x}-{r.max_txid:016x} of epoch {epoch} "
+                                "were committed here but are not in the new primary's "
+                                "history"))
+        if epoch not in epochs:
+            epochs.append(epoch)
+    for r in reversed(records):
+        db.ltx.delete(r)
+    first, last = records[0].min_txid, records[-1].max_txid
+    return Quarantined(files, last - first + 1, first, last, epochs)
+
+
+def divergent_files(db: DB) -> list[Path]:
+    """The quarantine's entries of divergent transactions, oldest first."""
+    try:
+        return sorted(p for p in db.paths.quarantine.iterdir()
+                      if "-divergent-" in p.name and p.suffix == ".ltx")
+    except FileNotFoundError:
+        return []
 
 
 def _stamp() -> str:

@@ -258,6 +258,16 @@ def _read_wal(path: Path) -> tuple[WALReader, list[WALTransaction]] | None:
     return reader, txns
 
 
+def roll_back_hot_journal(db: DB, quarantine: Quarantine | None = None) -> bool:
+    """Roll back a hot journal of a transaction that never committed (a primary turning
+    into a replica in place), as recovery does at start; True if the database changed."""
+    last = db.ltx.last()
+    logged = None if last is None else Pos(last.header.max_txid,
+                                           last.trailer.post_apply_checksum)
+    q = quarantine if quarantine is not None else Quarantine(db.paths.root)
+    return _hot_journal(db, db.fd(FileKind.DATABASE), logged, q)
+
+
 def _hot_journal(db: DB, fd: int, logged: Pos | None, q: Quarantine) -> bool:
     """Deal with a hot journal; True if the database file was changed. `logged` is the
     position of the last LTX record, if any. The journal is kept in the quarantine either

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 class ReplicaState:
     #: The primary's advertise URL (`.primary`); None while following the bucket only.
     primary_url: str | None = None
+    #: The primary's hostname (`.primary` with an etcd or s3 lease, LiteFS's contract).
+    primary_hostname: str | None = None
     #: Where transactions come from now: "primary", "bucket" or "none" (not connected).
     source: str = "none"
     #: The primary's newest TXID per database, from its last message.

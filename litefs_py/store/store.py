@@ -286,6 +286,30 @@ class Store:
         tmp.write_text(text)
         os.replace(tmp, path)
 
+    @property
+    def was_primary(self) -> bool:
+        """Whether this data directory was left by a lease's primary (its WAL may hold
+        committed frames: recover it as a primary), not by a replica (recover it as one:
+        the last applied record is re-applied if the crash cut its apply short)."""
+        return self.layout.primary_term.exists()
+
+    def mark_primary(self, epoch: int | None) -> None:
+        """Record (epoch) or clear (None) that this node is a lease's primary; durable
+        before it returns (blocking: run it in a worker thread)."""
+        path = self.layout.primary_term
+        if epoch is None:
+            if path.exists():
+                path.unlink()
+                fsync_dir(self.data_dir)
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(f"{epoch}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(self.data_dir)
+
     def close(self) -> None:
         for db in self.dbs.values():
             try:

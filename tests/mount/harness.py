@@ -102,7 +102,7 @@ class LitefsMount:
 
     def pos(self, name: str) -> tuple[int, int]:
         text = (self.mount_dir / f"{name}-pos").read_text()
-        txid, checksum = text.strip().split("/")
+        txid, checksum = text.strip().split("/")[:2]  # an epoch may follow (etcd/s3 lease)
         return int(txid, 16), int(checksum, 16)
 
     def __enter__(self) -> LitefsMount:
