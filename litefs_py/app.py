@@ -462,6 +462,60 @@ def bucket_databases(config: Config) -> list[tuple[str, ReplicaClient]]:
     return out
 
 
+async def _start_cluster_proxy(nursery: trio.Nursery, config: Config, store: Store,
+                               cluster: Cluster) -> None:
+    from .proxy import start_proxy
+    from .proxy.primary import Primary, PrimarySource
+    from .proxy.settings import ProxySettings
+    from .replication.role import Role
+
+    class _ClusterPrimary(PrimarySource):
+        """The proxy's PrimarySource for an etcd or s3 lease (proxy/primary.py's interface): this
+        node once its mount is writable (role primary, not merely holding the lease), else the
+        lease holder the elector last saw, else nobody (a failover: writes wait, then 503)."""
+
+        def __init__(self, cluster: Cluster) -> None:
+            self.cluster = cluster
+
+        async def current(self) -> Primary | None:
+            status = self.cluster.status
+            if status.role is Role.PRIMARY:
+                return Primary(local=True, advertise_url=status.advertise_url,
+                               hostname=status.hostname)
+            holder = status.holder
+            if holder is None or holder.node_id == status.node_id:
+                return None  # no primary, or this node between winning and serving writes
+            return Primary(local=False, advertise_url=holder.advertise_url,
+                           hostname=holder.hostname)
+
+        async def wait_for_change(self, known: Primary | None) -> Primary | None:
+            while True:  # the status is in memory: polling it costs nothing
+                now = await self.current()
+                if now != known:
+                    return now
+                await trio.sleep(0.05)
+
+        async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                      ) -> None:
+            task_status.started()
+
+    settings = ProxySettings.from_config(config.proxy)
+    if settings is None:
+        log.info("proxy.target is not set: no HTTP proxy on this node")
+        return
+
+    def lag() -> float:
+        return 0.0 if cluster.status.role is Role.PRIMARY else cluster.node.state.lag_seconds()
+
+    proxy = await start_proxy(nursery, settings, store, primary=_ClusterPrimary(cluster),
+                              lag=lag, secret=http_secret(config),
+                              advertise_url=cluster.advertise_url, hostname=cluster.hostname,
+                              stream_server=cluster.server)
+    if proxy is not None:
+        log.info("HTTP proxy on %s -> application at %s (database %s); writes follow the "
+                 "lease holder", settings.addr, settings.target, settings.db)
+
+
 async def _serve_cluster(ops: ReplicaOperations, opts: MountOptions,
                          sup: Supervision) -> None:
     """An etcd or s3 lease: the node switches between replica and primary (cluster.py)."""
@@ -476,6 +530,8 @@ async def _serve_cluster(ops: ReplicaOperations, opts: MountOptions,
         sup.before_stop.append(fences.close)
         await nursery.start(cluster.run)
         _serve_cluster_metrics(cluster, opts.config)
+        if opts.config.proxy is not None:  # before the app starts: it may get requests at once
+            await _start_cluster_proxy(nursery, opts.config, ops.store, cluster)
 
         def document(quarantine: Mapping[str, QuarantineUsage]) -> dict[str, object]:
             doc = status_document(ops.store, cluster.replicator, cluster.node, quarantine)

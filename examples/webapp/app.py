@@ -74,7 +74,24 @@ def _con() -> sqlite3.Connection:
 
 async def db(fn: Callable[[sqlite3.Connection], Any]) -> Any:
     """Run `fn(connection)` in a worker thread: SQLite calls block, the event loop must not."""
-    return await asyncio.to_thread(lambda: fn(_con()))
+    return await asyncio.to_thread(_run_with_fresh_retry, fn)
+
+
+def _run_with_fresh_retry(fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    try:
+        return fn(_con())
+    except sqlite3.Error as exc:
+        if not _readonly(exc):
+            raise
+    # A connection opened while this node was a read replica stays read-only after the node
+    # is promoted to primary (SQLite fell back to a read-only open): a write refused as
+    # read-only is tried once more on a new connection (on a replica it fails again; the
+    # refused statement changed nothing, so trying again cannot apply it twice).
+    old: sqlite3.Connection | None = getattr(_local, "con", None)
+    _local.con = None
+    if old is not None:
+        old.close()
+    return fn(_con())
 
 
 def _note(row: sqlite3.Row) -> dict[str, Any]:

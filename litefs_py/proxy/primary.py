@@ -161,6 +161,10 @@ class PrimaryRoute:
     hostname: str | None
 
 
+class UpstreamUnreachable(Exception):
+    """No connection to the application or the primary (nothing of the request was sent)."""
+
+
 class PrimaryResolver:
     """The primary's proxy URL from its advertise URL (cached; forgotten on failure)."""
 
@@ -190,6 +194,10 @@ class PrimaryResolver:
                 proxy_url = told_proxy
             if hostname is None and isinstance(told_host, str):
                 hostname = told_host
+        if url and info is None and proxy_url is None:
+            # The primary does not answer: it is down (or moving). Guessing its proxy from
+            # this node's port could even name this very proxy (nodes sharing a host).
+            raise UpstreamUnreachable(f"its replication API at {url} does not answer")
         if proxy_url is None:
             host = urlsplit(url).hostname or "localhost"
             host = f"[{host}]" if ":" in host else host

@@ -40,7 +40,13 @@ import trio
 from ..errors import ExitCode, QuietError
 from ..store.store import Store
 from .http1 import Http1Server
-from .primary import Primary, PrimaryResolver, PrimaryRoute, PrimarySource
+from .primary import (
+    Primary,
+    PrimaryResolver,
+    PrimaryRoute,
+    PrimarySource,
+    UpstreamUnreachable,
+)
 from .settings import COOKIE_MAX_AGE, ProxySettings
 from .upstream import (
     HttpcoreUpstream,
@@ -63,6 +69,7 @@ HOP_HEADER = b"litefs-forwarded"
 HEALTH_PATH = "/litefs/health"
 TXID_POLL = 0.001  # seconds between looks at the replica's TXID (LiteFS polls every 1 ms)
 TARGET_CONNECT_RETRY = 10.0  # seconds a refused connection to the app is retried (it starts)
+PRIMARY_CONNECT_RETRY = 0.25  # seconds a forward retries one primary before re-asking
 # An idle upstream connection is dropped before the application's server would drop it
 # (Hypercorn's keep-alive timeout is 5 s, and its timer may fire late on a busy host):
 # reusing one it is closing fails the request.
@@ -76,10 +83,6 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 
 class ClientGone(Exception):
     """The client went away while its request body was being read."""
-
-
-class UpstreamUnreachable(Exception):
-    """No connection to the application or the primary (nothing of the request was sent)."""
 
 
 def parse_txid_cookie(headers: list[tuple[bytes, bytes]]) -> int:
@@ -398,8 +401,13 @@ class ProxyServer:
 
         request = UpstreamRequest(host, port, scope["method"], target, headers,
                                   body() if has_body else None, chunked)
-        retry_until = (deadline if route is not None
-                       else trio.current_time() + TARGET_CONNECT_RETRY)
+        # Forwarding: a short retry only, then back to serve_write, which asks again who the
+        # primary is (after a failover, retrying the dead one until the deadline would hold
+        # every write for the whole primary-redirect-timeout).
+        retry_until = (min(deadline, trio.current_time() + PRIMARY_CONNECT_RETRY)
+                       if route is not None and deadline is not None
+                       else trio.current_time() + TARGET_CONNECT_RETRY if route is None
+                       else None)
         where = (f"the primary at {route.proxy_url}" if route is not None
                  else f"the application at {self.settings.target}")
         while True:
