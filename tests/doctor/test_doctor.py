@@ -274,3 +274,24 @@ def test_machine_checks_name_what_is_missing(tmp_path: Path) -> None:
     assert "modprobe fuse" in (report.checks[0].fix or "")
     assert "apt-get install fuse3" in (report.checks[3].fix or "")
     assert "not there yet" in report.checks[5].detail
+
+
+def test_ignored_conditional_writes_fail_when_the_lease_is_in_the_bucket(
+        tmp_path: Path, s3_bucket: S3Bucket) -> None:
+    """lease.type s3 keeps the lease in the replica bucket with conditional writes: storage
+    that ignores If-None-Match could let two nodes win it, so doctor says FAIL (not a
+    warning) and names the way out."""
+    with rewriting_proxy(s3_bucket.endpoint, timedelta(0)) as proxy:
+        config = tmp_path / "litefs.yml"
+        config.write_text(
+            f"data: {{dir: {str(tmp_path / 'data')!r}}}\n"
+            f"access-key-id: {ACCESS_KEY_ID}\n"
+            f"secret-access-key: {SECRET_ACCESS_KEY}\n"
+            "lease: {type: s3, advertise-url: 'http://127.0.0.1:20202'}\n"
+            f"replica: {{url: 's3://{s3_bucket.name}/backups?endpoint={proxy}'}}\n")
+        run = doctor("--config", str(config), tmp=tmp_path, env=_env())
+    assert run.check("config")["status"] == "ok", run.doc
+    cond = run.check("conditional writes")
+    assert cond["status"] == "FAIL" and "ignored If-None-Match" in cond["detail"], cond
+    assert "lease.type etcd" in cond["fix"]
+    assert run.returncode == 1
