@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from tests.mount.harness import LitefsMount
+from litefs_py.mountinfo import is_mounted
+from tests.mount.harness import LitefsMount, force_unmount
 from tests.replica.harness import free_port, wait_for
 
 TTL = "2s"
@@ -281,6 +282,10 @@ class HACluster:
                 w.proc.kill()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     w.proc.wait(10)
+        for node in self.nodes:  # no mount may outlive the test, dead or alive
+            if is_mounted(node.mnt):
+                abort_fuse_connection(node.mnt)
+                force_unmount(node.mnt)
         if errors:
             raise errors[0]
 
