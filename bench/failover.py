@@ -21,7 +21,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -51,11 +50,7 @@ def one_backend(root: Path, lease: str, commit: str, kills: int, rate: float,
     root.mkdir(parents=True, exist_ok=True)
     cluster = HACluster(root, spec, bucket_url=bucket_url, commit=commit)
     try:
-        starts = [threading.Thread(target=cluster.add, args=(f"n{i + 1}",)) for i in range(3)]
-        for s in starts:
-            s.start()
-        for s in starts:
-            s.join(60)
+        cluster.start_nodes(3)
         primary = create_table(cluster)
         writer = cluster.writer(root / "writer.jsonl", rate=rate)
         times: list[float] = []

@@ -711,27 +711,14 @@ class Cluster:
     async def serve_term(self, keeper: LeaseKeeper) -> LeaseLoss:
         from .app import Replicator
 
-        # The uploaders run in the cluster's nursery, not in this term's: at the end of the
-        # term they are stopped and cancelled, but the demotion does not wait for a PUT in a
-        # worker thread to return (against a bucket that does not answer, that is the S3
-        # client's read timeout, far longer than a TTL).
-        uploads = trio.CancelScope()
-
-        async def run_uploads(task_status: trio.TaskStatus[Replicator]) -> None:
-            with uploads:
-                async with trio.open_nursery() as nursery:
-                    replicator = Replicator(self.config, nursery, self.store.data_dir,
-                                            options=self._uploader_options,
-                                            clients=self._clients.get)
-                    for db in list(self.store.dbs.values()):
-                        replicator.attach(db)
-                    task_status.started(replicator)
-                    await trio.sleep_forever()
-
-        assert self._nursery is not None
-        replicator = await self._nursery.start(run_uploads)
-        self._replicator = replicator
         async with trio.open_nursery() as term:
+            replicator = Replicator(self.config, term, self.store.data_dir,
+                                    options=self._uploader_options,
+                                    clients=self._clients.get)
+            self._replicator = replicator
+            for db in list(self.store.dbs.values()):
+                replicator.attach(db)
+
             async def lost() -> None:
                 await keeper.wait_lost()
                 term.cancel_scope.cancel()
@@ -748,7 +735,6 @@ class Cluster:
 
             term.start_soon(lost)
             term.start_soon(step_down)
-        uploads.cancel()
         for up in replicator.uploaders.values():
             up.stop()
         self._replicator = None

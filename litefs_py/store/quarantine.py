@@ -274,15 +274,6 @@ def quarantine_divergent(db: DB, txid: int, q: Quarantine) -> Quarantined | None
     return Quarantined(files, last - first + 1, first, last, epochs)
 
 
-def divergent_files(db: DB) -> list[Path]:
-    """The quarantine's entries of divergent transactions, oldest first."""
-    try:
-        return sorted(p for p in db.paths.quarantine.iterdir()
-                      if "-divergent-" in p.name and p.suffix == ".ltx")
-    except FileNotFoundError:
-        return []
-
-
 def _stamp() -> str:
     now = time.time()
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"

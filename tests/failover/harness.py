@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from tests.mount.harness import LitefsMount
+from litefs_py.mountinfo import is_mounted
+from tests.mount.harness import LitefsMount, force_unmount
 from tests.replica.harness import free_port, wait_for
 
 TTL = "2s"
@@ -122,6 +124,16 @@ class Node:
         except OSError:
             return False
 
+    def says_primary(self) -> bool:
+        """The node's own replication API says it is the primary now (GET info's role)."""
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.url + "/litefs/v1/info", timeout=2) as resp:
+                return bool(json.loads(resp.read()).get("role") == "primary")
+        except (OSError, ValueError):
+            return False
+
     def log(self) -> str:
         return self.mount.log()
 
@@ -217,6 +229,16 @@ class HACluster:
             node.start()
         return node
 
+    def start_nodes(self, n: int) -> None:
+        """Add and start nodes n1..n<n>, in parallel (each start waits for its mount)."""
+        starts = [threading.Thread(target=self.add, args=(f"n{i + 1}",)) for i in range(n)]
+        for s in starts:
+            s.start()
+        for s in starts:
+            s.join(60)
+        assert len(self.nodes) == n and all(node.alive() for node in self.nodes), \
+            self.logs_tail()
+
     def primaries(self) -> list[Node]:
         return [n for n in self.nodes if n.is_primary()]
 
@@ -224,8 +246,10 @@ class HACluster:
         found: list[Node] = []
 
         def one() -> bool:
+            # As an app sees it (no .primary, no .lag), confirmed by the node itself: a
+            # mount caught between states must not be taken for the primary.
             found[:] = [n for n in self.primaries() if n is not not_]
-            return len(found) == 1
+            return len(found) == 1 and found[0].says_primary()
 
         wait_for(one, timeout, "a primary\n" + self.logs_tail(), interval=0.02)
         return found[0]
@@ -258,6 +282,10 @@ class HACluster:
                 w.proc.kill()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     w.proc.wait(10)
+        for node in self.nodes:  # no mount may outlive the test, dead or alive
+            if is_mounted(node.mnt):
+                abort_fuse_connection(node.mnt)
+                force_unmount(node.mnt)
         if errors:
             raise errors[0]
 

@@ -45,11 +45,7 @@ KILLS = int(os.environ.get("LITEFS_FAILOVER_KILLS", "6"))
 
 def run_kills(tmp_path: Path, cluster: HACluster, kills: int, rate: float = 50.0
               ) -> dict[str, object]:
-    starts = [threading.Thread(target=cluster.add, args=(f"n{i + 1}",)) for i in range(3)]
-    for s in starts:
-        s.start()
-    for s in starts:
-        s.join(60)
+    cluster.start_nodes(3)
     primary = create_table(cluster)
     writer = cluster.writer(tmp_path / "writer.jsonl", rate=rate)
     times: list[float] = []

@@ -30,11 +30,7 @@ def test_stale_candidate_never_wins(tmp_path: Path, etcd: EtcdCluster, lease_key
     cluster = HACluster(tmp_path, LeaseSpec("etcd", etcd.endpoints, lease_key),
                         commit="replica")
     try:
-        starts = [threading.Thread(target=cluster.add, args=(f"n{i + 1}",)) for i in range(3)]
-        for s in starts:
-            s.start()
-        for s in starts:
-            s.join(60)
+        cluster.start_nodes(3)
         primary = create_table(cluster)
         writer = cluster.writer(tmp_path / "writer.jsonl", rate=40)
         for _ in range(ROUNDS):
