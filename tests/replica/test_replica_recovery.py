@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from litefs_py.store.ltx_log import read_log
 from tests.mount.harness import LitefsMount
 from tests.replica.harness import (
     Cluster,
@@ -116,9 +117,10 @@ def log_len(m: LitefsMount) -> int:
     return len(m.log())
 
 
-def ltx_files(m: LitefsMount, name: str = DB) -> list[str]:
-    d = m.data_dir / "dbs" / name / "ltx"
-    return sorted(p.name for p in d.glob("*.ltx"))
+def local_ranges(m: LitefsMount, name: str = DB) -> list[tuple[int, int]]:
+    """The TXID ranges of the local log's records (segments, or old one-file records)."""
+    return [(r.range.min_txid, r.range.max_txid)
+            for r in read_log(m.data_dir / "dbs" / name / "ltx")]
 
 
 def local_ipv4_addresses() -> list[str]:
@@ -256,9 +258,12 @@ def test_resnapshot_when_retention_removed_the_needed_files(cluster: Cluster) ->
     replica.stop()
 
     commit_rows(primary, 20, tag="gone")
-    # The primary keeps only its newest LTX file once the others are older than 1 s.
-    wait_for(lambda: len(ltx_files(primary)) == 1, 15,
-             f"the primary's local log to be trimmed ({ltx_files(primary)})", interval=0.2)
+    # Retention deletes whole segments once they are 1 s old, never the newest: after 1 s
+    # the next commit starts a new segment, and the records the replica needs go.
+    time.sleep(1.2)
+    commit_rows(primary, 1, tag="rotate")
+    wait_for(lambda: local_ranges(primary)[0][0] > stopped_at + 1, 15,
+             f"the primary's local log to be trimmed ({local_ranges(primary)})", interval=0.2)
     primary_log = log_len(primary)
     replica_log = log_len(replica)
     replica.start()
