@@ -170,7 +170,20 @@ def test_planned_handoff_sigterm_and_cli(tmp_path: Path, etcd: EtcdCluster,
         new = cluster.wait_primary(15, not_=old)
         assert new is target, f"{new.name} took the lease, not {target.name}"
         cli_gap = handoff_gap(writer, old, new, asked)
-        assert old.alive() and (old.mnt / ".primary").read_text().strip() == target.name
+        assert old.alive(), old.log()[-3000:]
+        seen: list[str] = []
+
+        def names_target() -> bool:
+            try:
+                seen.append((old.mnt / ".primary").read_text().strip())
+            except OSError as exc:
+                seen.append(repr(exc))
+            return seen[-1] == target.name
+
+        # `.primary` on the old primary names the new one (LiteFS's contract) once its
+        # elector has seen the new holder.
+        wait_for(names_target, 5, f".primary on {old.name} naming {target.name}: {seen[-3:]}")
+        print(f".primary on {old.name} after the handoff: {sorted(set(seen))}")
 
         time.sleep(0.5)
         writer.stop()
