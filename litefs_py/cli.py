@@ -1154,7 +1154,9 @@ def handoff(node: str | None, config_path: Path | None, url: str | None) -> None
     from .config import load_config
 
     cfg = load_config(config_path)
-    if cfg.lease.type == "static":
+    # With --url the node asked decides (this host may have no configuration, or another
+    # one): the local configuration's lease matters only when it says where to ask.
+    if cfg.lease.type == "static" and (url is None or config_path is not None):
         raise QuietError("litefs handoff needs lease.type etcd or s3 (with a static lease the "
                          "primary is chosen in the configuration)", ExitCode.USAGE)
     if url is None:
@@ -1166,6 +1168,10 @@ def handoff(node: str | None, config_path: Path | None, url: str | None) -> None
     try:
         resp = httpx.post(url.rstrip("/") + "/litefs/v1/handoff", json={"to": node},
                           headers=headers, timeout=30)
+        if resp.status_code == 404:
+            raise QuietError(f"{url} has no handoff (a node with lease.type static, or not a "
+                             "litefs node): ask a node of an etcd or s3 leased cluster",
+                             ExitCode.USAGE)
         doc = resp.json()
     except (httpx.HTTPError, ValueError) as exc:
         raise QuietError(f"cannot reach {url}: {exc}", ExitCode.IO) from None

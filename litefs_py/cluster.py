@@ -672,7 +672,9 @@ class Cluster:
         self.status.promoted(epoch)
         self.primary_info.set(PrimaryRef(self.hostname, self.advertise_url or "", epoch,
                                          self.node_id, True))
-        self.node.state.primary_hostname = None
+        # Forget the primary this node followed before its term: once it demotes, `.primary`
+        # must name the next holder (or be absent while none is known), never that one.
+        self.node.follow(None)
         waited = "" if free_since is None else \
             f", {lease_clock() - free_since:.2f}s after the lease was seen free"
         log.info("primary of epoch %d: accepting writes%s", epoch, waited)
