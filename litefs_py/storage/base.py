@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from ..errors import ExitCode
 from ..ltx.errors import LTXError
 from ..ltx.header import Header
-from .errors import StorageError
+from .errors import PreconditionFailedError, StorageError
 
 SNAPSHOT_LEVEL = 9
 MAX_LEVEL = 9
@@ -228,7 +228,19 @@ class ReplicaClient(ABC):
     def put_object(self, key: str, data: bytes, *, if_none_match: bool = False) -> bool:
         """Write a raw object by relative key; True when written. With `if_none_match`, only
         if no object has that key (S3's `If-None-Match: *`): False, nothing written, when
-        one has. A server that ignores the condition writes anyway (and True comes back)."""
+        one has. A server that ignores the condition writes anyway (and True comes back).
+        Conditional writes all go through `put_object_if`; backends implement
+        `_put_plain_object` for the rest."""
+        if if_none_match:
+            try:
+                self.put_object_if(key, data, if_none_match=True)
+            except PreconditionFailedError:
+                return False
+            return True
+        self._put_plain_object(key, data)
+        return True
+
+    def _put_plain_object(self, key: str, data: bytes) -> None:
         raise StorageError(f"{self.description} cannot write raw objects")
 
     def delete_object(self, key: str) -> None:

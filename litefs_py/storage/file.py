@@ -406,15 +406,8 @@ class FileReplicaClient(ReplicaClient):
 
     # ---- raw writes (litefs doctor's probe) ----------------------------------------------
 
-    def put_object(self, key: str, data: bytes, *, if_none_match: bool = False) -> bool:
-        if if_none_match:  # the one conditional-write path (put_object_if)
-            try:
-                self.put_object_if(key, data, if_none_match=True)
-            except PreconditionFailedError:
-                return False
-            return True
+    def _put_plain_object(self, key: str, data: bytes) -> None:
         self._atomic_write(self._object_path(key), data)
-        return True
 
     def delete_object(self, key: str) -> None:
         path = self._object_path(key)

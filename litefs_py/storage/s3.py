@@ -635,13 +635,7 @@ class S3ReplicaClient(ReplicaClient):
 
     # ---- raw writes (litefs doctor's probe) ----------------------------------------------
 
-    def put_object(self, key: str, data: bytes, *, if_none_match: bool = False) -> bool:
-        if if_none_match:  # the one conditional-write path (put_object_if)
-            try:
-                self.put_object_if(key, data, if_none_match=True)
-            except PreconditionFailedError:
-                return False
-            return True
+    def _put_plain_object(self, key: str, data: bytes) -> None:
         full = self._key(key)
         try:
             self.boto_client.put_object(Bucket=self.bucket, Key=full, Body=data,
@@ -649,7 +643,6 @@ class S3ReplicaClient(ReplicaClient):
                                         ContentType="application/octet-stream")
         except _BOTO_ERRORS as exc:
             raise self._error(exc, "writing", full) from None
-        return True
 
     def delete_object(self, key: str) -> None:
         self._delete_one(self._key(key))
