@@ -38,6 +38,7 @@ import trio
 from .fuse.replica_ops import ReplicaKernelCache, ReplicaOperations
 from .ltx import HEADER_SIZE, Header
 from .replication import http_tls
+from .replication.asgi import Receive, Scope, Send
 from .replication.bucket_follower import BucketFollower
 from .replication.commit_acks import CommitAcks
 from .replication.elector import Elector
@@ -65,7 +66,7 @@ from .replication.role import (
     Role,
 )
 from .replication.stream_protocol import format_positions, parse_positions
-from .replication.stream_server import Receive, Scope, Send, StreamServer
+from .replication.stream_server import StreamServer
 from .storage import aio
 from .storage.base import LtxFileInfo, ReplicaClient
 from .storage.errors import StorageError

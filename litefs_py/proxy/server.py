@@ -30,7 +30,7 @@ import math
 import os
 import socket as pysocket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,6 +38,7 @@ import httpx
 import trio
 
 from ..errors import ExitCode, QuietError
+from ..replication.asgi import Receive, Scope, Send, answer_lifespan
 from ..store.store import Store
 from .http1 import Http1Server
 from .primary import (
@@ -60,9 +61,6 @@ from .upstream import (
 
 log = logging.getLogger("litefs.proxy")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 TXID_COOKIE = "__txid"
 HOP_HEADER = b"litefs-forwarded"
@@ -187,13 +185,8 @@ class ProxyServer:
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
+            return
         if kind == "websocket":
             # Not proxied (LiteFS's proxy does not either): a close before accept is a 403.
             await send({"type": "websocket.close", "code": 1008})

@@ -46,6 +46,7 @@ from ..store.ltx_log import LtxLog
 from ..store.quarantine import QuarantineUsage
 from ..store.store import Store
 from ..types import TxRange
+from .asgi import Scope, Send, answer_lifespan
 from .replica_node import ReplicaNode
 from .stream_server import StreamServer, bind_address
 from .uploader import Uploader
@@ -54,8 +55,6 @@ log = logging.getLogger("litefs.http")
 
 METRICS_PATH = "/metrics"
 
-Scope = dict[str, Any]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 # ---- what one scrape reads ------------------------------------------------------------------
@@ -403,13 +402,8 @@ async def serve_metrics_only(endpoint: MetricsEndpoint, addr: str, secret: str |
     async def app(scope: Scope, receive: Callable[[], Awaitable[dict[str, Any]]],
                   send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         if scope["path"] != METRICS_PATH:

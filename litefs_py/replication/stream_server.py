@@ -39,6 +39,7 @@ from ..store.db import DB
 from ..store.snapshot import take_snapshot
 from ..store.store import Store
 from ..types import ZERO_POS, Pos
+from .asgi import Receive, Scope, Send, answer_lifespan
 from .stream_protocol import (
     CONTENT_TYPE,
     INFO_PATH,
@@ -63,9 +64,6 @@ MAX_HEADERS = 16 * 1024  # bytes of request line + headers; more gets the connec
 SEND_TIMEOUT = 30.0  # a subscriber that accepts no bytes for this long is cut off
 REFUSAL_LOG_INTERVAL = 60.0  # at most one "refused" line per client address per this long
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 Route = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: Another endpoint on this server (e.g. /metrics): called with whether the request carried
 #: the secret, it decides itself whether it needs it.
@@ -238,13 +236,8 @@ class StreamServer:
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         try:
