@@ -48,6 +48,8 @@ from .wal_capture import WalCapture
 
 log = logging.getLogger("litefs.store")
 
+MIN_PAGE_SIZE = 512  # SQLite's smallest page size; every page size is a multiple of it
+
 WAL_MODE = b"\x02\x02"  # database header bytes 18-19 of a WAL-mode database
 
 __all__ = ["DB", "CaptureError", "Recorded"]
@@ -296,11 +298,11 @@ class DB:
 
     def truncate(self, kind: FileKind, size: int) -> None:
         fd = self.fd(kind)
-        if kind is FileKind.DATABASE and self._txid and (
-                size == 0 or (self.page_size and size % self.page_size)):
-            # SQLite shrinks a database only to whole pages, never to nothing; `echo x > db`
-            # or `truncate -s 0 db` would throw away committed data before any write could be
-            # refused as "not a SQLite database".
+        if kind is FileKind.DATABASE and self._txid and (size == 0 or size % MIN_PAGE_SIZE):
+            # SQLite shrinks a database only to whole pages (of the new size when a VACUUM
+            # changes it: so only the smallest page size is certain), never to nothing; `echo
+            # x > db` or `truncate -s 0 db` would throw away committed data before any write
+            # could be refused as "not a SQLite database".
             msg = (f"{self.name}: refusing to truncate the database to {size} bytes: it holds "
                    f"committed data (TXID {self._txid}) and SQLite never shrinks a database "
                    "that way. To replace it, write into it with SQLite (sqlite3 DB "

@@ -356,7 +356,7 @@ def test_truncating_a_live_database_is_refused(litefs: LitefsMount, tmp_path: Pa
             with open(path, "w") as f:
                 f.write("x\n")
         else:
-            os.truncate(path, 0 if how == "truncate to 0" else len(before) - 100)
+            os.truncate(path, 0 if how == "truncate to 0" else len(before) - 100)  # not x512
     assert exc.value.errno == errno.EPERM
     lines = _log_lines(litefs, name, "refusing to truncate")
     assert lines and all(".restore" in line for line in lines), litefs.log()
