@@ -37,6 +37,9 @@ from tests.replication.helpers import (
 PREFIX = "backups/app.db"
 
 
+# The drill runs at nice 19: on a loaded 2-core machine it is the last to get a CPU.
+DRILL_WAIT = 90.0
+
 def _drill(m: LitefsMount) -> dict[str, Any]:
     return drill_status(m.data_dir)
 
@@ -84,7 +87,7 @@ def test_drill_reports_a_mismatch_and_a_corrupt_object(bucket: Bucket, rig: Rig)
     sql = rig.sql(m.db("app.db"))
     sql.txns(3)
     [[txid, *_]] = sql.txns(1, size=3000)
-    wait_until(lambda: _verified(m, txid), 30, what="a first verified drill")
+    wait_until(lambda: _verified(m, txid), DRILL_WAIT, what="a first verified drill")
     [newest] = [o for o in list_ltx(bucket.endpoint, bucket.name, PREFIX)
                 if o.level == 0 and o.hi == txid]
     good, meta = get_object(bucket.endpoint, bucket.name, newest.key)
@@ -97,7 +100,7 @@ def test_drill_reports_a_mismatch_and_a_corrupt_object(bucket: Bucket, rig: Rig)
     forged = encode_bytes(decoded.header, [*decoded.pages[:-1], (pgno, changed)])
     put_object(bucket.endpoint, bucket.name, newest.key, forged,
                {k: v for k, v in meta.items() if k != META_CHECKSUM})
-    wait_until(lambda: _drill(m).get("mismatches", 0) >= 1, 30,
+    wait_until(lambda: _drill(m).get("mismatches", 0) >= 1, DRILL_WAIT,
                what=f"the drill to find the mismatch: {_drill(m)}")
     d = _drill(m)
     assert d["failure_kinds"].get("mismatch", 0) >= 1
@@ -111,14 +114,14 @@ def test_drill_reports_a_mismatch_and_a_corrupt_object(bucket: Bucket, rig: Rig)
     runs = _drill(m)["runs"]
     put_object(bucket.endpoint, bucket.name, newest.key, good, meta)
     wait_until(lambda: _verified(m, txid, runs) and _drill(m)["last_verified_at"] >
-               _drill(m)["last_failure_at"], 30, what="the drill to verify again")
+               _drill(m)["last_failure_at"], DRILL_WAIT, what="the drill to verify again")
 
     # A corrupt object (a flipped byte in a page): the drill's restore fails naming it.
     failures = _drill(m)["failures"]
     flipped = bytearray(good)
     flipped[len(flipped) // 2] ^= 0x01
     put_object(bucket.endpoint, bucket.name, newest.key, bytes(flipped), meta)
-    wait_until(lambda: _drill(m).get("failures", 0) > failures, 30,
+    wait_until(lambda: _drill(m).get("failures", 0) > failures, DRILL_WAIT,
                what=f"the drill to fail on the corrupt object: {_drill(m)}")
     d = _drill(m)
     # Refused ("is corrupt"), or — when a compaction covers it — gone around ("damaged"):
