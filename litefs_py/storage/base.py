@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from ..errors import ExitCode
 from ..ltx.errors import LTXError
 from ..ltx.header import Header
-from .errors import PreconditionFailedError, StorageError
+from .errors import ObjectNotFoundError, PreconditionFailedError, StorageError
 
 SNAPSHOT_LEVEL = 9
 MAX_LEVEL = 9
@@ -185,6 +185,13 @@ class ReplicaClient(ABC):
         """`info` completed with its stored metadata (timestamp, post-apply checksum). The
         default suits backends whose listing already has it."""
         return info
+
+    def metadata_or_none(self, info: LtxFileInfo) -> LtxFileInfo | None:
+        """`ltx_metadata`, or None for an object deleted since it was listed."""
+        try:
+            return self.ltx_metadata(info)
+        except ObjectNotFoundError:
+            return None
 
     @abstractmethod
     def levels(self) -> list[int]:

@@ -68,7 +68,6 @@ from .endpoint import normalize_endpoint
 from .errors import (
     EndpointUnreachableError,
     InvalidCredentialsError,
-    ObjectNotFoundError,
     PreconditionFailedError,
     StorageError,
     TransientStorageError,
@@ -386,7 +385,7 @@ class S3ReplicaClient(ReplicaClient):
 
     def ltx_files(self, level: int, *, with_metadata: bool = False) -> list[LtxFileInfo]:
         infos = self._ltx_listing(level)
-        return completed_metadata(infos, self._metadata_or_none) if with_metadata else infos
+        return completed_metadata(infos, self.metadata_or_none) if with_metadata else infos
 
     def ltx_files_after(self, level: int, txid: int) -> list[LtxFileInfo]:
         """ListObjectsV2 with StartAfter `<level>/<txid>-ffffffffffffffff.ltx` (see
@@ -400,12 +399,6 @@ class S3ReplicaClient(ReplicaClient):
                    for page in self._list(prefix, start_after=start_after_key(prefix, after))
                    for obj in page.get("Contents", []))
         return ltx_infos(level, prefix, objects, after)
-
-    def _metadata_or_none(self, info: LtxFileInfo) -> LtxFileInfo | None:
-        try:
-            return self.ltx_metadata(info)
-        except ObjectNotFoundError:
-            return None
 
     def ltx_metadata(self, info: LtxFileInfo) -> LtxFileInfo:
         """One HEAD: the `litestream-timestamp` and post-apply checksum of `info`."""

@@ -48,7 +48,6 @@ from .base import (
 from .endpoint import normalize_endpoint
 from .errors import (
     EndpointUnreachableError,
-    ObjectNotFoundError,
     StorageError,
     TransientStorageError,
 )
@@ -374,16 +373,10 @@ class S3ReaderClient(ReplicaClient):
         listed_at, infos = self._recent.pop(level, (0.0, []))
         if time.monotonic() - listed_at > LISTING_REUSE:
             infos = self._listing(level)
-        return completed_metadata(infos, self._metadata_or_none) if with_metadata else infos
+        return completed_metadata(infos, self.metadata_or_none) if with_metadata else infos
 
     def ltx_files_after(self, level: int, txid: int) -> list[LtxFileInfo]:
         return self._listing(level, after=txid)
-
-    def _metadata_or_none(self, info: LtxFileInfo) -> LtxFileInfo | None:
-        try:
-            return self.ltx_metadata(info)
-        except ObjectNotFoundError:
-            return None
 
     def ltx_metadata(self, info: LtxFileInfo) -> LtxFileInfo:
         key = self.ltx_key(info.level, info.min_txid, info.max_txid)
